@@ -1,0 +1,34 @@
+"""Errors that clap-edge raises for bad input: each says what is wrong and where.
+
+They live in one stdlib-only module so every room (including the torch-free
+runtime) can raise and catch them, and the CLI can turn them into a one-line
+message and an exit code instead of a traceback.
+"""
+
+
+class ClapEdgeError(Exception):
+    """Base class: a problem the user can fix (bad file, bad name, bad argument)."""
+
+
+class ModelLoadError(ClapEdgeError):
+    """A model name, pretrained tag or checkpoint could not be loaded."""
+
+
+class CheckpointError(ClapEdgeError):
+    """A head checkpoint is not a state dict, misses keys or has wrong shapes."""
+
+
+class PromptError(ClapEdgeError):
+    """Class names or prompt vocabularies are empty, malformed or do not fit."""
+
+
+class BundleError(ClapEdgeError):
+    """A bundle is missing a file, was tampered with or does not match its manifest."""
+
+
+class ImageError(ClapEdgeError):
+    """An image file could not be decoded (names the path)."""
+
+
+class BackendUnavailableError(ClapEdgeError):
+    """A runtime backend whose library is not installed (names the pip extra)."""
