@@ -1,0 +1,287 @@
+"""The bundle: the one contract between export and runtime (ARCHITECTURE.md, "The bundle").
+
+A bundle is a directory (or a .tar of one) with ``manifest.json`` and the files it lists.
+This module needs only the standard library, numpy and safetensors: the runtime opens
+bundles on devices that have neither torch nor open_clip. It trusts nothing: schema
+version, sha256 of every file it hands out, and shapes against the manifest are checked,
+and every error names the bundle, the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clap_edge import __version__
+from clap_edge.errors import BundleError
+from clap_edge.io import atomic_directory
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+CLASSES_FILE = "classes.safetensors"
+CLASSES_TENSOR = "class_embeddings"
+
+# Model variants a bundle may hold, by name -> file (the manifest's "variants" maps the ones present).
+VARIANT_FILES = {
+    "fp32": "model.onnx",
+    "int8": "model.int8.onnx",
+    "qdq": "model.qdq.onnx",
+    "fp16": "model.fp16.onnx",
+    "torch": "model.pt2",
+}
+REQUIRED_KEYS = ("schema_version", "model", "class_names", "embed_dim", "preprocess", "inputs", "outputs", "files")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """An opened, verified bundle. Use :meth:`open`; files are checked before they are handed out."""
+
+    root: Path
+    manifest: dict[str, Any]
+    _verified: set[str] = field(default_factory=set, repr=False)
+    _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    # ---- opening ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        """Open a bundle directory or .tar, checking the manifest and the class embeddings."""
+        path = Path(path)
+        tmp = None
+        if path.is_file() and tarfile.is_tarfile(path):
+            tmp = tempfile.TemporaryDirectory(prefix="clap-edge-bundle-")
+            root = _extract_tar(path, Path(tmp.name))
+        elif path.is_dir():
+            root = path
+        else:
+            raise BundleError(f"{path}: not a bundle directory or .tar (no such directory)")
+        manifest = _read_manifest(root)
+        bundle = cls(root, manifest, _tmpdir=tmp)
+        if verify:
+            bundle.class_embeddings()  # checks sha256 and [C, d] against the manifest
+        return bundle
+
+    # ---- manifest views -----------------------------------------------------------
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["embed_dim"])
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return dict(self.manifest["preprocess"])
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(3, H, W) of the model input."""
+        shape = self.manifest["inputs"][0]["shape"]
+        return tuple(int(s) for s in shape[1:])  # type: ignore[return-value]
+
+    @property
+    def variants(self) -> dict[str, str]:
+        """Variant name -> file name, for the variants present in this bundle."""
+        return dict(self.manifest.get("variants", {}))
+
+    def has_variant(self, name: str) -> bool:
+        return name in self.variants
+
+    # ---- files --------------------------------------------------------------------
+
+    def file(self, name: str, verify: bool = True) -> Path:
+        """Path of a bundle file after checking it exists and matches its sha256."""
+        entry = self.manifest["files"].get(name)
+        if entry is None:
+            raise BundleError(f"{self.root}: {name!r} is not listed in {MANIFEST}")
+        path = self.root / name
+        if not path.is_file():
+            raise BundleError(f"{self.root}: missing file {name!r} (listed in {MANIFEST})")
+        if verify and name not in self._verified:
+            actual = sha256_file(path)
+            if actual != entry["sha256"]:
+                raise BundleError(
+                    f"{self.root}: {name!r} is corrupt or was modified: sha256 {actual[:16]}... "
+                    f"does not match the manifest's {entry['sha256'][:16]}..."
+                )
+            self._verified.add(name)
+        return path
+
+    def variant_file(self, variant: str) -> Path:
+        if variant not in self.variants:
+            have = ", ".join(self.variants) or "none"
+            raise BundleError(f"{self.root}: no {variant!r} model in this bundle (it has: {have})")
+        return self.file(self.variants[variant])
+
+    def verify_all(self) -> dict[str, str]:
+        """Check every listed file; returns name -> 'ok' or the problem (never raises for a bad file)."""
+        report = {}
+        for name in self.manifest["files"]:
+            try:
+                self.file(name)
+                report[name] = "ok"
+            except BundleError as e:
+                report[name] = str(e).split(": ", 1)[-1]
+        return report
+
+    def class_embeddings(self) -> np.ndarray:
+        """The L2-normalised class embeddings [C, d], checked against the manifest."""
+        from safetensors.numpy import load_file
+
+        path = self.file(CLASSES_FILE)
+        try:
+            emb = load_file(str(path))[CLASSES_TENSOR]
+        except Exception as e:
+            raise BundleError(f"{self.root}: {CLASSES_FILE} is unreadable ({e})") from e
+        expected = (len(self.class_names), self.embed_dim)
+        if emb.shape != expected:
+            raise BundleError(
+                f"{self.root}: {CLASSES_FILE} has shape {list(emb.shape)} but the manifest lists "
+                f"{expected[0]} classes of dimension {expected[1]}"
+            )
+        return emb
+
+    def close(self) -> None:
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class BundleWriter:
+    """Collects files and manifest fields, then writes the bundle directory atomically.
+
+    >>> with BundleWriter(out, overwrite=True) as w:       # doctest: +SKIP
+    ...     w.add_file("model.onnx", tmp_onnx_path)
+    ...     w.manifest.update(class_names=..., ...)
+    The directory appears, complete, only when the block exits without an error.
+    """
+
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False):
+        self.out = Path(out)
+        self.overwrite = overwrite
+        self.manifest: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "clap_edge_version": __version__}
+        self._ctx = None
+        self.staging: Path | None = None
+
+    def __enter__(self) -> "BundleWriter":
+        self._ctx = atomic_directory(self.out, overwrite=self.overwrite)
+        self.staging = self._ctx.__enter__()
+        return self
+
+    def add_file(self, name: str, source: str | os.PathLike | bytes | None = None) -> Path:
+        """Place a file in the bundle (copied from a path, written from bytes, or already in staging)."""
+        assert self.staging is not None, "use BundleWriter as a context manager"
+        dest = self.staging / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, bytes):
+            dest.write_bytes(source)
+        elif source is not None and Path(source) != dest:
+            shutil.copyfile(source, dest)
+        if not dest.is_file():
+            raise BundleError(f"bundle file {name!r} was never written")
+        variant = next((v for v, f in VARIANT_FILES.items() if f == name), None)
+        if variant is not None:
+            self.manifest.setdefault("variants", {})[variant] = name
+        return dest
+
+    def add_class_embeddings(self, embeddings: np.ndarray) -> Path:
+        from safetensors.numpy import save_file
+
+        assert self.staging is not None
+        save_file({CLASSES_TENSOR: np.ascontiguousarray(embeddings, dtype=np.float32)}, str(self.staging / CLASSES_FILE))
+        return self.add_file(CLASSES_FILE)
+
+    def _finalise(self) -> None:
+        assert self.staging is not None
+        files = {}
+        for path in sorted(p for p in self.staging.rglob("*") if p.is_file()):
+            rel = path.relative_to(self.staging).as_posix()
+            if rel != MANIFEST:
+                files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        self.manifest["files"] = files
+        missing = [k for k in REQUIRED_KEYS if k not in self.manifest]
+        if missing:
+            raise BundleError(f"bundle manifest is missing fields {missing}")
+        (self.staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._ctx is not None
+        if exc_type is None:
+            try:
+                self._finalise()
+            except BaseException as e:
+                self._ctx.__exit__(type(e), e, e.__traceback__)
+                raise
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
+    """Pack a bundle directory into a .tar (atomically) for shipping to a device."""
+    from clap_edge.io import atomic_path
+
+    bundle_dir = Path(bundle_dir)
+    with atomic_path(tar_path) as tmp:
+        with tarfile.open(tmp, "w") as tar:
+            for path in sorted(bundle_dir.rglob("*")):
+                tar.add(path, arcname=path.relative_to(bundle_dir).as_posix(), recursive=False)
+    return Path(tar_path)
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{root}: missing file {MANIFEST!r} (not a clap-edge bundle?)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: manifest must be a JSON object")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int):
+        raise BundleError(f"{path}: missing or non-integer schema_version")
+    if version > SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {version} is newer than this clap-edge ({__version__}) reads "
+            f"(<= {SCHEMA_VERSION}); upgrade clap-edge"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{path}: manifest is missing fields {missing}")
+    if len(set(manifest["class_names"])) != len(manifest["class_names"]):
+        raise BundleError(f"{path}: class_names contains duplicates")
+    return manifest
+
+
+def _extract_tar(tar_path: Path, dest: Path) -> Path:
+    try:
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out of dest
+    except (tarfile.TarError, OSError) as e:
+        raise BundleError(f"{tar_path}: cannot unpack bundle tar ({e})") from e
+    return dest

@@ -1,0 +1,61 @@
+"""Backend registry: name -> runner class, imported lazily so no backend library loads until used."""
+
+from __future__ import annotations
+
+import importlib
+
+from clap_edge.errors import BackendUnavailableError
+from clap_edge.export.bundle import Bundle
+from clap_edge.runtime.backends.base import Runner, RunnerOptions, RunnerOutput
+
+# name -> (module, class). Each module imports its library inside the runner, not at import.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("clap_edge.runtime.backends.onnxruntime", "OnnxRuntimeRunner"),
+    "onnxruntime-int8": ("clap_edge.runtime.backends.onnxruntime", "OnnxRuntimeInt8Runner"),
+    "torch": ("clap_edge.runtime.backends.torch", "TorchRunner"),
+}
+
+# Preference when no bench result says otherwise: fastest-first on typical hardware.
+AUTO_ORDER = ["onnxruntime", "torch"]
+
+__all__ = ["BACKENDS", "Runner", "RunnerOptions", "RunnerOutput", "runner_class", "create_runner",
+           "available_backends"]
+
+
+def runner_class(name: str) -> type[Runner]:
+    if name not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def available_backends(bundle: Bundle | None = None) -> list[str]:
+    """Backends whose library is installed (and, given a bundle, whose model file it has)."""
+    names = []
+    for name in BACKENDS:
+        cls = runner_class(name)
+        if cls.is_available() and (bundle is None or cls.supports(bundle)):
+            names.append(name)
+    return names
+
+
+def create_runner(bundle: Bundle, backend: str = "auto", options: RunnerOptions | None = None) -> Runner:
+    """A runner for ``bundle`` (not yet activated). ``auto`` picks the best available."""
+    if backend == "auto":
+        backend = choose_auto_backend(bundle)
+    cls = runner_class(backend)
+    if not cls.is_available():
+        extra = f" Install it with: pip install 'clap-edge[{cls.pip_extra}]'" if cls.pip_extra else ""
+        raise BackendUnavailableError(f"backend {backend!r} is not installed here.{extra}")
+    if not cls.supports(bundle):
+        raise BackendUnavailableError(f"backend {backend!r} cannot run bundle {bundle.root}: "
+                                      f"it lacks the model file this backend needs")
+    return cls(bundle, options)
+
+
+def choose_auto_backend(bundle: Bundle) -> str:
+    available = set(available_backends(bundle))
+    for name in AUTO_ORDER:
+        if name in available:
+            return name
+    raise BackendUnavailableError(f"no backend can run bundle {bundle.root}; install onnxruntime")

@@ -1,0 +1,98 @@
+"""The one interface every backend implements (after Polygraphy's ``BaseRunner``).
+
+A runner is built from a bundle, ``activate()``-d (load the model, create sessions),
+fed preprocessed float32 batches ``[N, 3, H, W]`` by ``infer()``, and ``deactivate()``-d.
+It is a context manager and keeps its own inference timings. Heavy libraries are
+imported inside ``activate()``, never at module import.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clap_edge.export.bundle import Bundle
+
+
+@dataclass
+class RunnerOutput:
+    logits: np.ndarray  # [N, C] float32
+    embedding: np.ndarray  # [N, d] float32
+
+
+@dataclass
+class RunnerOptions:
+    threads: int | None = None  # intra-op threads; None lets the library decide
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner(ABC):
+    """Base class of backend runners. Subclasses set ``name`` and implement the three hooks."""
+
+    name: str = "base"
+    #: the pip extra that installs this backend's library, for the "not installed" error
+    pip_extra: str | None = None
+
+    def __init__(self, bundle: Bundle, options: RunnerOptions | None = None):
+        self.bundle = bundle
+        self.options = options or RunnerOptions()
+        self.is_active = False
+        self.inference_times: list[float] = []
+        #: the numeric precision actually used (e.g. "fp32", "int8", "bf16"), set on activate
+        self.precision: str = "fp32"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        """Whether this backend's library can be imported here (cheap, no model load)."""
+        return True
+
+    @classmethod
+    def supports(cls, bundle: Bundle) -> bool:
+        """Whether ``bundle`` holds the model file this backend runs."""
+        return True
+
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self.activate_impl()
+            self.is_active = True
+        return self
+
+    def infer(self, batch: np.ndarray) -> RunnerOutput:
+        if not self.is_active:
+            raise RuntimeError(f"{self.name} runner is not active; call activate() or use it as a context manager")
+        batch = self._check_batch(batch)
+        start = time.perf_counter()
+        out = self.infer_impl(batch)
+        self.inference_times.append(time.perf_counter() - start)
+        return out
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.deactivate_impl()
+            self.is_active = False
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    @abstractmethod
+    def activate_impl(self) -> None: ...
+
+    @abstractmethod
+    def infer_impl(self, batch: np.ndarray) -> RunnerOutput: ...
+
+    def deactivate_impl(self) -> None:
+        pass
+
+    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+        expected = self.bundle.input_shape
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+            raise ValueError(f"input batch has shape {list(batch.shape)}, the bundle expects [N, {', '.join(map(str, expected))}]")
+        return np.ascontiguousarray(batch, dtype=np.float32)
