@@ -1,0 +1,347 @@
+"""Training the CLAP head on a frozen open_clip text tower (CLAP.md: loss, sampling, optimiser, early stop).
+
+Why it is fast: the frozen encoder never runs inside the training loop. Prompts and class
+names are encoded once; the augmented noisy views that the seeded schedule draws are
+encoded ahead, one early-stop window at a time, in large length-sorted batches cut to their
+longest real sequence (see :mod:`clap_edge.text_encoder`), and every encoded text is kept in
+an :class:`EmbeddingCache` (memory, optionally disk). Noise comes from a pool of ``noise_pool``
+pre-drawn noise contexts per view, so a view drawn again reuses an encoding. The loop itself
+then runs only the head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from clap_edge.errors import PromptError
+from clap_edge.head import CLAPHead, HeadConfig
+from clap_edge.io import atomic_path
+from clap_edge.models import LoadedModel, tokenize_checked
+from clap_edge.prompts import AugmentConfig, Prompt, PromptVocab, augment, dedupe_class_names, template_records
+from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 1
+
+
+@dataclass
+class TrainConfig:
+    """CLAP.md's training settings (paper defaults) plus the knobs of the pre-encoding cache."""
+
+    steps: int = 8000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    tau_text: float = 0.5  # NT-Xent temperature between a prompt and its augmented view
+    tau_content: float = 1.0  # NT-Xent temperature between the view and its class name
+    lambda_content: float = 1.0
+    latent_dim: int = 256
+    activation: str = "silu"
+    noise_ctx: int = 4
+    noise_std: float = 0.02
+    noise_pool: int = 4  # K pre-encoded noise draws per distinct view
+    early_stop: bool = True
+    window: int = 480  # early stop compares mean losses of consecutive windows of this many steps
+    patience: int = 5
+    min_delta: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    encode_batch_size: int = 256
+    cache_dir: str | None = None
+    vocab: PromptVocab = field(default_factory=PromptVocab)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "noise_pool", "window", "patience", "encode_batch_size", "latent_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 (NT-Xent needs negatives)")
+
+    @property
+    def noise(self) -> NoiseConfig:
+        return NoiseConfig(n_ctx=self.noise_ctx, std=self.noise_std)
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-safe settings, stored in the head's metadata."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("vocab", "augment", "progress", "cache_dir")}
+        out["augment"] = asdict(self.augment)
+        out["vocab_fingerprint"] = hashlib.sha256(self.vocab.fingerprint().encode()).hexdigest()[:16]
+        return out
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    steps_run: int
+    stopped_early: bool
+    window_means: list[float]
+    encoded_texts: int  # sequences the frozen encoder ran on in this call (cache misses)
+    encode_seconds: float
+    loop_seconds: float
+    window: int = 480
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss of the last window (or of every step when fewer were run)."""
+        tail = self.losses[-min(len(self.losses), self.window):]
+        return float(sum(tail) / max(1, len(tail)))
+
+
+def nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: row i of ``a`` and row i of ``b`` are positives, all other 2N-2 rows negatives."""
+    z = F.normalize(torch.cat([a, b]), dim=-1)
+    n = a.shape[0]
+    sim = (z @ z.T) / tau
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def clap_loss(head: CLAPHead, t: torch.Tensor, t_aug: torch.Tensor, c: torch.Tensor, config: TrainConfig
+              ) -> torch.Tensor:
+    """NTXent_{tau_text}(f(t), f(t')) + lambda * NTXent_{tau_content}(f(t'), f(c)), with s = 1."""
+    ft, fv, fc = head(t, alpha=1.0), head(t_aug, alpha=1.0), head(c, alpha=1.0)
+    return nt_xent(ft, fv, config.tau_text) + config.lambda_content * nt_xent(fv, fc, config.tau_content)
+
+
+class EmbeddingCache:
+    """Text -> frozen-encoder embedding, filled in large batches, optionally persisted to ``path``.
+
+    Entries are keyed by text (``plain:<text>`` or ``noise<k>:<text>``); the file name
+    keys model, weights, vocabulary, augmentation and noise settings, so a file is only
+    ever reused by a run for which it is valid.
+    """
+
+    def __init__(self, encoder: NoiseTextEncoder, tokenizer: Any, noise: NoiseConfig, seed: int,
+                 batch_size: int = 256, path: Path | None = None):
+        self.encoder, self.tokenizer, self.noise, self.seed = encoder, tokenizer, noise, seed
+        self.batch_size = batch_size
+        self.path = path
+        self.index: dict[str, int] = {}
+        self.table = torch.empty(0, 0)
+        self.encoded = 0  # cache misses this session
+        self.encode_seconds = 0.0
+        if path is not None and path.is_file():
+            self._load(path)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def get(self, keys: list[str]) -> torch.Tensor:
+        return self.table[torch.tensor([self.index[k] for k in keys], dtype=torch.long)]
+
+    def ensure(self, keys: list[str], progress: Any = None) -> None:
+        """Encode every key not yet cached, plain and noisy ones each in large batches."""
+        missing = list(dict.fromkeys(k for k in keys if k not in self.index))
+        if not missing:
+            return
+        start = time.perf_counter()
+        plain = [k for k in missing if k.startswith("plain:")]
+        noisy = [k for k in missing if not k.startswith("plain:")]
+        for group, with_noise in ((plain, False), (noisy, True)):
+            if group:
+                self._add(group, self._encode(group, with_noise, progress))
+        self.encoded += len(missing)
+        self.encode_seconds += time.perf_counter() - start
+
+    def _encode(self, keys: list[str], with_noise: bool, progress: Any) -> torch.Tensor:
+        texts = [k.split(":", 1)[1] for k in keys]
+        reserve = self.noise.n_ctx if with_noise else 0
+        tokens = tokenize_checked(self.tokenizer, texts, reserve=reserve)
+        noise = positions = None
+        if with_noise and self.noise.n_ctx:
+            noise, where = draw_noise(keys, self.noise, self.encoder.width, self.seed)
+            positions = self.encoder.insert_positions(tokens, where)
+        return self.encoder.encode_batched(tokens, self.batch_size, noise, positions, progress)
+
+    def _add(self, keys: list[str], rows: torch.Tensor) -> None:
+        base = self.table.shape[0]
+        self.table = rows if base == 0 else torch.cat([self.table, rows])
+        self.index.update({k: base + i for i, k in enumerate(keys)})
+
+    def save(self) -> None:
+        if self.path is None or self.encoded == 0:
+            return
+        with atomic_path(self.path) as tmp:
+            torch.save({"format": CACHE_FORMAT, "keys": list(self.index), "table": self.table}, tmp)
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            keys, table = data["keys"], data["table"]
+            assert data["format"] == CACHE_FORMAT and len(keys) == table.shape[0]
+        except Exception as e:  # a stale or corrupt cache is not fatal: re-encode
+            log.warning("ignoring unreadable embedding cache %s (%s)", path, e)
+            return
+        self.table = table.float()
+        self.index = {k: i for i, k in enumerate(keys)}
+
+
+def cache_file(cache_dir: str | os.PathLike, loaded: LoadedModel, config: TrainConfig) -> Path:
+    """``cache_dir/<model>-<hash>.pt``, the hash covering everything an embedding depends on."""
+    pretrained = loaded.pretrained or ""
+    if pretrained and Path(pretrained).is_file():  # a local checkpoint: its content may change
+        stat = Path(pretrained).stat()
+        pretrained = f"{Path(pretrained).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    parts = [loaded.model_name, pretrained, config.vocab.fingerprint(), repr(config.augment),
+             repr(config.noise), str(config.seed), str(CACHE_FORMAT)]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
+    return Path(cache_dir) / f"{loaded.model_name.replace('/', '_')}-{digest}.pt"
+
+
+class Schedule:
+    """The seeded stream of (prompt, augmented view, noise slot); consecutive items have different classes."""
+
+    def __init__(self, records: dict[str, list[Prompt]], config: TrainConfig):
+        self.records, self.config = records, config
+        self.rng = random.Random(config.seed)
+        self.classes = list(records)
+        self._order: dict[str, list[int]] = {c: [] for c in self.classes}
+        self._class_stream: list[str] = []
+        self._last: str | None = None
+
+    def batch(self) -> list[tuple[Prompt, Prompt, int]]:
+        return [self._item() for _ in range(self.config.batch_size)]
+
+    def _item(self) -> tuple[Prompt, Prompt, int]:
+        cls = self._next_class()
+        if not self._order[cls]:  # a fresh shuffle of this class's prompts each time they run out
+            self._order[cls] = self.rng.sample(range(len(self.records[cls])), len(self.records[cls]))
+        prompt = self.records[cls][self._order[cls].pop()]
+        view = augment(prompt, self.rng, self.config.augment, self.config.vocab)
+        slot = self.rng.randrange(self.config.noise_pool) if self.config.noise_ctx else 0  # no noise: one view
+        return prompt, view, slot
+
+    def _next_class(self) -> str:
+        if not self._class_stream:
+            perm = self.rng.sample(self.classes, len(self.classes))
+            if len(perm) > 1 and perm[0] == self._last:  # keep consecutive items from different classes
+                perm[0], perm[-1] = perm[-1], perm[0]
+            self._class_stream = perm[::-1]
+        self._last = self._class_stream.pop()
+        return self._last
+
+
+def prepare_class_names(class_names: list[str], loaded: LoadedModel, config: TrainConfig
+                        ) -> dict[str, list[Prompt]]:
+    """Deduplicate (with a warning) and check every class's prompts fit the text context."""
+    names = dedupe_class_names([str(n).strip() for n in class_names if str(n).strip()], source="class names")
+    records = {}
+    for name in names:
+        records[name] = template_records(name, config.vocab)
+        longest = max((p.text() for p in records[name]), key=len)
+        try:
+            tokenize_checked(loaded.tokenizer, [name, longest], reserve=config.noise_ctx)
+        except PromptError as e:
+            raise PromptError(f"class name {name!r} does not fit the text context of {loaded.model_name}: {e}") from e
+    return records
+
+
+def train_head(loaded: LoadedModel, class_names: list[str], config: TrainConfig | None = None
+               ) -> tuple[CLAPHead, TrainResult]:
+    """Train a CLAP head for ``class_names`` on ``loaded``'s frozen text tower; returns the head and the run."""
+    config = config or TrainConfig()
+    records = prepare_class_names(class_names, loaded, config)
+    device = torch.device(config.device)
+    loaded.model.to(device)
+    encoder = NoiseTextEncoder(loaded.model)
+    path = cache_file(config.cache_dir, loaded, config) if config.cache_dir else None
+    cache = EmbeddingCache(encoder, loaded.tokenizer, config.noise, config.seed, config.encode_batch_size, path)
+
+    torch.manual_seed(config.seed)
+    head = CLAPHead(HeadConfig(in_dim=loaded.embed_dim, latent_dim=config.latent_dim, activation=config.activation,
+                               model_name=loaded.model_name, pretrained=loaded.pretrained,
+                               class_names=list(records))).to(device)
+    optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = Schedule(records, config)
+    stopper = EarlyStopper(config)
+    losses: list[float] = []
+    loop_seconds = 0.0
+    with _progress(config) as bar:
+        encode_task = bar.add_task("encoding texts", total=None)
+        train_task = bar.add_task("training head", total=config.steps)
+        fixed = [f"plain:{p.text()}" for ps in records.values() for p in ps] + [f"plain:{c}" for c in records]
+        cache.ensure(fixed, lambda n: bar.advance(encode_task, n))
+        for chunk in _chunks(config.steps, config.window):
+            batches = [schedule.batch() for _ in range(chunk)]
+            keys = [_keys(batch) for batch in batches]
+            cache.ensure([k for step in keys for part in step for k in part], lambda n: bar.advance(encode_task, n))
+            start = time.perf_counter()
+            for t_keys, v_keys, c_keys in keys:
+                t, v, c = (cache.get(k).to(device) for k in (t_keys, v_keys, c_keys))
+                loss = clap_loss(head, t, v, c, config)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                bar.advance(train_task)
+            loop_seconds += time.perf_counter() - start
+            if stopper.update(losses[-chunk:]):
+                break
+    cache.save()
+    result = TrainResult(losses, len(losses), len(losses) < config.steps, stopper.means, cache.encoded,
+                         cache.encode_seconds, loop_seconds, config.window)
+    head.config.training = {**config.settings(), "final_loss": result.final_loss, "steps_run": result.steps_run,
+                            "stopped_early": result.stopped_early}
+    return head.cpu().eval(), result
+
+
+class EarlyStopper:
+    """Stop when the mean loss of a window has not improved by ``min_delta`` for ``patience`` windows."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.best = float("inf")
+        self.bad = 0
+        self.means: list[float] = []
+
+    def update(self, window_losses: list[float]) -> bool:
+        if len(window_losses) < self.config.window:  # a partial final window is not judged
+            return False
+        mean = sum(window_losses) / len(window_losses)
+        self.means.append(mean)
+        if mean < self.best - self.config.min_delta:
+            self.best, self.bad = mean, 0
+        else:
+            self.bad += 1
+        return self.config.early_stop and self.bad >= self.config.patience
+
+
+def _keys(batch: list[tuple[Prompt, Prompt, int]]) -> tuple[list[str], list[str], list[str]]:
+    return ([f"plain:{p.text()}" for p, _, _ in batch], [f"noise{k}:{v.text()}" for _, v, k in batch],
+            [f"plain:{p.class_name}" for p, _, _ in batch])
+
+
+def _chunks(total: int, size: int) -> Iterator[int]:
+    while total > 0:
+        yield min(size, total)
+        total -= size
+
+
+def _progress(config: TrainConfig):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not config.progress, transient=False)
+
+
+def result_summary(result: TrainResult) -> dict[str, Any]:
+    return {"steps_run": result.steps_run, "final_loss": result.final_loss, "stopped_early": result.stopped_early,
+            "window_means": result.window_means, "encoded_texts": result.encoded_texts,
+            "encode_seconds": round(result.encode_seconds, 3), "loop_seconds": round(result.loop_seconds, 3)}
+
+
+__all__ = ["TrainConfig", "TrainResult", "EmbeddingCache", "Schedule", "EarlyStopper", "nt_xent", "clap_loss",
+           "train_head", "cache_file", "prepare_class_names", "result_summary"]
