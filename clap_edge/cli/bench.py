@@ -1,0 +1,94 @@
+"""``clap-edge bench``: backends x batch sizes on one bundle, interleaved; JSON, PNG and a table."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from clap_edge.errors import ClapEdgeError
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter("batch sizes must be integers >= 1")
+    return sizes
+
+
+@click.command("bench")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("--backends", default=None, help="Comma-separated backends (default: every one installed that can run the bundle).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list, help="Comma-separated batch sizes.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads per backend.")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed rounds per batch size.")
+@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed rounds per batch size.")
+@click.option("--end-to-end", "end_to_end", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Image folder: also time files -> predictions through the pipelined path.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here (atomically).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a latency/throughput PNG here.")
+@click.option("--record", is_flag=True, help="Store the report in the user cache so backend 'auto' picks the fastest.")
+@click.option("--openvino-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Force OpenVINO's inference precision (default: the CPU plugin's best).")
+@click.option("--quiet", is_flag=True, help="No progress bar and no table.")
+def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, json_path, plot_path, record,
+          openvino_precision, quiet):
+    """Benchmark backends on BUNDLE: p50/p90/p99 latency, images/s, peak RSS, speed-up vs torch,
+    GFLOP/s and top-1 agreement vs fp32, with the backends interleaved round by round.
+
+    \b
+    Example:
+      clap-edge bench my-bundle --backends torch,onnxruntime,onnxruntime-int8,openvino \\
+          --batch-sizes 1,8,32 --threads 1 --json bench.json --plot bench.png
+    """
+    from clap_edge.export.bundle import Bundle
+    from clap_edge.runtime.bench import BenchConfig, plot_report, record_bench, run_bench, write_report
+
+    names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
+    options = {"openvino": {"precision": openvino_precision}} if openvino_precision else {}
+    cfg = BenchConfig(bundle=bundle, backends=names, batch_sizes=batch_sizes, threads=threads, warmup=warmup,
+                      iters=iters, end_to_end=end_to_end, backend_options=options)
+    report = run_bench(cfg, progress=not quiet)
+    if not report["results"]:
+        raise ClapEdgeError(f"no backend produced a result: {json.dumps(report.get('errors', {}))}")
+    if json_path:
+        write_report(report, json_path)
+    if plot_path:
+        plot_report(report, plot_path)
+    if record:
+        path = record_bench(report, Bundle.open(bundle))
+        click.echo(f"recorded for backend 'auto': {path}", err=True)
+    if not quiet:
+        _print_table(report)
+    if not json_path and quiet:
+        click.echo(json.dumps(report, indent=2))
+
+
+def _print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    env = report["env"]
+    table = Table(title=f"{env['bundle']['model_name']} on {env['cpu_model']} ({env['threads']} thread(s))")
+    columns = ["backend", "precision", "mode", "batch", "p50 ms", "p99 ms", "images/s", "x torch", "GFLOP/s",
+               "RSS MB", "top-1|e2e"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("backend", "precision", "mode") else "right")
+    for r in report["results"]:
+        table.add_row(r["backend"], str(r.get("precision", "")), r["mode"], str(r["batch_size"]), _f(r.get("p50_ms")),
+                      _f(r.get("p99_ms")), _f(r["images_per_s"]), _f(r.get("speedup_vs_torch")),
+                      _f(r.get("gflops_per_s")), _f(r.get("peak_rss_mb")),
+                      _f(r.get("top1_agreement_vs_fp32") if r["mode"] == "model" else r.get("fraction_of_model_only")))
+    Console(width=max(Console().width, 130)).print(table)
+    for name, error in report.get("errors", {}).items():
+        click.secho(f"{name}: {error.splitlines()[0]}", fg="yellow", err=True)
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+COMMANDS = [bench]

@@ -1,0 +1,210 @@
+"""BatchingClassifier: many callers, one model, batches formed on the fly.
+
+Callers ``submit(image)`` from any thread and get a ``concurrent.futures.Future``. Two worker
+threads do the work so decoding overlaps inference:
+
+    submit() -> [request queue, bounded] -> decode worker -> [ready queue, 2 batches] -> inference worker
+
+The decode worker collects requests until the batch is full or ``max_delay_ms`` has passed
+since the first one arrived, decoding and preprocessing each as it comes; an image that
+fails to decode fails its own future and is left out of the batch. The inference worker runs
+``classifier.predict_batch`` and resolves the futures. If a whole batch fails, it is retried
+image by image so only the request that breaks the model fails.
+
+The classifier needs only two methods: ``preprocess(image) -> [3, H, W] float32`` and
+``predict_batch(batch, top_k) -> list[Prediction]``; it is used from the workers only, one
+call at a time, so it need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = ["BatchingClassifier", "BatchingConfig", "QueueFullError"]
+
+_STOP = object()  # sentinel that flows through both queues on close()
+
+
+class QueueFullError(RuntimeError):
+    """Raised by ``submit`` in non-blocking mode when ``max_queue`` requests are already waiting."""
+
+
+class _ClassifierLike(Protocol):
+    def preprocess(self, image: Any) -> np.ndarray: ...
+
+    def predict_batch(self, batch: np.ndarray, top_k: int = 5) -> list: ...
+
+
+@dataclass
+class BatchingConfig:
+    max_batch_size: int = 32
+    max_delay_ms: float = 5.0
+    max_queue: int = 1024
+    block: bool = True  # back-pressure: block the caller when the queue is full, else raise QueueFullError
+    top_k: int = 5
+
+
+@dataclass
+class _Request:
+    image: Any
+    future: Future
+
+
+class BatchingClassifier:
+    """Thread-safe batched front end to a :class:`~clap_edge.runtime.Classifier`.
+
+    >>> with BatchingClassifier(clf, max_batch_size=32, max_delay_ms=5) as bc:   # doctest: +SKIP
+    ...     futures = [bc.submit(path) for path in paths]
+    ...     predictions = [f.result() for f in futures]
+    """
+
+    def __init__(self, classifier: _ClassifierLike, max_batch_size: int = 32, max_delay_ms: float = 5.0,
+                 max_queue: int = 1024, block: bool = True, top_k: int = 5):
+        if max_batch_size < 1 or max_queue < 1 or max_delay_ms < 0:
+            raise ValueError("max_batch_size and max_queue must be >= 1 and max_delay_ms >= 0")
+        self.classifier = classifier
+        self.config = BatchingConfig(max_batch_size, max_delay_ms, max_queue, block, top_k)
+        self._requests: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._ready: queue.Queue = queue.Queue(maxsize=2)  # decoded batches waiting for the model
+        self._lock = threading.Lock()  # orders submit() against close(): nothing slips in after the stop
+        self._closed = False
+        self.batches_run = 0
+        self.batch_sizes: list[int] = []
+        self._decoder = threading.Thread(target=self._decode_loop, name="clap-edge-decode", daemon=True)
+        self._inferer = threading.Thread(target=self._infer_loop, name="clap-edge-infer", daemon=True)
+        self._decoder.start()
+        self._inferer.start()
+
+    # ---- public API ---------------------------------------------------------------
+
+    def submit(self, image: Any) -> Future:
+        """Queue one image (path, PIL image, uint8 array or preprocessed [3, H, W]); returns its Future."""
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("BatchingClassifier is closed")
+            try:
+                self._requests.put(_Request(image, future), block=self.config.block)
+            except queue.Full:
+                raise QueueFullError(
+                    f"{self.config.max_queue} requests are already queued; retry later or use block=True"
+                ) from None
+        return future
+
+    def close(self) -> None:
+        """Stop accepting requests, finish every queued one, and stop the workers."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._requests.put(_STOP)  # blocks while full; the decoder keeps draining
+        self._decoder.join()
+        self._inferer.join()
+
+    def __enter__(self) -> "BatchingClassifier":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def pending(self) -> int:
+        return self._requests.qsize()
+
+    # ---- decode worker --------------------------------------------------------------
+
+    def _decode_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._requests.get()
+            if first is _STOP:
+                break
+            batch, futures, stopping = self._collect(first)
+            if futures:
+                self._ready.put((np.stack(batch), futures, batch.requests))
+        self._ready.put(_STOP)
+
+    def _collect(self, first: _Request) -> tuple["_Batch", list[Future], bool]:
+        batch = _Batch()
+        self._decode_into(batch, first)
+        deadline = time.perf_counter() + self.config.max_delay_ms / 1000.0
+        while len(batch) < self.config.max_batch_size:
+            timeout = deadline - time.perf_counter()
+            try:
+                item = self._requests.get(timeout=timeout) if timeout > 0 else self._requests.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, batch.futures, True
+            self._decode_into(batch, item)
+        return batch, batch.futures, False
+
+    def _decode_into(self, batch: "_Batch", request: _Request) -> None:
+        if not request.future.set_running_or_notify_cancel():
+            return  # cancelled by the caller while queued
+        try:
+            array = self.classifier.preprocess(request.image)
+        except BaseException as e:  # a broken image fails its own request only
+            request.future.set_exception(e)
+            return
+        batch.add(array, request)
+
+    # ---- inference worker -------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        while True:
+            item = self._ready.get()
+            if item is _STOP:
+                return
+            array, futures, requests = item
+            self.batches_run += 1
+            self.batch_sizes.append(len(futures))
+            try:
+                predictions = self.classifier.predict_batch(array, top_k=self.config.top_k)
+            except BaseException:
+                self._retry_one_by_one(array, requests)
+                continue
+            for prediction, request in zip(predictions, requests):
+                request.future.set_result(_with_path(prediction, request.image))
+
+    def _retry_one_by_one(self, array: np.ndarray, requests: list[_Request]) -> None:
+        # Isolate the request that breaks the model so the rest of the batch still succeeds.
+        for i, request in enumerate(requests):
+            try:
+                prediction = self.classifier.predict_batch(array[i : i + 1], top_k=self.config.top_k)[0]
+            except BaseException as e:
+                request.future.set_exception(e)
+            else:
+                request.future.set_result(_with_path(prediction, request.image))
+
+
+class _Batch(list):
+    """Preprocessed arrays of one batch, with the requests they belong to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[_Request] = []
+
+    def add(self, array: np.ndarray, request: _Request) -> None:
+        self.append(array)
+        self.requests.append(request)
+
+    @property
+    def futures(self) -> list[Future]:
+        return [r.future for r in self.requests]
+
+
+def _with_path(prediction: Any, image: Any) -> Any:
+    # predict() on a path records it; predict_batch() cannot know it, so put it back here.
+    if isinstance(image, (str, os.PathLike)) and dataclasses.is_dataclass(prediction) and hasattr(prediction, "path"):
+        return dataclasses.replace(prediction, path=str(image))
+    return prediction

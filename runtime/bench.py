@@ -1,0 +1,429 @@
+"""Benchmark backends x batch sizes on one bundle: latency, throughput, memory, drift.
+
+Each backend runs in its own worker process (:mod:`clap_edge.runtime.bench_worker`) and the
+backends are interleaved round by round (one timed call per backend per round), so drift of
+a shared machine hits all backends equally. Results have the shape the bench issue fixes:
+``{"env": {...}, "results": [{"backend", "batch_size", "threads", "p50_ms", "p90_ms",
+"p99_ms", "images_per_s", "speedup_vs_torch", "gflops_per_s", "peak_rss_mb",
+"top1_agreement_vs_fp32", ...}]}``.
+
+``record_bench`` stores a report in the user cache so that ``backend="auto"`` can pick the
+fastest backend measured on this machine for this model (:func:`recorded_fastest_backend`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from clap_edge.errors import BackendUnavailableError, BundleError
+from clap_edge.export.bundle import Bundle
+from clap_edge.io import atomic_write_text
+
+__all__ = ["BenchConfig", "run_bench", "write_report", "plot_report", "record_bench", "load_bench_record",
+           "recorded_fastest_backend", "environment"]
+
+REFERENCE_BACKENDS = ("onnxruntime", "torch")  # fp32 references for the agreement columns, in preference
+AUTO_MIN_AGREEMENT = 0.99  # auto never picks a backend that flips more top-1s than this vs fp32
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class BenchConfig:
+    bundle: str
+    backends: list[str] | None = None  # None: every backend installed here that can run the bundle
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    threads: int | None = 1
+    warmup: int = 3
+    iters: int = 20
+    end_to_end: str | None = None  # image folder: also time files -> predictions at each batch size
+    agreement: np.ndarray | None = None  # preprocessed [n,3,H,W]; default: the bundle's calibration.npy
+    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> RunnerOptions.extra
+
+
+# ---- workers --------------------------------------------------------------------------
+
+
+class _WorkerHandle:
+    """Parent side of one worker process."""
+
+    def __init__(self, ctx: Any, cfg: BenchConfig, backend: str):
+        from clap_edge.runtime.bench_worker import worker_main
+
+        self.backend = backend
+        self.conn, child = ctx.Pipe()
+        extra = cfg.backend_options.get(backend, {})
+        self.process = ctx.Process(target=worker_main, args=(child, str(cfg.bundle), backend, cfg.threads, extra),
+                                   name=f"clap-edge-bench-{backend}", daemon=True)
+        self.process.start()
+        child.close()
+        self.info = self._reply()
+
+    def call(self, command: str, *args: Any) -> Any:
+        self.conn.send((command, *args))
+        return self._reply()
+
+    def _reply(self) -> Any:
+        try:
+            status, payload = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"bench worker for {self.backend!r} died (exit code {self.process.exitcode})") from None
+        if status != "ok":
+            raise RuntimeError(f"backend {self.backend!r}: {payload}")
+        return payload
+
+    def stop(self) -> None:
+        try:
+            if self.process.is_alive():
+                self.call("stop")
+        except Exception:
+            pass
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+# ---- the run ------------------------------------------------------------------------
+
+
+def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
+    """Run the benchmark and return the report (see the module docstring for its shape)."""
+    import multiprocessing
+
+    bundle = Bundle.open(cfg.bundle)
+    backends = _check_backends(bundle, cfg.backends)
+    files = _image_files(cfg.end_to_end) if cfg.end_to_end else []
+    env = environment(cfg.threads)
+    env["bundle"] = {"path": str(cfg.bundle), "model_name": bundle.manifest["model"].get("model_name"),
+                     "flops_per_image": bundle.manifest.get("flops_per_image"),
+                     "input_shape": list(bundle.input_shape), "n_classes": len(bundle.class_names)}
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited thread pools or allocations
+    steps = len(backends) * (1 + len(cfg.batch_sizes) * (cfg.warmup + cfg.iters + (1 if files else 0)))
+    workers: dict[str, _WorkerHandle] = {}
+    errors: dict[str, str] = {}
+    results: list[dict[str, Any]] = []
+    with _progress(progress, steps) as advance:
+        for name in backends:
+            advance(f"loading {name}")
+            try:
+                workers[name] = _WorkerHandle(ctx, cfg, name)
+            except RuntimeError as e:
+                errors[name] = str(e)
+        try:
+            for batch_size in cfg.batch_sizes:
+                results += _bench_batch(workers, cfg, batch_size, advance, errors)
+            drift = _agreement(workers, bundle, cfg)
+            for row in results:
+                row.update(drift.get(row["backend"], {"top1_agreement_vs_fp32": None}))
+            if files:
+                for batch_size in cfg.batch_sizes:
+                    results += _bench_end_to_end(workers, files, batch_size, cfg.threads, results, advance, errors)
+        finally:
+            for worker in workers.values():
+                worker.stop()
+    _add_ratios(results, env["bundle"]["flops_per_image"])
+    env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    env["load_s"] = {name: w.info["load_s"] for name, w in workers.items()}
+    report = {"env": env, "config": {"backends": backends, "batch_sizes": cfg.batch_sizes, "threads": cfg.threads,
+                                     "warmup": cfg.warmup, "iters": cfg.iters, "end_to_end": cfg.end_to_end},
+              "results": results}
+    if errors:
+        report["errors"] = errors
+    return report
+
+
+def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size: int,
+                 advance: Callable[[str], None], errors: dict[str, str]) -> list[dict[str, Any]]:
+    live = dict(workers)
+    times: dict[str, list[float]] = {name: [] for name in live}
+
+    def each_round(label: str, record: bool) -> None:
+        for name, worker in list(live.items()):
+            advance(f"{label} {name} batch {batch_size}")
+            try:
+                t = worker.call("time", batch_size, 1)
+            except RuntimeError as e:  # e.g. out of memory at a large batch: report, keep the others going
+                errors[f"{name}@{batch_size}"] = str(e)
+                del live[name]
+                continue
+            if record:
+                times[name] += t
+
+    for worker in live.values():
+        worker.call("start_batch", batch_size)
+    for _ in range(cfg.warmup):
+        each_round("warm-up", record=False)
+    for _ in range(cfg.iters):
+        each_round("timing", record=True)
+    rows = []
+    for name, worker in live.items():
+        ms = np.asarray(times[name]) * 1000.0
+        memory = worker.call("memory")
+        rows.append({
+            "backend": name, "mode": "model", "batch_size": batch_size, "threads": cfg.threads,
+            "precision": worker.info["precision"],
+            "p50_ms": _r(np.percentile(ms, 50), 3), "p90_ms": _r(np.percentile(ms, 90), 3),
+            "p99_ms": _r(np.percentile(ms, 99), 3), "mean_ms": _r(ms.mean(), 3),
+            "images_per_s": _r(batch_size * len(ms) / (ms.sum() / 1000.0)),
+            "peak_rss_mb": memory["peak_rss_mb"], "peak_gpu_mb": memory["peak_gpu_mb"], "iters": len(ms),
+        })
+    return rows
+
+
+def _agreement(workers: dict[str, _WorkerHandle], bundle: Bundle, cfg: BenchConfig) -> dict[str, dict[str, Any]]:
+    """Top-1 agreement and max |dlogit| of every backend against the fp32 reference backend."""
+    batch = cfg.agreement if cfg.agreement is not None else _calibration(bundle)
+    reference = next((name for name in REFERENCE_BACKENDS if name in workers), None)
+    if batch is None or reference is None:
+        return {}
+    ref = workers[reference].call("logits", batch)
+    out = {}
+    for name, worker in workers.items():
+        logits = worker.call("logits", batch)
+        out[name] = {
+            "top1_agreement_vs_fp32": _r(float(np.mean(logits.argmax(1) == ref.argmax(1))), 4),
+            "max_abs_logit_diff_vs_fp32": _r(float(np.abs(logits - ref).max()), 6),
+            "agreement_n_images": int(len(batch)), "agreement_reference": reference,
+        }
+    return out
+
+
+def _bench_end_to_end(workers: dict[str, _WorkerHandle], files: list[str], batch_size: int, threads: int | None,
+                      results: list[dict[str, Any]], advance: Callable[[str], None],
+                      errors: dict[str, str]) -> list[dict[str, Any]]:
+    rows = []
+    for name, worker in workers.items():
+        advance(f"end-to-end {name} batch {batch_size}")
+        reps = max(1, -(-2 * batch_size // len(files)))  # at least two full batches of files
+        try:
+            e2e = worker.call("end_to_end", files * reps, batch_size)
+        except RuntimeError as e:
+            errors[f"{name}@{batch_size}/end_to_end"] = str(e)
+            continue
+        model = next((r for r in results if r["backend"] == name and r["batch_size"] == batch_size
+                      and r["mode"] == "model"), None)
+        ips = e2e["n_images"] / e2e["seconds"]
+        rows.append({
+            "backend": name, "mode": "end_to_end", "batch_size": batch_size, "threads": threads,
+            "images_per_s": _r(ips), "n_images": e2e["n_images"], "failed": e2e["failed"],
+            "model_only_images_per_s": model["images_per_s"] if model else None,
+            "fraction_of_model_only": _r(ips / model["images_per_s"], 3) if model else None,
+        })
+    return rows
+
+
+def _add_ratios(results: list[dict[str, Any]], flops_per_image: float | None) -> None:
+    torch_ips = {r["batch_size"]: r["images_per_s"] for r in results if r["backend"] == "torch" and r["mode"] == "model"}
+    for row in results:
+        if row["mode"] != "model":
+            continue
+        base = torch_ips.get(row["batch_size"])
+        row["speedup_vs_torch"] = _r(row["images_per_s"] / base, 3) if base else None
+        row["gflops_per_s"] = _r(flops_per_image * row["images_per_s"] / 1e9) if flops_per_image else None
+
+
+# ---- inputs and environment --------------------------------------------------------
+
+
+def _check_backends(bundle: Bundle, names: list[str] | None) -> list[str]:
+    from clap_edge.runtime.backends import BACKENDS, available_backends, runner_class
+
+    if not names:
+        return available_backends(bundle)
+    for name in names:
+        if name not in BACKENDS:
+            raise BackendUnavailableError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+        cls = runner_class(name)
+        if not cls.is_available():
+            extra = f" Install it with: pip install 'clap-edge[{cls.pip_extra}]'" if cls.pip_extra else ""
+            raise BackendUnavailableError(f"backend {name!r} is not installed here.{extra}")
+        if not cls.supports(bundle):
+            raise BackendUnavailableError(f"backend {name!r} cannot run bundle {bundle.root}: it lacks that model file")
+    return list(dict.fromkeys(names))
+
+
+def _calibration(bundle: Bundle) -> np.ndarray | None:
+    if "calibration.npy" not in bundle.manifest["files"]:
+        return None
+    return np.load(bundle.file("calibration.npy"), allow_pickle=False).astype(np.float32)
+
+
+def _image_files(folder: str) -> list[str]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise BundleError(f"{folder}: --end-to-end needs a folder of images")
+    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise BundleError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    return files
+
+
+def environment(threads: int | None) -> dict[str, Any]:
+    """CPU, cores, threads, library versions, GPU and machine load: what a number depends on."""
+    from importlib import metadata
+
+    cpu_model, flags = _cpu_info()
+    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
+              "avx512_fp16", "neon", "asimd")
+    versions = {}
+    for lib in ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "open_clip_torch", "pillow"):
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    return {
+        "cpu_model": cpu_model, "cpu_flags": [f for f in wanted if f in flags], "machine": platform.machine(),
+        "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": threads, "python": platform.python_version(), "libraries": versions, "gpu": _gpu_name(),
+        "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _cpu_info() -> tuple[str, list[str]]:
+    cpu_model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")):
+                flags = line.split(":", 1)[1].split()
+                break
+    except OSError:
+        pass
+    return cpu_model, flags
+
+
+def _gpu_name() -> str | None:
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ---- output ---------------------------------------------------------------------
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    return atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+
+
+def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """PNG: p50 latency and images/s vs batch size, one line per backend (model-only rows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clap_edge.io import atomic_path
+
+    rows = [r for r in report["results"] if r["mode"] == "model"]
+    fig, (ax_lat, ax_ips) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
+        label = f"{backend} ({mine[0]['precision']})"
+        bs = [r["batch_size"] for r in mine]
+        ax_lat.plot(bs, [r["p50_ms"] for r in mine], marker="o", label=label)
+        ax_ips.plot(bs, [r["images_per_s"] for r in mine], marker="o", label=label)
+    env = report["env"]
+    for ax, title, ylabel in ((ax_lat, "p50 latency per batch", "ms"), (ax_ips, "throughput", "images/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax_lat.set_yscale("log")
+    ax_ips.legend(fontsize=8)
+    fig.suptitle(f"{env['bundle']['model_name']} - {env['cpu_model']}, {env['threads']} thread(s)", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+# ---- records for backend="auto" -------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("CLAP_EDGE_CACHE"):
+        return Path(os.environ["CLAP_EDGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clap-edge"
+
+
+def _record_path(bundle: Bundle) -> Path:
+    model_sha = bundle.manifest["files"].get("model.onnx", {}).get("sha256") or "no-onnx"
+    return _cache_dir() / "bench" / f"{model_sha[:32]}.json"
+
+
+def record_bench(report: dict[str, Any], bundle: Bundle) -> Path:
+    """Store a report where ``backend="auto"`` finds it (user cache, keyed by the model's sha256)."""
+    return write_report(report, _record_path(bundle))
+
+
+def load_bench_record(bundle: Bundle) -> dict[str, Any] | None:
+    """A recorded report for this bundle's model: ``bench.json`` beside the bundle, else the user cache."""
+    for path in (bundle.root / "bench.json", _record_path(bundle)):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def recorded_fastest_backend(bundle: Bundle, candidates: list[str]) -> str | None:
+    """Fastest candidate at the smallest recorded batch, measured on this CPU, without top-1 drift."""
+    record = load_bench_record(bundle)
+    if not record or record.get("env", {}).get("cpu_model") != _cpu_info()[0]:
+        return None
+    rows = [r for r in record.get("results", []) if r.get("mode", "model") == "model" and r["backend"] in candidates
+            and (r.get("top1_agreement_vs_fp32") is None or r["top1_agreement_vs_fp32"] >= AUTO_MIN_AGREEMENT)]
+    if not rows:
+        return None
+    smallest = min(r["batch_size"] for r in rows)
+    return max((r for r in rows if r["batch_size"] == smallest), key=lambda r: r["images_per_s"])["backend"]
+
+
+# ---- helpers ------------------------------------------------------------------
+
+
+def _r(x: float, digits: int = 2) -> float:
+    return round(float(x), digits)
+
+
+class _progress:
+    """A rich progress bar on stderr (or nothing): ``advance(description)`` per step."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self._bar = enabled, total, None
+
+    def __enter__(self) -> Callable[[str], None]:
+        if not self.enabled:
+            return lambda description: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description:<36}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self._bar.start()
+        task = self._bar.add_task("bench", total=self.total)
+        return lambda description: self._bar.update(task, advance=1, description=description)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
