@@ -1,0 +1,232 @@
+"""Classifier: a verified bundle + a backend runner + open_clip-exact preprocessing.
+
+>>> with Classifier.open("bundle", backend="auto") as clf:          # doctest: +SKIP
+...     for p in clf.predict(["cat.jpg", "dog.png"], top_k=3):
+...         print(p.labels, p.scores)
+
+Only numpy, PIL and the chosen backend's library are imported: an ONNX bundle runs
+where neither torch nor open_clip is installed. :meth:`Classifier.predict_files` is the
+pipelined path from files (decode the next batch in threads while the current one runs)
+that ``clap-edge classify`` and the benchmarks use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from clap_edge.errors import BundleError, ImageError
+from clap_edge.export.bundle import Bundle
+from clap_edge.runtime.backends import RunnerOptions, create_runner
+from clap_edge.runtime.backends.base import Runner, RunnerOutput
+from clap_edge.runtime.images import load_image
+from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
+
+# JPEGs are decoded at a DCT scale that keeps at least this many times the model input size.
+DRAFT_OVERSAMPLE = 2
+
+__all__ = ["Classifier", "Prediction", "softmax"]
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, best first. ``scores`` are softmax probabilities over all classes."""
+
+    labels: list[str]
+    scores: list[float]
+    embedding: np.ndarray = field(repr=False)
+    logits: np.ndarray | None = field(default=None, repr=False)
+    path: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``classify --json`` record (without embedding / logits)."""
+        return {"path": self.path, "labels": list(self.labels), "scores": [float(s) for s in self.scores]}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable: max subtracted), returned as float32."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+class Classifier:
+    """Classify images with a bundle. Open with :meth:`open`; a context manager (``close()`` at exit)."""
+
+    def __init__(self, bundle: Bundle, runner: Runner):
+        self.bundle = bundle
+        self.runner = runner
+        self.class_names = bundle.class_names
+        self.preprocess_config = PreprocessConfig.from_dict(bundle.preprocess)
+        self.preprocessor = Preprocessor(self.preprocess_config)
+        if self.preprocessor.input_shape != bundle.input_shape:
+            raise BundleError(f"{bundle.root}: preprocess size {list(self.preprocess_config.size)} does not match "
+                              f"the model input shape {list(bundle.input_shape)}")
+        h, w = self.preprocess_config.size
+        self.draft_size = (DRAFT_OVERSAMPLE * max(h, w),) * 2
+
+    # ---- opening ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, bundle: str | os.PathLike | Bundle, backend: str = "auto", threads: int | None = None,
+             device: str = "cpu") -> "Classifier":
+        """Open and verify ``bundle`` (dir or .tar), load ``backend``'s model, and check its output shapes."""
+        if not isinstance(bundle, Bundle):
+            bundle = Bundle.open(bundle)  # schema version, manifest fields, class embeddings [C, d]
+        _check_manifest_shapes(bundle)
+        runner = create_runner(bundle, backend, RunnerOptions(threads=threads, device=device))
+        runner.activate()  # loads the model file after checking its sha256
+        try:
+            clf = cls(bundle, runner)
+            clf._check_outputs()
+        except BaseException:
+            runner.deactivate()
+            raise
+        return clf
+
+    def _check_outputs(self) -> None:
+        """One tiny inference: the model must give [n, C] logits and [n, d] embeddings, as the manifest says."""
+        out = self.runner.infer(np.zeros((1, *self.bundle.input_shape), dtype=np.float32))
+        c, d = len(self.class_names), self.bundle.embed_dim
+        for name, arr, want in (("logits", out.logits, (1, c)), ("embedding", out.embedding, (1, d))):
+            if tuple(arr.shape) != want:
+                raise BundleError(f"{self.bundle.root}: the {self.runner.name} model gives {name} of shape "
+                                  f"{list(arr.shape)} for one image; the manifest implies {list(want)}")
+        self.runner.inference_times.clear()  # the probe is not a measurement
+
+    def close(self) -> None:
+        self.runner.deactivate()
+        self.bundle.close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- preprocessing ------------------------------------------------------------
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.bundle.input_shape
+
+    def load(self, path: str | os.PathLike) -> Image.Image:
+        """Decode an image file for this model (large JPEGs are decoded at a reduced DCT scale)."""
+        return load_image(path, draft_size=self.draft_size)
+
+    def preprocess(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+        """A path, PIL image or uint8 HxWx3 array -> float32 [3, H, W], as open_clip's eval transform."""
+        if isinstance(image, (str, os.PathLike)):
+            image = self.load(image)
+        return self.preprocessor(image)
+
+    # ---- prediction ---------------------------------------------------------------
+
+    def predict_batch(self, batch: np.ndarray, top_k: int = 5, paths: Sequence[str | None] | None = None
+                      ) -> list[Prediction]:
+        """Predictions for a preprocessed float32 batch [N, 3, H, W]."""
+        out = self.runner.infer(batch)
+        return self._predictions(out, top_k, paths)
+
+    def predict(self, images: Any, top_k: int = 5, batch_size: int = 32) -> list[Prediction]:
+        """Predictions for paths, PIL images, uint8 arrays (a list, or one of them) or a float batch.
+
+        A broken image file raises :class:`ImageError`; use :meth:`predict_files` to report and go on.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 4 and images.dtype != np.uint8:
+            return self.predict_batch(images, top_k)
+        if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            images = [images]
+        images = list(images)
+        results: list[Prediction] = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            batch = np.stack([self.preprocess(im) for im in chunk])
+            paths = [str(im) if isinstance(im, (str, os.PathLike)) else None for im in chunk]
+            results.extend(self.predict_batch(batch, top_k, paths))
+        return results
+
+    def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, workers: int = 2,
+                      top_k: int = 5, prefetch_batches: int = 2
+                      ) -> Iterator[tuple[str, Prediction | ImageError]]:
+        """Classify files in input order, yielding ``(path, Prediction)`` or ``(path, ImageError)``.
+
+        ``workers`` threads decode and preprocess up to ``prefetch_batches`` batches ahead while the
+        backend runs the current one (PIL and the backends release the GIL), so throughput from files
+        approaches the model-only figure. A broken file is yielded as its error; the rest go on.
+        """
+        if batch_size < 1 or workers < 1:
+            raise ValueError("batch_size and workers must be >= 1")
+        path_iter = iter(paths)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clap-edge-decode") as pool:
+            pending: deque[tuple[str, Future]] = deque()
+
+            def fill() -> None:
+                while len(pending) < batch_size * (1 + prefetch_batches):
+                    p = next(path_iter, None)
+                    if p is None:
+                        return
+                    pending.append((str(p), pool.submit(self.preprocess, p)))
+
+            fill()
+            while pending:
+                chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                fill()  # queue the next batches' decoding before this one blocks on the model
+                yield from self._run_chunk(chunk, top_k)
+
+    def _run_chunk(self, chunk: list[tuple[str, Future]], top_k: int) -> Iterator[tuple[str, Prediction | ImageError]]:
+        arrays: dict[int, np.ndarray] = {}
+        errors: dict[int, ImageError] = {}
+        for i, (path, fut) in enumerate(chunk):
+            try:
+                arrays[i] = fut.result()
+            except ImageError as e:
+                errors[i] = e
+            except Exception as e:  # an unexpected decoder failure still fails only this file
+                errors[i] = ImageError(f"{path}: cannot decode image: {type(e).__name__}: {e}")
+        preds: dict[int, Prediction] = {}
+        if arrays:
+            order = sorted(arrays)
+            batch_preds = self.predict_batch(np.stack([arrays[i] for i in order]), top_k,
+                                             [chunk[i][0] for i in order])
+            preds = dict(zip(order, batch_preds))
+        for i, (path, _) in enumerate(chunk):
+            yield path, preds[i] if i in preds else errors[i]
+
+    def _predictions(self, out: RunnerOutput, top_k: int, paths: Sequence[str | None] | None) -> list[Prediction]:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        k = min(top_k, len(self.class_names))
+        probs = softmax(out.logits)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        paths = paths if paths is not None else [None] * len(probs)
+        return [
+            Prediction(labels=[self.class_names[j] for j in idx], scores=[float(probs[n, j]) for j in idx],
+                       embedding=out.embedding[n], logits=out.logits[n], path=paths[n])
+            for n, idx in enumerate(order)
+        ]
+
+
+def _check_manifest_shapes(bundle: Bundle) -> None:
+    """The manifest's declared output widths must agree with its class list and embed_dim."""
+    outputs = {o.get("name"): o.get("shape") for o in bundle.manifest["outputs"]}
+    want = {"logits": len(bundle.class_names), "embedding": bundle.embed_dim}
+    for name, width in want.items():
+        shape = outputs.get(name)
+        if not shape or len(shape) != 2:
+            raise BundleError(f"{bundle.root}: manifest lists no 2-D output {name!r}")
+        if isinstance(shape[1], int) and shape[1] != width:
+            raise BundleError(f"{bundle.root}: manifest output {name!r} has width {shape[1]} but the bundle has "
+                              f"{width} {'classes' if name == 'logits' else 'embedding dims'}")
