@@ -1,0 +1,271 @@
+"""export_bundle: a CLAP head (or none) + an open_clip model -> a checked, self-describing bundle.
+
+    cfg = ExportConfig(out="bundle", head="head.safetensors", int8=True)
+    export_bundle(cfg)
+
+Steps: load the model, build the fused classifier and its class embeddings, export
+ONNX (+ model.pt2), check parity torch vs ONNX Runtime on a calibration batch (fail
+and write nothing beyond tolerance), add int8/fp16 variants with their agreement vs
+fp32, and write everything through BundleWriter so the directory appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from clap_edge.errors import BundleError, ClapEdgeError, ImageError, PromptError
+from clap_edge.export.bundle import BundleWriter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATES = ["a photo of a {c}."]
+CALIBRATION_IMAGES = 8
+MAX_CALIBRATION_IMAGES = 16
+
+
+@dataclass
+class ExportConfig:
+    out: str | os.PathLike
+    model_name: str | None = None  # default: the head's metadata model_name
+    pretrained: str | None = None  # None: random init (speed work only)
+    head: Any = None  # None (plain CLIP, alpha 0), a head .safetensors path, or a CLAPHead
+    classes: Sequence[str] | None = None  # default: the head's metadata class_names
+    alpha: float | None = None  # default: the head's alpha; 0.0 for no head
+    templates: Sequence[str] | None = None  # with "{c}"; default ["a photo of a {c}."]
+    opset: int = 17
+    int8: bool = False
+    fp16: bool = False
+    torch_program: bool = True  # write model.pt2
+    overwrite: bool = False
+    calibration: Any = None  # folder of images, or a float32 array [n,3,H,W] already preprocessed
+    parity_tolerance: float = 1e-3
+    progress: Callable[[str], None] | None = field(default=None, repr=False)
+
+
+def export_bundle(cfg: ExportConfig) -> Path:
+    """Export the fused classifier described by ``cfg`` as a bundle directory; returns its path."""
+    import torch
+
+    from clap_edge.fuse import build_fused
+    from clap_edge.models import load_model
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise BundleError(f"{out} already exists (pass overwrite=True / --force to replace it)")
+    say = cfg.progress or (lambda msg: log.info(msg))
+    head, model_name, class_names, alpha = _resolve(cfg)
+    templates = list(cfg.templates or DEFAULT_TEMPLATES)
+    if cfg.pretrained is None:
+        log.warning("no pretrained weights: %s is randomly initialised (useful for speed work only)", model_name)
+
+    say(f"loading {model_name}")
+    loaded = load_model(model_name, cfg.pretrained)
+    say(f"embedding {len(class_names)} classes x {len(templates)} templates")
+    fused = build_fused(loaded, class_names, head, alpha, templates)
+    pre = _preprocess_manifest(loaded.preprocess_cfg)
+    calib = _calibration_batch(cfg.calibration, loaded.preprocess_cfg)
+    image_shape = tuple(int(s) for s in calib.shape[1:])
+
+    from clap_edge.export.flops import flops_per_image
+    from clap_edge.export.onnx_export import export_onnx
+    from clap_edge.export.parity import compare_logits, run_onnx, run_torch
+
+    with tempfile.TemporaryDirectory(prefix="clap-edge-export-") as tmp:
+        tmp = Path(tmp)
+        say("exporting ONNX")
+        example = torch.from_numpy(calib[:2].copy()) if len(calib) >= 2 else torch.from_numpy(np.repeat(calib, 2, 0))
+        result = export_onnx(fused, example, tmp / "model.onnx", opset=cfg.opset)
+
+        say("checking parity torch vs ONNX Runtime")
+        ref_logits, _ = run_torch(fused, calib)
+        fp32_logits, _ = run_onnx(result.path, calib)
+        fp32 = compare_logits(ref_logits, fp32_logits)
+        if not fp32.within(cfg.parity_tolerance):
+            raise BundleError(
+                f"parity check failed for {out}: ONNX Runtime differs from torch by max |dlogit| "
+                f"{fp32.max_abs_logit_diff:.3g} (tolerance {cfg.parity_tolerance:g}), top-1 agreement "
+                f"{fp32.top1_agreement:.1%} on {fp32.n_images} images; nothing was written"
+            )
+        parity = {"fp32": fp32.as_manifest(tolerance=cfg.parity_tolerance)}
+        variants = _build_variants(cfg, result.path, calib, fp32_logits, tmp, say, parity)
+
+        say("writing bundle")
+        with BundleWriter(out, overwrite=cfg.overwrite) as writer:
+            writer.add_file("model.onnx", result.path)
+            for name, path in variants.items():
+                writer.add_file(name, path)
+            if cfg.torch_program:
+                torch.export.save(result.program, str(writer.staging / "model.pt2"))
+                writer.add_file("model.pt2")
+            if head is not None:
+                _save_head(head, alpha, writer.staging / "head.safetensors")
+                writer.add_file("head.safetensors")
+            writer.add_class_embeddings(fused.classes.T.numpy())
+            writer.add_file("calibration.npy", _npy_bytes(calib))
+            writer.manifest.update(
+                model={"model_name": model_name, "pretrained": cfg.pretrained, "head": _head_manifest(head, alpha)},
+                embed_dim=fused.embed_dim,
+                alpha=alpha,
+                logit_scale=float(fused.logit_scale),
+                class_names=list(class_names),
+                templates=templates,
+                preprocess=pre,
+                inputs=[{"name": "image", "shape": ["N", *image_shape], "dtype": "float32"}],
+                outputs=[
+                    {"name": "logits", "shape": ["N", len(class_names)], "dtype": "float32"},
+                    {"name": "embedding", "shape": ["N", fused.embed_dim], "dtype": "float32"},
+                ],
+                opset=result.opset,
+                flops_per_image=flops_per_image(fused, image_shape),
+                parity=parity,
+            )
+    say(f"wrote {out}")
+    return out
+
+
+# ---- pieces ---------------------------------------------------------------------------
+
+
+def _resolve(cfg: ExportConfig):
+    """(head or None, model_name, class_names, alpha) from the config and the head's metadata."""
+    from clap_edge.head import CLAPHead
+
+    head = cfg.head
+    if head is not None and not isinstance(head, CLAPHead):
+        head = CLAPHead.load(head)
+    meta = head.config if head is not None else None
+    model_name = cfg.model_name or (meta.model_name if meta else None)
+    if not model_name:
+        raise ClapEdgeError("no model: pass model_name (--model), or a head whose metadata records one")
+    if meta and meta.model_name and cfg.model_name and meta.model_name != cfg.model_name:
+        log.warning("head was trained on %s but exporting with %s", meta.model_name, cfg.model_name)
+    classes = list(cfg.classes) if cfg.classes else (list(meta.class_names) if meta else [])
+    if not classes:
+        raise PromptError("no class names: pass classes (--classes), or a head whose metadata records them")
+    if len(set(classes)) != len(classes):
+        raise PromptError("class names contain duplicates")
+    if head is None:
+        if cfg.alpha not in (None, 0, 0.0):
+            raise ClapEdgeError(f"alpha={cfg.alpha} needs a head (no head means plain CLIP, alpha 0)")
+        alpha = 0.0
+    else:
+        alpha = float(head.alpha if cfg.alpha is None else cfg.alpha)
+    if head is not None and meta.pretrained and cfg.pretrained and meta.pretrained != cfg.pretrained:
+        log.warning("head was trained on pretrained=%s but exporting with %s", meta.pretrained, cfg.pretrained)
+    return head, model_name, classes, alpha
+
+
+def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, parity) -> dict[str, Path]:
+    """int8 / fp16 copies of model.onnx with their agreement vs fp32 recorded in ``parity``."""
+    from clap_edge.export.onnx_export import check_onnx
+    from clap_edge.export.parity import compare_logits, run_onnx
+    from clap_edge.export.variants import convert_fp16, quantize_int8
+
+    made = {}
+    for enabled, key, name, build in (
+        (cfg.int8, "int8", "model.int8.onnx", quantize_int8),
+        (cfg.fp16, "fp16", "model.fp16.onnx", convert_fp16),
+    ):
+        if not enabled:
+            continue
+        say(f"building {key} variant")
+        path = build(fp32_path, tmp / name)
+        check_onnx(path)
+        report = compare_logits(fp32_logits, run_onnx(path, calib)[0])
+        parity[key] = report.as_manifest("_vs_fp32")
+        made[name] = path
+    return made
+
+
+def _calibration_batch(source: Any, preprocess_cfg) -> np.ndarray:
+    """The fixed batch used for parity: given array, images from a folder, or seeded synthetic images."""
+    size = tuple(preprocess_cfg.size) if isinstance(preprocess_cfg.size, (tuple, list)) else (preprocess_cfg.size,) * 2
+    if isinstance(source, np.ndarray):
+        batch = np.asarray(source, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != (3, *size):
+            raise ClapEdgeError(f"calibration array has shape {list(batch.shape)}, expected [n, 3, {size[0]}, {size[1]}]")
+        return np.ascontiguousarray(batch[:MAX_CALIBRATION_IMAGES])
+    if source is not None:
+        images = _folder_images(Path(source))
+    else:
+        images = _synthetic_images(CALIBRATION_IMAGES, size)
+    from open_clip.transform import image_transform_v2
+
+    transform = image_transform_v2(preprocess_cfg, is_train=False)
+    return np.stack([transform(img).numpy() for img in images]).astype(np.float32)
+
+
+def _folder_images(folder: Path) -> list:
+    from PIL import Image, ImageOps
+
+    from clap_edge.prompts import IMAGE_EXTENSIONS
+
+    if not folder.is_dir():
+        raise ClapEdgeError(f"calibration folder {folder} does not exist")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:MAX_CALIBRATION_IMAGES]
+    if not paths:
+        raise ClapEdgeError(f"calibration folder {folder} has no images")
+    images = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                images.append(ImageOps.exif_transpose(im).convert("RGB"))
+        except OSError as e:
+            raise ImageError(f"{p}: cannot decode calibration image ({e})") from e
+    return images
+
+
+def _synthetic_images(n: int, size: tuple[int, int]) -> list:
+    """Seeded, smooth random images (not white noise, which no real input looks like)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(n):
+        low = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+        img = Image.fromarray(low).resize((size[1] + 32, size[0] + 16), Image.BICUBIC)
+        images.append(img)
+    return images
+
+
+def _preprocess_manifest(pcfg) -> dict[str, Any]:
+    size = list(pcfg.size) if isinstance(pcfg.size, (tuple, list)) else [pcfg.size, pcfg.size]
+    return {
+        "size": [int(s) for s in size],
+        "mode": pcfg.mode,
+        "mean": [float(m) for m in pcfg.mean],
+        "std": [float(s) for s in pcfg.std],
+        "interpolation": pcfg.interpolation,
+        "resize_mode": pcfg.resize_mode,
+        "fill_color": pcfg.fill_color,
+    }
+
+
+def _head_manifest(head, alpha: float) -> dict[str, Any] | None:
+    if head is None:
+        return None
+    return {"alpha": alpha, "latent_dim": head.config.latent_dim, "activation": head.config.activation}
+
+
+def _save_head(head, alpha: float, path: Path) -> None:
+    """The unfolded head, with the inference alpha in its config (so it reloads as exported)."""
+    import copy
+
+    saved = copy.deepcopy(head)
+    saved.alpha = alpha
+    saved.save(path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32))
+    return buf.getvalue()
