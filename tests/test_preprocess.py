@@ -1,0 +1,114 @@
+"""The numpy + PIL preprocessing against open_clip's own eval transform (the reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor, resize_and_crop
+
+open_clip_transform = pytest.importorskip("open_clip.transform")
+torch = pytest.importorskip("torch")
+
+# (w, h): landscape, portrait, nearly square, thin strips, tiny, exactly the target
+IMAGE_SIZES = [(640, 480), (480, 640), (225, 224), (300, 37), (37, 300), (1, 1), (3, 2), (64, 64), (96, 72)]
+TARGETS = [64, (64, 48), (48, 64)]
+
+
+def _photo(w: int, h: int, seed: int) -> Image.Image:
+    """Noise over a smooth gradient: resampling errors show up in both the flat and the busy parts."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / max(w - 1, 1), yy * 255 / max(h - 1, 1), (xx + yy) % 256], axis=-1)
+    noisy = base * 0.7 + rng.integers(0, 256, (h, w, 3)) * 0.3
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("size", TARGETS, ids=str)
+def test_matches_open_clip_eval_transform(resize_mode, interpolation, size):
+    cfg = open_clip_transform.PreprocessCfg(size=size, resize_mode=resize_mode, interpolation=interpolation,
+                                            fill_color=37, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    reference = open_clip_transform.image_transform_v2(cfg, is_train=False)
+    ours = Preprocessor(PreprocessConfig(size=size, resize_mode=resize_mode, interpolation=interpolation,
+                                         fill_color=37, mean=cfg.mean, std=cfg.std))
+    for i, (w, h) in enumerate(IMAGE_SIZES):
+        img = _photo(w, h, seed=i)
+        expected = reference(img).numpy()
+        actual = ours(img)
+        assert actual.dtype == np.float32
+        assert actual.shape == expected.shape == (3, *ours.cfg.size), (w, h)
+        assert np.abs(actual - expected).max() <= 1e-6, (w, h)
+
+
+def test_default_openai_config_matches_open_clip():
+    reference = open_clip_transform.image_transform_v2(open_clip_transform.PreprocessCfg(), is_train=False)
+    ours = Preprocessor(PreprocessConfig())
+    img = _photo(500, 333, seed=7)
+    assert np.abs(ours(img) - reference(img).numpy()).max() <= 1e-6
+
+
+def test_nearest_matches_torchvision():
+    # open_clip itself accepts only bicubic / bilinear; 'nearest' follows the same pipeline with PIL NEAREST
+    from torchvision import transforms as T
+
+    reference = T.Compose([T.Resize(64, interpolation=T.InterpolationMode.NEAREST), T.CenterCrop(64), T.ToTensor(),
+                           T.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
+    ours = Preprocessor(PreprocessConfig(size=64, interpolation="nearest", mean=(0.5,) * 3, std=(0.25,) * 3))
+    for w, h in [(200, 100), (77, 130)]:
+        img = _photo(w, h, seed=w)
+        assert np.abs(ours(img) - reference(img).numpy()).max() <= 1e-6
+
+
+def test_longest_pads_with_fill_color():
+    cfg = PreprocessConfig(size=64, resize_mode="longest", fill_color=200)
+    out = resize_and_crop(Image.new("RGB", (128, 32), (0, 0, 0)), cfg)
+    arr = np.asarray(out)
+    assert out.size == (64, 64)
+    assert (arr[:24] == 200).all() and (arr[-24:] == 200).all()  # 64x16 content centred, 24 rows pad each side
+    assert (arr[24:40] == 0).all()
+
+
+def test_uint8_array_and_pil_give_the_same_result():
+    pre = Preprocessor(PreprocessConfig(size=32))
+    img = _photo(50, 40, seed=3)
+    assert np.array_equal(pre(img), pre(np.asarray(img)))
+
+
+def test_non_rgb_input_is_converted_before_resizing():
+    pre = Preprocessor(PreprocessConfig(size=16))
+    gray = Image.fromarray(np.full((20, 30), 128, dtype=np.uint8), "L")
+    rgb = Image.merge("RGB", [gray] * 3)
+    assert np.array_equal(pre(gray), pre(rgb))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"resize_mode": "stretch"}, "resize_mode"),
+    ({"interpolation": "lanczos"}, "interpolation"),
+    ({"mean": (0.5, 0.5)}, "mean"),
+    ({"size": (0, 10)}, "size"),
+    ({"mode": "L"}, "mode"),
+])
+def test_bad_config_is_rejected(bad, match):
+    with pytest.raises(ValueError, match=match):
+        PreprocessConfig(**bad)
+
+
+def test_from_manifest_dict_ignores_unknown_keys_and_nulls():
+    cfg = PreprocessConfig.from_dict({"size": [48, 32], "resize_mode": "squash", "fill_color": None, "extra": 1})
+    assert cfg.size == (48, 32) and cfg.resize_mode == "squash" and cfg.fill_color == 0
+
+
+def test_rejects_float_arrays():
+    with pytest.raises(TypeError, match="uint8"):
+        Preprocessor(PreprocessConfig(size=8))(np.zeros((8, 8, 3), dtype=np.float32))
