@@ -13,13 +13,16 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("clap_edge.runtime.backends.onnxruntime", "OnnxRuntimeRunner"),
     "onnxruntime-int8": ("clap_edge.runtime.backends.onnxruntime", "OnnxRuntimeInt8Runner"),
     "torch": ("clap_edge.runtime.backends.torch", "TorchRunner"),
+    "torch-compile": ("clap_edge.runtime.backends.torch_compile", "TorchCompileRunner"),
+    "openvino": ("clap_edge.runtime.backends.openvino", "OpenVINORunner"),
 }
 
 # Preference when no bench result says otherwise: fastest-first on typical hardware.
-AUTO_ORDER = ["onnxruntime", "torch"]
+# torch-compile is never picked statically (minutes of compile on first use); int8 changes results.
+AUTO_ORDER = ["onnxruntime", "openvino", "torch"]
 
 __all__ = ["BACKENDS", "Runner", "RunnerOptions", "RunnerOutput", "runner_class", "create_runner",
-           "available_backends"]
+           "available_backends", "choose_auto_backend"]
 
 
 def runner_class(name: str) -> type[Runner]:
@@ -54,7 +57,13 @@ def create_runner(bundle: Bundle, backend: str = "auto", options: RunnerOptions 
 
 
 def choose_auto_backend(bundle: Bundle) -> str:
+    """The fastest backend a recorded ``clap-edge bench --record`` measured here, else AUTO_ORDER's first."""
     available = set(available_backends(bundle))
+    from clap_edge.runtime.bench import recorded_fastest_backend  # light: numpy + json only
+
+    fastest = recorded_fastest_backend(bundle, sorted(available))
+    if fastest is not None:
+        return fastest
     for name in AUTO_ORDER:
         if name in available:
             return name

@@ -41,7 +41,10 @@ class OpenVINORunner(Runner):
 
     @classmethod
     def is_available(cls) -> bool:
-        return importlib.util.find_spec("openvino") is not None
+        try:
+            return importlib.util.find_spec("openvino") is not None
+        except ValueError:  # sys.modules["openvino"] is None (blocked): find_spec raises
+            return False
 
     @classmethod
     def supports(cls, bundle: Bundle) -> bool:
