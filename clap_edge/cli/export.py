@@ -1,0 +1,229 @@
+"""``clap-edge export`` (head + model -> bundle) and ``clap-edge inspect`` (manifest summary + sha256 check)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_BAD_BUNDLE = 2
+
+
+@click.command("export")
+@click.option("--head", "head_path", type=click.Path(exists=True, dir_okay=False),
+              help="trained CLAP head (.safetensors); model and classes default to its metadata.")
+@click.option("--out", required=True, type=click.Path(), help="bundle directory to write.")
+@click.option("--model", "model_name", default=None, help="open_clip model name (default: the head's).")
+@click.option("--pretrained", default=None,
+              help="open_clip tag or checkpoint path (default: the head's; none = random init, speed work only).")
+@click.option("--classes", default=None, help="class names: a file (one per line), a dataset folder, or a,b,c.")
+@click.option("--alpha", type=float, default=None, help="head residual scale at inference (default: the head's).")
+@click.option("--no-head", is_flag=True, help="plain CLIP (alpha 0), a baseline through the same pipeline.")
+@click.option("--templates", "templates_file", type=click.Path(exists=True, dir_okay=False),
+              help='prompt templates, one per line with "{c}" for the class (default: "a photo of a {c}.").')
+@click.option("--calibration", type=click.Path(exists=True, file_okay=False),
+              help="folder of images for the parity check (default: seeded synthetic images).")
+@click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True, help="ONNX opset.")
+@click.option("--int8", is_flag=True, help="add model.int8.onnx (dynamic int8, CPU).")
+@click.option("--fp16", is_flag=True, help="add model.fp16.onnx (fp16 weights, GPU).")
+@click.option("--no-torch-program", is_flag=True, help="leave out model.pt2 (the torch backend's program).")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True,
+              help="max |dlogit| torch vs ONNX Runtime (fp32) before the export fails.")
+@click.option("--force", is_flag=True, help="replace BUNDLE if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="print the written manifest's summary as JSON.")
+def export(head_path, out, model_name, pretrained, classes, alpha, no_head, templates_file, calibration, opset,
+           int8, fp16, no_torch_program, tolerance, force, as_json):
+    """Export a CLAP head (or plain CLIP with --no-head) as a bundle: ONNX, variants, manifest.
+
+    The export checks torch vs ONNX Runtime on a calibration batch and writes nothing
+    if they differ by more than --tolerance.
+
+    \b
+    Example:
+      clap-edge export --head head.safetensors --out bundle --int8
+      clap-edge export --model ViT-B-32 --classes cat,dog --no-head --out clip-bundle
+    """
+    from clap_edge.errors import ClapEdgeError
+    from clap_edge.export.bundle import Bundle
+    from clap_edge.export.exporter import ExportConfig, export_bundle
+    from clap_edge.prompts import load_class_names
+
+    if no_head and head_path:
+        raise ClapEdgeError("--no-head and --head exclude each other")
+    if not no_head and not head_path:
+        raise ClapEdgeError("pass --head HEAD.safetensors, or --no-head for plain CLIP")
+    if no_head and not model_name:
+        raise ClapEdgeError("--no-head needs --model NAME")
+    if no_head and alpha not in (None, 0.0):
+        raise ClapEdgeError("--alpha needs a head (--no-head means alpha 0)")
+    if pretrained is None and head_path:
+        pretrained = _head_pretrained(head_path)
+    cfg = ExportConfig(
+        out=out,
+        model_name=model_name,
+        pretrained=pretrained,
+        head=None if no_head else head_path,
+        classes=load_class_names(classes) if classes else None,
+        alpha=alpha,
+        templates=_read_templates(templates_file) if templates_file else None,
+        opset=opset,
+        int8=int8,
+        fp16=fp16,
+        torch_program=not no_torch_program,
+        overwrite=force,
+        calibration=calibration,
+        parity_tolerance=tolerance,
+    )
+    with _status() as say:
+        cfg.progress = say
+        path = export_bundle(cfg)
+    with Bundle.open(path) as bundle:
+        _print_summary(bundle, {n: "ok" for n in bundle.manifest["files"]}, as_json)
+
+
+@click.command("inspect")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print the summary and file checks as one JSON object.")
+def inspect(bundle, as_json):
+    """Summarise BUNDLE's manifest and verify the sha256 of every file (exit 2 naming any bad one).
+
+    \b
+    Example:
+      clap-edge inspect bundle/ --json
+    """
+    from clap_edge.export.bundle import Bundle
+
+    with Bundle.open(bundle, verify=False) as opened:
+        checks = opened.verify_all()
+        _print_summary(opened, checks, as_json)
+    bad = {name: problem for name, problem in checks.items() if problem != "ok"}
+    if bad:
+        for problem in bad.values():
+            click.secho(f"error: {bundle}: {problem}", fg="red", err=True)  # problem names the file
+        sys.exit(EXIT_BAD_BUNDLE)
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+def summarise(manifest: dict, checks: dict[str, str]) -> dict:
+    """The parts of a manifest a person (or script) wants to see, plus the file checks."""
+    return {
+        "model": manifest.get("model"),
+        "alpha": manifest.get("alpha"),
+        "embed_dim": manifest.get("embed_dim"),
+        "num_classes": len(manifest.get("class_names", [])),
+        "class_names": manifest.get("class_names"),
+        "templates": manifest.get("templates"),
+        "preprocess": manifest.get("preprocess"),
+        "inputs": manifest.get("inputs"),
+        "outputs": manifest.get("outputs"),
+        "opset": manifest.get("opset"),
+        "flops_per_image": manifest.get("flops_per_image"),
+        "variants": manifest.get("variants", {}),
+        "parity": manifest.get("parity", {}),
+        "schema_version": manifest.get("schema_version"),
+        "clap_edge_version": manifest.get("clap_edge_version"),
+        "files": {name: {"bytes": entry.get("bytes"), "check": checks.get(name, "unchecked")}
+                  for name, entry in manifest.get("files", {}).items()},
+    }
+
+
+def _print_summary(bundle, checks: dict[str, str], as_json: bool) -> None:
+    summary = summarise(bundle.manifest, checks)
+    if as_json:
+        click.echo(json.dumps({"bundle": str(bundle.root), **summary}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    model = summary["model"] or {}
+    head = model.get("head")
+    head_text = f"CLAP head (alpha {summary['alpha']}, latent {head['latent_dim']}, {head['activation']})" if head \
+        else "none (plain CLIP)"
+    names = summary["class_names"] or []
+    shown = ", ".join(names[:10]) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+    pre = summary["preprocess"] or {}
+    console.print(f"[bold]{bundle.root}[/bold]  (schema {summary['schema_version']}, clap-edge {summary['clap_edge_version']})")
+    console.print(f"model      {model.get('model_name')}  pretrained={model.get('pretrained')}")
+    console.print(f"head       {head_text}")
+    console.print(f"classes    {summary['num_classes']}: {shown}")
+    console.print(f"embedding  {summary['embed_dim']}-d   opset {summary['opset']}   "
+                  f"{_gflops(summary['flops_per_image'])} per image")
+    console.print(f"preprocess {pre.get('size')} {pre.get('resize_mode')} {pre.get('interpolation')} "
+                  f"mean={pre.get('mean')} std={pre.get('std')}")
+    console.print(_parity_table(summary))
+    files = Table(title="files", title_justify="left")
+    for col in ("file", "bytes", "sha256"):
+        files.add_column(col)
+    for name, info in summary["files"].items():
+        ok = info["check"] == "ok"
+        files.add_row(name, f"{info['bytes']:,}" if info["bytes"] is not None else "?",
+                      "[green]ok[/green]" if ok else f"[red]{info['check']}[/red]")
+    console.print(files)
+
+
+def _parity_table(summary: dict):
+    from rich.table import Table
+
+    table = Table(title="variants and parity", title_justify="left")
+    for col in ("variant", "file", "vs", "max |dlogit|", "top-1 agreement", "images"):
+        table.add_column(col)
+    parity = summary["parity"]
+    for variant, file in summary["variants"].items():
+        p = parity.get(variant, {})
+        if variant == "fp32":
+            vs, diff, agree = "torch", p.get("max_abs_logit_diff"), p.get("top1_agreement")
+        else:
+            vs, diff, agree = "fp32", p.get("max_abs_logit_diff_vs_fp32"), p.get("top1_agreement_vs_fp32")
+        table.add_row(variant, file, vs if p else "-", _num(diff, "{:.2e}"), _num(agree, "{:.1%}"),
+                      str(p.get("n_images", "-")))
+    return table
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _gflops(flops) -> str:
+    return "? FLOPs" if flops is None else f"{flops / 1e9:.3f} GFLOPs"
+
+
+def _read_templates(path: str) -> list[str]:
+    from clap_edge.errors import PromptError
+
+    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    templates = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not templates:
+        raise PromptError(f"{path}: no templates")
+    bad = [t for t in templates if "{c}" not in t and "{}" not in t]
+    if bad:
+        raise PromptError(f"{path}: template {bad[0]!r} has no '{{c}}' placeholder for the class name")
+    return templates
+
+
+def _head_pretrained(head_path: str) -> str | None:
+    """The pretrained tag the head was trained on (so the export uses the same weights by default)."""
+    from clap_edge.head import CLAPHead
+
+    return CLAPHead.load(head_path).config.pretrained
+
+
+class _status:
+    """A rich spinner on stderr whose text follows the exporter's progress messages."""
+
+    def __enter__(self):
+        from rich.console import Console
+
+        self._status = Console(stderr=True).status("exporting")
+        self._status.__enter__()
+        return lambda msg: self._status.update(msg)
+
+    def __exit__(self, *exc):
+        return self._status.__exit__(*exc)
+
+
+COMMANDS = [export, inspect]
