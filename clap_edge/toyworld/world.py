@@ -1,0 +1,183 @@
+"""The toy world's factors, named domains and captions.
+
+Content is the shape class; style is colour, size, background and rendering. In the
+training distribution (``id``) colour and background are correlated with the class
+(each equals the class's own colour / background with probability 0.5), so a model
+can partly lean on style: exactly the shortcut CLAP is meant to remove. The shifted
+domains break one or more of those correlations:
+
+| domain | colour | background | rendering |
+| --- | --- | --- | --- |
+| ``id`` | class colour w.p. 0.5, else uniform | class background w.p. 0.5, else uniform | mostly photo / cartoon (``ID_RENDER_PROBS``) |
+| ``color_shift`` | uniform over the *other* colours | as ``id`` | as ``id`` |
+| ``background_shift`` | as ``id`` | uniform over the *other* backgrounds | as ``id`` |
+| ``render_shift`` | as ``id`` | as ``id`` | uniform over sketch, painting, mosaic |
+| ``both`` | as ``color_shift`` | as ``background_shift`` | as ``render_shift`` |
+
+Captions use the CLAP template words (CLAP.md) plus a background slot, built with
+:class:`clap_edge.prompts.Prompt`, so they live in the same vocabulary as the CLAP head's
+training prompts (``clap_edge/vocab/toy.toml``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clap_edge.errors import ClapEdgeError
+from clap_edge.prompts import Prompt, PromptVocab
+
+CLASSES = ("circle", "square", "triangle", "star", "cross", "heart", "moon", "arrow")
+COLORS = ("red", "blue", "green", "yellow", "purple", "orange")
+COLOR_RGB = np.array(
+    [[0.86, 0.12, 0.12], [0.15, 0.30, 0.90], [0.12, 0.68, 0.20],
+     [0.95, 0.85, 0.10], [0.55, 0.15, 0.70], [0.98, 0.55, 0.08]], dtype=np.float32)
+SIZES = ("small", "normal sized", "large")
+SIZE_SCALE = np.array([0.50, 0.68, 0.86], dtype=np.float32)  # shape radius as a fraction of the half-canvas
+BACKGROUNDS = ("white", "gray", "black", "striped")
+RENDERS = ("photo", "cartoon", "sketch", "painting", "mosaic")
+SHIFTED_RENDERS = ("sketch", "painting", "mosaic")
+# How each rendering is named in captions: CLAP.md's image types and art styles.
+RENDER_IMAGE_TYPE = {"photo": "photograph", "cartoon": "cartoon", "sketch": "sketch",
+                     "painting": "painting", "mosaic": "mosaic art"}
+RENDER_ART_STYLE = {"photo": "realistic", "painting": "impressionistic"}
+# id rendering mix: photo and cartoon dominate; the shifted renderings are rare (so their words are known).
+ID_RENDER_PROBS = (0.45, 0.45, 0.1 / 3, 0.1 / 3, 0.1 / 3)
+
+DOMAINS = ("id", "color_shift", "background_shift", "render_shift", "both")
+SPLITS = ("train", "val", "test")
+P_CORRELATED = 0.5
+P_STYLE_WORD = 0.7
+P_REORDER = 0.25
+
+
+def class_color(class_index: np.ndarray | int) -> np.ndarray | int:
+    """Index of the colour correlated with a class in ``id``."""
+    return np.asarray(class_index) % len(COLORS)
+
+
+def class_background(class_index: np.ndarray | int) -> np.ndarray | int:
+    """Index of the background correlated with a class in ``id``."""
+    return (np.asarray(class_index) * 3 + 1) % len(BACKGROUNDS)
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """How one domain draws its style factors."""
+
+    name: str
+    color: str = "correlated"  # "correlated" (p=P_CORRELATED) or "anti" (never the class colour)
+    background: str = "correlated"
+    renders: tuple[float, ...] = ID_RENDER_PROBS  # probabilities over RENDERS
+
+    @property
+    def allowed_renders(self) -> tuple[str, ...]:
+        return tuple(r for r, p in zip(RENDERS, self.renders) if p > 0)
+
+
+_UNIFORM_SHIFTED = tuple(1 / 3 if r in SHIFTED_RENDERS else 0.0 for r in RENDERS)
+DOMAIN_SPECS = {
+    "id": DomainSpec("id"),
+    "color_shift": DomainSpec("color_shift", color="anti"),
+    "background_shift": DomainSpec("background_shift", background="anti"),
+    "render_shift": DomainSpec("render_shift", renders=_UNIFORM_SHIFTED),
+    "both": DomainSpec("both", color="anti", background="anti", renders=_UNIFORM_SHIFTED),
+}
+
+
+def domain_spec(name: str) -> DomainSpec:
+    try:
+        return DOMAIN_SPECS[name]
+    except KeyError:
+        raise ClapEdgeError(f"unknown toy domain {name!r}; known: {', '.join(DOMAINS)}") from None
+
+
+@dataclass
+class Factors:
+    """Per-image factors of a sample of N images (all arrays of length N)."""
+
+    label: np.ndarray  # class index
+    color: np.ndarray
+    size: np.ndarray
+    background: np.ndarray
+    render: np.ndarray
+    # Continuous nuisances: centre offset (-1..1 of the free margin), rotation (radians), seed for textures.
+    offset: np.ndarray = field(repr=False)
+    angle: np.ndarray = field(repr=False)
+    texture_seed: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def split_seed(seed: int, domain: str, split: str) -> np.random.SeedSequence:
+    """A distinct random stream per (seed, domain, split): splits never share a stream."""
+    if split not in SPLITS:
+        raise ClapEdgeError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    return np.random.SeedSequence([seed, DOMAINS.index(domain_spec(domain).name), SPLITS.index(split)])
+
+
+def sample_factors(n: int, domain: str = "id", rng: np.random.Generator | None = None,
+                   labels: np.ndarray | None = None) -> Factors:
+    """Draw the factors of ``n`` images of ``domain`` (balanced classes unless ``labels`` given)."""
+    spec = domain_spec(domain)
+    rng = rng or np.random.default_rng(0)
+    if labels is None:
+        labels = rng.permutation(np.arange(n) % len(CLASSES))
+    labels = np.asarray(labels, dtype=np.int64)
+    color = _draw_style(rng, labels, class_color(labels), len(COLORS), spec.color)
+    background = _draw_style(rng, labels, class_background(labels), len(BACKGROUNDS), spec.background)
+    render = rng.choice(len(RENDERS), size=n, p=np.asarray(spec.renders) / sum(spec.renders))
+    return Factors(
+        label=labels, color=color, size=rng.integers(0, len(SIZES), n), background=background, render=render,
+        offset=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+        angle=rng.uniform(-0.25, 0.25, n).astype(np.float32),
+        texture_seed=rng.integers(0, 2**31 - 1, n),
+    )
+
+
+def _draw_style(rng: np.random.Generator, labels: np.ndarray, own: np.ndarray, k: int, mode: str) -> np.ndarray:
+    n = len(labels)
+    if mode == "correlated":
+        return np.where(rng.random(n) < P_CORRELATED, own, rng.integers(0, k, n))
+    if mode == "anti":  # uniform over the k-1 values other than the class's own
+        return (own + rng.integers(1, k, n)) % k
+    raise ClapEdgeError(f"unknown style mode {mode!r}")
+
+
+def caption_record(factors: Factors, i: int, rng: random.Random, p_word: float = P_STYLE_WORD,
+                   p_reorder: float = P_REORDER) -> Prompt:
+    """A caption of image ``i`` as a CLAP prompt record; each style word kept with probability ``p_word``."""
+    render = RENDERS[factors.render[i]]
+
+    def keep(word: str | None) -> str | None:
+        return word if word is not None and rng.random() < p_word else None
+
+    return Prompt(
+        class_name=CLASSES[factors.label[i]],
+        image_type=keep(RENDER_IMAGE_TYPE[render]),
+        size=keep(SIZES[factors.size[i]]),
+        art_style=keep(RENDER_ART_STYLE.get(render)),
+        color=keep(COLORS[factors.color[i]]),
+        background=keep(BACKGROUNDS[factors.background[i]]),
+        reordered=rng.random() < p_reorder,
+    )
+
+
+def captions(factors: Factors, seed: int = 0, p_word: float = P_STYLE_WORD) -> list[str]:
+    """One sampled caption per image, deterministic for ``seed``."""
+    rng = random.Random(seed)
+    return [caption_record(factors, i, rng, p_word).text() for i in range(len(factors))]
+
+
+def toy_prompt_vocab() -> PromptVocab:
+    """The CLAP prompt vocabulary of the toy world (same words as ``clap_edge/vocab/toy.toml``)."""
+    return PromptVocab(
+        image_types=tuple(RENDER_IMAGE_TYPE[r] for r in RENDERS),
+        sizes=SIZES,
+        art_styles=tuple(dict.fromkeys(RENDER_ART_STYLE.values())),
+        colors=COLORS,
+        backgrounds=BACKGROUNDS,
+    )
