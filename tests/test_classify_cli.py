@@ -1,0 +1,124 @@
+"""`clap-edge classify`: JSON lines schema, folder walking, exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from clap_edge.cli import main
+from clap_edge.export.bundle import MANIFEST
+
+CLASSES = {"cat", "dog", "car", "tree", "boat"}
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["classify", *map(str, args)])
+
+
+def _lines(result):
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in ["b.jpg", "a.png", "sub/c.jpeg"]:
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(root / name)
+    (root / "notes.txt").write_text("not an image, and not picked up by the folder walk")
+    return root
+
+
+def test_json_lines_schema_and_exit_0(runtime_bundle, photos):
+    result = _run(runtime_bundle, photos, "--json", "--top-k", "3", "--batch-size", "2", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    records = _lines(result)
+    assert [r["path"] for r in records] == [str(photos / "a.png"), str(photos / "b.jpg"), str(photos / "sub/c.jpeg")]
+    for r in records:
+        assert set(r) == {"path", "labels", "scores"}
+        assert len(r["labels"]) == 3 and set(r["labels"]) <= CLASSES
+        assert all(isinstance(s, float) and 0 < s <= 1 for s in r["scores"])
+        assert r["scores"] == sorted(r["scores"], reverse=True)
+
+
+def test_top_k_larger_than_classes_is_clamped(runtime_bundle, photos):
+    result = _run(runtime_bundle, photos / "a.png", "--json", "--top-k", "50")
+    [record] = _lines(result)
+    assert sorted(record["labels"]) == sorted(CLASSES)
+    assert abs(sum(record["scores"]) - 1) < 1e-5
+
+
+def test_broken_image_gives_exit_1_and_the_rest_are_reported(runtime_bundle, photos):
+    (photos / "broken.jpg").write_bytes(b"")
+    (photos / "text.jpg").write_text("hello")
+    result = _run(runtime_bundle, photos, "--json", "--batch-size", "2")
+    assert result.exit_code == 1
+    records = {r["path"]: r for r in _lines(result)}
+    assert len(records) == 5
+    assert set(records[str(photos / "broken.jpg")]) == {"path", "error"}
+    assert "empty file" in records[str(photos / "broken.jpg")]["error"]
+    assert "not an image" in records[str(photos / "text.jpg")]["error"]
+    assert all("labels" in records[str(photos / n)] for n in ["a.png", "b.jpg", "sub/c.jpeg"])
+    assert "2 of 5 images could not be classified" in result.stderr
+
+
+def test_plain_text_output(runtime_bundle, photos):
+    result = _run(runtime_bundle, photos / "b.jpg", "--top-k", "2")
+    assert result.exit_code == 0
+    path, best = result.stdout.strip().split("\t")
+    assert path == str(photos / "b.jpg")
+    assert len(best.split(", ")) == 2
+
+
+def _broken_bundle(runtime_bundle, tmp_path, how):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(runtime_bundle, bundle)
+    if how == "missing":
+        (bundle / "model.onnx").unlink()
+    elif how == "flipped":
+        data = bytearray((bundle / "model.onnx").read_bytes())
+        data[1000] ^= 0x80
+        (bundle / "model.onnx").write_bytes(bytes(data))
+    elif how == "newer":
+        manifest = json.loads((bundle / MANIFEST).read_text())
+        manifest["schema_version"] = 42
+        (bundle / MANIFEST).write_text(json.dumps(manifest))
+    return bundle
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing", "missing file 'model.onnx'"),
+    ("flipped", "'model.onnx' is corrupt or was modified"),
+    ("newer", "schema_version 42 is newer"),
+])
+def test_bad_bundle_gives_exit_2_with_a_clear_message(runtime_bundle, photos, tmp_path, how, message):
+    bundle = _broken_bundle(runtime_bundle, tmp_path, how)
+    result = _run(bundle, photos, "--json", "--backend", "onnxruntime")
+    assert result.exit_code == 2
+    assert message in result.stderr and result.stderr.startswith("error: ")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["--top-k", "0"], ["--batch-size", "0"], ["--backend", "nope"]])
+def test_bad_arguments_give_exit_2(runtime_bundle, photos, args):
+    result = _run(runtime_bundle, photos, *args)
+    assert result.exit_code == 2
+
+
+def test_missing_path_and_empty_folder_give_exit_2(runtime_bundle, tmp_path):
+    assert _run(runtime_bundle, tmp_path / "nope.jpg").exit_code == 2
+    (tmp_path / "empty").mkdir()
+    result = _run(runtime_bundle, tmp_path / "empty")
+    assert result.exit_code == 2 and "no image files found" in result.stderr
+
+
+def test_help_ends_with_an_example():
+    result = CliRunner().invoke(main, ["classify", "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and "clap-edge classify" in result.output.split("Example:")[1]
