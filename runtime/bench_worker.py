@@ -101,14 +101,14 @@ class _Worker:
             start = time.perf_counter()
             predictions = run(files)
             seconds = time.perf_counter() - start
-        failed = sum(1 for p in predictions if p is None or isinstance(p, BaseException))
+        failed = sum(1 for p in predictions if isinstance(p, BaseException))
         return {"n_images": len(files), "seconds": seconds, "failed": failed}
 
 
 def _pipelined(clf: Any, batch_size: int):
     # Prefer the classifier's own pipelined file path; else the BatchingClassifier (same overlap).
     if hasattr(clf, "predict_files"):
-        return lambda files: list(clf.predict_files(files, batch_size=batch_size, top_k=1))
+        return lambda files: [result for _, result in clf.predict_files(files, batch_size=batch_size, top_k=1)]
 
     def via_batching(files: list[str]) -> list[Any]:
         from clap_edge.runtime.batching import BatchingClassifier

@@ -1,0 +1,160 @@
+"""BatchingClassifier: load from many threads, results equal predict(), failures isolated, back-pressure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import wait
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clap_edge.errors import ImageError
+from clap_edge.runtime.batching import BatchingClassifier, QueueFullError
+
+
+@pytest.fixture(scope="module")
+def clf(runtime_bundle):
+    from clap_edge.runtime import Classifier
+
+    with Classifier.open(runtime_bundle, backend="onnxruntime", threads=1) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """24 small JPEG/PNG files of different sizes and 8 in-memory uint8 arrays."""
+    root = tmp_path_factory.mktemp("batching-images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(24):
+        h, w = int(rng.integers(40, 120)), int(rng.integers(40, 120))
+        path = root / (f"img{i:02d}.jpg" if i % 3 else f"img{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    arrays = [rng.integers(0, 256, (70, 90, 3), dtype=np.uint8) for _ in range(8)]
+    broken = root / "broken.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    return paths, arrays, str(broken)
+
+
+def _same(pred, ref) -> None:
+    assert pred.labels == ref.labels
+    np.testing.assert_allclose(pred.scores, ref.scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred.embedding, ref.embedding, rtol=1e-4, atol=1e-5)
+
+
+def test_load_2000_requests_from_8_threads_equal_predict(clf, images):
+    paths, arrays, broken = images
+    inputs = paths + arrays
+    reference = clf.predict(inputs, top_k=3)
+    n_threads, per_thread = 8, 250
+    futures: list[list] = [[] for _ in range(n_threads)]
+    bad_futures = []
+
+    with BatchingClassifier(clf, max_batch_size=16, max_delay_ms=2, max_queue=64, top_k=3) as bc:
+        def client(t: int) -> None:
+            for i in range(per_thread):
+                k = (t * per_thread + i) % len(inputs)
+                futures[t].append((k, bc.submit(inputs[k])))
+                if t == 3 and i == 100:
+                    bad_futures.append(bc.submit(broken))
+
+        threads = [threading.Thread(target=client, args=(t,)) for t in range(n_threads)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    # close() has returned: every future must be resolved, none lost
+    flat = [item for per in futures for item in per]
+    assert len(flat) == n_threads * per_thread == 2000
+    assert all(f.done() for _, f in flat) and bad_futures[0].done()
+    for k, f in flat:
+        pred = f.result(timeout=0)
+        _same(pred, reference[k])
+        assert pred.path == (paths[k] if k < len(paths) else None)
+    with pytest.raises(ImageError, match="broken.jpg"):
+        bad_futures[0].result(timeout=0)
+    assert max(bc.batch_sizes) > 1, "requests were never batched together"
+    assert sum(bc.batch_sizes) == 2000  # the broken image never reached the model
+
+
+def test_close_drains_everything_queued(clf, images):
+    paths, _, _ = images
+    bc = BatchingClassifier(clf, max_batch_size=8, max_delay_ms=50, max_queue=1024)
+    futures = [bc.submit(p) for p in paths * 5]
+    bc.close()  # immediately: nothing has to be finished yet
+    assert all(f.done() and f.exception() is None for f in futures)
+    with pytest.raises(RuntimeError, match="closed"):
+        bc.submit(paths[0])
+
+
+class _GatedClassifier:
+    """Wraps a classifier; predict_batch waits for ``gate`` and refuses rows filled with NaN."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.gate = threading.Event()
+        self.calls = 0
+
+    def preprocess(self, image):
+        if isinstance(image, np.ndarray) and image.dtype == np.float32:
+            return image  # already preprocessed [3, H, W]
+        return self.inner.preprocess(image)
+
+    def predict_batch(self, batch, top_k=5):
+        self.gate.wait(timeout=30)
+        self.calls += 1
+        if np.isnan(batch).any():
+            raise ValueError("NaN input")
+        return self.inner.predict_batch(batch, top_k)
+
+
+def test_model_error_fails_only_that_request(clf):
+    gated = _GatedClassifier(clf)
+    gated.gate.set()
+    good = np.random.default_rng(1).standard_normal((6, *clf.input_shape)).astype(np.float32)
+    poison = np.full(clf.input_shape, np.nan, dtype=np.float32)
+    with BatchingClassifier(gated, max_batch_size=8, max_delay_ms=200) as bc:
+        futures = [bc.submit(x) for x in good[:3]] + [bc.submit(poison)] + [bc.submit(x) for x in good[3:]]
+    with pytest.raises(ValueError, match="NaN"):
+        futures[3].result(timeout=0)
+    ok = [f.result(timeout=0) for i, f in enumerate(futures) if i != 3]
+    for pred, ref in zip(ok, clf.predict_batch(good, top_k=5)):
+        _same(pred, ref)
+
+
+def test_back_pressure_raise_mode(clf):
+    gated = _GatedClassifier(clf)  # the model is blocked until the gate opens: the queue must fill
+    x = np.zeros(clf.input_shape, dtype=np.float32)
+    bc = BatchingClassifier(gated, max_batch_size=1, max_delay_ms=0, max_queue=2, block=False)
+    accepted = []
+    try:
+        with pytest.raises(QueueFullError, match="2 requests"):
+            for _ in range(50):
+                accepted.append(bc.submit(x))
+                time.sleep(0.01)  # let the workers pull what they can
+        # the workers hold a bounded number (one in the model, two ready, one being batched)
+        assert 2 <= len(accepted) <= 2 + 4
+    finally:
+        gated.gate.set()
+        bc.close()
+    assert all(f.result(timeout=0).labels for f in accepted)
+
+
+def test_back_pressure_block_mode_waits(clf):
+    gated = _GatedClassifier(clf)
+    x = np.zeros(clf.input_shape, dtype=np.float32)
+    bc = BatchingClassifier(gated, max_batch_size=1, max_delay_ms=0, max_queue=1, block=True)
+    futures = []
+    submitter = threading.Thread(target=lambda: futures.extend(bc.submit(x) for _ in range(12)))
+    submitter.start()
+    submitter.join(timeout=0.5)
+    assert submitter.is_alive(), "submit() should block while the queue is full"
+    gated.gate.set()
+    submitter.join(timeout=30)
+    bc.close()
+    assert not submitter.is_alive() and len(futures) == 12
+    done, _ = wait(futures, timeout=0)
+    assert len(done) == 12 and gated.calls == 12
