@@ -76,9 +76,10 @@ def load_model(
         model = open_clip.create_model(model_name, pretrained=weights, precision=precision, device=device)
     except ModelLoadError:
         raise
-    except (RuntimeError, OSError, KeyError, ValueError) as e:
+    except Exception as e:  # torch.load(weights_only=True) raises UnpicklingError / struct.error for bad files too
         raise ModelLoadError(
-            f"could not load weights for model {model_name!r} with pretrained={pretrained!r}: {e}. "
+            f"could not load weights for model {model_name!r} with pretrained={pretrained!r}: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. "
             f"Pass a local checkpoint with --pretrained /path/to/open_clip_model.safetensors."
         ) from e
     model.eval()
