@@ -1,0 +1,140 @@
+"""clap-edge bench: a real (tiny) run with two backends, the report's fields, the outputs, auto's record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from clap_edge.errors import BackendUnavailableError
+from clap_edge.export.bundle import Bundle
+from clap_edge.runtime.bench import (BenchConfig, _add_ratios, load_bench_record, plot_report, record_bench,
+                                     recorded_fastest_backend, run_bench, write_report)
+
+BACKENDS = ["onnxruntime", "openvino"]
+BATCHES = [1, 3]
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-images")
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (50 + 7 * i, 80, 3), dtype=np.uint8)).save(root / f"im{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(runtime_bundle, image_dir):
+    cfg = BenchConfig(bundle=str(runtime_bundle), backends=BACKENDS, batch_sizes=BATCHES, threads=1, warmup=1,
+                      iters=4, end_to_end=str(image_dir))
+    return run_bench(cfg)
+
+
+def test_report_has_every_backend_and_batch_with_sane_fields(report, runtime_bundle):
+    manifest = Bundle.open(runtime_bundle).manifest
+    model_rows = [r for r in report["results"] if r["mode"] == "model"]
+    assert sorted((r["backend"], r["batch_size"]) for r in model_rows) == sorted(
+        (b, n) for b in BACKENDS for n in BATCHES)
+    for r in model_rows:
+        assert r["threads"] == 1 and r["iters"] == 4
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        # images/s is batch / mean latency
+        assert r["images_per_s"] == pytest.approx(r["batch_size"] * 1000 / r["mean_ms"], rel=0.01)
+        assert r["gflops_per_s"] == pytest.approx(manifest["flops_per_image"] * r["images_per_s"] / 1e9, rel=0.01)
+        assert r["speedup_vs_torch"] is None  # torch was not benchmarked
+        assert r["peak_rss_mb"] > 10
+        assert r["precision"] in {"fp32", "bf16", "fp16"}
+        assert 0.0 <= r["top1_agreement_vs_fp32"] <= 1.0
+        assert r["agreement_reference"] == "onnxruntime" and r["agreement_n_images"] > 0
+    ref = [r for r in model_rows if r["backend"] == "onnxruntime"]
+    assert all(r["top1_agreement_vs_fp32"] == 1.0 and r["max_abs_logit_diff_vs_fp32"] == 0.0 for r in ref)
+    assert "errors" not in report
+
+
+def test_end_to_end_rows_classify_every_file(report):
+    rows = [r for r in report["results"] if r["mode"] == "end_to_end"]
+    assert sorted((r["backend"], r["batch_size"]) for r in rows) == sorted((b, n) for b in BACKENDS for n in BATCHES)
+    for r in rows:
+        assert r["failed"] == 0 and r["n_images"] >= max(5, 2 * r["batch_size"])
+        assert r["images_per_s"] > 0
+        assert r["fraction_of_model_only"] == pytest.approx(r["images_per_s"] / r["model_only_images_per_s"], rel=0.01)
+
+
+def test_env_block(report):
+    env = report["env"]
+    for key in ("cpu_model", "cpu_flags", "cores", "threads", "libraries", "gpu", "load_average_before", "bundle"):
+        assert key in env
+    assert env["threads"] == 1 and env["cores"] >= 1
+    assert "onnxruntime" in env["libraries"] and "openvino" in env["libraries"]
+    assert env["bundle"]["model_name"] == "clap-edge-tiny"
+
+
+def test_json_and_png_outputs(report, tmp_path):
+    path = write_report(report, tmp_path / "out" / "bench.json")
+    assert json.loads(path.read_text()) == json.loads(json.dumps(report))
+    png = plot_report(report, tmp_path / "bench.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_speedup_is_relative_to_torch_at_the_same_batch():
+    rows = [{"backend": "torch", "mode": "model", "batch_size": 1, "images_per_s": 10.0},
+            {"backend": "onnxruntime", "mode": "model", "batch_size": 1, "images_per_s": 15.0},
+            {"backend": "torch", "mode": "model", "batch_size": 8, "images_per_s": 40.0},
+            {"backend": "onnxruntime", "mode": "model", "batch_size": 8, "images_per_s": 20.0}]
+    _add_ratios(rows, flops_per_image=2e9)
+    assert [r["speedup_vs_torch"] for r in rows] == [1.0, 1.5, 1.0, 0.5]
+    assert rows[1]["gflops_per_s"] == 30.0
+
+
+def test_auto_uses_recorded_fastest_backend(runtime_bundle, report, monkeypatch, tmp_path):
+    from clap_edge.runtime.backends import choose_auto_backend
+
+    monkeypatch.setenv("CLAP_EDGE_CACHE", str(tmp_path / "cache"))
+    bundle = Bundle.open(runtime_bundle)
+    assert load_bench_record(bundle) is None
+    assert choose_auto_backend(bundle) == "onnxruntime"  # static order without a record
+    record_bench(report, bundle)
+    assert load_bench_record(bundle)["results"] == json.loads(json.dumps(report["results"]))
+    batch1 = [r for r in report["results"] if r["mode"] == "model" and r["batch_size"] == 1]
+    fastest = max(batch1, key=lambda r: r["images_per_s"])["backend"]
+    assert choose_auto_backend(bundle) == fastest
+    # a backend that flips top-1s vs fp32 is never chosen, however fast
+    edited = json.loads(json.dumps(report))
+    for r in edited["results"]:
+        if r["backend"] == "openvino":
+            r["images_per_s"], r["top1_agreement_vs_fp32"] = 1e9, 0.5
+    record_bench(edited, bundle)
+    assert recorded_fastest_backend(bundle, BACKENDS) == "onnxruntime"
+    # a record from another CPU does not count
+    edited["env"]["cpu_model"] = "some other cpu"
+    record_bench(edited, bundle)
+    assert recorded_fastest_backend(bundle, BACKENDS) is None
+
+
+def test_unknown_or_missing_backend_is_a_clear_error(runtime_bundle):
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'nope'"):
+        run_bench(BenchConfig(bundle=str(runtime_bundle), backends=["nope"]))
+    from clap_edge.cli import main
+
+    result = CliRunner().invoke(main, ["bench", str(runtime_bundle), "--backends", "nope", "--quiet"])
+    assert result.exit_code == 2 and "unknown backend 'nope'" in result.output
+    result = CliRunner().invoke(main, ["bench", str(runtime_bundle), "--batch-sizes", "0"])
+    assert result.exit_code == 2
+
+
+def test_cli_writes_json_and_plot(runtime_bundle, tmp_path):
+    from clap_edge.cli import main
+
+    args = ["bench", str(runtime_bundle), "--backends", "onnxruntime-int8", "--batch-sizes", "2", "--iters", "2",
+            "--warmup", "0", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"), "--quiet"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    (row,) = data["results"]
+    assert row["backend"] == "onnxruntime-int8" and row["precision"] == "int8" and row["batch_size"] == 2
+    assert (tmp_path / "b.png").stat().st_size > 0
