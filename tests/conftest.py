@@ -16,3 +16,32 @@ def runtime_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("runtime") / "tiny-bundle"
     return export_bundle(ExportConfig(out=out, model_name="clap-edge-tiny", classes=["cat", "dog", "car", "tree", "boat"],
                                       int8=True))
+
+
+TINY_CLASSES = ["cat", "dog", "bird", "fish"]
+
+
+@pytest.fixture(scope="session")
+def tiny_head_path(tmp_path_factory):
+    """A clap-edge-tiny CLAP head (alpha 0.3) with non-zero weights, so folding it changes the outputs."""
+    import torch
+
+    from clap_edge.head import CLAPHead, HeadConfig
+
+    torch.manual_seed(1)
+    head = CLAPHead(HeadConfig(in_dim=64, latent_dim=32, alpha=0.3, model_name="clap-edge-tiny",
+                               class_names=list(TINY_CLASSES)))
+    torch.nn.init.normal_(head.projection.weight, std=0.2)
+    return head.save(tmp_path_factory.mktemp("head") / "head.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_head_path):
+    """A clap-edge-tiny bundle with a CLAP head (fp32 + int8 + model.pt2), built once for the session."""
+    import torch
+
+    from clap_edge.export.exporter import ExportConfig, export_bundle
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("export") / "tiny-bundle"
+    return export_bundle(ExportConfig(out=out, head=tiny_head_path, int8=True))
