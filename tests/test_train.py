@@ -1,0 +1,260 @@
+"""The trainer: NT-Xent, the noise-context encoder, the schedule, early stop, the cache, training, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from clap_edge.errors import ModelLoadError, PromptError
+from clap_edge.head import CLAPHead
+from clap_edge.models import load_model
+from clap_edge.prompts import PromptVocab, template_records
+from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
+from clap_edge.train import EarlyStopper, Schedule, TrainConfig, cache_file, nt_xent, train_head
+
+SMALL_VOCAB = PromptVocab(image_types=("painting", "sketch", "photo"), sizes=("large", "small"),
+                          art_styles=("realistic",), colors=("red", "blue", "green"))
+CLASSES = ["dog", "elephant", "house"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return load_model("clap-edge-tiny")
+
+
+def small_config(**overrides) -> TrainConfig:
+    settings = dict(steps=240, window=60, lr=1e-3, vocab=SMALL_VOCAB, progress=False, seed=0)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+# ---- NT-Xent -------------------------------------------------------------------------
+
+
+def direct_nt_xent(a: torch.Tensor, b: torch.Tensor, tau: float) -> float:
+    """SimCLR's loss written out term by term, as in the paper's definition."""
+    z = [v / v.norm() for v in torch.cat([a, b])]
+    n = a.shape[0]
+    total = 0.0
+    for i in range(2 * n):
+        positive = (i + n) % (2 * n)
+        denominator = sum(math.exp(float(z[i] @ z[k]) / tau) for k in range(2 * n) if k != i)
+        total += -math.log(math.exp(float(z[i] @ z[positive]) / tau) / denominator)
+    return total / (2 * n)
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 0.07])
+def test_nt_xent_matches_direct_computation(tau):
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(5, 7, generator=gen), torch.randn(5, 7, generator=gen)
+    assert float(nt_xent(a, b, tau)) == pytest.approx(direct_nt_xent(a, b, tau), rel=1e-5)
+
+
+def test_nt_xent_is_low_for_aligned_pairs():
+    a = torch.eye(4) * 3
+    assert float(nt_xent(a, a, 0.1)) < 0.01 < float(nt_xent(a, a.roll(1, 0), 0.1))
+
+
+# ---- noise-context encoder -------------------------------------------------------------
+
+
+def test_noise_encoder_without_noise_equals_encode_text(tiny):
+    encoder = NoiseTextEncoder(tiny.model)
+    tokens = tiny.tokenizer(["a dog", "a realistic painting of a large red elephant", "x", "an owl on a blue car"])
+    with torch.no_grad():
+        reference = tiny.model.encode_text(tokens)
+    torch.testing.assert_close(encoder.encode(tokens), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoder.encode(tokens, cut=False), reference, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(encoder.encode_batched(tokens, batch_size=3), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_cutting_after_eot_is_exact_with_noise(tiny):
+    encoder = NoiseTextEncoder(tiny.model)
+    texts = ["a dog", "a realistic painting of a large red elephant", "a cat"]
+    tokens = tiny.tokenizer(texts)
+    config = NoiseConfig(n_ctx=4, std=0.5)
+    noise, where = draw_noise(texts, config, encoder.width, seed=0)
+    positions = encoder.insert_positions(tokens, ["front", "middle", "end"])
+    eot = encoder.eot_index(tokens)
+    assert positions.tolist() == [1, int(1 + (eot[1] - 1) // 2), int(eot[2])]
+    short, full = encoder.encode(tokens, noise, positions), encoder.encode(tokens, noise, positions, cut=False)
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
+    plain = encoder.encode(tokens)
+    assert not torch.allclose(short, plain, atol=1e-3)  # the noise reaches the pooled output
+
+
+def test_noise_is_inserted_not_added(tiny):
+    """Inserting zero vectors is not a no-op (positions shift), but inserting them at EOT of a
+    row shifts EOT by n_ctx: verify the encoder pools the shifted end-of-text token by
+    comparing with a hand-built embedding sequence."""
+    model, encoder = tiny.model, NoiseTextEncoder(tiny.model)
+    tokens = tiny.tokenizer(["a red dog"])
+    noise = torch.randn(1, 2, encoder.width) * 0.3
+    pos = torch.tensor([2])
+    eot = int(encoder.eot_index(tokens))
+    with torch.no_grad():
+        emb = model.token_embedding(tokens[:, : eot + 1])
+        x = torch.cat([emb[:, :2], noise, emb[:, 2:]], dim=1)
+        x = x + model.positional_embedding[: x.shape[1]]
+        x = model.transformer(x, attn_mask=model.attn_mask[: x.shape[1], : x.shape[1]])
+        expected = model.ln_final(x)[:, eot + 2] @ model.text_projection
+    torch.testing.assert_close(encoder.encode(tokens, noise, pos), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_noise_draws_are_keyed_and_seeded():
+    config = NoiseConfig(n_ctx=4, std=0.02)
+    a, where_a = draw_noise(["k1", "k2"], config, 16, seed=0)
+    b, where_b = draw_noise(["k2"], config, 16, seed=0)
+    assert torch.equal(a[1], b[0]) and where_a[1] == where_b[0]
+    c, _ = draw_noise(["k2"], config, 16, seed=1)
+    assert not torch.equal(b, c)
+    big, _ = draw_noise([f"k{i}" for i in range(200)], config, 64, seed=0)
+    assert abs(float(big.std()) - 0.02) < 0.002 and abs(float(big.mean())) < 0.002
+
+
+def test_tower_without_plain_clip_attributes_is_refused():
+    with pytest.raises(ModelLoadError, match="text tower"):
+        NoiseTextEncoder(torch.nn.Linear(2, 2))
+
+
+def test_last_token_pooling_is_refused(tiny, monkeypatch):
+    monkeypatch.setattr(tiny.model, "text_pool_type", "last")
+    with pytest.raises(ModelLoadError, match="pool"):
+        NoiseTextEncoder(tiny.model)
+
+
+# ---- schedule and early stop -----------------------------------------------------------
+
+
+def test_schedule_alternates_classes_and_is_seeded():
+    records = {c: template_records(c, SMALL_VOCAB) for c in CLASSES}
+    config = small_config(batch_size=8, noise_pool=4)
+    schedule = Schedule(records, config)
+    stream = [item for _ in range(51) for item in schedule.batch()]  # 408 items: 136 per class
+    classes = [p.class_name for p, _, _ in stream]
+    assert all(a != b for a, b in zip(classes, classes[1:]))
+    assert [classes.count(c) for c in CLASSES] == [136, 136, 136]
+    again = Schedule(records, config)
+    assert stream == [item for _ in range(51) for item in again.batch()]
+    other = Schedule(records, small_config(batch_size=8, seed=1))
+    assert stream != [item for _ in range(51) for item in other.batch()]
+    assert all(v.class_name == p.class_name for p, v, _ in stream)
+    assert {k for _, _, k in stream} == set(range(config.noise_pool))
+
+
+def test_schedule_visits_every_prompt_of_a_class():
+    records = {c: template_records(c, SMALL_VOCAB) for c in CLASSES}
+    schedule = Schedule(records, small_config(batch_size=6))
+    seen = [p for _ in range(9) for p, _, _ in schedule.batch()]  # 54 items = 18 prompts per class
+    assert len(set(seen)) == 54
+    assert set(seen) == {p for ps in records.values() for p in ps}
+
+
+def test_early_stopper_patience_and_delta():
+    stopper = EarlyStopper(TrainConfig(window=2, patience=2, min_delta=0.1))
+    assert not stopper.update([1.0, 1.0])
+    assert not stopper.update([0.8, 0.8])  # improved by 0.2
+    assert not stopper.update([0.75, 0.75])  # < delta: 1 bad window
+    assert stopper.update([0.76, 0.74])  # 2 bad windows: stop
+    assert stopper.means == pytest.approx([1.0, 0.8, 0.75, 0.75])
+    assert not EarlyStopper(TrainConfig(window=4)).update([1.0])  # partial windows are not judged
+
+
+# ---- training -------------------------------------------------------------------------
+
+
+def test_training_tiny_lowers_the_loss_and_moves_the_head(tiny):
+    head, result = train_head(tiny, CLASSES, small_config(noise_pool=4))
+    assert result.steps_run == 240 and len(result.window_means) == 4
+    assert result.window_means[-1] < result.window_means[0] - 0.1
+    assert head.distance_from_identity() > 0.1
+    assert head.config.class_names == CLASSES and head.config.model_name == "clap-edge-tiny"
+    assert head.config.training["steps_run"] == 240
+    assert head.config.training["final_loss"] == pytest.approx(result.window_means[-1])
+    # 54 prompts + 3 class names, then only the noisy views drawn: at most one per item (240 x 8), at most
+    # 4 noise draws of the 2^3 views of each prompt; repeats come from the cache.
+    assert 54 + 3 < result.encoded_texts <= 54 + 3 + min(240 * 8, 54 * 8 * 4)
+    z = torch.randn(2, 64)
+    with torch.no_grad():
+        assert not torch.allclose(head(z, alpha=1.0), z, atol=1e-3)
+
+
+def test_training_is_deterministic_for_a_seed_and_the_disk_cache_skips_encoding(tiny, tmp_path):
+    config = small_config(steps=60, cache_dir=str(tmp_path))
+    head_a, first = train_head(tiny, CLASSES, config)
+    assert first.encoded_texts > 0 and cache_file(tmp_path, tiny, config).is_file()
+    head_b, second = train_head(tiny, CLASSES, config)
+    assert second.encoded_texts == 0
+    assert second.losses == pytest.approx(first.losses, abs=1e-6)
+    torch.testing.assert_close(head_b.projection.weight, head_a.projection.weight)
+    other = small_config(steps=60, cache_dir=str(tmp_path), noise_ctx=2)
+    assert cache_file(tmp_path, tiny, other) != cache_file(tmp_path, tiny, config)
+
+
+def test_early_stop_ends_a_flat_run(tiny):
+    # lr 0: no window can improve on the first by min_delta, so patience 2 stops after window 3.
+    _, result = train_head(tiny, CLASSES, small_config(steps=600, window=20, patience=2, lr=0.0, min_delta=1.0))
+    assert result.stopped_early and result.steps_run == 60
+    _, full = train_head(tiny, CLASSES, small_config(steps=100, window=20, patience=2, lr=0.0, early_stop=False))
+    assert not full.stopped_early and full.steps_run == 100
+
+
+def test_bad_class_lists(tiny):
+    with pytest.raises(PromptError, match="no class names"):
+        train_head(tiny, [], small_config())
+    with pytest.raises(PromptError, match="class name 'hippo.*does not fit"):
+        train_head(tiny, ["hippopotamus " * 8], small_config())
+    with pytest.warns(UserWarning, match="duplicate class 'dog'"):
+        head, _ = train_head(tiny, ["dog", "house", "dog"], small_config(steps=5))
+    assert head.config.class_names == ["dog", "house"]
+
+
+# ---- CLI --------------------------------------------------------------------------------
+
+
+def test_cli_train_writes_a_loadable_head(tmp_path):
+    from clap_edge.cli import main
+
+    vocab = tmp_path / "vocab.toml"
+    vocab.write_text('image_types = ["photo", "sketch"]\nsizes = ["big"]\nart_styles = ["plain"]\ncolors = ["red"]\n')
+    out = tmp_path / "head.safetensors"
+    args = ["train", "--model", "clap-edge-tiny", "--classes", "dog,cat", "--out", str(out), "--steps", "20",
+            "--latent-dim", "32", "--noise-pool", "2", "--vocab", str(vocab), "--seed", "1", "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    assert summary["steps_run"] == 20 and summary["classes"] == ["dog", "cat"]
+    head = CLAPHead.load(out)
+    assert head.config.latent_dim == 32 and head.config.class_names == ["dog", "cat"]
+    assert head.config.training["noise_pool"] == 2 and head.config.training["seed"] == 1
+
+
+def test_cli_train_bad_input_is_one_line_and_exit_2(tmp_path):
+    from clap_edge.cli import main
+
+    out = tmp_path / "head.safetensors"
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "--model", "ViT-B-33", "--classes", "dog", "--out", str(out)])
+    assert result.exit_code == 2 and "Did you mean" in result.output and "ViT-B-32" in result.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = runner.invoke(main, ["train", "--model", "clap-edge-tiny", "--classes", " , ", "--out", str(out)])
+    assert result.exit_code == 2 and "no class names" in result.output
+    result = runner.invoke(main, ["train", "--model", "clap-edge-tiny", "--classes", "dog", "--out", str(out),
+                                  "--batch-size", "1"])
+    assert result.exit_code == 2 and "--batch-size" in result.output
+    assert not out.exists()
+
+
+def test_cli_train_help_ends_with_an_example():
+    from clap_edge.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and "clap-edge train --model clap-edge-tiny" in result.output
