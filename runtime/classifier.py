@@ -181,10 +181,14 @@ class Classifier:
                     pending.append((str(p), pool.submit(self.preprocess, p)))
 
             fill()
-            while pending:
-                chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
-                fill()  # queue the next batches' decoding before this one blocks on the model
-                yield from self._run_chunk(chunk, top_k)
+            try:
+                while pending:
+                    chunk = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                    fill()  # queue the next batches' decoding before this one blocks on the model
+                    yield from self._run_chunk(chunk, top_k)
+            finally:  # a caller that stops early should not wait for decoding it will never use
+                for _, fut in pending:
+                    fut.cancel()
 
     def _run_chunk(self, chunk: list[tuple[str, Future]], top_k: int) -> Iterator[tuple[str, Prediction | ImageError]]:
         arrays: dict[int, np.ndarray] = {}

@@ -275,3 +275,18 @@ def test_runtime_works_with_torch_and_open_clip_unimportable(runtime_bundle, clf
     ref = clf.predict(path)[0]
     assert out["labels"] == ref.labels
     np.testing.assert_allclose(out["logits"], ref.logits, atol=1e-6)
+
+
+def test_predict_files_decodes_a_bounded_window_ahead(clf, tmp_path, monkeypatch):
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"{i}.png")
+        _photo(32, 32, seed=i).save(paths[-1])
+    decoded = []
+    preprocess = clf.preprocess
+    monkeypatch.setattr(clf, "preprocess", lambda p: (decoded.append(p), preprocess(p))[1])
+    it = clf.predict_files(paths, batch_size=2, workers=1, prefetch_batches=2)
+    first = next(it)
+    it.close()  # stop early: queued decodes are cancelled, the pool shuts down
+    assert first[0] == str(paths[0]) and isinstance(first[1], Prediction)
+    assert 2 <= len(decoded) <= 2 * (1 + 2) + 2  # the current batch plus the prefetch window, not all 40
