@@ -27,7 +27,7 @@ from clap_edge.errors import BackendUnavailableError, BundleError
 from clap_edge.export.bundle import Bundle
 from clap_edge.io import atomic_write_text
 
-__all__ = ["BenchConfig", "run_bench", "write_report", "plot_report", "record_bench", "load_bench_record",
+__all__ = ["BenchConfig", "run_bench", "preprocess_folder", "write_report", "plot_report", "record_bench", "load_bench_record",
            "recorded_fastest_backend", "environment"]
 
 REFERENCE_BACKENDS = ("onnxruntime", "torch")  # fp32 references for the agreement columns, in preference
@@ -254,6 +254,15 @@ def _calibration(bundle: Bundle) -> np.ndarray | None:
     if "calibration.npy" not in bundle.manifest["files"]:
         return None
     return np.load(bundle.file("calibration.npy"), allow_pickle=False).astype(np.float32)
+
+
+def preprocess_folder(bundle: Bundle, folder: str, limit: int = 256) -> np.ndarray:
+    """Up to ``limit`` images of ``folder``, preprocessed for ``bundle``: a batch for the agreement columns."""
+    from clap_edge.runtime.images import load_image
+    from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
+
+    preprocessor = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
+    return np.stack([preprocessor(load_image(path)) for path in _image_files(folder)[:limit]])
 
 
 def _image_files(folder: str) -> list[str]:

@@ -127,14 +127,16 @@ def test_unknown_or_missing_backend_is_a_clear_error(runtime_bundle):
     assert result.exit_code == 2
 
 
-def test_cli_writes_json_and_plot(runtime_bundle, tmp_path):
+def test_cli_writes_json_and_plot(runtime_bundle, image_dir, tmp_path):
     from clap_edge.cli import main
 
-    args = ["bench", str(runtime_bundle), "--backends", "onnxruntime-int8", "--batch-sizes", "2", "--iters", "2",
-            "--warmup", "0", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"), "--quiet"]
+    args = ["bench", str(runtime_bundle), "--backends", "onnxruntime,onnxruntime-int8", "--batch-sizes", "2",
+            "--iters", "2", "--warmup", "0", "--agreement-images", str(image_dir), "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"), "--quiet"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "b.json").read_text())
-    (row,) = data["results"]
-    assert row["backend"] == "onnxruntime-int8" and row["precision"] == "int8" and row["batch_size"] == 2
+    ort, int8 = data["results"]
+    assert int8["backend"] == "onnxruntime-int8" and int8["precision"] == "int8" and int8["batch_size"] == 2
+    assert ort["agreement_n_images"] == int8["agreement_n_images"] == 5  # the given folder, not calibration.npy
+    assert ort["top1_agreement_vs_fp32"] == 1.0 and 0.0 <= int8["top1_agreement_vs_fp32"] <= 1.0
     assert (tmp_path / "b.png").stat().st_size > 0

@@ -28,13 +28,15 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed rounds per batch size.")
 @click.option("--end-to-end", "end_to_end", type=click.Path(exists=True, file_okay=False), default=None,
               help="Image folder: also time files -> predictions through the pipelined path.")
+@click.option("--agreement-images", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Image folder for top-1 agreement vs fp32 (default: the bundle's calibration.npy).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here (atomically).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a latency/throughput PNG here.")
 @click.option("--record", is_flag=True, help="Store the report in the user cache so backend 'auto' picks the fastest.")
 @click.option("--openvino-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Force OpenVINO's inference precision (default: the CPU plugin's best).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no table.")
-def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, json_path, plot_path, record,
+def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agreement_images, json_path, plot_path, record,
           openvino_precision, quiet):
     """Benchmark backends on BUNDLE: p50/p90/p99 latency, images/s, peak RSS, speed-up vs torch,
     GFLOP/s and top-1 agreement vs fp32, with the backends interleaved round by round.
@@ -45,12 +47,14 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, jso
           --batch-sizes 1,8,32 --threads 1 --json bench.json --plot bench.png
     """
     from clap_edge.export.bundle import Bundle
-    from clap_edge.runtime.bench import BenchConfig, plot_report, record_bench, run_bench, write_report
+    from clap_edge.runtime.bench import (BenchConfig, plot_report, preprocess_folder, record_bench, run_bench,
+                                         write_report)
 
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     options = {"openvino": {"precision": openvino_precision}} if openvino_precision else {}
     cfg = BenchConfig(bundle=bundle, backends=names, batch_sizes=batch_sizes, threads=threads, warmup=warmup,
-                      iters=iters, end_to_end=end_to_end, backend_options=options)
+                      iters=iters, end_to_end=end_to_end, backend_options=options,
+                      agreement=preprocess_folder(Bundle.open(bundle), agreement_images) if agreement_images else None)
     report = run_bench(cfg, progress=not quiet)
     if not report["results"]:
         raise ClapEdgeError(f"no backend produced a result: {json.dumps(report.get('errors', {}))}")
