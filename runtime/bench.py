@@ -25,9 +25,9 @@ import numpy as np
 
 from clap_edge.errors import BackendUnavailableError, BundleError
 from clap_edge.export.bundle import Bundle
-from clap_edge.io import atomic_write_text
+from clap_edge.runtime.bench_report import markdown_table, plot_report, write_report
 
-__all__ = ["BenchConfig", "run_bench", "preprocess_folder", "write_report", "plot_report", "record_bench", "load_bench_record",
+__all__ = ["BenchConfig", "run_bench", "preprocess_folder", "markdown_table", "write_report", "plot_report", "record_bench", "load_bench_record",
            "recorded_fastest_backend", "environment"]
 
 REFERENCE_BACKENDS = ("onnxruntime", "torch")  # fp32 references for the agreement columns, in preference
@@ -323,47 +323,6 @@ def _gpu_name() -> str | None:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-# ---- output ---------------------------------------------------------------------
-
-
-def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    return atomic_write_text(path, json.dumps(report, indent=2) + "\n")
-
-
-def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """PNG: p50 latency and images/s vs batch size, one line per backend (model-only rows)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from clap_edge.io import atomic_path
-
-    rows = [r for r in report["results"] if r["mode"] == "model"]
-    fig, (ax_lat, ax_ips) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for backend in dict.fromkeys(r["backend"] for r in rows):
-        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
-        label = f"{backend} ({mine[0]['precision']})"
-        bs = [r["batch_size"] for r in mine]
-        ax_lat.plot(bs, [r["p50_ms"] for r in mine], marker="o", label=label)
-        ax_ips.plot(bs, [r["images_per_s"] for r in mine], marker="o", label=label)
-    env = report["env"]
-    for ax, title, ylabel in ((ax_lat, "p50 latency per batch", "ms"), (ax_ips, "throughput", "images/s")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-    ax_lat.set_yscale("log")
-    ax_ips.legend(fontsize=8)
-    fig.suptitle(f"{env['bundle']['model_name']} - {env['cpu_model']}, {env['threads']} thread(s)", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
 
 
 # ---- records for backend="auto" -------------------------------------------------------
