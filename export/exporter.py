@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from clap_edge.errors import BundleError, ClapEdgeError, ImageError, PromptError
+from clap_edge.errors import BundleError, CheckpointError, ClapEdgeError, ImageError, PromptError
 from clap_edge.export.bundle import BundleWriter
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ MAX_CALIBRATION_IMAGES = 16
 class ExportConfig:
     out: str | os.PathLike
     model_name: str | None = None  # default: the head's metadata model_name
-    pretrained: str | None = None  # None: random init (speed work only)
+    pretrained: str | None = None  # default: the head's; None without a head: random init (speed work only)
     head: Any = None  # None (plain CLIP, alpha 0), a head .safetensors path, or a CLAPHead
     classes: Sequence[str] | None = None  # default: the head's metadata class_names
     alpha: float | None = None  # default: the head's alpha; 0.0 for no head
@@ -60,13 +60,18 @@ def export_bundle(cfg: ExportConfig) -> Path:
     if out.exists() and not cfg.overwrite:
         raise BundleError(f"{out} already exists (pass overwrite=True / --force to replace it)")
     say = cfg.progress or (lambda msg: log.info(msg))
-    head, model_name, class_names, alpha = _resolve(cfg)
+    head, model_name, pretrained, class_names, alpha = _resolve(cfg)
     templates = list(cfg.templates or DEFAULT_TEMPLATES)
-    if cfg.pretrained is None:
+    if pretrained is None:
         log.warning("no pretrained weights: %s is randomly initialised (useful for speed work only)", model_name)
 
     say(f"loading {model_name}")
-    loaded = load_model(model_name, cfg.pretrained)
+    loaded = load_model(model_name, pretrained)
+    if head is not None and head.config.in_dim != loaded.embed_dim:
+        raise CheckpointError(
+            f"the head takes {head.config.in_dim}-d embeddings but {model_name} gives {loaded.embed_dim}-d; "
+            f"was it trained on another model (its metadata says {head.config.model_name!r})?"
+        )
     say(f"embedding {len(class_names)} classes x {len(templates)} templates")
     fused = build_fused(loaded, class_names, head, alpha, templates)
     pre = _preprocess_manifest(loaded.preprocess_cfg)
@@ -110,7 +115,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
             writer.add_class_embeddings(fused.classes.T.numpy())
             writer.add_file("calibration.npy", _npy_bytes(calib))
             writer.manifest.update(
-                model={"model_name": model_name, "pretrained": cfg.pretrained, "head": _head_manifest(head, alpha)},
+                model={"model_name": model_name, "pretrained": pretrained, "head": _head_manifest(head, alpha)},
                 embed_dim=fused.embed_dim,
                 alpha=alpha,
                 logit_scale=float(fused.logit_scale),
@@ -134,7 +139,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
 
 
 def _resolve(cfg: ExportConfig):
-    """(head or None, model_name, class_names, alpha) from the config and the head's metadata."""
+    """(head or None, model_name, pretrained, class_names, alpha) from the config and the head's metadata."""
     from clap_edge.head import CLAPHead
 
     head = cfg.head
@@ -157,9 +162,12 @@ def _resolve(cfg: ExportConfig):
         alpha = 0.0
     else:
         alpha = float(head.alpha if cfg.alpha is None else cfg.alpha)
-    if head is not None and meta.pretrained and cfg.pretrained and meta.pretrained != cfg.pretrained:
-        log.warning("head was trained on pretrained=%s but exporting with %s", meta.pretrained, cfg.pretrained)
-    return head, model_name, classes, alpha
+    # A head only makes sense on the weights it was trained on: default to them.
+    same_model = meta is not None and meta.model_name in (None, model_name)
+    pretrained = cfg.pretrained or (meta.pretrained if same_model else None)
+    if same_model and meta.pretrained and pretrained != meta.pretrained:
+        log.warning("head was trained on pretrained=%s but exporting with %s", meta.pretrained, pretrained)
+    return head, model_name, pretrained, classes, alpha
 
 
 def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, parity) -> dict[str, Path]:

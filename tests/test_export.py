@@ -186,6 +186,16 @@ def test_config_errors(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_head_for_another_model_refused(tmp_path):
+    from clap_edge.errors import CheckpointError
+    from clap_edge.head import CLAPHead, HeadConfig
+
+    head = CLAPHead(HeadConfig(in_dim=32, model_name="other-model", class_names=["a", "b"]))
+    with pytest.raises(CheckpointError, match="32-d embeddings but clap-edge-tiny gives 64-d.*'other-model'"):
+        export_bundle(ExportConfig(out=tmp_path / "x", head=head, model_name="clap-edge-tiny"))
+    assert not (tmp_path / "x").exists()
+
+
 def test_fp16_variant_and_calibration_array(tmp_path, tiny_head_path):
     calib = _random_batch(3, seed=4)
     out = export_bundle(ExportConfig(out=tmp_path / "b", head=tiny_head_path, alpha=0.1, classes=["x", "y"],

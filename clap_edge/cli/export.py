@@ -58,8 +58,6 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         raise ClapEdgeError("--no-head needs --model NAME")
     if no_head and alpha not in (None, 0.0):
         raise ClapEdgeError("--alpha needs a head (--no-head means alpha 0)")
-    if pretrained is None and head_path:
-        pretrained = _head_pretrained(head_path)
     cfg = ExportConfig(
         out=out,
         model_name=model_name,
@@ -203,13 +201,6 @@ def _read_templates(path: str) -> list[str]:
     if bad:
         raise PromptError(f"{path}: template {bad[0]!r} has no '{{c}}' placeholder for the class name")
     return templates
-
-
-def _head_pretrained(head_path: str) -> str | None:
-    """The pretrained tag the head was trained on (so the export uses the same weights by default)."""
-    from clap_edge.head import CLAPHead
-
-    return CLAPHead.load(head_path).config.pretrained
 
 
 class _status:
