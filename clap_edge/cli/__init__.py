@@ -15,7 +15,7 @@ from clap_edge import __version__
 from clap_edge.errors import ClapEdgeError
 
 # Modules in this package that each define one or more commands; each exposes ``COMMANDS``.
-COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate"]
+COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo"]
 
 EXIT_BAD_INPUT = 2
 
