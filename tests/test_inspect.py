@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -66,9 +67,10 @@ def test_inspect_newer_schema(runner, tiny_bundle, tmp_path):
 def test_export_cli_plain_clip(runner, tmp_path, caplog):
     templates = tmp_path / "templates.txt"
     templates.write_text("# ensemble\na photo of a {c}.\na drawing of a {c}.\n")
+    images = _calibration_folder(tmp_path / "calib")
     out = tmp_path / "bundle"
     args = ["export", "--model", "clap-edge-tiny", "--classes", "cat,dog,car", "--no-head", "--out", str(out),
-            "--templates", str(templates), "--no-torch-program", "--json"]
+            "--templates", str(templates), "--no-torch-program", "--calibration", str(images), "--json"]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -78,8 +80,26 @@ def test_export_cli_plain_clip(runner, tmp_path, caplog):
     assert summary["variants"] == {"fp32": "model.onnx"}
     assert summary["parity"]["fp32"]["max_abs_logit_diff"] <= 1e-4
     assert "randomly initialised" in caplog.text  # no --pretrained: warned
+    # the parity batch is the calibration folder's images through open_clip's eval transform
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+
+    transform = image_transform_v2(PreprocessCfg(**{**summary["preprocess"], "size": (64, 64)}), is_train=False)
+    expected = np.stack([transform(Image.open(p).convert("RGB")).numpy() for p in sorted(images.iterdir())])
+    np.testing.assert_allclose(np.load(out / "calibration.npy"), expected, atol=1e-6)
+    assert summary["parity"]["fp32"]["n_images"] == 3
     again = runner.invoke(main, args)  # exists, no --force
     assert again.exit_code == 2 and "already exists" in again.stderr
+
+
+def _calibration_folder(folder):
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(80, 60), (64, 64), (50, 120)]):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
 
 
 @pytest.mark.parametrize("args, message", [
