@@ -50,7 +50,8 @@ class NoiseTextEncoder:
         if missing:
             raise ModelLoadError(
                 f"{type(model).__name__} has no plain CLIP text tower (missing {', '.join(missing)}); noise context "
-                f"and pre-encoding need open_clip's CLIP text tower (HF text towers / CustomTextCLIP are not supported)."
+                f"and pre-encoding need open_clip's CLIP text tower (HF text towers / CustomTextCLIP are not "
+                f"supported)."
             )
         if model.text_pool_type not in ("argmax", "eos"):
             raise ModelLoadError(
@@ -90,7 +91,7 @@ class NoiseTextEncoder:
         eot = self.eot_index(tokens)
         needed = int(eot.max()) + 1
         if needed + n_ctx > self.context_length:
-            raise ValueError(f"sequence of {needed} tokens + {n_ctx} noise tokens exceeds context {self.context_length}")
+            raise ValueError(f"{needed} tokens + {n_ctx} noise tokens exceed the context of {self.context_length}")
         # Cut: nothing after EOT reaches the pooled output. Uncut: keep the context length (noise pushes pads out).
         length = needed if cut and self.causal else tokens.shape[1] - n_ctx
         x = model.token_embedding(tokens[:, :length]).to(cast_dtype)

@@ -187,7 +187,8 @@ class EmbeddingCache:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
             keys, table = data["keys"], data["table"]
-            assert data["format"] == CACHE_FORMAT and len(keys) == table.shape[0]
+            if data["format"] != CACHE_FORMAT or len(keys) != table.shape[0]:
+                raise ValueError(f"format {data['format']}, {len(keys)} keys for {table.shape[0]} rows")
         except Exception as e:  # a stale or corrupt cache is not fatal: re-encode
             log.warning("ignoring unreadable embedding cache %s (%s)", path, e)
             return
@@ -213,7 +214,9 @@ def text_tower_fingerprint(model: torch.nn.Module) -> str:
     parts = [getattr(model, name) for name in ("token_embedding", "positional_embedding", "transformer", "ln_final",
                                                "text_projection")]
     for part in parts:
-        tensors = [part] if isinstance(part, torch.Tensor) else list(part.state_dict().values()) if part is not None else []
+        if part is None:
+            continue
+        tensors = [part] if isinstance(part, torch.Tensor) else list(part.state_dict().values())
         for tensor in tensors:
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()

@@ -52,7 +52,8 @@ def test_fresh_head_is_identity_and_alpha_scales_the_residual():
     head.alpha = 0.25
     assert head.alpha == 0.25
     torch.testing.assert_close(head(z) - z, 0.25 * residual)
-    expected = z + 0.25 * (torch.nn.functional.silu(z) @ head.linear.weight.T + head.linear.bias) @ head.projection.weight.T
+    hidden = torch.nn.functional.silu(z) @ head.linear.weight.T + head.linear.bias
+    expected = z + 0.25 * hidden @ head.projection.weight.T
     torch.testing.assert_close(head(z), expected)
 
 

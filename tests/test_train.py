@@ -197,6 +197,16 @@ def test_training_is_deterministic_for_a_seed_and_the_disk_cache_skips_encoding(
     assert cache_file(tmp_path, tiny, other) != cache_file(tmp_path, tiny, config)
 
 
+def test_a_corrupt_cache_file_is_ignored_and_rewritten(tiny, tmp_path, caplog):
+    config = small_config(steps=5, cache_dir=str(tmp_path))
+    path = cache_file(tmp_path, tiny, config)
+    path.write_bytes(b"garbage")
+    _, result = train_head(tiny, CLASSES, config)
+    assert result.encoded_texts > 0 and "ignoring unreadable embedding cache" in caplog.text
+    _, again = train_head(tiny, CLASSES, config)
+    assert again.encoded_texts == 0
+
+
 def test_early_stop_ends_a_flat_run(tiny):
     # lr 0: no window can improve on the first by min_delta, so patience 2 stops after window 3.
     _, result = train_head(tiny, CLASSES, small_config(steps=600, window=20, patience=2, lr=0.0, min_delta=1.0))
@@ -258,3 +268,12 @@ def test_cli_train_help_ends_with_an_example():
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output and "clap-edge train --model clap-edge-tiny" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_matches_the_cpu_loop_closely(tiny):
+    _, cpu = train_head(tiny, CLASSES, small_config(steps=30))
+    head, cuda = train_head(tiny, CLASSES, small_config(steps=30, device="cuda"))
+    tiny.model.to("cpu")
+    assert head.projection.weight.device.type == "cpu"
+    assert cuda.losses == pytest.approx(cpu.losses, rel=1e-3, abs=1e-3)
