@@ -1,6 +1,6 @@
 """Labelled image folders: ``root/<domain>/<class>/*`` (or ``root/<class>/*``), with optional splits.
 
-Standard library only, so the torch-free runtime can read the same layout the
+No torch, so the runtime can read the same layout the
 evaluator reads. A dataset root may hold ``val/`` and ``test/`` split folders (the toy
 world writes them); otherwise the whole root is the test split.
 """
@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clap_edge.errors import ClapEdgeError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+from clap_edge.images import IMAGE_EXTENSIONS
 SPLITS = ("val", "test")
 
 

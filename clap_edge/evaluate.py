@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from clap_edge.datasets import DomainImages
 from clap_edge.errors import ClapEdgeError, ImageError
 from clap_edge.head import CLAPHead
+from clap_edge.images import load_image
 from clap_edge.metrics import Top1, paired_bootstrap, select_alpha, top1_correct
 from clap_edge.models import LoadedModel, tokenize_checked
 
@@ -92,7 +93,7 @@ def encode_images(loaded: LoadedModel, images: DomainImages, batch_size: int = 1
         batch = []
         for path, label in zip(images.paths[start:start + batch_size], images.labels[start:start + batch_size]):
             try:
-                batch.append(transform(_open_rgb(path)))
+                batch.append(transform(load_image(path)))
                 labels.append(label)
             except ImageError as e:
                 log.warning("%s", e)
@@ -168,17 +169,6 @@ def evaluate(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPH
     domains = {d: paired_bootstrap(c, config.n_boot, config.seed) for d, c in correct.items()}
     failed = [p for split in (test, val or {}) for f in split.values() for p in f.failed]
     return EvalResult(domains, alphas, val_scores, failed)
-
-
-def _open_rgb(path: Path):
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{path}: cannot decode image ({e})") from e
 
 
 def evaluate_folder(dataset: str | Path, loaded: LoadedModel, heads: dict[str, CLAPHead],

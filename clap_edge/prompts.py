@@ -17,8 +17,6 @@ from typing import Iterable
 
 from clap_edge.errors import PromptError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
 
 @dataclass(frozen=True)
 class PromptVocab:
@@ -183,7 +181,8 @@ def distinct_views(prompt: Prompt, config: AugmentConfig | None = None,
 def load_class_names(source: str | Path) -> list[str]:
     """Class names from a text file (one per line), a dataset folder, or a comma list.
 
-    Folders may be ``root/class/*.jpg`` or ``root/domain/class/*.jpg``. Duplicates are
+    Folders may be ``root/class/*.jpg``, ``root/domain/class/*.jpg`` or either under
+    ``root/{val,test}/`` (see :mod:`clap_edge.datasets`). Duplicates are
     dropped with a warning; an empty result is an error.
     """
     path = Path(source)
@@ -213,19 +212,14 @@ def dedupe_class_names(names: list[str], source: str = "class list") -> list[str
 
 
 def _class_names_from_folder(root: Path) -> list[str]:
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not subdirs:
-        raise PromptError(f"{root}: no class folders found")
-    if any(_has_images(d) for d in subdirs):
-        return [d.name.replace("_", " ") for d in subdirs]
-    names: list[str] = []  # root/domain/class layout: the union over domains, in order
-    for domain in subdirs:
-        names += [d.name.replace("_", " ") for d in sorted(domain.iterdir()) if d.is_dir()]
-    return list(dict.fromkeys(names))
+    from clap_edge.datasets import find_splits, scan_domains
+    from clap_edge.errors import ClapEdgeError
 
-
-def _has_images(folder: Path) -> bool:
-    return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir() if f.is_file())
+    try:
+        names, _ = scan_domains(find_splits(root)["test"])
+    except ClapEdgeError as e:
+        raise PromptError(str(e)) from e
+    return names
 
 
 def _with_article(phrase: str) -> str:

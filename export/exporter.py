@@ -211,23 +211,16 @@ def _calibration_batch(source: Any, preprocess_cfg) -> np.ndarray:
 
 
 def _folder_images(folder: Path) -> list:
-    from PIL import Image, ImageOps
-
-    from clap_edge.prompts import IMAGE_EXTENSIONS
+    from clap_edge.images import list_images, load_image
 
     if not folder.is_dir():
         raise ClapEdgeError(f"calibration folder {folder} does not exist")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)[:MAX_CALIBRATION_IMAGES]
+    paths = list_images([folder])
     if not paths:
         raise ClapEdgeError(f"calibration folder {folder} has no images")
-    images = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                images.append(ImageOps.exif_transpose(im).convert("RGB"))
-        except OSError as e:
-            raise ImageError(f"{p}: cannot decode calibration image ({e})") from e
-    return images
+    # Evenly spaced over the sorted files, so a class-per-folder tree contributes every class.
+    step = max(1, len(paths) // MAX_CALIBRATION_IMAGES)
+    return [load_image(p) for p in paths[::step][:MAX_CALIBRATION_IMAGES]]
 
 
 def _synthetic_images(n: int, size: tuple[int, int]) -> list:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from clap_edge.errors import ImageError
-from clap_edge.runtime.images import list_images, load_image, to_rgb
+from clap_edge.images import list_images, load_image, to_rgb
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

@@ -36,7 +36,7 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     """
     from clap_edge.errors import ClapEdgeError
     from clap_edge.runtime.classifier import Classifier
-    from clap_edge.runtime.images import list_images
+    from clap_edge.images import list_images
 
     files = list_images(list(paths))
     if not files:
