@@ -1,0 +1,172 @@
+"""Evaluation: metrics, dataset folders, alpha chosen on validation only, eval CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from clap_edge.cli import main
+from clap_edge.datasets import find_splits, scan_domains
+from clap_edge.errors import ClapEdgeError
+from clap_edge.metrics import paired_bootstrap, paired_difference_ci, select_alpha, top1_correct
+
+CLASSES = ["cat", "dog", "bird", "fish"]
+
+
+def _write_split(root, domains=("photo", "sketch"), per_class=3, seed=0):
+    rng = np.random.default_rng(seed)
+    for domain in domains:
+        for name in CLASSES:
+            folder = root / domain / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    _write_split(root / "val", seed=1)
+    _write_split(root / "test", seed=2)
+    (root / "test" / "photo" / "cat" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+# ---- metrics ----------------------------------------------------------------------
+
+
+def test_top1_and_paired_bootstrap():
+    logits = np.array([[2.0, 1.0], [0.0, 3.0], [5.0, 1.0]])
+    assert top1_correct(logits, np.array([0, 1, 1])).tolist() == [True, True, False]
+    rng = np.random.default_rng(0)
+    a, b = rng.random(400) < 0.8, rng.random(400) < 0.6
+    res = paired_bootstrap({"a": a, "b": b}, n_boot=500, seed=3)
+    for name, arr in (("a", a), ("b", b)):
+        assert res[name].top1 == pytest.approx(arr.mean() * 100)
+        assert res[name].ci95[0] < res[name].top1 < res[name].ci95[1]
+    assert res == paired_bootstrap({"a": a, "b": b}, n_boot=500, seed=3)  # seeded
+    wide = paired_bootstrap({"a": a[:40]}, n_boot=500)["a"]
+    assert wide.ci95[1] - wide.ci95[0] > res["a"].ci95[1] - res["a"].ci95[0]
+    diff, (lo, hi) = paired_difference_ci(a, b, n_boot=500)
+    assert lo < diff < hi and lo > 0  # a is clearly better than b
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap({"a": a, "b": b[:10]})
+
+
+def test_select_alpha_picks_best_and_prefers_smallest_on_ties():
+    labels = np.array([0, 1])
+    good, bad = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.0, 1.0], [1.0, 0.0]])
+    table = {0.0: bad, 0.1: good, 0.2: good}
+    alpha, scores = select_alpha(list(table), table.__getitem__, labels)
+    assert alpha == 0.1 and scores == {0.0: 0.0, 0.1: 100.0, 0.2: 100.0}
+
+
+# ---- datasets ---------------------------------------------------------------------
+
+
+def test_scan_domains_layouts(tmp_path):
+    nested = _write_split(tmp_path / "nested", per_class=1)
+    names, domains = scan_domains(nested)
+    assert sorted(names) == sorted(CLASSES) and list(domains) == ["photo", "sketch"]
+    assert len(domains["photo"]) == 4 and sorted(domains["photo"].labels) == [0, 1, 2, 3]
+    flat = tmp_path / "flat"
+    (flat / "tennis_ball").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(flat / "tennis_ball" / "a.png")
+    names, domains = scan_domains(flat)
+    assert names == ["tennis ball"] and list(domains) == ["flat"]
+    with pytest.raises(ClapEdgeError, match="'tennis ball' is not among the model's classes"):
+        scan_domains(flat, ["cat"])
+    assert find_splits(nested) == {"test": nested}
+
+
+# ---- evaluation -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from clap_edge.models import load_model
+
+    torch.manual_seed(0)
+    return load_model("clap-edge-tiny")
+
+
+@pytest.fixture(scope="module")
+def trained_like_head():
+    from clap_edge.head import CLAPHead, HeadConfig
+
+    torch.manual_seed(2)
+    head = CLAPHead(HeadConfig(in_dim=64, latent_dim=16, model_name="clap-edge-tiny", class_names=CLASSES))
+    torch.nn.init.normal_(head.projection.weight, std=0.5)
+    return head
+
+
+def test_alpha_is_chosen_from_validation_only(tiny, trained_like_head, dataset, monkeypatch):
+    import clap_edge.evaluate as ev
+
+    seen = []
+    real_select = ev.select_alpha
+
+    def spy(alphas, logits_for, labels):
+        seen.append((labels.copy(), logits_for(0.0).shape[0]))
+        return real_select(alphas, logits_for, labels)
+
+    monkeypatch.setattr(ev, "select_alpha", spy)
+    config = ev.EvalConfig(alphas=(0.0, 0.5, 1.0), n_boot=50)
+    res, names = ev.evaluate_folder(dataset, tiny, {"clap": trained_like_head}, config, class_names=CLASSES)
+    n_val = 2 * len(CLASSES) * 3
+    assert len(seen) == 1 and seen[0][1] == n_val and len(seen[0][0]) == n_val
+    chosen = res.alphas["clap/C"]
+    assert chosen in (0.0, 0.5, 1.0)
+    assert res.failed == [str(dataset / "test" / "photo" / "cat" / "broken.png")]
+
+    # Scrambling the test labels changes the test scores but never the chosen alpha.
+    test = {d: ev.encode_images(tiny, imgs) for d, imgs in scan_domains(dataset / "test", CLASSES)[1].items()}
+    val = {d: ev.encode_images(tiny, imgs) for d, imgs in scan_domains(dataset / "val", CLASSES)[1].items()}
+    for feats in test.values():
+        feats.labels = (feats.labels + 1) % len(CLASSES)
+    scrambled = ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, test, val, config)
+    assert scrambled.alphas["clap/C"] == chosen
+
+
+def test_given_alpha_needs_no_validation(tiny, trained_like_head, dataset):
+    import clap_edge.evaluate as ev
+
+    test = {d: ev.encode_images(tiny, imgs) for d, imgs in scan_domains(dataset / "test", CLASSES)[1].items()}
+    res = ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, test, None, ev.EvalConfig(alpha=0.0, n_boot=20))
+    # alpha 0 is plain CLIP: identical per-domain scores
+    for cells in res.domains.values():
+        assert cells["clap/C"].top1 == cells["clip/C"].top1
+    with pytest.raises(ClapEdgeError, match="validation split"):
+        ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, test, None, ev.EvalConfig(n_boot=20))
+
+
+def test_nc_prompts_differ_from_c_but_are_seeded(tiny):
+    import clap_edge.evaluate as ev
+
+    c = ev.encode_class_prompts(tiny, CLASSES, "C")
+    nc1 = ev.encode_class_prompts(tiny, CLASSES, "NC")
+    nc2 = ev.encode_class_prompts(tiny, CLASSES, "NC")
+    assert torch.equal(nc1, nc2) and not torch.allclose(c, nc1)
+
+
+def test_eval_cli_writes_table_json_and_plot(tiny_bundle, tiny_head_path, dataset, tmp_path):
+    out = tmp_path / "eval"
+    res = CliRunner().invoke(main, ["eval", str(dataset), "--head", str(tiny_head_path), "--bundle",
+                                    f"clap={tiny_bundle}", "--prompts", "C,PC", "--out", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "eval.json").read_text())
+    assert set(data["model"]["domains"]) == {"photo", "sketch"}
+    assert {"clip/C", "clap/C", "clip/PC", "clap/PC"} <= set(data["model"]["domains"]["photo"])
+    cell = data["bundles"]["domains"]["sketch"]["clap-int8"]
+    assert 0 <= cell["top1"] <= 100 and cell["ci95"][0] <= cell["top1"] <= cell["ci95"][1]
+    assert set(data["bundles"]["int8_agreement_vs_fp32"]["clap"]) == {"photo", "sketch"}
+    assert data["bundles"]["failed_images"] == [str(dataset / "test" / "photo" / "cat" / "broken.png")]
+    assert (out / "eval.md").read_text().count("| sketch |") == 2
+    assert (out / "eval-model.png").read_bytes()[:4] == b"\x89PNG"
+    assert CliRunner().invoke(main, ["eval", str(dataset)]).exit_code == 2  # nothing to evaluate
