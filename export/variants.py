@@ -24,14 +24,30 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
     """Write a dynamically quantised (QInt8 weights) copy of ``src`` to ``dst``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        op_types_to_quantize=list(INT8_OP_TYPES),
-        per_channel=per_channel,
-        weight_type=QuantType.QInt8,
-    )
+    # ORT logs a generic "consider pre-processing" advice on the root logger for every model;
+    # our graph is already shape-inferred and checked at export, so the advice is noise here.
+    advice = _DropMessages("Please consider to run pre-processing before quantization")
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
     return Path(dst)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
