@@ -6,14 +6,21 @@ per image, and takes an AdamW step on the symmetric CLIP loss. Captions often re
 a batch ("a red circle"): identical captions are treated as positives of each other
 rather than as negatives (soft targets), which removes a source of label noise.
 
-The shipped weights were made with (one CPU thread, fp16 storage)::
+The shipped weights (8.2 MB, fp16) were made with one CPU thread::
 
     clap-edge toy pretrain --out clap_edge/weights/clap-edge-toy-toyworld.safetensors --seed 0
 
-which takes about 14 minutes on one core of the development machine (see ``PretrainConfig``
-for the defaults). Zero-shot top-1 of the shipped model with the bare class name as prompt
-(format C), 800 test images per domain (``clap-edge toy pretrain`` prints the same table):
-see ``SHIPPED_ACCURACY`` below, measured by :func:`evaluate_domains`.
+(the defaults of :class:`PretrainConfig`: 1200 steps of 128 images, half of them in same-style
+twin pairs). That run took 486 s of CPU time (934 s wall on a 2-core machine shared with
+other jobs). Zero-shot top-1 of the shipped model, prompt = the bare class name (format C),
+800 ``test`` images per domain, as the command prints it:
+
+| id | color_shift | background_shift | render_shift | both |
+| --- | --- | --- | --- | --- |
+| 74.2 | 61.6 | 65.1 | 61.9 | 31.4 |
+
+This is below the 85 % in-distribution target of issue 4: more steps help (the loss is
+still falling at the end), at about 0.4 s of CPU per step.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 
 from clap_edge.io import atomic_path
 from clap_edge.toyworld.render import render
-from clap_edge.toyworld.world import CLASSES, DOMAINS, captions, sample_factors, split_seed
+from clap_edge.toyworld.world import CLASSES, DOMAINS, Factors, captions, sample_factors, split_seed
 
 MODEL_NAME = "clap-edge-toy"
 PRETRAINED_TAG = "toyworld"
@@ -43,12 +50,13 @@ class PretrainConfig:
 
     model_name: str = MODEL_NAME
     seed: int = 0
-    steps: int = 3000
-    batch_size: int = 256
+    steps: int = 1200
+    batch_size: int = 128
     lr: float = 2e-3
     warmup_steps: int = 150
     weight_decay: float = 0.05
     domain: str = "id"
+    twin_fraction: float = 0.5  # share of the batch in (anchor, same-style other-class twin) pairs
     threads: int = 1  # the reference machine is shared: pretraining uses one core
 
 
@@ -57,7 +65,8 @@ class PretrainResult:
     model: torch.nn.Module
     config: PretrainConfig
     losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock
+    cpu_seconds: float = 0.0  # process CPU time: the cost on one core, whatever else shares the machine
 
 
 def pretrain(config: PretrainConfig | None = None,
@@ -77,11 +86,10 @@ def pretrain(config: PretrainConfig | None = None,
     optimizer = _optimizer(model, config)
     rng = np.random.default_rng(split_seed(config.seed, config.domain, "train"))
     result = PretrainResult(model, config)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.train()
     for step in range(config.steps):
-        factors = sample_factors(config.batch_size, config.domain, rng,
-                                 labels=rng.integers(0, len(CLASSES), config.batch_size))
+        factors = training_batch(rng, config)
         texts = captions(factors, seed=int(rng.integers(0, 2**31 - 1)))
         images = to_tensor(render(factors), mean, std)
         tokens = tokenizer(texts)
@@ -97,7 +105,28 @@ def pretrain(config: PretrainConfig | None = None,
             progress(step, result.losses[-1])
     model.eval()
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
     return result
+
+
+def training_batch(rng: np.random.Generator, config: PretrainConfig) -> Factors:
+    """``batch_size`` images: id samples, a ``twin_fraction`` of them paired with a same-style twin.
+
+    A twin copies its anchor's style (colour, size, background, rendering, position) but
+    shows another class, so the batch always holds negatives that differ by content
+    only: without them, matching style words alone lowers the loss so much that shape
+    is learnt late (the hard negatives the issue's feasibility notes suggest).
+    """
+    n_twins = int(config.batch_size * config.twin_fraction / 2)
+    n_anchors = config.batch_size - n_twins
+    anchors = sample_factors(n_anchors, config.domain, rng, labels=rng.integers(0, len(CLASSES), n_anchors))
+    if n_twins == 0:
+        return anchors
+    fields = {k: np.concatenate([v, v[:n_twins]]) for k, v in vars(anchors).items()}
+    other = (anchors.label[:n_twins] + rng.integers(1, len(CLASSES), n_twins)) % len(CLASSES)
+    fields["label"][n_anchors:] = other
+    fields["texture_seed"][n_anchors:] = rng.integers(0, 2**31 - 1, n_twins)
+    return Factors(**fields)
 
 
 def clip_loss(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ def _arrow(u, v):  # pointing right
 
 SHAPES = {"circle": _circle, "square": _square, "triangle": _triangle, "star": _star,
           "cross": _cross, "heart": _heart, "moon": _moon, "arrow": _arrow}
-assert tuple(SHAPES) == CLASSES
+assert set(SHAPES) == set(CLASSES)
 
 
 # ---- textures and backgrounds -------------------------------------------------------

@@ -29,7 +29,8 @@ import numpy as np
 from clap_edge.errors import ClapEdgeError
 from clap_edge.prompts import Prompt, PromptVocab
 
-CLASSES = ("circle", "square", "triangle", "star", "cross", "heart", "moon", "arrow")
+# Sorted, so that a class's index here is its index in ``load_class_names(<dataset folder>)`` (sorted folders).
+CLASSES = ("arrow", "circle", "cross", "heart", "moon", "square", "star", "triangle")
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange")
 COLOR_RGB = np.array(
     [[0.86, 0.12, 0.12], [0.15, 0.30, 0.90], [0.12, 0.68, 0.20],
