@@ -176,3 +176,17 @@ def test_short_pretrain_lowers_the_loss(tmp_path):
     path = save_weights(result.model, tmp_path / "w.safetensors", result.config)
     tensors = load_file(str(path))
     assert all(t.dtype.is_floating_point and t.element_size() == 2 for t in tensors.values())
+
+
+def test_pretrain_is_reproducible_from_its_seed():
+    import torch
+
+    from clap_edge.toyworld.pretrain import PretrainConfig, pretrain
+
+    def weights(seed):
+        model = pretrain(PretrainConfig(steps=3, batch_size=16, warmup_steps=1, seed=seed)).model
+        return model.state_dict()
+
+    a, b, c = weights(2), weights(2), weights(3)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
