@@ -98,7 +98,11 @@ def main() -> None:
     parser.add_argument("--noise-pool", type=int, default=TrainConfig.noise_pool)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--add-noise-pool", action="store_true",
+                        help="keep --out's baseline and results; time ours once more with --noise-pool and add it")
     args = parser.parse_args()
+    if args.add_noise_pool:
+        return add_noise_pool_run(args)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -116,6 +120,21 @@ def main() -> None:
     report["machine"]["load_average_end"] = os.getloadavg()
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"speedup {report['speedup']}x -> {args.out}")
+
+
+def add_noise_pool_run(args: argparse.Namespace) -> None:
+    """Time ours with another noise pool K against the baseline already measured in ``args.out``."""
+    report = json.loads(args.out.read_text())
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    loaded = load_model(args.model)
+    config = TrainConfig(steps=args.steps, noise_pool=args.noise_pool, early_stop=False, progress=False)
+    ours = time_ours(loaded, config)
+    ours["speedup"] = round(report["baseline"]["total_s_scaled"] / ours["total_s"], 1)
+    ours["load_average_end"] = os.getloadavg()
+    report.setdefault("ours_other_noise_pools", {})[str(args.noise_pool)] = ours
+    print(f"noise pool {args.noise_pool}:", ours, flush=True)
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import click
 @click.option("--tau-content", type=float, default=1.0, show_default=True, help="NT-Xent temperature, view vs class.")
 @click.option("--latent-dim", type=int, default=256, show_default=True, help="hidden width h of the head.")
 @click.option("--noise-ctx", type=int, default=4, show_default=True, help="noise-context tokens per view (0: none).")
-@click.option("--noise-pool", type=int, default=1, show_default=True,
+@click.option("--noise-pool", type=int, default=4, show_default=True,
               help="pre-encoded noise draws K per augmented view (more: more noise diversity, longer encoding).")
 @click.option("--no-early-stop", is_flag=True, help="always run --steps steps.")
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
