@@ -70,7 +70,7 @@ def pretrain(out, seed, steps, batch_size, lr, threads, eval_per_domain, as_json
     """Pretrain the toy CLIP (clap-edge-toy) contrastively on generated images and captions.
 
     With the defaults this reproduces the shipped `clap-edge-toy/toyworld` weights
-    (about 8 minutes of CPU time on one core; the figures are in clap_edge.toyworld.pretrain).
+    (about 11 minutes of CPU time on one core; the figures are in clap_edge.toyworld.pretrain).
 
     \b
     Example:
