@@ -12,7 +12,7 @@ import numpy as np
 
 from clap_edge.datasets import DomainImages
 from clap_edge.errors import ClapEdgeError
-from clap_edge.metrics import Top1, paired_bootstrap
+from clap_edge.metrics import Top1, paired_bootstrap, paired_difference_ci
 from clap_edge.runtime.classifier import Classifier
 
 
@@ -67,13 +67,25 @@ def _class_index(classifier: Classifier, class_names: list[str]) -> dict[str, in
 VARIANT_BACKENDS = {"fp32": "onnxruntime", "int8": "onnxruntime-int8"}
 
 
+@dataclass
+class BundleEval:
+    """What :func:`evaluate_bundles` measured. Keys are ``<bundle name>-<variant>`` (e.g. ``clap-int8``)."""
+
+    table: dict[str, dict[str, Top1]]  # domain -> key -> top-1 with paired CI
+    agreement: dict[str, dict[str, float]]  # bundle name -> domain -> int8 vs fp32 agreement (%)
+    scores: dict[str, BundleScores]
+    failed: list[str]
+
+    def difference(self, a: str, b: str, n_boot: int = 1000, seed: int = 0) -> dict[str, tuple[float, tuple]]:
+        """Per domain, top-1 of ``a`` minus ``b`` in points, with its paired-bootstrap CI."""
+        return {d: paired_difference_ci(self.scores[a].correct(d), self.scores[b].correct(d), n_boot, seed)
+                for d in self.table}
+
+
 def evaluate_bundles(dataset_split: str, bundles: dict[str, str], variants: tuple[str, ...] = ("fp32", "int8"),
                      per_class: int | None = None, threads: int | None = None, n_boot: int = 1000, seed: int = 0
-                     ) -> tuple[dict[str, dict[str, Top1]], dict[str, dict[str, float]], list[str]]:
-    """Score every (bundle, variant) on one split folder; returns the table, int8-vs-fp32 agreement, failures.
-
-    Table keys are ``<bundle name>-<variant>`` (e.g. ``clap-int8``); agreement is per bundle and domain.
-    """
+                     ) -> BundleEval:
+    """Score every (bundle, variant) on one split folder: top-1 per domain, int8 agreement, failures."""
     from clap_edge.datasets import scan_domains
     from clap_edge.export.bundle import Bundle
 
@@ -95,4 +107,4 @@ def evaluate_bundles(dataset_split: str, bundles: dict[str, str], variants: tupl
     agree = {name: agreement(scores[f"{name}-int8"], scores[f"{name}-fp32"])
              for name in bundles if f"{name}-int8" in scores and f"{name}-fp32" in scores}
     failed = sorted({p for s in scores.values() for p in s.failed})
-    return compare_variants(scores, n_boot, seed), agree, failed
+    return BundleEval(compare_variants(scores, n_boot, seed), agree, scores, failed)

@@ -53,10 +53,10 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     head_path, train_summary = step("train CLAP head", lambda: _train_head(out / "clap_head.safetensors", config))
     alpha, val_scores = step("choose alpha on val", lambda: _choose_alpha(dataset, head_path, config))
     bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset))
-    table, agree, failed = step("evaluate test split", lambda: _evaluate(dataset, bundles, config))
+    evaluation = step("evaluate test split", lambda: _evaluate(dataset, bundles, config))
     bench = step("bench backends", lambda: _bench(bundles["clap"], out, config))
-    report = _report(config, dataset, bundles, alpha, val_scores, table, agree, failed, bench, train_summary, timings)
-    _write(out, report, table)
+    report = _report(config, dataset, bundles, alpha, val_scores, evaluation, bench, train_summary, timings)
+    _write(out, report, evaluation.table)
     return report
 
 
@@ -132,7 +132,9 @@ def _bench(bundle: str, out: Path, config: DemoConfig) -> dict[str, Any]:
 # ---- report ---------------------------------------------------------------------
 
 
-def _report(config, dataset, bundles, alpha, val_scores, table, agree, failed, bench, train_summary, timings):
+def _report(config, dataset, bundles, alpha, val_scores, evaluation, bench, train_summary, timings):
+    table, agree = evaluation.table, evaluation.agreement
+    gain = evaluation.difference("clap-fp32", "clip-fp32", config.n_boot, config.seeds["bootstrap"])
     domains = {}
     for domain, cells in table.items():
         domains[domain] = {k: t.as_dict() for k, t in cells.items()}
@@ -145,12 +147,14 @@ def _report(config, dataset, bundles, alpha, val_scores, table, agree, failed, b
         "domains": domains,
         "alpha": alpha,
         "alpha_validation_top1": {str(a): round(s, 2) for a, s in val_scores.items()},
+        "clap_minus_clip_fp32": {d: {"points": round(v, 2), "ci95": [round(lo, 2), round(hi, 2)]}
+                                 for d, (v, (lo, hi)) in gain.items()},
         "bundles": bundles,
         "dataset": str(dataset / "test"),
         "model": {"model_name": MODEL_NAME, "pretrained": PRETRAINED},
         "train": train_summary,
         "bench": bench,
-        "failed_images": failed,
+        "failed_images": evaluation.failed,
         "seeds": dict(config.seeds),
         "config": {k: v for k, v in asdict(config).items() if k != "seeds"},
         "timings_s": timings,
@@ -188,6 +192,10 @@ def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -
         "",
         "`-int8` is the bundle's dynamic-int8 model run by ONNX Runtime; report.json holds its agreement with "
         "fp32 and its top-1 drift per domain.",
+        "",
+        "CLAP minus CLIP (fp32, points, paired 95% CI): " + "; ".join(
+            f"{d} {g['points']:+.1f} [{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}]"
+            for d, g in report["clap_minus_clip_fp32"].items()) + ".",
         "",
         f"## Backends (threads={report['config']['threads']})",
         "",

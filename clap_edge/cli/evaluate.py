@@ -70,11 +70,12 @@ def _eval_bundles(dataset, bundles, variants, per_class, seed):
     from clap_edge.runtime.accuracy import evaluate_bundles
 
     named = dict(b.split("=", 1) if "=" in b else (Path(b).name, b) for b in bundles)
-    table, agree, failed = evaluate_bundles(str(find_splits(dataset)["test"]), named,
-                                            tuple(v.strip() for v in variants.split(",")), per_class, seed=seed)
+    res = evaluate_bundles(str(find_splits(dataset)["test"]), named, tuple(v.strip() for v in variants.split(",")),
+                           per_class, seed=seed)
     from clap_edge.report import table_dict
 
-    return table, {"domains": table_dict(table), "int8_agreement_vs_fp32": agree, "failed_images": failed}
+    return res.table, {"domains": table_dict(res.table), "int8_agreement_vs_fp32": res.agreement,
+                       "failed_images": res.failed}
 
 
 def _emit(tables, result, out, as_json):
