@@ -85,7 +85,13 @@ class BundleEval:
 def evaluate_bundles(dataset_split: str, bundles: dict[str, str], variants: tuple[str, ...] = ("fp32", "int8"),
                      per_class: int | None = None, threads: int | None = None, n_boot: int = 1000, seed: int = 0
                      ) -> BundleEval:
-    """Score every (bundle, variant) on one split folder: top-1 per domain, int8 agreement, failures."""
+    """Score every (bundle, variant) on one split folder: top-1 per domain, int8 agreement, failures.
+
+    Each entry of ``variants`` is a bundle variant (``fp32``, ``int8``: run by their CPU backend)
+    or a backend name (``openvino``, ``torch``, ...), which runs the model file that backend
+    reads. Entries the bundle cannot serve are skipped.
+    """
+    from clap_edge.runtime.backends import runner_class
     from clap_edge.datasets import scan_domains
     from clap_edge.export.bundle import Bundle
 
@@ -98,9 +104,10 @@ def evaluate_bundles(dataset_split: str, bundles: dict[str, str], variants: tupl
             class_names, domains = scan_domains(dataset_split, bundle.class_names)
             domains = {d: images.head(per_class) for d, images in domains.items()}
         for variant in variants:
-            if not bundle.has_variant(variant):
+            backend = VARIANT_BACKENDS.get(variant, variant)
+            if not runner_class(backend).supports(bundle):
                 continue
-            with Classifier.open(path, backend=VARIANT_BACKENDS[variant], threads=threads) as clf:
+            with Classifier.open(path, backend=backend, threads=threads) as clf:
                 scores[f"{name}-{variant}"] = score_bundle(clf, domains, class_names)
     if not scores:
         raise ClapEdgeError(f"none of the bundles has any of the variants {list(variants)}")

@@ -158,11 +158,13 @@ def test_nc_prompts_differ_from_c_but_are_seeded(tiny):
 def test_eval_cli_writes_table_json_and_plot(tiny_bundle, tiny_head_path, dataset, tmp_path):
     out = tmp_path / "eval"
     res = CliRunner().invoke(main, ["eval", str(dataset), "--head", str(tiny_head_path), "--bundle",
-                                    f"clap={tiny_bundle}", "--prompts", "C,PC", "--out", str(out), "--json"])
+                                    f"clap={tiny_bundle}", "--variants", "fp32,int8,openvino", "--prompts", "C,PC",
+                                    "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "eval.json").read_text())
     assert set(data["model"]["domains"]) == {"photo", "sketch"}
     assert {"clip/C", "clap/C", "clip/PC", "clap/PC"} <= set(data["model"]["domains"]["photo"])
+    assert set(data["bundles"]["domains"]["photo"]) == {"clap-fp32", "clap-int8", "clap-openvino"}
     cell = data["bundles"]["domains"]["sketch"]["clap-int8"]
     assert 0 <= cell["top1"] <= 100 and cell["ci95"][0] <= cell["top1"] <= cell["ci95"][1]
     assert set(data["bundles"]["int8_agreement_vs_fp32"]["clap"]) == {"photo", "sketch"}

@@ -16,7 +16,8 @@ import click
 @click.option("--pretrained", default=None, help="pretrained tag or checkpoint (default: the first head's).")
 @click.option("--bundle", "bundles", multiple=True,
               help="NAME=BUNDLE (or BUNDLE): also score an exported bundle's variants through the runtime.")
-@click.option("--variants", default="fp32,int8", show_default=True, help="bundle variants to score.")
+@click.option("--variants", default="fp32,int8", show_default=True,
+              help="bundle variants (fp32, int8) or backends (openvino, torch, ...) to score.")
 @click.option("--prompts", default="C", show_default=True, help="prompt formats: C, CP, PC, NC (comma list).")
 @click.option("--alpha", type=float, default=None, help="use this alpha; default: chosen on the val/ split.")
 @click.option("--per-class", type=int, default=None, help="use at most N images per class and domain.")
