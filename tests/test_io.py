@@ -52,3 +52,15 @@ def test_outputs_get_normal_permissions(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(f.stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+
+
+def test_a_writer_that_recreates_the_temp_file_still_gets_normal_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.bin") as tmp:
+            tmp.unlink()  # as libraries that write their own temp file and rename it do
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w.bin").stat().st_mode) == 0o644
