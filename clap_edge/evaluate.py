@@ -177,14 +177,16 @@ def evaluate_folder(dataset: str | Path, loaded: LoadedModel, heads: dict[str, C
     """Evaluate on a dataset folder (``val/`` and ``test/`` splits, or test only), per domain."""
     from clap_edge.datasets import find_splits, scan_domains
 
+    from rich.console import Console
+    from rich.progress import track
+
     config = config or EvalConfig()
     features: dict[str, dict[str, Features]] = {}
     for split, root in find_splits(dataset).items():
         class_names, domains = scan_domains(root, class_names)
         features[split] = {}
-        for name, images in domains.items():
-            if progress:
-                log.info("encoding %s/%s (%d images)", split, name, len(images.head(per_class)))
+        for name, images in track(domains.items(), f"encoding {split} images", disable=not progress,
+                                  console=Console(stderr=True)):
             features[split][name] = encode_images(loaded, images.head(per_class), config.batch_size)
     assert class_names is not None
     return evaluate(loaded, class_names, heads, features["test"], features.get("val"), config), class_names

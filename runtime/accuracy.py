@@ -29,11 +29,15 @@ class BundleScores:
 
 
 def score_bundle(classifier: Classifier, domains: dict[str, DomainImages], class_names: list[str],
-                 batch_size: int = 64, workers: int = 2) -> BundleScores:
+                 batch_size: int = 64, workers: int = 2, progress: bool = False) -> BundleScores:
     """Classify every image of every domain; broken images count as wrong and are listed."""
+    from rich.console import Console
+    from rich.progress import track
+
     index = _class_index(classifier, class_names)
     preds, labels, failed = {}, {}, []
-    for name, images in domains.items():
+    label = f"{classifier.runner.name} on {classifier.bundle.root.name}"
+    for name, images in track(domains.items(), label, disable=not progress, console=Console(stderr=True)):
         out = np.full(len(images), -1, dtype=np.int64)
         for i, (path, result) in enumerate(classifier.predict_files(images.paths, batch_size, workers, top_k=1)):
             if isinstance(result, Exception):
@@ -83,8 +87,8 @@ class BundleEval:
 
 
 def evaluate_bundles(dataset_split: str, bundles: dict[str, str], variants: tuple[str, ...] = ("fp32", "int8"),
-                     per_class: int | None = None, threads: int | None = None, n_boot: int = 1000, seed: int = 0
-                     ) -> BundleEval:
+                     per_class: int | None = None, threads: int | None = None, n_boot: int = 1000, seed: int = 0,
+                     progress: bool = False) -> BundleEval:
     """Score every (bundle, variant) on one split folder: top-1 per domain, int8 agreement, failures.
 
     Each entry of ``variants`` is a bundle variant (``fp32``, ``int8``: run by their CPU backend)
@@ -108,7 +112,7 @@ def evaluate_bundles(dataset_split: str, bundles: dict[str, str], variants: tupl
             if not runner_class(backend).supports(bundle):
                 continue
             with Classifier.open(path, backend=backend, threads=threads) as clf:
-                scores[f"{name}-{variant}"] = score_bundle(clf, domains, class_names)
+                scores[f"{name}-{variant}"] = score_bundle(clf, domains, class_names, progress=progress)
     if not scores:
         raise ClapEdgeError(f"none of the bundles has any of the variants {list(variants)}")
     agree = {name: agreement(scores[f"{name}-int8"], scores[f"{name}-fp32"])

@@ -45,13 +45,14 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
     tables, result = {}, {"dataset": str(dataset)}
     if heads or model_name:
         tables["model"], result["model"] = _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha,
-                                                       per_class, seed)
+                                                       per_class, seed, progress=not as_json)
     if bundles:
-        tables["bundles"], result["bundles"] = _eval_bundles(dataset, bundles, variants, per_class, seed)
+        tables["bundles"], result["bundles"] = _eval_bundles(dataset, bundles, variants, per_class, seed,
+                                                             progress=not as_json)
     _emit(tables, result, out, as_json)
 
 
-def _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha, per_class, seed):
+def _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha, per_class, seed, progress):
     from clap_edge.evaluate import EvalConfig, evaluate_folder
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
@@ -62,17 +63,17 @@ def _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha, per_clas
     pretrained = pretrained or (first.config.pretrained if first else None)
     config = EvalConfig(prompt_formats=tuple(p.strip() for p in prompts.split(",")), alpha=alpha, seed=seed)
     loaded = load_model(model_name, pretrained)
-    res, class_names = evaluate_folder(dataset, loaded, loaded_heads, config, per_class=per_class)
+    res, class_names = evaluate_folder(dataset, loaded, loaded_heads, config, per_class=per_class, progress=progress)
     return res.domains, {"model_name": model_name, "pretrained": pretrained, "classes": class_names, **res.as_dict()}
 
 
-def _eval_bundles(dataset, bundles, variants, per_class, seed):
+def _eval_bundles(dataset, bundles, variants, per_class, seed, progress):
     from clap_edge.datasets import find_splits
     from clap_edge.runtime.accuracy import evaluate_bundles
 
     named = dict(b.split("=", 1) if "=" in b else (Path(b).name, b) for b in bundles)
     res = evaluate_bundles(str(find_splits(dataset)["test"]), named, tuple(v.strip() for v in variants.split(",")),
-                           per_class, seed=seed)
+                           per_class, seed=seed, progress=progress)
     from clap_edge.report import table_dict
 
     return res.table, {"domains": table_dict(res.table), "int8_agreement_vs_fp32": res.agreement,
