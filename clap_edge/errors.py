@@ -32,3 +32,10 @@ class ImageError(ClapEdgeError):
 
 class BackendUnavailableError(ClapEdgeError):
     """A runtime backend whose library is not installed (names the pip extra)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty
+    (EOFError from an empty file, struct.error, ...): the short cause a one-line error quotes."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_edge.errors import CheckpointError
+from clap_edge.errors import CheckpointError, first_line
 from clap_edge.io import atomic_path
 
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity}
@@ -158,7 +158,7 @@ def _torch_load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # pickle.UnpicklingError for code-carrying pickles, RuntimeError for junk
         raise CheckpointError(
             f"{path}: refused or unreadable with torch.load(weights_only=True) "
-            f"(a checkpoint must be a plain state dict of tensors): {str(e).splitlines()[0]}"
+            f"(a checkpoint must be a plain state dict of tensors): {first_line(e)}"
         ) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

@@ -23,7 +23,7 @@ import open_clip
 import torch
 from open_clip.transform import PreprocessCfg
 
-from clap_edge.errors import ModelLoadError, PromptError
+from clap_edge.errors import ModelLoadError, PromptError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def load_model(
     except Exception as e:  # torch.load(weights_only=True) raises UnpicklingError / struct.error for bad files too
         raise ModelLoadError(
             f"could not load weights for model {model_name!r} with pretrained={pretrained!r}: "
-            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+            f"{first_line(e)}. "
             f"Pass a local checkpoint with --pretrained /path/to/open_clip_model.safetensors."
         ) from e
     model.eval()

@@ -114,6 +114,9 @@ def test_checkpoint_that_is_not_a_state_dict(tmp_path):
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(CheckpointError, match="text.pth"):
         CLAPHead.from_official_checkpoint(tmp_path / "text.pth")
+    (tmp_path / "empty.pth").write_bytes(b"")  # EOFError with an empty message: still a clear error
+    with pytest.raises(CheckpointError, match="empty.pth.*EOFError"):
+        CLAPHead.from_official_checkpoint(tmp_path / "empty.pth")
 
 
 def test_checkpoint_with_missing_keys_names_them(tmp_path):
