@@ -58,6 +58,9 @@ class PromptVocab:
         unknown = set(data) - known
         if unknown:
             raise PromptError(f"{path}: unknown vocabulary slots {sorted(unknown)}; known: {sorted(known)}")
+        bad = sorted(k for k, v in data.items() if not isinstance(v, list))
+        if bad:
+            raise PromptError(f"{path}: vocabulary slots {bad} must each be a list of words")
         return cls(**{k: tuple(str(w) for w in v) for k, v in data.items()})
 
     def fingerprint(self) -> str:
@@ -189,7 +192,10 @@ def load_class_names(source: str | Path) -> list[str]:
     if path.is_dir():
         names = _class_names_from_folder(path)
     elif path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PromptError(f"class list {path}: cannot read it as UTF-8 text ({e})") from e
         names = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     elif isinstance(source, str) and ("," in source or not path.suffix):
         names = [n.strip() for n in source.split(",") if n.strip()]
@@ -229,4 +235,7 @@ def _with_article(phrase: str) -> str:
 def _load_yaml(text: str):
     import yaml
 
-    return yaml.safe_load(text)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:  # not a ValueError: turn it into one for from_file's message
+        raise ValueError(f"invalid YAML: {e}") from e

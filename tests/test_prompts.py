@@ -127,6 +127,21 @@ def test_bad_vocab_files(tmp_path):
     empty.write_text("image_types = []\n")
     with pytest.raises(PromptError, match="empty"):
         PromptVocab.from_file(empty)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sizes: [big, small\ncolors: red\n")
+    with pytest.raises(PromptError, match="broken.yaml.*invalid YAML"):
+        PromptVocab.from_file(broken)
+    scalar = tmp_path / "scalar.yaml"  # a bare word would otherwise become a tuple of its letters
+    scalar.write_text("image_types: [photo]\nsizes: big\nart_styles: [plain]\ncolors: [red]\n")
+    with pytest.raises(PromptError, match=r"scalar.yaml.*\['sizes'\].*list of words"):
+        PromptVocab.from_file(scalar)
+
+
+def test_class_list_that_is_not_text(tmp_path):
+    binary = tmp_path / "classes.txt"
+    binary.write_bytes(b"\xff\xfe\x00dog")
+    with pytest.raises(PromptError, match="classes.txt.*UTF-8"):
+        load_class_names(binary)
 
 
 def test_class_names_from_comma_list_file_and_folders(tmp_path):
