@@ -104,6 +104,16 @@ class AugmentConfig:
     p_reorder: float = 0.5
     replace: bool = False  # swap the word for another from its list instead of dropping it
 
+    def drop_probabilities(self) -> dict[str, float]:
+        """Prompt slot -> probability of dropping (or replacing) its word, in the order views draw them."""
+        return {"size": self.p_drop_size, "color": self.p_drop_color, "art_style": self.p_drop_art_style,
+                "image_type": self.p_drop_image_type, "background": self.p_drop_background}
+
+
+# Prompt slot -> the PromptVocab field its words come from.
+VOCAB_SLOTS = {"size": "sizes", "color": "colors", "art_style": "art_styles", "image_type": "image_types",
+               "background": "backgrounds"}
+
 
 def template_prompts(class_name: str, vocab: PromptVocab | None = None) -> list[str]:
     """Every template prompt for ``class_name`` (480 with the default vocabulary)."""
@@ -126,16 +136,10 @@ def augment(prompt: Prompt, rng: random.Random, config: AugmentConfig | None = N
     """The augmented view of ``prompt``: style words dropped (or replaced), then maybe reordered."""
     config = config or AugmentConfig()
     vocab = vocab or PromptVocab()
-    slots = {
-        "size": (config.p_drop_size, vocab.sizes),
-        "color": (config.p_drop_color, vocab.colors),
-        "art_style": (config.p_drop_art_style, vocab.art_styles),
-        "image_type": (config.p_drop_image_type, vocab.image_types),
-        "background": (config.p_drop_background, vocab.backgrounds),
-    }
     changes: dict[str, str | None] = {}
-    for slot, (p, words) in slots.items():
+    for slot, p in config.drop_probabilities().items():
         current = getattr(prompt, slot)
+        words = getattr(vocab, VOCAB_SLOTS[slot])
         if current is None or rng.random() >= p:
             continue
         others = [w for w in words if w != current]
@@ -161,8 +165,7 @@ def distinct_views(prompt: Prompt, config: AugmentConfig | None = None,
     config = config or AugmentConfig()
     if config.replace:
         raise PromptError("distinct_views enumerates drop mode only; replace mode samples views on the fly")
-    probs = {"size": config.p_drop_size, "color": config.p_drop_color, "art_style": config.p_drop_art_style,
-             "image_type": config.p_drop_image_type, "background": config.p_drop_background}
+    probs = config.drop_probabilities()
     choices = []
     for slot, p in probs.items():
         word = getattr(prompt, slot)
