@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clap_edge.errors import BackendUnavailableError, BundleError
+from clap_edge.errors import BundleError
 from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.bench_report import markdown_table, plot_report, write_report
 
@@ -234,19 +234,12 @@ def _add_ratios(results: list[dict[str, Any]], flops_per_image: float | None) ->
 
 
 def _check_backends(bundle: Bundle, names: list[str] | None) -> list[str]:
-    from clap_edge.runtime.backends import BACKENDS, available_backends, runner_class
+    from clap_edge.runtime.backends import available_backends, usable_runner_class
 
     if not names:
         return available_backends(bundle)
     for name in names:
-        if name not in BACKENDS:
-            raise BackendUnavailableError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-        cls = runner_class(name)
-        if not cls.is_available():
-            extra = f" Install it with: pip install 'clap-edge[{cls.pip_extra}]'" if cls.pip_extra else ""
-            raise BackendUnavailableError(f"backend {name!r} is not installed here.{extra}")
-        if not cls.supports(bundle):
-            raise BackendUnavailableError(f"backend {name!r} cannot run bundle {bundle.root}: it lacks that model file")
+        usable_runner_class(bundle, name)  # raises naming what is wrong: unknown, not installed, no model file
     return list(dict.fromkeys(names))
 
 

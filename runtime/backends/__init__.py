@@ -21,8 +21,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
 # torch-compile is never picked statically (minutes of compile on first use); int8 changes results.
 AUTO_ORDER = ["onnxruntime", "openvino", "torch"]
 
-__all__ = ["BACKENDS", "Runner", "RunnerOptions", "RunnerOutput", "runner_class", "create_runner",
-           "available_backends", "choose_auto_backend"]
+__all__ = ["BACKENDS", "Runner", "RunnerOptions", "RunnerOutput", "runner_class", "usable_runner_class",
+           "create_runner", "available_backends", "choose_auto_backend"]
 
 
 def runner_class(name: str) -> type[Runner]:
@@ -42,18 +42,22 @@ def available_backends(bundle: Bundle | None = None) -> list[str]:
     return names
 
 
+def usable_runner_class(bundle: Bundle, name: str) -> type[Runner]:
+    """The runner class for ``name``, after checking it is known, installed and has its model file in ``bundle``."""
+    cls = runner_class(name)
+    if not cls.is_available():
+        raise cls.not_installed_error()
+    if not cls.supports(bundle):
+        raise BackendUnavailableError(f"backend {name!r} cannot run bundle {bundle.root}: "
+                                      f"it lacks the model file this backend needs")
+    return cls
+
+
 def create_runner(bundle: Bundle, backend: str = "auto", options: RunnerOptions | None = None) -> Runner:
     """A runner for ``bundle`` (not yet activated). ``auto`` picks the best available."""
     if backend == "auto":
         backend = choose_auto_backend(bundle)
-    cls = runner_class(backend)
-    if not cls.is_available():
-        extra = f" Install it with: pip install 'clap-edge[{cls.pip_extra}]'" if cls.pip_extra else ""
-        raise BackendUnavailableError(f"backend {backend!r} is not installed here.{extra}")
-    if not cls.supports(bundle):
-        raise BackendUnavailableError(f"backend {backend!r} cannot run bundle {bundle.root}: "
-                                      f"it lacks the model file this backend needs")
-    return cls(bundle, options)
+    return usable_runner_class(bundle, backend)(bundle, options)
 
 
 def choose_auto_backend(bundle: Bundle) -> str:

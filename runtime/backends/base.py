@@ -8,6 +8,7 @@ imported inside ``activate()``, never at module import.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from clap_edge.errors import BackendUnavailableError
 from clap_edge.export.bundle import Bundle
 
 
@@ -37,6 +39,10 @@ class Runner(ABC):
     name: str = "base"
     #: the pip extra that installs this backend's library, for the "not installed" error
     pip_extra: str | None = None
+    #: the top-level module ``activate()`` imports (None: nothing beyond numpy)
+    library: str | None = None
+    #: the bundle variant (``Bundle.variants`` key) whose model file this backend runs
+    variant: str | None = None
 
     def __init__(self, bundle: Bundle, options: RunnerOptions | None = None):
         self.bundle = bundle
@@ -49,16 +55,32 @@ class Runner(ABC):
     @classmethod
     def is_available(cls) -> bool:
         """Whether this backend's library can be imported here (cheap, no model load)."""
-        return True
+        if cls.library is None:
+            return True
+        try:
+            return importlib.util.find_spec(cls.library) is not None
+        except ValueError:  # sys.modules[library] is None (blocked): find_spec raises
+            return False
 
     @classmethod
     def supports(cls, bundle: Bundle) -> bool:
         """Whether ``bundle`` holds the model file this backend runs."""
-        return True
+        return cls.variant is None or bundle.has_variant(cls.variant)
+
+    @classmethod
+    def not_installed_error(cls) -> BackendUnavailableError:
+        extra = f" Install it with: pip install 'clap-edge[{cls.pip_extra}]'" if cls.pip_extra else ""
+        return BackendUnavailableError(f"backend {cls.name!r} is not installed here.{extra}")
 
     def activate(self) -> "Runner":
         if not self.is_active:
-            self.activate_impl()
+            try:
+                self.activate_impl()
+            except ImportError as e:
+                # is_available() can be stale (library removed or blocked since): name the extra, not a traceback
+                if self.library and (e.name or "").split(".")[0] == self.library:
+                    raise self.not_installed_error() from e
+                raise
             self.is_active = True
         return self
 

@@ -7,8 +7,6 @@ the next provider for the ops it does not take. onnxruntime is imported in ``act
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
 from clap_edge.errors import BackendUnavailableError, BundleError
@@ -30,20 +28,13 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
     pip_extra = None  # onnxruntime is a core dependency; onnxruntime-gpu comes with the 'gpu' extra
+    library = "onnxruntime"
     variant = "fp32"
 
     def __init__(self, bundle, options=None):
         super().__init__(bundle, options)
         self.session = None
         self.providers: list[str] = []
-
-    @classmethod
-    def is_available(cls) -> bool:
-        return importlib.util.find_spec("onnxruntime") is not None
-
-    @classmethod
-    def supports(cls, bundle: Bundle) -> bool:
-        return bundle.has_variant(cls.variant)
 
     def activate_impl(self) -> None:
         import onnxruntime as ort

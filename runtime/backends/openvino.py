@@ -9,11 +9,9 @@ in ``runner.precision`` so benchmarks say what they measured.
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
-from clap_edge.errors import BackendUnavailableError
+from clap_edge.errors import BundleError
 from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends.base import Runner, RunnerOptions, RunnerOutput
 
@@ -32,6 +30,8 @@ class OpenVINORunner(Runner):
 
     name = "openvino"
     pip_extra = "openvino"
+    library = "openvino"
+    variant = "fp32"  # OpenVINO's ONNX frontend reads model.onnx itself
 
     def __init__(self, bundle: Bundle, options: RunnerOptions | None = None):
         super().__init__(bundle, options)
@@ -39,33 +39,19 @@ class OpenVINORunner(Runner):
         self._request = None
         self._out_index: dict[str, int] = {}
 
-    @classmethod
-    def is_available(cls) -> bool:
-        try:
-            return importlib.util.find_spec("openvino") is not None
-        except ValueError:  # sys.modules["openvino"] is None (blocked): find_spec raises
-            return False
-
-    @classmethod
-    def supports(cls, bundle: Bundle) -> bool:
-        return bundle.has_variant("fp32")
-
     def activate_impl(self) -> None:
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise BackendUnavailableError(
-                f"backend 'openvino' is not installed here. Install it with: pip install 'clap-edge[{self.pip_extra}]'"
-            ) from e
+        import openvino as ov
+
         core = ov.Core()
-        model = core.read_model(str(self.bundle.variant_file("fp32")))
+        model = core.read_model(str(self.bundle.variant_file(self.variant)))
         self._compiled = core.compile_model(model, "CPU", self._config())
         self._request = self._compiled.create_infer_request()
         names = [out.get_any_name() for out in self._compiled.outputs]
         self._out_index = {name: i for i, name in enumerate(names)}
         for required in ("logits", "embedding"):
             if required not in self._out_index:
-                raise RuntimeError(f"{self.bundle.root}: model.onnx has outputs {names}, expected 'logits' and 'embedding'")
+                raise BundleError(f"{self.bundle.root}: model.onnx has outputs {names}, "
+                                  "expected 'logits' and 'embedding'")
         self.precision = self._compiled_precision()
 
     def _config(self) -> dict[str, str]:

@@ -6,12 +6,9 @@ reference the other backends are compared with. torch is imported in ``activate(
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 
 from clap_edge.errors import BundleError
-from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
 
 __all__ = ["TorchRunner"]
@@ -20,23 +17,13 @@ __all__ = ["TorchRunner"]
 class TorchRunner(Runner):
     name = "torch"
     pip_extra = "torch"
+    library = "torch"
     variant = "torch"
 
     def __init__(self, bundle, options=None):
         super().__init__(bundle, options)
         self.module = None
         self._torch = None
-
-    @classmethod
-    def is_available(cls) -> bool:
-        try:
-            return importlib.util.find_spec("torch") is not None
-        except ValueError:  # sys.modules["torch"] is None (torch blocked): find_spec raises
-            return False
-
-    @classmethod
-    def supports(cls, bundle: Bundle) -> bool:
-        return bundle.has_variant(cls.variant)
 
     def activate_impl(self) -> None:
         import torch
