@@ -46,6 +46,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)  # left by a crash between the two renames: it blocks the first
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -64,3 +64,16 @@ def test_a_writer_that_recreates_the_temp_file_still_gets_normal_permissions(tmp
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "w.bin").stat().st_mode) == 0o644
+
+
+def test_atomic_directory_overwrites_past_a_stale_old_directory(tmp_path):
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "a").write_text("1")
+    stale = tmp_path / ".bundle.old"  # what a crash between the two renames of an earlier overwrite leaves
+    stale.mkdir()
+    (stale / "x").write_text("stale")
+    with atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "a").write_text("2")
+    assert (target / "a").read_text() == "2"
+    assert not stale.exists()
