@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clap_edge.errors import ClapEdgeError
-from clap_edge.images import IMAGE_EXTENSIONS
+from clap_edge.images import is_image_file
+
 SPLITS = ("val", "test")
 
 
@@ -88,4 +89,4 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(f for f in folder.iterdir() if f.is_file() and is_image_file(f))

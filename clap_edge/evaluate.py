@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clap_edge.datasets import DomainImages
+from clap_edge.datasets import DomainImages, find_splits, scan_domains
 from clap_edge.errors import ClapEdgeError, ImageError
 from clap_edge.head import CLAPHead
 from clap_edge.images import load_image
@@ -175,8 +175,6 @@ def evaluate_folder(dataset: str | Path, loaded: LoadedModel, heads: dict[str, C
                     config: EvalConfig | None = None, class_names: list[str] | None = None,
                     per_class: int | None = None, progress: bool = False) -> tuple[EvalResult, list[str]]:
     """Evaluate on a dataset folder (``val/`` and ``test/`` splits, or test only), per domain."""
-    from clap_edge.datasets import find_splits, scan_domains
-
     from rich.console import Console
     from rich.progress import track
 

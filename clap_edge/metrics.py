@@ -38,12 +38,8 @@ def paired_bootstrap(
     arrays = {k: np.asarray(v, dtype=bool) for k, v in correct.items()}
     n = _common_length(arrays)
     idx = _bootstrap_indices(n, n_boot, seed)
-    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    out = {}
-    for name, c in arrays.items():
-        samples = c[idx].mean(axis=1) * 100
-        out[name] = Top1(float(c.mean() * 100), (float(np.percentile(samples, lo_q)), float(np.percentile(samples, hi_q))), n)
-    return out
+    return {name: Top1(float(c.mean() * 100), _percentile_ci(c[idx].mean(axis=1) * 100, level), n)
+            for name, c in arrays.items()}
 
 
 def paired_difference_ci(
@@ -53,8 +49,7 @@ def paired_difference_ci(
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     idx = _bootstrap_indices(_common_length({"a": a, "b": b}), n_boot, seed)
     diffs = (a[idx].mean(axis=1) - b[idx].mean(axis=1)) * 100
-    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    return float((a.mean() - b.mean()) * 100), (float(np.percentile(diffs, lo_q)), float(np.percentile(diffs, hi_q)))
+    return float((a.mean() - b.mean()) * 100), _percentile_ci(diffs, level)
 
 
 def select_alpha(
@@ -70,6 +65,11 @@ def select_alpha(
     scores = {float(a): float(top1_correct(val_logits_for(float(a)), val_labels).mean() * 100) for a in alphas}
     best = max(scores.values())
     return min(a for a, s in scores.items() if s == best), scores
+
+
+def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = np.percentile(samples, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def _bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
