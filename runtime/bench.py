@@ -32,7 +32,6 @@ __all__ = ["BenchConfig", "run_bench", "preprocess_folder", "markdown_table", "w
 
 REFERENCE_BACKENDS = ("onnxruntime", "torch")  # fp32 references for the agreement columns, in preference
 AUTO_MIN_AGREEMENT = 0.99  # auto never picks a backend that flips more top-1s than this vs fp32
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -259,12 +258,13 @@ def preprocess_folder(bundle: Bundle, folder: str, limit: int = 256) -> np.ndarr
 
 
 def _image_files(folder: str) -> list[str]:
-    root = Path(folder)
-    if not root.is_dir():
+    from clap_edge.images import IMAGE_EXTENSIONS, list_images
+
+    if not Path(folder).is_dir():
         raise BundleError(f"{folder}: --end-to-end needs a folder of images")
-    files = sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [str(p) for p in list_images([folder])]
     if not files:
-        raise BundleError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+        raise BundleError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
     return files
 
 

@@ -58,9 +58,6 @@ class _Worker:
         from clap_edge.export.bundle import Bundle
         from clap_edge.runtime.backends import RunnerOptions, create_runner
 
-        self.bundle_path = bundle_path
-        self.backend = backend
-        self.threads = threads
         self.bundle = Bundle.open(bundle_path)
         start = time.perf_counter()
         self.runner = create_runner(self.bundle, backend, RunnerOptions(threads=threads, extra=dict(extra)))
@@ -95,29 +92,17 @@ class _Worker:
         """Files -> predictions through the pipelined path (decode overlaps inference)."""
         from clap_edge.runtime.classifier import Classifier
 
-        with Classifier.open(self.bundle_path, backend=self.backend, threads=self.threads) as clf:
-            run = _pipelined(clf, batch_size)
-            run(files[:batch_size])  # warm-up: first decode, allocator growth
-            start = time.perf_counter()
-            predictions = run(files)
-            seconds = time.perf_counter() - start
+        clf = Classifier(self.bundle, self.runner)  # the runner already loaded here: no second model in memory
+
+        def run(paths: list[str]) -> list[Any]:
+            return [result for _, result in clf.predict_files(paths, batch_size=batch_size, top_k=1)]
+
+        run(files[:batch_size])  # warm-up: first decode, allocator growth
+        start = time.perf_counter()
+        predictions = run(files)
+        seconds = time.perf_counter() - start
         failed = sum(1 for p in predictions if isinstance(p, BaseException))
         return {"n_images": len(files), "seconds": seconds, "failed": failed}
-
-
-def _pipelined(clf: Any, batch_size: int):
-    # Prefer the classifier's own pipelined file path; else the BatchingClassifier (same overlap).
-    if hasattr(clf, "predict_files"):
-        return lambda files: [result for _, result in clf.predict_files(files, batch_size=batch_size, top_k=1)]
-
-    def via_batching(files: list[str]) -> list[Any]:
-        from clap_edge.runtime.batching import BatchingClassifier
-
-        with BatchingClassifier(clf, max_batch_size=batch_size, max_delay_ms=50, top_k=1) as bc:
-            futures = [bc.submit(f) for f in files]
-        return [f.exception() or f.result() for f in futures]
-
-    return via_batching
 
 
 def worker_main(conn: Any, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any]) -> None:
