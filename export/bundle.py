@@ -273,9 +273,42 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f"{path}: manifest is missing fields {missing}")
+    _check_manifest_types(path, manifest)
     if len(set(manifest["class_names"])) != len(manifest["class_names"]):
         raise BundleError(f"{path}: class_names contains duplicates")
     return manifest
+
+
+def _check_manifest_types(path: Path, m: dict[str, Any]) -> None:
+    """The structure the rest of the code indexes into, so a malformed manifest is an error, not a traceback."""
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{path}: manifest field {what}")
+
+    names = m["class_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        raise bad("class_names must be a non-empty list of strings")
+    if not isinstance(m["embed_dim"], int) or m["embed_dim"] < 1:
+        raise bad("embed_dim must be a positive integer")
+    if not isinstance(m["preprocess"], dict):
+        raise bad("preprocess must be an object")
+    inputs = m["inputs"]
+    if (not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict)
+            or not isinstance(inputs[0].get("shape"), list) or len(inputs[0]["shape"]) != 4):
+        raise bad("inputs must list the image input with a 4-D shape [N, 3, H, W]")
+    if not isinstance(m["outputs"], list) or not all(isinstance(o, dict) for o in m["outputs"]):
+        raise bad("outputs must be a list of objects")
+    files = m["files"]
+    if not isinstance(files, dict):
+        raise bad("files must be an object of file name -> {sha256, bytes}")
+    for name, entry in files.items():
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or not parts:
+            raise bad(f"files lists {name!r}, which is outside the bundle")
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise bad(f"files[{name!r}] has no sha256")
+    variants = m.get("variants", {})
+    if not isinstance(variants, dict) or any(f not in files for f in variants.values()):
+        raise bad("variants must map variant names to files listed in files")
 
 
 def _extract_tar(tar_path: Path, dest: Path) -> Path:

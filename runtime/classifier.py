@@ -69,7 +69,10 @@ class Classifier:
         self.bundle = bundle
         self.runner = runner
         self.class_names = bundle.class_names
-        self.preprocess_config = PreprocessConfig.from_dict(bundle.preprocess)
+        try:
+            self.preprocess_config = PreprocessConfig.from_dict(bundle.preprocess)
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{bundle.root}: manifest field preprocess is invalid: {e}") from e
         self.preprocessor = Preprocessor(self.preprocess_config)
         if self.preprocessor.input_shape != bundle.input_shape:
             raise BundleError(f"{bundle.root}: preprocess size {list(self.preprocess_config.size)} does not match "

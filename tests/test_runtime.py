@@ -211,6 +211,22 @@ def test_newer_schema_is_refused(runtime_bundle, tmp_path):
         Classifier.open(bundle)
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"class_names": "cat"}, "class_names must be a non-empty list of strings"),
+    ({"embed_dim": "64"}, "embed_dim must be a positive integer"),
+    ({"inputs": []}, "inputs must list the image input"),
+    ({"files": ["model.onnx"]}, "files must be an object"),
+    ({"files": {"../model.onnx": {"sha256": "0" * 64}}}, "files lists '../model.onnx', which is outside the bundle"),
+    ({"files": {"model.onnx": {}}}, r"files\['model.onnx'\] has no sha256"),
+    ({"preprocess": {"size": [224, 224], "resize_mode": "stretch"}}, "preprocess is invalid: unknown resize_mode"),
+])
+def test_malformed_manifest_is_a_clear_error(runtime_bundle, tmp_path, changes, message):
+    bundle = _copy_bundle(runtime_bundle, tmp_path)
+    _rewrite_manifest(bundle, **changes)
+    with pytest.raises(BundleError, match=message):
+        Classifier.open(bundle, backend="onnxruntime")
+
+
 def test_class_count_mismatch(runtime_bundle, tmp_path):
     bundle = _copy_bundle(runtime_bundle, tmp_path)
     _rewrite_manifest(bundle, class_names=CLASSES + ["extra"])
