@@ -112,7 +112,9 @@ def encode_class_prompts(loaded: LoadedModel, class_names: Sequence[str], prompt
     from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
 
     config = config or EvalConfig()
-    texts = [PROMPT_FORMATS[prompt_format].replace("{c}", c) for c in class_names]
+    from clap_edge.fuse import format_template
+
+    texts = [format_template(PROMPT_FORMATS[prompt_format], c) for c in class_names]
     if prompt_format != "NC":
         return loaded.model.encode_text(tokenize_checked(loaded.tokenizer, texts)).float().cpu()
     noise_cfg = NoiseConfig(n_ctx=config.noise_ctx, std=config.noise_std)
@@ -179,12 +181,14 @@ def evaluate_folder(dataset: str | Path, loaded: LoadedModel, heads: dict[str, C
     from rich.progress import track
 
     config = config or EvalConfig()
+    splits = find_splits(dataset)
+    if class_names is None:  # every split's classes, so neither split's extra class reads as "unknown"
+        class_names = list(dict.fromkeys(c for root in splits.values() for c in scan_domains(root)[0]))
     features: dict[str, dict[str, Features]] = {}
-    for split, root in find_splits(dataset).items():
-        class_names, domains = scan_domains(root, class_names)
+    for split, root in splits.items():
+        _, domains = scan_domains(root, class_names)
         features[split] = {}
         for name, images in track(domains.items(), f"encoding {split} images", disable=not progress,
                                   console=Console(stderr=True)):
             features[split][name] = encode_images(loaded, images.head(per_class), config.batch_size)
-    assert class_names is not None
     return evaluate(loaded, class_names, heads, features["test"], features.get("val"), config), class_names
