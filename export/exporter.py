@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from clap_edge.errors import BundleError, CheckpointError, ClapEdgeError, ImageError, PromptError
+from clap_edge.errors import BundleError, CheckpointError, ClapEdgeError, PromptError
 from clap_edge.export.bundle import BundleWriter
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, pa
 
 def _calibration_batch(source: Any, preprocess_cfg) -> np.ndarray:
     """The fixed batch used for parity: given array, images from a folder, or seeded synthetic images."""
-    size = tuple(preprocess_cfg.size) if isinstance(preprocess_cfg.size, (tuple, list)) else (preprocess_cfg.size,) * 2
+    size = _size_hw(preprocess_cfg)
     if isinstance(source, np.ndarray):
         batch = np.asarray(source, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (3, *size):
@@ -236,10 +236,15 @@ def _synthetic_images(n: int, size: tuple[int, int]) -> list:
     return images
 
 
+def _size_hw(pcfg) -> tuple[int, int]:
+    """open_clip's PreprocessCfg.size (an int or (H, W)) as (H, W)."""
+    size = pcfg.size
+    return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+
 def _preprocess_manifest(pcfg) -> dict[str, Any]:
-    size = list(pcfg.size) if isinstance(pcfg.size, (tuple, list)) else [pcfg.size, pcfg.size]
     return {
-        "size": [int(s) for s in size],
+        "size": list(_size_hw(pcfg)),
         "mode": pcfg.mode,
         "mean": [float(m) for m in pcfg.mean],
         "std": [float(s) for s in pcfg.std],

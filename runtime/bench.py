@@ -183,13 +183,15 @@ def _agreement(workers: dict[str, _WorkerHandle], bundle: Bundle, cfg: BenchConf
     reference = next((name for name in REFERENCE_BACKENDS if name in workers), None)
     if batch is None or reference is None:
         return {}
+    from clap_edge.export.parity import compare_logits  # numpy only
+
     ref = workers[reference].call("logits", batch)
     out = {}
     for name, worker in workers.items():
-        logits = worker.call("logits", batch)
+        parity = compare_logits(ref, worker.call("logits", batch))
         out[name] = {
-            "top1_agreement_vs_fp32": _r(float(np.mean(logits.argmax(1) == ref.argmax(1))), 4),
-            "max_abs_logit_diff_vs_fp32": _r(float(np.abs(logits - ref).max()), 6),
+            "top1_agreement_vs_fp32": _r(parity.top1_agreement, 4),
+            "max_abs_logit_diff_vs_fp32": _r(parity.max_abs_logit_diff, 6),
             "agreement_n_images": int(len(batch)), "agreement_reference": reference,
         }
     return out
