@@ -380,10 +380,12 @@ def _chunks(total: int, size: int) -> Iterator[int]:
 
 
 def _progress(config: TrainConfig):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # stderr: stdout carries the command's result (and its JSON with --json)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not config.progress, transient=False)
+                    console=Console(stderr=True), disable=not config.progress, transient=False)
 
 
 def result_summary(result: TrainResult) -> dict[str, Any]:

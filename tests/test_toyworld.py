@@ -144,6 +144,18 @@ def test_cli_toy_dataset(tmp_path):
     assert "Example:" in CliRunner().invoke(main, ["toy", "pretrain", "--help"]).output
 
 
+def test_cli_toy_dataset_stdout_holds_only_the_summary(tmp_path):
+    """The progress bar goes to stderr, so stdout can be piped or parsed."""
+    from click.testing import CliRunner
+
+    from clap_edge.cli import main
+
+    res = CliRunner().invoke(main, ["toy", "dataset", str(tmp_path / "d"), "--domains", "id", "--splits", "val",
+                                    "--per-class", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [line for line in res.stdout.splitlines() if line.startswith("wrote ")] != []
+
+
 def test_shipped_toy_clip_loads_offline_and_classifies(monkeypatch):
     import torch
 

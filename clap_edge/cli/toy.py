@@ -37,6 +37,7 @@ def dataset(root, domains, splits, per_class, seed, force, as_json):
     Example:
       clap-edge toy dataset toy-data --domains id,render_shift --per-class 50
     """
+    from rich.console import Console
     from rich.progress import Progress
 
     from clap_edge.toyworld.dataset import write_dataset
@@ -44,7 +45,7 @@ def dataset(root, domains, splits, per_class, seed, force, as_json):
     if per_class < 1:
         raise click.BadParameter(f"must be >= 1, got {per_class}", param_hint="--per-class")
     domain_list, split_list = _split_list(domains), _split_list(splits)
-    with Progress(disable=as_json, transient=True) as bar:
+    with Progress(console=Console(stderr=True), disable=as_json, transient=True) as bar:
         task = bar.add_task("rendering", total=len(domain_list) * len(split_list))
         info = write_dataset(root, domain_list, split_list, per_class, seed, overwrite=force,
                              progress=lambda s, d: bar.update(task, advance=1, description=f"{s}/{d}"))
@@ -78,6 +79,7 @@ def pretrain(out, seed, steps, batch_size, lr, threads, eval_per_domain, as_json
     """
     import dataclasses
 
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from clap_edge.toyworld import pretrain as pt
@@ -88,7 +90,7 @@ def pretrain(out, seed, steps, batch_size, lr, threads, eval_per_domain, as_json
         raise click.BadParameter("need --steps >= 1 and --batch-size >= 2")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
-    with Progress(*columns, disable=as_json, transient=True) as bar:
+    with Progress(*columns, console=Console(stderr=True), disable=as_json, transient=True) as bar:
         task = bar.add_task("pretraining", total=config.steps, loss=float("nan"))
         result = pt.pretrain(config, progress=lambda s, loss: bar.update(task, advance=1, loss=loss))
     path = pt.save_weights(result.model, out, config)
