@@ -122,3 +122,26 @@ def test_help_ends_with_an_example():
     result = CliRunner().invoke(main, ["classify", "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output and "clap-edge classify" in result.output.split("Example:")[1]
+
+
+def _all_commands(command, path=()):
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _all_commands(sub, (*path, name))
+
+
+@pytest.mark.parametrize("path", [p for p, _ in _all_commands(main)], ids=lambda p: " ".join(p) or "main")
+def test_every_help_ends_with_an_example(path):
+    result = CliRunner().invoke(main, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    tail = result.output.rstrip().split("\n\n")[-1].strip().splitlines()
+    assert tail[0] == "Example:" and all(line.lstrip().startswith(("clap-edge", "--")) for line in tail[1:]), tail
+
+
+def test_models_lists_ours_with_tags_and_the_unknown_model_hint_points_to_it():
+    result = CliRunner().invoke(main, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    tags = json.loads(result.stdout)
+    assert tags["clap-edge-toy"] == ["toyworld"] and tags["clap-edge-tiny"] == [] and "openai" in tags["ViT-B-32"]
+    bad = CliRunner().invoke(main, ["train", "--model", "QQQQ", "--classes", "a,b", "--out", "h.safetensors"])
+    assert bad.exit_code == 2 and "clap-edge models" in bad.stderr

@@ -7,6 +7,7 @@ command, so ``clap-edge --help`` stays fast and the runtime commands work withou
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
 import click
@@ -15,7 +16,7 @@ from clap_edge import __version__
 from clap_edge.errors import ClapEdgeError
 
 # Modules in this package that each define one or more commands; each exposes ``COMMANDS``.
-COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo"]
+COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo", "models"]
 
 EXIT_BAD_INPUT = 2
 
@@ -42,11 +43,26 @@ def main() -> None:
     """
 
 
+EXAMPLE_MARK = "\b\nExample"
+
+
+def _example_last(command: click.Command) -> None:
+    """Move the docstring's example block (from ``\\b`` + ``Example``) to the epilog, so that
+    ``--help`` ends with it, after the options, where a reader looks for it."""
+    head, mark, example = inspect.cleandoc(command.help or "").partition(EXAMPLE_MARK)
+    if mark and not command.epilog:
+        command.help, command.epilog = head.rstrip(), mark + example
+    for sub in getattr(command, "commands", {}).values():
+        _example_last(sub)
+
+
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"clap_edge.cli.{name}")
         for command in module.COMMANDS:
+            _example_last(command)
             main.add_command(command)
+    _example_last(main)
 
 
 _register_commands()
