@@ -128,12 +128,12 @@ class BatchingClassifier:
             first = self._requests.get()
             if first is _STOP:
                 break
-            batch, futures, stopping = self._collect(first)
-            if futures:
-                self._ready.put((np.stack(batch), futures, batch.requests))
+            batch, stopping = self._collect(first)
+            if batch.requests:
+                self._ready.put((np.stack(batch), batch.requests))
         self._ready.put(_STOP)
 
-    def _collect(self, first: _Request) -> tuple["_Batch", list[Future], bool]:
+    def _collect(self, first: _Request) -> tuple["_Batch", bool]:
         batch = _Batch()
         self._decode_into(batch, first)
         deadline = time.perf_counter() + self.config.max_delay_ms / 1000.0
@@ -144,9 +144,9 @@ class BatchingClassifier:
             except queue.Empty:
                 break
             if item is _STOP:
-                return batch, batch.futures, True
+                return batch, True
             self._decode_into(batch, item)
-        return batch, batch.futures, False
+        return batch, False
 
     def _decode_into(self, batch: "_Batch", request: _Request) -> None:
         if not request.future.set_running_or_notify_cancel():
@@ -165,11 +165,13 @@ class BatchingClassifier:
             item = self._ready.get()
             if item is _STOP:
                 return
-            array, futures, requests = item
+            array, requests = item
             self.batches_run += 1
-            self.batch_sizes.append(len(futures))
+            self.batch_sizes.append(len(requests))
             try:
                 predictions = self.classifier.predict_batch(array, top_k=self.config.top_k)
+                if len(predictions) != len(requests):  # zip would leave some futures unresolved forever
+                    raise RuntimeError(f"predict_batch gave {len(predictions)} predictions for {len(requests)} images")
             except BaseException:
                 self._retry_one_by_one(array, requests)
                 continue
@@ -197,10 +199,6 @@ class _Batch(list):
     def add(self, array: np.ndarray, request: _Request) -> None:
         self.append(array)
         self.requests.append(request)
-
-    @property
-    def futures(self) -> list[Future]:
-        return [r.future for r in self.requests]
 
 
 def _with_path(prediction: Any, image: Any) -> Any:
