@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from clap_edge.errors import BundleError
+from clap_edge.errors import BundleError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _convert_opset(proto, opset: int):
         return converted
     except Exception as e:  # the converter asserts on some adapters (e.g. ReduceL2 axes as input)
         log.warning("could not convert the ONNX model to opset %d (%s); keeping opset %d",
-                    opset, str(e).splitlines()[0][:120], current)
+                    opset, first_line(e)[:120], current)
         return proto
 
 
