@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import nullcontext
 
 import click
 
@@ -42,14 +41,15 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     if not files:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
     failed = 0
-    with Classifier.open(bundle, backend=backend, threads=threads) as clf, _progress(len(files), as_json) as advance:
+    with Classifier.open(bundle, backend=backend, threads=threads) as clf, _progress(len(files)) as bar:
+        task = bar.add_task("classifying", total=len(files))
         for path, result in clf.predict_files(files, batch_size=batch_size, workers=workers, top_k=top_k):
             if isinstance(result, Exception):
                 failed += 1
                 _report_error(path, result, as_json)
             else:
                 _report(result, as_json)
-            advance()
+            bar.advance(task)
     if failed:
         click.echo(f"{failed} of {len(files)} images could not be classified", err=True)
         sys.exit(EXIT_SOME_FAILED)
@@ -73,29 +73,13 @@ def _report_error(path: str, error: Exception, as_json: bool) -> None:
         click.secho(f"{path}\terror: {message}", fg="red", err=True)
 
 
-def _progress(total: int, as_json: bool):
-    """A rich bar on stderr for long runs; a no-op context yielding a no-op advance otherwise."""
-    if total < PROGRESS_MIN_IMAGES:
-        return nullcontext(lambda: None)
-    return _RichProgress(total)
+def _progress(total: int):
+    """A transient bar on stderr; disabled (a no-op) for short runs, where it is only noise."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-
-class _RichProgress:
-    def __init__(self, total: int):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("classifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=True)
-        self.total = total
-
-    def __enter__(self):
-        self.progress.__enter__()
-        task = self.progress.add_task("classify", total=self.total)
-        return lambda: self.progress.advance(task)
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True, disable=total < PROGRESS_MIN_IMAGES)
 
 
 COMMANDS = [classify]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -10,10 +11,10 @@ import click
 @click.command("demo")
 @click.option("--out", "out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
               help="folder for the dataset, bundles, report.md, report.json and plots.")
-@click.option("--per-class", type=int, default=60, show_default=True, help="images per class, domain and split.")
-@click.option("--steps", type=int, default=8000, show_default=True, help="max CLAP training steps (early stop on).")
-@click.option("--threads", type=int, default=1, show_default=True, help="inference threads for eval and bench.")
-@click.option("--bench-iters", type=int, default=10, show_default=True, help="timed iterations per bench cell.")
+@click.option("--per-class", type=click.IntRange(min=1), default=60, show_default=True, help="images per class, domain and split.")
+@click.option("--steps", type=click.IntRange(min=1), default=8000, show_default=True, help="max CLAP training steps (early stop on).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="inference threads for eval and bench.")
+@click.option("--bench-iters", type=click.IntRange(min=1), default=10, show_default=True, help="timed iterations per bench cell.")
 @click.option("--json", "as_json", is_flag=True, help="print report.json instead of the summary table.")
 def demo(out, per_class, steps, threads, bench_iters, as_json):
     """Generate the toy world, train a CLAP head, export CLIP and CLAP bundles (fp32 + int8),
@@ -32,8 +33,9 @@ def demo(out, per_class, steps, threads, bench_iters, as_json):
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo((click.format_filename(out) + "/report.md:\n"))
-    click.echo(open(f"{out}/report.md", encoding="utf-8").read())
+    report_md = Path(out) / "report.md"
+    click.echo(f"{click.format_filename(report_md)}:\n")
+    click.echo(report_md.read_text(encoding="utf-8"))
 
 
 COMMANDS = [demo]

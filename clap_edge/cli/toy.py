@@ -24,7 +24,7 @@ def toy() -> None:
 @click.option("--domains", default="id,color_shift,background_shift,render_shift,both", show_default=True,
               help=DOMAIN_HELP)
 @click.option("--splits", default="val,test", show_default=True, help="comma list of splits (val, test).")
-@click.option("--per-class", type=int, default=100, show_default=True, help="images per class, domain and split.")
+@click.option("--per-class", type=click.IntRange(min=1), default=100, show_default=True, help="images per class, domain and split.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="replace ROOT if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary instead of text.")
@@ -42,8 +42,6 @@ def dataset(root, domains, splits, per_class, seed, force, as_json):
 
     from clap_edge.toyworld.dataset import write_dataset
 
-    if per_class < 1:
-        raise click.BadParameter(f"must be >= 1, got {per_class}", param_hint="--per-class")
     domain_list, split_list = _split_list(domains), _split_list(splits)
     with Progress(console=Console(stderr=True), disable=as_json, transient=True) as bar:
         task = bar.add_task("rendering", total=len(domain_list) * len(split_list))
@@ -60,11 +58,11 @@ def dataset(root, domains, splits, per_class, seed, force, as_json):
 @toy.command("pretrain")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="where to write the .safetensors weights.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--steps", type=int, default=None, help="training steps (default: PretrainConfig.steps).")
-@click.option("--batch-size", type=int, default=None, help="images per step (default: PretrainConfig.batch_size).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="training steps (default: PretrainConfig.steps).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=None, help="images per step (default: PretrainConfig.batch_size).")
 @click.option("--lr", type=float, default=None, help="peak AdamW learning rate.")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
-@click.option("--eval-per-domain", type=int, default=800, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="torch CPU threads.")
+@click.option("--eval-per-domain", type=click.IntRange(min=0), default=800, show_default=True,
               help="test images per domain for the zero-shot table (0: skip).")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary instead of text.")
 def pretrain(out, seed, steps, batch_size, lr, threads, eval_per_domain, as_json):
@@ -86,8 +84,6 @@ def pretrain(out, seed, steps, batch_size, lr, threads, eval_per_domain, as_json
 
     overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("lr", lr)) if v is not None}
     config = dataclasses.replace(pt.PretrainConfig(), seed=seed, threads=threads, **overrides)
-    if config.steps < 1 or config.batch_size < 2:
-        raise click.BadParameter("need --steps >= 1 and --batch-size >= 2")
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), disable=as_json, transient=True) as bar:
