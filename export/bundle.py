@@ -71,7 +71,8 @@ class Bundle:
         elif path.is_dir():
             root = path
         else:
-            raise BundleError(f"{path}: not a bundle directory or .tar (no such directory)")
+            problem = "a file, but not a tar archive" if path.is_file() else "no such file or directory"
+            raise BundleError(f"{path}: not a bundle directory or .tar ({problem})")
         manifest = _read_manifest(root)
         bundle = cls(root, manifest, _tmpdir=tmp)
         if verify:

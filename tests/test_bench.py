@@ -140,3 +140,23 @@ def test_cli_writes_json_and_plot(runtime_bundle, image_dir, tmp_path):
     assert ort["agreement_n_images"] == int8["agreement_n_images"] == 5  # the given folder, not calibration.npy
     assert ort["top1_agreement_vs_fp32"] == 1.0 and 0.0 <= int8["top1_agreement_vs_fp32"] <= 1.0
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_cli_exits_1_when_a_backend_fails_but_reports_the_others(runtime_bundle, tmp_path):
+    import shutil
+
+    from clap_edge.cli import main
+
+    bundle = tmp_path / "tampered"
+    shutil.copytree(runtime_bundle, bundle)
+    data = bytearray((bundle / "model.int8.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / "model.int8.onnx").write_bytes(bytes(data))
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(main, ["bench", str(bundle), "--backends", "onnxruntime,onnxruntime-int8",
+                                       "--batch-sizes", "1", "--iters", "2", "--warmup", "0", "--json", str(out),
+                                       "--quiet"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(out.read_text())
+    assert [r["backend"] for r in report["results"]] == ["onnxruntime"]
+    assert "model.int8.onnx" in report["errors"]["onnxruntime-int8"]

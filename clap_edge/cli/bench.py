@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -69,6 +70,9 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
         _print_table(report)
     if not json_path and quiet:
         click.echo(json.dumps(report, indent=2))
+    if report.get("errors"):
+        # Some backend (or batch size) failed, e.g. a tampered model file: the others were still measured.
+        sys.exit(EXIT_SOME_FAILED)
 
 
 def _print_table(report: dict) -> None:
@@ -94,5 +98,7 @@ def _print_table(report: dict) -> None:
 def _f(value) -> str:
     return "-" if value is None else f"{value:g}"
 
+
+EXIT_SOME_FAILED = 1
 
 COMMANDS = [bench]
