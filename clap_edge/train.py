@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -263,11 +264,13 @@ def prepare_class_names(class_names: list[str], loaded: LoadedModel, config: Tra
     records = {}
     for name in names:
         records[name] = template_records(name, config.vocab)
-        longest = max((p.text() for p in records[name]), key=len)
-        try:
-            tokenize_checked(loaded.tokenizer, [name, longest], reserve=config.noise_ctx)
+        try:  # every prompt, by token count: the longest in characters need not be the longest in tokens
+            tokenize_checked(loaded.tokenizer, [name] + [p.text() for p in records[name]], reserve=config.noise_ctx)
         except PromptError as e:
             raise PromptError(f"class name {name!r} does not fit the text context of {loaded.model_name}: {e}") from e
+    if len(names) < 2:
+        warnings.warn(f"training a CLAP head for one class ({names[0]!r}): the content loss has no other class "
+                      f"to contrast with, and zero-shot classification needs at least two", stacklevel=2)
     return records
 
 

@@ -223,6 +223,8 @@ def test_bad_class_lists(tiny):
     with pytest.warns(UserWarning, match="duplicate class 'dog'"):
         head, _ = train_head(tiny, ["dog", "house", "dog"], small_config(steps=5))
     assert head.config.class_names == ["dog", "house"]
+    with pytest.warns(UserWarning, match="one class"):
+        train_head(tiny, ["dog"], small_config(steps=2))
 
 
 # ---- CLI --------------------------------------------------------------------------------
