@@ -35,7 +35,8 @@ class BackendUnavailableError(ClapEdgeError):
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message, or its type name when the message is empty
-    (EOFError from an empty file, struct.error, ...): the short cause a one-line error quotes."""
+    """``Type: first line of the message`` (just the type when the message is empty, as for EOFError
+    from an empty file): the short cause a one-line error quotes. The type carries meaning where the
+    message alone does not ("KeyError: 101", not "101")."""
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
