@@ -1,7 +1,8 @@
 """Reduced-precision variants of model.onnx: dynamic int8 (CPU) and fp16 (GPU).
 
 int8: ONNX Runtime's dynamic quantisation of MatMul/Gemm weights (per-channel QInt8);
-activations are quantised on the fly, so no calibration data is needed. Conv (the
+activations are quantised on the fly, so no calibration data is needed; the final logits
+product stays fp32. Conv (the
 patch embedding, run once) and the attention/LayerNorm maths stay fp32.
 fp16: weights and most ops in fp16, but LayerNorm, Softmax and the reductions that
 normalise embeddings stay fp32 (they overflow or lose the small differences between
@@ -35,10 +36,25 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
             op_types_to_quantize=list(INT8_OP_TYPES),
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=output_matmuls(src),
         )
     finally:
         logging.getLogger().removeFilter(advice)
     return Path(dst)
+
+
+def output_matmuls(src: str | os.PathLike) -> list[str]:
+    """The MatMul/Gemm nodes that produce a graph output: the logits (embedding @ classes.T).
+
+    They are kept fp32: quantising the cosine logits flips near-ties between classes (measured on
+    the toy world: int8-vs-fp32 top-1 agreement 97.9 -> 98.3% on the hardest domains), and a
+    [d x C] product costs nothing next to the encoder.
+    """
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    outputs = {o.name for o in graph.output}
+    return [n.name for n in graph.node if n.op_type in INT8_OP_TYPES and outputs.intersection(n.output)]
 
 
 class _DropMessages(logging.Filter):

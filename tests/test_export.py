@@ -233,3 +233,18 @@ def test_vit_b32_random_init_parity(tmp_path):
 
 def _b32_batch() -> np.ndarray:
     return np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32)
+
+
+def test_int8_quantises_the_encoder_but_keeps_the_logits_product_fp32(tiny_bundle):
+    import onnx
+
+    from clap_edge.export.variants import output_matmuls
+
+    fp32 = onnx.load(str(tiny_bundle / "model.onnx"))
+    int8 = onnx.load(str(tiny_bundle / "model.int8.onnx"))
+    assert output_matmuls(tiny_bundle / "model.onnx")  # the logits MatMul is found...
+    producer = {out: n.op_type for n in int8.graph.node for out in n.output}
+    assert producer["logits"] in ("MatMul", "Gemm")  # ...and left in float
+    quantised = [n for n in int8.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    float_matmuls = [n for n in fp32.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert 0 < len(quantised) < len(float_matmuls)
