@@ -18,6 +18,17 @@ def runtime_bundle(tmp_path_factory):
                                       int8=True))
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """A seeded random-init clap-edge-tiny LoadedModel; one per test module (tests may move or wrap it)."""
+    import torch
+
+    from clap_edge.models import load_model
+
+    torch.manual_seed(0)
+    return load_model("clap-edge-tiny")
+
+
 TINY_CLASSES = ["cat", "dog", "bird", "fish"]
 
 

@@ -89,14 +89,6 @@ def test_scan_domains_layouts(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from clap_edge.models import load_model
-
-    torch.manual_seed(0)
-    return load_model("clap-edge-tiny")
-
-
-@pytest.fixture(scope="module")
 def trained_like_head():
     from clap_edge.head import CLAPHead, HeadConfig
 

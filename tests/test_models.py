@@ -9,12 +9,6 @@ from clap_edge.errors import ModelLoadError, PromptError
 from clap_edge.models import check_model_name, list_models, load_model, tokenize_checked
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return load_model("clap-edge-tiny")
-
-
 def test_tiny_model_is_registered_and_loads(tiny):
     assert "clap-edge-tiny" in list_models()
     assert tiny.model_name == "clap-edge-tiny" and tiny.pretrained is None

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from clap_edge.errors import ModelLoadError, PromptError
 from clap_edge.head import CLAPHead
-from clap_edge.models import load_model
 from clap_edge.prompts import PromptVocab, template_records
 from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
 from clap_edge.train import EarlyStopper, Schedule, TrainConfig, cache_file, nt_xent, train_head
@@ -20,12 +19,6 @@ from clap_edge.train import EarlyStopper, Schedule, TrainConfig, cache_file, nt_
 SMALL_VOCAB = PromptVocab(image_types=("painting", "sketch", "photo"), sizes=("large", "small"),
                           art_styles=("realistic",), colors=("red", "blue", "green"))
 CLASSES = ["dog", "elephant", "house"]
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return load_model("clap-edge-tiny")
 
 
 def small_config(**overrides) -> TrainConfig:
