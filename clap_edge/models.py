@@ -49,7 +49,7 @@ class LoadedModel:
 
     @property
     def embed_dim(self) -> int:
-        return int(self.model.text_projection.shape[1]) if _has_plain_text_tower(self.model) else _probe_embed_dim(self)
+        return text_projection_dim(self.model) or _probe_embed_dim(self)
 
     @property
     def context_length(self) -> int:
@@ -181,10 +181,14 @@ def _require_hub(what: str, cached: bool) -> None:
         raise ModelLoadError(f"{what} are not on disk and the model hub ({host}) is unreachable ({e}). {hint}") from e
 
 
-def _has_plain_text_tower(model: torch.nn.Module) -> bool:
-    return isinstance(getattr(model, "text_projection", None), (torch.Tensor, torch.nn.Parameter)) and getattr(
-        model, "text_projection"
-    ).dim() == 2
+def text_projection_dim(model: torch.nn.Module) -> int | None:
+    """Output width of an open_clip text tower's projection (a matrix or a Linear); None without one."""
+    projection = getattr(model, "text_projection", None)
+    if isinstance(projection, torch.nn.Linear):
+        return int(projection.out_features)
+    if isinstance(projection, torch.Tensor) and projection.dim() == 2:
+        return int(projection.shape[1])
+    return None
 
 
 def _probe_embed_dim(loaded: LoadedModel) -> int:

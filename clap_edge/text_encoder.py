@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from clap_edge.errors import ModelLoadError
+from clap_edge.models import text_projection_dim
 
 NOISE_POSITIONS = ("front", "middle", "end")
 TOWER_ATTRIBUTES = ("token_embedding", "positional_embedding", "transformer", "attn_mask", "ln_final",
@@ -114,7 +115,7 @@ class NoiseTextEncoder:
                        ) -> torch.Tensor:
         """Encode many rows in large batches, sorted by length so each batch is cut short (CPU result)."""
         order = torch.argsort(self.eot_index(tokens), stable=True)
-        out = torch.empty(tokens.shape[0], _out_dim(self.model), dtype=torch.float32)
+        out = torch.empty(tokens.shape[0], text_projection_dim(self.model) or self.width, dtype=torch.float32)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             out[idx] = self.encode(
@@ -150,10 +151,3 @@ def _insert(x: torch.Tensor, noise: torch.Tensor, positions: torch.Tensor) -> to
     index = torch.where(j < p, j, torch.where(j < p + n_ctx, length + j - p, j - n_ctx))
     src = torch.cat([x, noise], dim=1)
     return torch.gather(src, 1, index.unsqueeze(-1).expand(batch, length + n_ctx, width))
-
-
-def _out_dim(model: nn.Module) -> int:
-    projection = model.text_projection
-    if projection is None:
-        return int(model.token_embedding.weight.shape[1])
-    return int(projection.out_features if isinstance(projection, nn.Linear) else projection.shape[1])
