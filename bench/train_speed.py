@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from clap_edge.io import atomic_write_text
+from clap_edge.core.io import atomic_write_text
 from clap_edge.models import load_model
 from clap_edge.text_encoder import NoiseTextEncoder
 from clap_edge.train import EarlyStopper, Schedule, TrainConfig, clap_loss, prepare_class_names, train_head

@@ -7,6 +7,6 @@ so the runtime works on a device that has neither.
 
 __version__ = "0.1.0"
 
-from clap_edge.errors import ClapEdgeError  # noqa: E402  (stdlib-only)
+from clap_edge.core.errors import ClapEdgeError  # noqa: E402  (stdlib-only)
 
 __all__ = ["__version__", "ClapEdgeError"]

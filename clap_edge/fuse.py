@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_edge.errors import PromptError
+from clap_edge.core.errors import PromptError
 from clap_edge.head import CLAPHead
 
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_edge.errors import CheckpointError, first_line
-from clap_edge.io import atomic_path
+from clap_edge.core.errors import CheckpointError, first_line
+from clap_edge.core.io import atomic_path
 
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity}
 OFFICIAL_NETWORKS = ("beta", "psi")  # beta: text-trained CLAP; psi: the authors' image-augmentation variant

@@ -23,7 +23,7 @@ import open_clip
 import torch
 from open_clip.transform import PreprocessCfg
 
-from clap_edge.errors import ModelLoadError, PromptError, first_line
+from clap_edge.core.errors import ModelLoadError, PromptError, first_line
 
 log = logging.getLogger(__name__)
 

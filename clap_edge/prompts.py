@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
-from clap_edge.errors import PromptError
+from clap_edge.core.errors import PromptError
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ def load_class_names(source: str | Path) -> list[str]:
     """Class names from a text file (one per line), a dataset folder, or a comma list.
 
     Folders may be ``root/class/*.jpg``, ``root/domain/class/*.jpg`` or either under
-    ``root/{val,test}/`` (see :mod:`clap_edge.datasets`). Duplicates are
+    ``root/{val,test}/`` (see :mod:`clap_edge.core.datasets`). Duplicates are
     dropped with a warning; an empty result is an error.
     """
     path = Path(source)
@@ -221,8 +221,8 @@ def dedupe_class_names(names: list[str], source: str = "class list") -> list[str
 
 
 def _class_names_from_folder(root: Path) -> list[str]:
-    from clap_edge.datasets import find_splits, scan_domains
-    from clap_edge.errors import ClapEdgeError
+    from clap_edge.core.datasets import find_splits, scan_domains
+    from clap_edge.core.errors import ClapEdgeError
 
     try:
         names, _ = scan_domains(find_splits(root)["test"])

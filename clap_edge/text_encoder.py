@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from clap_edge.errors import ModelLoadError
+from clap_edge.core.errors import ModelLoadError
 from clap_edge.models import text_projection_dim
 
 NOISE_POSITIONS = ("front", "middle", "end")

@@ -25,9 +25,9 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from clap_edge.errors import PromptError
+from clap_edge.core.errors import PromptError
 from clap_edge.head import CLAPHead, HeadConfig
-from clap_edge.io import atomic_path
+from clap_edge.core.io import atomic_path
 from clap_edge.models import LoadedModel, tokenize_checked
 from clap_edge.prompts import AugmentConfig, Prompt, PromptVocab, augment, dedupe_class_names, template_records
 from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise

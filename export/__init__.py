@@ -9,7 +9,7 @@ from clap_edge.export.bundle import SCHEMA_VERSION, Bundle, BundleWriter
 
 __all__ = ["SCHEMA_VERSION", "Bundle", "BundleWriter", "ExportConfig", "export_bundle"]
 
-_LAZY = {"ExportConfig": "clap_edge.export.exporter", "export_bundle": "clap_edge.export.exporter"}
+_LAZY = {"ExportConfig": "clap_edge.export.builders.exporter", "export_bundle": "clap_edge.export.builders.exporter"}
 
 
 def __getattr__(name: str):

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from clap_edge.errors import BundleError
+from clap_edge.core.errors import BundleError
 
 
 @dataclass

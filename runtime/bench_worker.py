@@ -1,4 +1,4 @@
-"""One benchmark worker process per backend (used by :mod:`clap_edge.runtime.bench`).
+"""One benchmark worker process per backend (used by :mod:`clap_edge.apps.bench`).
 
 Why processes: each backend then has its own peak RSS (``VmHWM``, reset per batch size) and
 its own thread pools, while the parent still interleaves them round by round. The worker

@@ -22,11 +22,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from clap_edge.errors import BundleError, ImageError
+from clap_edge.core.errors import BundleError, ImageError
 from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends import RunnerOptions, create_runner
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
-from clap_edge.images import load_image
+from clap_edge.core.images import load_image
 from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
 
 # JPEGs are decoded at a DCT scale that keeps at least this many times the model input size.

@@ -6,7 +6,7 @@ resize (torchvision on PIL calls ``PIL.Image.resize``), center crop (or crop-or-
 reproduces each step with the same size arithmetic (int truncation for the shortest-edge
 ``Resize``, Python ``round`` in ``ResizeKeepRatio``, ``int(round(...))`` crop offsets) so the
 result matches open_clip's to float32 rounding. The one deliberate difference: images in
-other modes are made RGB *before* resizing (:func:`~clap_edge.images.to_rgb`), so 16-bit
+other modes are made RGB *before* resizing (:func:`~clap_edge.core.images.to_rgb`), so 16-bit
 and transparent images are scaled / composited properly instead of clipped by ``convert``.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from clap_edge.images import to_rgb
+from clap_edge.core.images import to_rgb
 
 # open_clip's defaults (open_clip.constants), so a manifest may omit mean / std.
 OPENAI_DATASET_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -10,7 +10,7 @@ def runtime_bundle(tmp_path_factory):
     """A clap-edge-tiny bundle (random init, 5 classes, with model.int8.onnx and model.pt2), built once."""
     import torch
 
-    from clap_edge.export.exporter import ExportConfig, export_bundle
+    from clap_edge.export.builders.exporter import ExportConfig, export_bundle
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("runtime") / "tiny-bundle"
@@ -51,7 +51,7 @@ def tiny_bundle(tmp_path_factory, tiny_head_path):
     """A clap-edge-tiny bundle with a CLAP head (fp32 + int8 + model.pt2), built once for the session."""
     import torch
 
-    from clap_edge.export.exporter import ExportConfig, export_bundle
+    from clap_edge.export.builders.exporter import ExportConfig, export_bundle
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("export") / "tiny-bundle"

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from clap_edge.errors import BackendUnavailableError
+from clap_edge.core.errors import BackendUnavailableError
 from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends import BACKENDS, RunnerOptions, available_backends, create_runner
 
@@ -60,8 +60,12 @@ def test_openvino_default_precision_is_reported_and_close(bundle, batch, ort_out
 
 
 def test_openvino_bad_precision_option(bundle):
-    with pytest.raises(ValueError, match="precision"):
-        create_runner(bundle, "openvino", RunnerOptions(extra={"precision": "int4"})).activate()
+    from clap_edge.core.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="no precision 'int4'"):
+        create_runner(bundle, "openvino", RunnerOptions(precision="int4")).activate()
+    with pytest.raises(BackendUnavailableError, match="no precision 'int4'"):
+        create_runner(bundle, "openvino:int4")
 
 
 @pytest.mark.slow
@@ -87,7 +91,7 @@ def test_missing_openvino_names_the_extra(runtime_bundle):
         import sys
         sys.modules["openvino"] = None
         from clap_edge.export.bundle import Bundle
-        from clap_edge.errors import BackendUnavailableError
+        from clap_edge.core.errors import BackendUnavailableError
         from clap_edge.runtime.backends import available_backends, create_runner
         bundle = Bundle.open({str(runtime_bundle)!r})
         assert "openvino" not in available_backends(bundle)
@@ -105,7 +109,7 @@ def test_missing_openvino_names_the_extra(runtime_bundle):
 
 def test_openvino_runner_reports_missing_library_on_activate(bundle, monkeypatch):
     # is_available() can be stale (library removed after the check): activate still names the extra.
-    from clap_edge.runtime.backends.openvino import OpenVINORunner
+    from clap_edge.runtime.backends.openvino.runner import OpenVINORunner
 
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(BackendUnavailableError, match=r"clap-edge\[openvino\]"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clap_edge.errors import ImageError
+from clap_edge.core.errors import ImageError
 from clap_edge.runtime.batching import BatchingClassifier, QueueFullError
 
 

@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clap_edge.errors import BackendUnavailableError
+from clap_edge.core.errors import BackendUnavailableError
 from clap_edge.export.bundle import Bundle
-from clap_edge.runtime.bench import (BenchConfig, _add_ratios, load_bench_record, plot_report, record_bench,
+from clap_edge.apps.bench import (BenchConfig, _add_ratios, load_bench_record, plot_report, record_bench,
                                      recorded_fastest_backend, run_bench, write_report)
 
 BACKENDS = ["onnxruntime", "openvino"]
@@ -119,7 +119,7 @@ def test_auto_uses_recorded_fastest_backend(runtime_bundle, report, monkeypatch,
 def test_unknown_or_missing_backend_is_a_clear_error(runtime_bundle):
     with pytest.raises(BackendUnavailableError, match="unknown backend 'nope'"):
         run_bench(BenchConfig(bundle=str(runtime_bundle), backends=["nope"]))
-    from clap_edge.cli import main
+    from clap_edge.apps.cli import main
 
     result = CliRunner().invoke(main, ["bench", str(runtime_bundle), "--backends", "nope", "--quiet"])
     assert result.exit_code == 2 and "unknown backend 'nope'" in result.output
@@ -128,7 +128,7 @@ def test_unknown_or_missing_backend_is_a_clear_error(runtime_bundle):
 
 
 def test_cli_writes_json_and_plot(runtime_bundle, image_dir, tmp_path):
-    from clap_edge.cli import main
+    from clap_edge.apps.cli import main
 
     args = ["bench", str(runtime_bundle), "--backends", "onnxruntime,onnxruntime-int8", "--batch-sizes", "2",
             "--iters", "2", "--warmup", "0", "--agreement-images", str(image_dir), "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"), "--quiet"]
@@ -145,7 +145,7 @@ def test_cli_writes_json_and_plot(runtime_bundle, image_dir, tmp_path):
 def test_cli_exits_1_when_a_backend_fails_but_reports_the_others(runtime_bundle, tmp_path):
     import shutil
 
-    from clap_edge.cli import main
+    from clap_edge.apps.cli import main
 
     bundle = tmp_path / "tampered"
     shutil.copytree(runtime_bundle, bundle)

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clap_edge.cli import main
+from clap_edge.apps.cli import main
 from clap_edge.export.bundle import MANIFEST
 
 CLASSES = {"cat", "dog", "car", "tree", "boat"}

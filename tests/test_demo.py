@@ -7,14 +7,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from clap_edge.cli import main
+from clap_edge.apps.cli import main
 
 MODELS = ("clip-fp32", "clip-int8", "clap-fp32", "clap-int8")
 
 
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory):
-    from clap_edge.runtime.demo import DemoConfig, run_demo
+    from clap_edge.apps.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo")
     config = DemoConfig(out=str(out), per_class=4, train_steps=40, alphas=(0.0, 0.1, 0.3), bench_iters=2,

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from clap_edge.cli import main
-from clap_edge.datasets import find_splits, scan_domains
-from clap_edge.errors import ClapEdgeError
-from clap_edge.metrics import paired_bootstrap, paired_difference_ci, select_alpha, top1_correct
+from clap_edge.apps.cli import main
+from clap_edge.core.datasets import find_splits, scan_domains
+from clap_edge.core.errors import ClapEdgeError
+from clap_edge.core.metrics import paired_bootstrap, paired_difference_ci, select_alpha, top1_correct
 
 CLASSES = ["cat", "dog", "bird", "fish"]
 
@@ -99,7 +99,7 @@ def trained_like_head():
 
 
 def test_alpha_is_chosen_from_validation_only(tiny, trained_like_head, dataset, monkeypatch):
-    import clap_edge.evaluate as ev
+    import clap_edge.zeroshot as ev
 
     seen = []
     real_select = ev.select_alpha
@@ -127,7 +127,7 @@ def test_alpha_is_chosen_from_validation_only(tiny, trained_like_head, dataset, 
 
 
 def test_given_alpha_needs_no_validation(tiny, trained_like_head, dataset):
-    import clap_edge.evaluate as ev
+    import clap_edge.zeroshot as ev
 
     test = {d: ev.encode_images(tiny, imgs) for d, imgs in scan_domains(dataset / "test", CLASSES)[1].items()}
     res = ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, test, None, ev.EvalConfig(alpha=0.0, n_boot=20))
@@ -139,7 +139,7 @@ def test_given_alpha_needs_no_validation(tiny, trained_like_head, dataset):
 
 
 def test_nc_prompts_differ_from_c_but_are_seeded(tiny):
-    import clap_edge.evaluate as ev
+    import clap_edge.zeroshot as ev
 
     c = ev.encode_class_prompts(tiny, CLASSES, "C")
     nc1 = ev.encode_class_prompts(tiny, CLASSES, "NC")

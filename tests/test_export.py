@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from clap_edge.errors import BundleError
+from clap_edge.core.errors import BundleError
 from clap_edge.export.bundle import SCHEMA_VERSION, Bundle, sha256_file
-from clap_edge.export.exporter import ExportConfig, export_bundle
+from clap_edge.export.builders.exporter import ExportConfig, export_bundle
 
 TINY_CLASSES = ["cat", "dog", "bird", "fish"]
 
@@ -33,7 +33,7 @@ def fused(tiny_head_path):
 def test_onnx_matches_torch_on_tiny_with_dynamic_batch(fused, tmp_path):
     import onnx
 
-    from clap_edge.export.onnx_export import export_onnx
+    from clap_edge.export.builders.onnx_export import export_onnx
     from clap_edge.export.parity import compare_logits, run_onnx, run_torch
 
     result = export_onnx(fused, torch.from_numpy(_random_batch(2, seed=1)), tmp_path / "m.onnx")
@@ -175,7 +175,7 @@ def test_existing_output_refused(tiny_bundle):
 
 
 def test_config_errors(tmp_path):
-    from clap_edge.errors import ClapEdgeError, PromptError
+    from clap_edge.core.errors import ClapEdgeError, PromptError
 
     with pytest.raises(ClapEdgeError, match="no model"):
         export_bundle(ExportConfig(out=tmp_path / "x", classes=["a"]))
@@ -187,7 +187,7 @@ def test_config_errors(tmp_path):
 
 
 def test_head_for_another_model_refused(tmp_path):
-    from clap_edge.errors import CheckpointError
+    from clap_edge.core.errors import CheckpointError
     from clap_edge.head import CLAPHead, HeadConfig
 
     head = CLAPHead(HeadConfig(in_dim=32, model_name="other-model", class_names=["a", "b"]))
@@ -238,7 +238,7 @@ def _b32_batch() -> np.ndarray:
 def test_int8_quantises_the_encoder_but_keeps_the_logits_product_fp32(tiny_bundle):
     import onnx
 
-    from clap_edge.export.variants import output_matmuls
+    from clap_edge.export.builders.variants import output_matmuls
 
     fp32 = onnx.load(str(tiny_bundle / "model.onnx"))
     int8 = onnx.load(str(tiny_bundle / "model.int8.onnx"))

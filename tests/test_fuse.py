@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clap_edge.errors import PromptError
+from clap_edge.core.errors import PromptError
 from clap_edge.fuse import build_fused, class_embeddings, fold_head, format_template
 from clap_edge.head import CLAPHead, HeadConfig
 

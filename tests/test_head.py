@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from clap_edge.errors import CheckpointError
+from clap_edge.core.errors import CheckpointError
 from clap_edge.head import CLAPHead, HeadConfig
 
 ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clap_edge.errors import ImageError
-from clap_edge.images import list_images, load_image, to_rgb
+from clap_edge.core.errors import ImageError
+from clap_edge.core.images import list_images, load_image, to_rgb
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

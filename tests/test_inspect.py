@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clap_edge.cli import main
+from clap_edge.apps.cli import main
 
 
 @pytest.fixture

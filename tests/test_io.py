@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from clap_edge.io import atomic_directory, atomic_path, atomic_write_text
+from clap_edge.core.io import atomic_directory, atomic_path, atomic_write_text
 
 
 def test_atomic_path_leaves_nothing_when_the_block_fails(tmp_path):

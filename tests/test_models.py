@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clap_edge.errors import ModelLoadError, PromptError
+from clap_edge.core.errors import ModelLoadError, PromptError
 from clap_edge.models import check_model_name, list_models, load_model, tokenize_checked
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from clap_edge.errors import PromptError
+from clap_edge.core.errors import PromptError
 from clap_edge.prompts import (
     AugmentConfig,
     PromptVocab,

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clap_edge.errors import BackendUnavailableError, BundleError, ImageError
+from clap_edge.core.errors import BackendUnavailableError, BundleError, ImageError
 from clap_edge.export.bundle import MANIFEST, Bundle, sha256_file
 from clap_edge.runtime import Classifier, Prediction
 from clap_edge.runtime.backends import create_runner
-from clap_edge.runtime.backends.onnxruntime import OnnxRuntimeInt8Runner
+from clap_edge.runtime.backends.onnxruntime.runner import OnnxRuntimeInt8Runner
 from clap_edge.runtime.classifier import softmax
 
 CLASSES = ["cat", "dog", "car", "tree", "boat"]
@@ -172,7 +172,7 @@ def test_int8_not_supported_without_the_file(runtime_bundle, tmp_path):
     variants = {k: v for k, v in src.variants.items() if k != "int8"}
     bundle = Bundle(src.root, {**src.manifest, "variants": variants})
     assert not OnnxRuntimeInt8Runner.supports(bundle)
-    with pytest.raises(BackendUnavailableError, match="onnxruntime-int8"):
+    with pytest.raises(BackendUnavailableError, match="onnxruntime:int8.*lacks the .int8. model"):
         create_runner(bundle, "onnxruntime-int8")
 
 
@@ -263,7 +263,7 @@ def test_runtime_works_with_torch_and_open_clip_unimportable(runtime_bundle, clf
         sys.modules["torch"] = None          # any "import torch" now raises ImportError
         sys.modules["open_clip"] = None
         sys.modules["torchvision"] = None
-        from clap_edge.errors import BackendUnavailableError
+        from clap_edge.core.errors import BackendUnavailableError
         from clap_edge.runtime import Classifier
         from clap_edge.runtime.backends import available_backends
         from clap_edge.export.bundle import Bundle

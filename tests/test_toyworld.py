@@ -132,7 +132,7 @@ def test_dataset_layout_on_disk(tmp_path):
 def test_cli_toy_dataset(tmp_path):
     from click.testing import CliRunner
 
-    from clap_edge.cli import main
+    from clap_edge.apps.cli import main
 
     root = tmp_path / "data"
     res = CliRunner().invoke(main, ["toy", "dataset", str(root), "--domains", "color_shift", "--splits", "val",
@@ -148,7 +148,7 @@ def test_cli_toy_dataset_stdout_holds_only_the_summary(tmp_path):
     """The progress bar goes to stderr, so stdout can be piped or parsed."""
     from click.testing import CliRunner
 
-    from clap_edge.cli import main
+    from clap_edge.apps.cli import main
 
     res = CliRunner().invoke(main, ["toy", "dataset", str(tmp_path / "d"), "--domains", "id", "--splits", "val",
                                     "--per-class", "1"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from clap_edge.errors import ModelLoadError, PromptError
+from clap_edge.core.errors import ModelLoadError, PromptError
 from clap_edge.head import CLAPHead
 from clap_edge.prompts import PromptVocab, template_records
 from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
@@ -224,7 +224,7 @@ def test_bad_class_lists(tiny):
 
 
 def test_cli_train_writes_a_loadable_head(tmp_path):
-    from clap_edge.cli import main
+    from clap_edge.apps.cli import main
 
     vocab = tmp_path / "vocab.toml"
     vocab.write_text('image_types = ["photo", "sketch"]\nsizes = ["big"]\nart_styles = ["plain"]\ncolors = ["red"]\n')
@@ -241,7 +241,7 @@ def test_cli_train_writes_a_loadable_head(tmp_path):
 
 
 def test_cli_train_bad_input_is_one_line_and_exit_2(tmp_path):
-    from clap_edge.cli import main
+    from clap_edge.apps.cli import main
 
     out = tmp_path / "head.safetensors"
     runner = CliRunner()
@@ -258,7 +258,7 @@ def test_cli_train_bad_input_is_one_line_and_exit_2(tmp_path):
 
 
 def test_cli_train_help_ends_with_an_example():
-    from clap_edge.cli import main
+    from clap_edge.apps.cli import main
 
     result = CliRunner().invoke(main, ["train", "--help"])
     assert result.exit_code == 0

@@ -22,8 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from clap_edge.errors import ClapEdgeError
-from clap_edge.io import atomic_directory
+from clap_edge.core.errors import ClapEdgeError
+from clap_edge.core.io import atomic_directory
 from clap_edge.toyworld.render import render
 from clap_edge.toyworld.world import CLASSES, DOMAINS, Factors, domain_spec, sample_factors, split_seed
 

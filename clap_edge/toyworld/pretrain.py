@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clap_edge.io import atomic_path
+from clap_edge.core.io import atomic_path
 from clap_edge.toyworld.render import render
 from clap_edge.toyworld.world import CLASSES, DOMAINS, Factors, captions, sample_factors, split_seed
 

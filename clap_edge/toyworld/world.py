@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clap_edge.errors import ClapEdgeError
+from clap_edge.core.errors import ClapEdgeError
 from clap_edge.prompts import Prompt, PromptVocab
 
 # Sorted, so that a class's index here is its index in ``load_class_names(<dataset folder>)`` (sorted folders).

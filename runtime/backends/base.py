@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from clap_edge.errors import BackendUnavailableError
+from clap_edge.core.errors import BackendUnavailableError
 from clap_edge.export.bundle import Bundle
 
 
@@ -30,6 +30,7 @@ class RunnerOutput:
 class RunnerOptions:
     threads: int | None = None  # intra-op threads; None lets the library decide
     device: str = "cpu"
+    precision: str | None = None  # None: the backend's default (see Runner.precisions)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -41,16 +42,21 @@ class Runner(ABC):
     pip_extra: str | None = None
     #: the top-level module ``activate()`` imports (None: nothing beyond numpy)
     library: str | None = None
-    #: the bundle variant (``Bundle.variants`` key) whose model file this backend runs
-    variant: str | None = None
+    #: precision -> the bundle variant (``Bundle.variants`` key) whose model file runs at that precision
+    precisions: dict[str, str | None] = {"fp32": "fp32"}
+    #: the precision used when none is asked for
+    default_precision: str = "fp32"
 
     def __init__(self, bundle: Bundle, options: RunnerOptions | None = None):
         self.bundle = bundle
         self.options = options or RunnerOptions()
         self.is_active = False
         self.inference_times: list[float] = []
+        #: the precision asked for, and the bundle variant whose model file it runs
+        self.requested_precision = self.options.precision or self.default_precision
+        self.variant = self.variant_for(self.requested_precision)
         #: the numeric precision actually used (e.g. "fp32", "int8", "bf16"), set on activate
-        self.precision: str = "fp32"
+        self.precision: str = self.requested_precision
 
     @classmethod
     def is_available(cls) -> bool:
@@ -59,13 +65,23 @@ class Runner(ABC):
             return True
         try:
             return importlib.util.find_spec(cls.library) is not None
-        except ValueError:  # sys.modules[library] is None (blocked): find_spec raises
+        except (ValueError, ImportError):  # blocked (sys.modules[lib] is None) or a broken parent package
             return False
 
     @classmethod
-    def supports(cls, bundle: Bundle) -> bool:
-        """Whether ``bundle`` holds the model file this backend runs."""
-        return cls.variant is None or bundle.has_variant(cls.variant)
+    def variant_for(cls, precision: str | None) -> str | None:
+        """The bundle variant this backend runs at ``precision`` (None: its default)."""
+        precision = precision or cls.default_precision
+        if precision not in cls.precisions:
+            raise BackendUnavailableError(f"backend {cls.name!r} has no precision {precision!r}; "
+                                          f"it runs {', '.join(cls.precisions)}")
+        return cls.precisions[precision]
+
+    @classmethod
+    def supports(cls, bundle: Bundle, precision: str | None = None) -> bool:
+        """Whether ``bundle`` holds the model file this backend runs at ``precision``."""
+        variant = cls.variant_for(precision)
+        return variant is None or bundle.has_variant(variant)
 
     @classmethod
     def not_installed_error(cls) -> BackendUnavailableError:

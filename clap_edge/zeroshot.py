@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clap_edge.datasets import DomainImages, find_splits, scan_domains
-from clap_edge.errors import ClapEdgeError, ImageError
+from clap_edge.core.datasets import DomainImages, find_splits, scan_domains
+from clap_edge.core.errors import ClapEdgeError, ImageError
 from clap_edge.head import CLAPHead
-from clap_edge.images import load_image
-from clap_edge.metrics import Top1, paired_bootstrap, select_alpha, top1_correct
+from clap_edge.core.images import load_image
+from clap_edge.core.metrics import Top1, paired_bootstrap, select_alpha, top1_correct
 from clap_edge.models import LoadedModel, tokenize_checked
 
 log = logging.getLogger(__name__)

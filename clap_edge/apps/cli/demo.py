@@ -26,7 +26,7 @@ def demo(out, per_class, steps, threads, bench_iters, as_json):
     Example:
       clap-edge demo --out demo-out
     """
-    from clap_edge.runtime.demo import DemoConfig, run_demo
+    from clap_edge.apps.demo import DemoConfig, run_demo
 
     config = DemoConfig(out=out, per_class=per_class, train_steps=steps, threads=threads, bench_iters=bench_iters)
     report = run_demo(config, say=lambda msg: click.echo(msg, err=True))

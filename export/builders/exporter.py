@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from clap_edge.errors import BundleError, CheckpointError, ClapEdgeError, PromptError
+from clap_edge.core.errors import BundleError, CheckpointError, ClapEdgeError, PromptError
 from clap_edge.export.bundle import BundleWriter
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,8 @@ def export_bundle(cfg: ExportConfig) -> Path:
     calib = _calibration_batch(cfg.calibration, loaded.preprocess_cfg)
     image_shape = tuple(int(s) for s in calib.shape[1:])
 
-    from clap_edge.export.flops import flops_per_image
-    from clap_edge.export.onnx_export import export_onnx
+    from clap_edge.export.builders.flops import flops_per_image
+    from clap_edge.export.builders.onnx_export import export_onnx
     from clap_edge.export.parity import compare_logits, run_onnx, run_torch
 
     with tempfile.TemporaryDirectory(prefix="clap-edge-export-") as tmp:
@@ -172,9 +172,9 @@ def _resolve(cfg: ExportConfig):
 
 def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, parity) -> dict[str, Path]:
     """int8 / fp16 copies of model.onnx with their agreement vs fp32 recorded in ``parity``."""
-    from clap_edge.export.onnx_export import check_onnx
+    from clap_edge.export.builders.onnx_export import check_onnx
     from clap_edge.export.parity import compare_logits, run_onnx
-    from clap_edge.export.variants import convert_fp16, quantize_int8
+    from clap_edge.export.builders.variants import convert_fp16, quantize_int8
 
     made = {}
     for enabled, key, name, build in (
@@ -211,7 +211,7 @@ def _calibration_batch(source: Any, preprocess_cfg) -> np.ndarray:
 
 
 def _folder_images(folder: Path) -> list:
-    from clap_edge.images import list_images, load_image
+    from clap_edge.core.images import list_images, load_image
 
     if not folder.is_dir():
         raise ClapEdgeError(f"calibration folder {folder} does not exist")

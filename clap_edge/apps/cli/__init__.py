@@ -13,7 +13,7 @@ import sys
 import click
 
 from clap_edge import __version__
-from clap_edge.errors import ClapEdgeError
+from clap_edge.core.errors import ClapEdgeError
 
 # Modules in this package that each define one or more commands; each exposes ``COMMANDS``.
 COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo", "models"]
@@ -58,7 +58,7 @@ def _example_last(command: click.Command) -> None:
 
 def _register_commands() -> None:
     for name in COMMAND_MODULES:
-        module = importlib.import_module(f"clap_edge.cli.{name}")
+        module = importlib.import_module(f"clap_edge.apps.cli.{name}")
         for command in module.COMMANDS:
             _example_last(command)
             main.add_command(command)

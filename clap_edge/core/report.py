@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from clap_edge.io import atomic_path, atomic_write_text
-from clap_edge.metrics import Top1
+from clap_edge.core.io import atomic_path, atomic_write_text
+from clap_edge.core.metrics import Top1
 
 Table = Mapping[str, Mapping[str, Top1]]
 

@@ -38,7 +38,7 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
       clap-edge toy dataset toy-data
       clap-edge eval toy-data --model clap-edge-toy --pretrained toyworld --head head.safetensors --prompts C,PC
     """
-    from clap_edge.errors import ClapEdgeError
+    from clap_edge.core.errors import ClapEdgeError
 
     if not heads and not bundles and not model_name:
         raise ClapEdgeError("nothing to evaluate: pass --head, --model or --bundle")
@@ -53,7 +53,7 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
 
 
 def _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha, per_class, seed, progress):
-    from clap_edge.evaluate import EvalConfig, evaluate_folder
+    from clap_edge.zeroshot import EvalConfig, evaluate_folder
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
 
@@ -68,27 +68,27 @@ def _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha, per_clas
 
 
 def _eval_bundles(dataset, bundles, variants, per_class, seed, progress):
-    from clap_edge.datasets import find_splits
-    from clap_edge.runtime.accuracy import evaluate_bundles
+    from clap_edge.core.datasets import find_splits
+    from clap_edge.apps.accuracy import evaluate_bundles
 
     named = dict(b.split("=", 1) if "=" in b else (Path(b).name, b) for b in bundles)
     res = evaluate_bundles(str(find_splits(dataset)["test"]), named, tuple(v.strip() for v in variants.split(",")),
                            per_class, seed=seed, progress=progress)
-    from clap_edge.report import table_dict
+    from clap_edge.core.report import table_dict
 
     return res.table, {"domains": table_dict(res.table), "int8_agreement_vs_fp32": res.agreement,
                        "failed_images": res.failed}
 
 
 def _emit(tables, result, out, as_json):
-    from clap_edge.report import markdown_table, plot_table, write_json
+    from clap_edge.core.report import markdown_table, plot_table, write_json
 
     md = "\n\n".join(f"### {kind}\n\n{markdown_table(t)}" for kind, t in tables.items())
     if out:
         out = Path(out)
         write_json(out / "eval.json", result)
         (out / "eval.md").parent.mkdir(parents=True, exist_ok=True)
-        from clap_edge.io import atomic_write_text
+        from clap_edge.core.io import atomic_write_text
 
         atomic_write_text(out / "eval.md", md + "\n")
         for kind, t in tables.items():

@@ -4,7 +4,7 @@ Every odd-but-valid file a camera or a web scrape produces becomes a plain 8-bit
 image with its EXIF orientation applied: CMYK JPEGs, 16-bit PNGs (scaled, not clipped),
 RGBA / LA / palette-with-transparency (composited onto white, as a viewer shows them),
 grayscale and 1-bit. Broken files (truncated, empty, not an image, too large) raise
-:class:`~clap_edge.errors.ImageError` naming the path, so a batch can report them and go on.
+:class:`~clap_edge.core.errors.ImageError` naming the path, so a batch can report them and go on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from clap_edge.errors import ImageError
+from clap_edge.core.errors import ImageError
 
 # Extensions `clap-edge classify` picks up when it walks a folder (lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clap_edge.io import atomic_write_text
+from clap_edge.core.io import atomic_write_text
 
 __all__ = ["write_report", "plot_report", "markdown_table"]
 
@@ -26,7 +26,7 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from clap_edge.io import atomic_path
+    from clap_edge.core.io import atomic_path
 
     rows = [r for r in report["results"] if r["mode"] == "model"]
     fig, (ax_lat, ax_ips) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from clap_edge.errors import BundleError, first_line
+from clap_edge.core.errors import BundleError, first_line
 
 log = logging.getLogger(__name__)
 

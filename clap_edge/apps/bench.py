@@ -23,15 +23,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clap_edge.errors import BundleError
+from clap_edge.core.errors import BundleError
 from clap_edge.export.bundle import Bundle
-from clap_edge.runtime.bench_report import markdown_table, plot_report, write_report
+from clap_edge.apps.bench_report import markdown_table, plot_report, write_report
+from clap_edge.runtime.bench_record import (AUTO_MIN_AGREEMENT, cpu_info, load_bench_record, record_bench,
+                                           recorded_fastest_backend)
 
 __all__ = ["BenchConfig", "run_bench", "preprocess_folder", "markdown_table", "write_report", "plot_report", "record_bench", "load_bench_record",
            "recorded_fastest_backend", "environment"]
 
 REFERENCE_BACKENDS = ("onnxruntime", "torch")  # fp32 references for the agreement columns, in preference
-AUTO_MIN_AGREEMENT = 0.99  # auto never picks a backend that flips more top-1s than this vs fp32
 
 
 @dataclass
@@ -252,7 +253,7 @@ def _calibration(bundle: Bundle) -> np.ndarray | None:
 
 def preprocess_folder(bundle: Bundle, folder: str, limit: int = 256) -> np.ndarray:
     """Up to ``limit`` images of ``folder``, preprocessed for ``bundle``: a batch for the agreement columns."""
-    from clap_edge.images import load_image
+    from clap_edge.core.images import load_image
     from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
 
     preprocessor = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
@@ -260,7 +261,7 @@ def preprocess_folder(bundle: Bundle, folder: str, limit: int = 256) -> np.ndarr
 
 
 def _image_files(folder: str) -> list[str]:
-    from clap_edge.images import IMAGE_EXTENSIONS, list_images
+    from clap_edge.core.images import IMAGE_EXTENSIONS, list_images
 
     if not Path(folder).is_dir():
         raise BundleError(f"{folder}: --end-to-end needs a folder of images")
@@ -274,7 +275,7 @@ def environment(threads: int | None) -> dict[str, Any]:
     """CPU, cores, threads, library versions, GPU and machine load: what a number depends on."""
     from importlib import metadata
 
-    cpu_model, flags = _cpu_info()
+    cpu_model, flags = cpu_info()
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
               "avx512_fp16", "neon", "asimd")
     versions = {}
@@ -292,20 +293,6 @@ def environment(threads: int | None) -> dict[str, Any]:
     }
 
 
-def _cpu_info() -> tuple[str, list[str]]:
-    cpu_model, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")):
-                flags = line.split(":", 1)[1].split()
-                break
-    except OSError:
-        pass
-    return cpu_model, flags
-
-
 def _gpu_name() -> str | None:
     import shutil
     import subprocess
@@ -318,48 +305,6 @@ def _gpu_name() -> str | None:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-# ---- records for backend="auto" -------------------------------------------------------
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("CLAP_EDGE_CACHE"):
-        return Path(os.environ["CLAP_EDGE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clap-edge"
-
-
-def _record_path(bundle: Bundle) -> Path:
-    model_sha = bundle.manifest["files"].get("model.onnx", {}).get("sha256") or "no-onnx"
-    return _cache_dir() / "bench" / f"{model_sha[:32]}.json"
-
-
-def record_bench(report: dict[str, Any], bundle: Bundle) -> Path:
-    """Store a report where ``backend="auto"`` finds it (user cache, keyed by the model's sha256)."""
-    return write_report(report, _record_path(bundle))
-
-
-def load_bench_record(bundle: Bundle) -> dict[str, Any] | None:
-    """A recorded report for this bundle's model: ``bench.json`` beside the bundle, else the user cache."""
-    for path in (bundle.root / "bench.json", _record_path(bundle)):
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def recorded_fastest_backend(bundle: Bundle, candidates: list[str]) -> str | None:
-    """Fastest candidate at the smallest recorded batch, measured on this CPU, without top-1 drift."""
-    record = load_bench_record(bundle)
-    if not record or record.get("env", {}).get("cpu_model") != _cpu_info()[0]:
-        return None
-    rows = [r for r in record.get("results", []) if r.get("mode", "model") == "model" and r["backend"] in candidates
-            and (r.get("top1_agreement_vs_fp32") is None or r["top1_agreement_vs_fp32"] >= AUTO_MIN_AGREEMENT)]
-    if not rows:
-        return None
-    smallest = min(r["batch_size"] for r in rows)
-    return max((r for r in rows if r["batch_size"] == smallest), key=lambda r: r["images_per_s"])["backend"]
 
 
 # ---- helpers ------------------------------------------------------------------

@@ -33,9 +33,9 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     Example:
       clap-edge classify bundle/ photos/ extra.jpg --top-k 3 --json
     """
-    from clap_edge.errors import ClapEdgeError
+    from clap_edge.core.errors import ClapEdgeError
     from clap_edge.runtime.classifier import Classifier
-    from clap_edge.images import list_images
+    from clap_edge.core.images import list_images
 
     files = list_images(list(paths))
     if not files:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clap_edge.errors import ClapEdgeError
-from clap_edge.images import is_image_file
+from clap_edge.core.errors import ClapEdgeError
+from clap_edge.core.images import is_image_file
 
 SPLITS = ("val", "test")
 

@@ -10,7 +10,7 @@ what a server with fixed batch sizes wants), so benchmarks must warm up first.
 
 from __future__ import annotations
 
-from clap_edge.runtime.backends.torch import TorchRunner
+from clap_edge.runtime.backends.torch.runner import TorchRunner
 
 __all__ = ["TorchCompileRunner"]
 

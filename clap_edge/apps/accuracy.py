@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clap_edge.datasets import DomainImages
-from clap_edge.errors import ClapEdgeError
-from clap_edge.metrics import Top1, paired_bootstrap, paired_difference_ci
+from clap_edge.core.datasets import DomainImages
+from clap_edge.core.errors import ClapEdgeError
+from clap_edge.core.metrics import Top1, paired_bootstrap, paired_difference_ci
 from clap_edge.runtime.classifier import Classifier
 
 
@@ -96,7 +96,7 @@ def evaluate_bundles(dataset_split: str, bundles: dict[str, str], variants: tupl
     reads. Entries the bundle cannot serve are skipped.
     """
     from clap_edge.runtime.backends import runner_class
-    from clap_edge.datasets import scan_domains
+    from clap_edge.core.datasets import scan_domains
     from clap_edge.export.bundle import Bundle
 
     scores: dict[str, BundleScores] = {}

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from clap_edge.metrics import Top1
+from clap_edge.core.metrics import Top1
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def _train_head(path: Path, config: DemoConfig) -> tuple[Path, dict[str, Any]]:
 
 def _choose_alpha(dataset: Path, head_path: Path, config: DemoConfig) -> tuple[float, dict[float, float]]:
     """Alpha with the best top-1 on the pooled validation split of every domain."""
-    from clap_edge.datasets import scan_domains
-    from clap_edge.evaluate import choose_alpha, encode_class_prompts, encode_images
+    from clap_edge.core.datasets import scan_domains
+    from clap_edge.zeroshot import choose_alpha, encode_class_prompts, encode_images
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
     from clap_edge.toyworld.world import CLASSES
@@ -110,19 +110,19 @@ def _export(out: Path, head_path: Path, alpha: float, dataset: Path) -> dict[str
 
 
 def _evaluate(dataset: Path, bundles: dict[str, str], config: DemoConfig):
-    from clap_edge.runtime.accuracy import evaluate_bundles
+    from clap_edge.apps.accuracy import evaluate_bundles
 
     return evaluate_bundles(str(dataset / "test"), bundles, ("fp32", "int8"), threads=config.threads,
                             n_boot=config.n_boot, seed=config.seeds["bootstrap"])
 
 
 def _bench(bundle: str, out: Path, config: DemoConfig) -> dict[str, Any]:
-    from clap_edge.runtime.backends import available_backends
+    from clap_edge.runtime.backends import can_run
     from clap_edge.export.bundle import Bundle
-    from clap_edge.runtime.bench import BenchConfig, plot_report, run_bench
+    from clap_edge.apps.bench import BenchConfig, plot_report, run_bench
 
     with Bundle.open(bundle) as b:
-        backends = [n for n in config.bench_backends if n in available_backends(b)]
+        backends = [n for n in config.bench_backends if can_run(b, n)]
     report = run_bench(BenchConfig(bundle=bundle, backends=backends, batch_sizes=list(config.bench_batch_sizes),
                                    threads=config.threads, warmup=2, iters=config.bench_iters))
     plot_report(report, out / "bench.png")
@@ -162,17 +162,17 @@ def _report(config, dataset, bundles, alpha, val_scores, evaluation, bench, trai
 
 
 def _write(out: Path, report: dict[str, Any], table: dict[str, dict[str, Top1]]) -> None:
-    from clap_edge.report import plot_table, write_json
+    from clap_edge.core.report import plot_table, write_json
 
     write_json(out / "report.json", report)
     plot_table(table, out / "accuracy.png", title="toy world: zero-shot top-1 on test, CLIP vs CLAP")
-    from clap_edge.io import atomic_write_text
+    from clap_edge.core.io import atomic_write_text
 
     atomic_write_text(out / "report.md", render_markdown(report, table))
 
 
 def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -> str:
-    from clap_edge.report import markdown_table
+    from clap_edge.core.report import markdown_table
 
     bench_rows = ["| backend | batch | p50 ms | images/s | speed-up vs torch |", "|---|---|---|---|---|"]
     for r in report["bench"].get("results", []):

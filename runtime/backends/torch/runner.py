@@ -1,15 +1,15 @@
-"""The torch runner: the bundle's own ``model.pt2`` (a ``torch.export`` program), run eagerly.
+"""The torch runner: the bundle's own ``model.pt2`` program, run eagerly (the reference backend).
 
-It runs exactly the weights that were exported, never a re-initialised model, so it is the
-reference the other backends are compared with. torch is imported in ``activate()`` only.
+Precisions ``fp32`` (default), ``fp16`` and ``bf16`` (the program cast to that dtype; mainly for GPUs).
+torch is imported in ``activate()`` only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from clap_edge.errors import BundleError
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
+from clap_edge.runtime.backends.torch.loader import DTYPES, load_program_module
 
 __all__ = ["TorchRunner"]
 
@@ -18,7 +18,7 @@ class TorchRunner(Runner):
     name = "torch"
     pip_extra = "torch"
     library = "torch"
-    variant = "torch"
+    precisions = {"fp32": "torch", "fp16": "torch", "bf16": "torch"}
 
     def __init__(self, bundle, options=None):
         super().__init__(bundle, options)
@@ -28,22 +28,18 @@ class TorchRunner(Runner):
     def activate_impl(self) -> None:
         import torch
 
-        path = self.bundle.variant_file(self.variant)  # sha256-checked against the manifest
-        try:
-            program = torch.export.load(str(path))
-        except Exception as e:
-            raise BundleError(f"{self.bundle.root}: torch cannot load {path.name}: {e}") from e
         if self.options.threads:
             torch.set_num_threads(int(self.options.threads))  # process-wide: torch has no per-module pool
         self.device = torch.device(self.options.device)
-        self.module = program.module().to(self.device)
+        self.module = load_program_module(self.bundle, self.variant, self.options.device, self.requested_precision)
+        self._dtype = getattr(torch, DTYPES[self.requested_precision])
         self._torch = torch
-        self.precision = "fp32"
+        self.precision = self.requested_precision
 
     def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
         torch = self._torch
         with torch.inference_mode():
-            logits, embedding = self.module(torch.from_numpy(batch).to(self.device))
+            logits, embedding = self.module(torch.from_numpy(batch).to(self.device, self._dtype))
         return RunnerOutput(logits=logits.float().cpu().numpy(), embedding=embedding.float().cpu().numpy())
 
     def deactivate_impl(self) -> None:

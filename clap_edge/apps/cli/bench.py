@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from clap_edge.errors import ClapEdgeError
+from clap_edge.core.errors import ClapEdgeError
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
@@ -48,7 +48,7 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
           --batch-sizes 1,8,32 --threads 1 --json bench.json --plot bench.png
     """
     from clap_edge.export.bundle import Bundle
-    from clap_edge.runtime.bench import (BenchConfig, plot_report, preprocess_folder, record_bench, run_bench,
+    from clap_edge.apps.bench import (BenchConfig, plot_report, preprocess_folder, record_bench, run_bench,
                                          write_report)
 
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None

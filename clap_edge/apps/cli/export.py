@@ -45,9 +45,9 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
       clap-edge export --head head.safetensors --out bundle --int8
       clap-edge export --model ViT-B-32 --classes cat,dog --no-head --out clip-bundle
     """
-    from clap_edge.errors import ClapEdgeError
+    from clap_edge.core.errors import ClapEdgeError
     from clap_edge.export.bundle import Bundle
-    from clap_edge.export.exporter import ExportConfig, export_bundle
+    from clap_edge.export.builders.exporter import ExportConfig, export_bundle
     from clap_edge.prompts import load_class_names
 
     if no_head and head_path:
@@ -191,7 +191,7 @@ def _gflops(flops) -> str:
 
 
 def _read_templates(path: str) -> list[str]:
-    from clap_edge.errors import PromptError
+    from clap_edge.core.errors import PromptError
 
     lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
     templates = [ln for ln in lines if ln and not ln.startswith("#")]

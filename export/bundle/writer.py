@@ -1,0 +1,98 @@
+"""BundleWriter: collect files and manifest fields, write the bundle directory atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clap_edge import __version__
+from clap_edge.core.errors import BundleError
+from clap_edge.core.io import atomic_directory, atomic_path
+from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, REQUIRED_KEYS, SCHEMA_VERSION,
+                                             VARIANT_FILES, sha256_file)
+
+__all__ = ["BundleWriter", "pack_tar"]
+
+
+class BundleWriter:
+    """Collects files and manifest fields, then writes the bundle directory atomically.
+
+    >>> with BundleWriter(out, overwrite=True) as w:       # doctest: +SKIP
+    ...     w.add_file("model.onnx", tmp_onnx_path)
+    ...     w.manifest.update(class_names=..., ...)
+    The directory appears, complete, only when the block exits without an error.
+    """
+
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False):
+        self.out = Path(out)
+        self.overwrite = overwrite
+        self.manifest: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "clap_edge_version": __version__}
+        self._ctx = None
+        self.staging: Path | None = None
+
+    def __enter__(self) -> "BundleWriter":
+        self._ctx = atomic_directory(self.out, overwrite=self.overwrite)
+        self.staging = self._ctx.__enter__()
+        return self
+
+    def add_file(self, name: str, source: str | os.PathLike | bytes | None = None) -> Path:
+        """Place a file in the bundle (copied from a path, written from bytes, or already in staging)."""
+        assert self.staging is not None, "use BundleWriter as a context manager"
+        dest = self.staging / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, bytes):
+            dest.write_bytes(source)
+        elif source is not None and Path(source) != dest:
+            shutil.copyfile(source, dest)
+        if not dest.is_file():
+            raise BundleError(f"bundle file {name!r} was never written")
+        variant = next((v for v, f in VARIANT_FILES.items() if f == name), None)
+        if variant is not None:
+            self.manifest.setdefault("variants", {})[variant] = name
+        return dest
+
+    def add_class_embeddings(self, embeddings: np.ndarray) -> Path:
+        from safetensors.numpy import save_file
+
+        assert self.staging is not None
+        save_file({CLASSES_TENSOR: np.ascontiguousarray(embeddings, dtype=np.float32)}, str(self.staging / CLASSES_FILE))
+        return self.add_file(CLASSES_FILE)
+
+    def _finalise(self) -> None:
+        assert self.staging is not None
+        files = {}
+        for path in sorted(p for p in self.staging.rglob("*") if p.is_file()):
+            rel = path.relative_to(self.staging).as_posix()
+            if rel != MANIFEST:
+                files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        self.manifest["files"] = files
+        missing = [k for k in REQUIRED_KEYS if k not in self.manifest]
+        if missing:
+            raise BundleError(f"bundle manifest is missing fields {missing}")
+        (self.staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._ctx is not None
+        if exc_type is None:
+            try:
+                self._finalise()
+            except BaseException as e:
+                self._ctx.__exit__(type(e), e, e.__traceback__)
+                raise
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:
+    """Pack a bundle directory into a .tar (atomically) for shipping to a device."""
+    bundle_dir = Path(bundle_dir)
+    with atomic_path(tar_path) as tmp:
+        with tarfile.open(tmp, "w") as tar:
+            for path in sorted(bundle_dir.rglob("*")):
+                tar.add(path, arcname=path.relative_to(bundle_dir).as_posix(), recursive=False)
+    return Path(tar_path)

@@ -1,0 +1,1 @@
+"""The onnxruntime backend: loader (opens the model) and runner (activate / infer / deactivate)."""

@@ -1,0 +1,82 @@
+"""Open a bundle's ONNX model in an ``onnxruntime.InferenceSession`` and check its inputs / outputs.
+
+CPU by default; device ``cuda`` uses the CUDA execution provider and ``tensorrt`` the TensorRT one
+(both from onnxruntime-gpu), each falling back to the next provider for the ops it does not take.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clap_edge.core.errors import BackendUnavailableError, BundleError
+from clap_edge.export.bundle import Bundle
+
+# device -> execution providers, best first (CPU last as the fallback for unsupported ops)
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+__all__ = ["PROVIDERS", "load_session", "providers_for", "check_io"]
+
+
+def session_options(ort: Any, threads: int | None) -> Any:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1  # the graph is one chain; parallelism is inside the ops
+    so.log_severity_level = 3  # errors only: ORT's warnings about unused initialisers are noise here
+    return so
+
+
+def providers_for(device: str, available: set[str]) -> list[str]:
+    """The execution providers for ``device``, or a one-line error naming what this build lacks."""
+    if device not in PROVIDERS:
+        raise BackendUnavailableError(f"onnxruntime: unknown device {device!r}; expected one of {list(PROVIDERS)}")
+    wanted = PROVIDERS[device]
+    if wanted[0] not in available:
+        raise BackendUnavailableError(
+            f"onnxruntime: {wanted[0]} is not available in this onnxruntime build "
+            f"(have {sorted(available)}). Install it with: pip install 'clap-edge[gpu]'")
+    return [p for p in wanted if p in available]
+
+
+def load_session(bundle: Bundle, variant: str, threads: int | None = None, device: str = "cpu") -> Any:
+    """An InferenceSession for the bundle's ``variant`` model (sha256-checked), with its I/O checked."""
+    import onnxruntime as ort
+
+    path = bundle.variant_file(variant)
+    providers = providers_for(device, set(ort.get_available_providers()))
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(ort, threads), providers=providers)
+    except Exception as e:  # ORT raises its own Fail / InvalidGraph / ... types
+        raise BundleError(f"{bundle.root}: ONNX Runtime cannot load {path.name}: {e}") from e
+    check_io(bundle, path, session.get_inputs(), session.get_outputs())
+    return session
+
+
+def check_io(bundle: Bundle, path: Path, inputs: list, outputs: list) -> None:
+    """The model's declared input / outputs must be the manifest's, with the same static dims."""
+    declared = {o.name: o.shape for o in outputs}
+    for spec in bundle.manifest["outputs"]:
+        if spec["name"] not in declared:
+            raise BundleError(f"{bundle.root}: {path.name} has no output {spec['name']!r} "
+                              f"(it has {sorted(declared)})")
+        _check_static_dims(bundle, path.name, spec["name"], declared[spec["name"]], spec["shape"])
+    spec = bundle.manifest["inputs"][0]
+    if len(inputs) != 1 or inputs[0].name != spec["name"]:
+        raise BundleError(f"{bundle.root}: {path.name} takes inputs {[i.name for i in inputs]}, "
+                          f"the manifest says [{spec['name']!r}]")
+    _check_static_dims(bundle, path.name, spec["name"], inputs[0].shape, spec["shape"])
+
+
+def _check_static_dims(bundle: Bundle, filename: str, name: str, actual: list, expected: list) -> None:
+    """Compare every dim that both sides state as an int (the batch dim is symbolic on both)."""
+    if len(actual) != len(expected) or any(
+        isinstance(a, int) and isinstance(e, int) and a != e for a, e in zip(actual, expected)
+    ):
+        raise BundleError(f"{bundle.root}: {filename} declares {name!r} with shape {actual}, "
+                          f"the manifest says {expected}")

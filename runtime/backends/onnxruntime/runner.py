@@ -1,0 +1,48 @@
+"""The ONNX Runtime runner: the bundle's ONNX model at the asked precision, on CPU (or CUDA / TensorRT EPs).
+
+Precisions: ``fp32`` (``model.onnx``), ``int8`` (``model.int8.onnx``, dynamic int8 GEMMs on CPU),
+``fp16`` (``model.fp16.onnx``, for the GPU providers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clap_edge.runtime.backends.base import Runner, RunnerOutput
+from clap_edge.runtime.backends.onnxruntime.loader import PROVIDERS, load_session
+
+__all__ = ["OnnxRuntimeRunner", "OnnxRuntimeInt8Runner", "PROVIDERS"]
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs one of the bundle's ONNX models in an ``onnxruntime.InferenceSession``."""
+
+    name = "onnxruntime"
+    pip_extra = None  # onnxruntime is a core dependency; onnxruntime-gpu comes with the 'gpu' extra
+    library = "onnxruntime"
+    precisions = {"fp32": "fp32", "int8": "int8", "fp16": "fp16"}
+
+    def __init__(self, bundle, options=None):
+        super().__init__(bundle, options)
+        self.session = None
+        self.providers: list[str] = []
+
+    def activate_impl(self) -> None:
+        self.session = load_session(self.bundle, self.variant, self.options.threads, self.options.device)
+        self.providers = list(self.session.get_providers())
+        self._input_name = self.bundle.manifest["inputs"][0]["name"]
+        self._output_names = [s["name"] for s in self.bundle.manifest["outputs"]]
+        self.precision = self.requested_precision
+
+    def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
+        logits, embedding = self.session.run(self._output_names, {self._input_name: batch})
+        return RunnerOutput(logits=logits, embedding=embedding)
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+
+class OnnxRuntimeInt8Runner(OnnxRuntimeRunner):
+    """``onnxruntime`` defaulting to precision ``int8`` (the older ``onnxruntime-int8`` name), for existing callers."""
+
+    default_precision = "int8"

@@ -1,0 +1,59 @@
+"""Read a bundle's model with OpenVINO and compile it for a device.
+
+OpenVINO's ONNX frontend reads the same ``model.onnx`` ONNX Runtime runs: no conversion step and
+no extra file. We pin the LATENCY performance hint and the thread count; the inference precision
+is the CPU plugin's choice (bf16 on AMX / AVX512-BF16 machines, fp32 elsewhere) unless asked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clap_edge.core.errors import BundleError
+from clap_edge.export.bundle import Bundle
+
+# our precision names -> OpenVINO element types for INFERENCE_PRECISION_HINT (None: the plugin chooses)
+PRECISION_HINTS = {"auto": None, "fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+__all__ = ["PRECISION_HINTS", "compile_config", "compile_bundle_model", "compiled_precision"]
+
+
+def compile_config(threads: int | None, precision: str) -> dict[str, str]:
+    config = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(int(threads))
+    hint = PRECISION_HINTS.get(precision)
+    if hint:
+        config["INFERENCE_PRECISION_HINT"] = hint
+    return config
+
+
+def compile_bundle_model(bundle: Bundle, variant: str, config: dict[str, str], device: str = "CPU") -> Any:
+    """The compiled model for the bundle's ``variant`` file (sha256-checked), with its outputs checked."""
+    import openvino as ov
+
+    path = bundle.variant_file(variant)
+    core = ov.Core()
+    try:
+        compiled = core.compile_model(core.read_model(str(path)), device, config)
+    except RuntimeError as e:
+        raise BundleError(f"{bundle.root}: OpenVINO cannot load {path.name}: {str(e).strip().splitlines()[0]}") from e
+    names = [out.get_any_name() for out in compiled.outputs]
+    for required in ("logits", "embedding"):
+        if required not in names:
+            raise BundleError(f"{bundle.root}: {path.name} has outputs {names}, expected 'logits' and 'embedding'")
+    return compiled
+
+
+def compiled_precision(compiled: Any) -> str:
+    """The precision the plugin actually chose (the compiled model reports it, hint or default)."""
+    try:
+        value = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+    except Exception:  # older plugins may not expose it on the compiled model
+        return "unknown"
+    value = value.split(".")[-1]  # e.g. "<Type: 'bfloat16'>" or "bf16"
+    for needle, ours in (("bfloat16", "bf16"), ("bf16", "bf16"), ("float16", "fp16"), ("f16", "fp16"),
+                         ("float32", "fp32"), ("f32", "fp32")):
+        if needle in value:
+            return ours
+    return value

@@ -1,0 +1,51 @@
+"""The OpenVINO runner: the bundle's ``model.onnx`` on OpenVINO's CPU plugin (or another device it has).
+
+Precisions: ``auto`` (default: the plugin's fastest for this CPU), ``fp32``, ``bf16``, ``fp16``;
+``runner.precision`` records what the compiled model actually uses, so benchmarks say what they measured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clap_edge.runtime.backends.base import Runner, RunnerOptions, RunnerOutput
+from clap_edge.runtime.backends.openvino.loader import compile_bundle_model, compile_config, compiled_precision
+from clap_edge.export.bundle import Bundle
+
+__all__ = ["OpenVINORunner"]
+
+
+class OpenVINORunner(Runner):
+    name = "openvino"
+    pip_extra = "openvino"
+    library = "openvino"
+    precisions = {"auto": "fp32", "fp32": "fp32", "bf16": "fp32", "fp16": "fp32"}
+    default_precision = "auto"
+
+    def __init__(self, bundle: Bundle, options: RunnerOptions | None = None):
+        options = options or RunnerOptions()
+        if options.precision is None and options.extra.get("precision"):  # the older spelling
+            options = RunnerOptions(options.threads, options.device, options.extra["precision"], options.extra)
+        super().__init__(bundle, options)
+        self._compiled = None
+        self._request = None
+        self._out_index: dict[str, int] = {}
+
+    def activate_impl(self) -> None:
+        config = compile_config(self.options.threads, self.requested_precision)
+        device = "CPU" if self.options.device == "cpu" else self.options.device.upper()
+        self._compiled = compile_bundle_model(self.bundle, self.variant, config, device)
+        self._request = self._compiled.create_infer_request()
+        self._out_index = {out.get_any_name(): i for i, out in enumerate(self._compiled.outputs)}
+        self.precision = compiled_precision(self._compiled)
+
+    def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
+        outs = list(self._request.infer({0: batch}, share_inputs=True).values())
+        logits = np.asarray(outs[self._out_index["logits"]], dtype=np.float32)
+        embedding = np.asarray(outs[self._out_index["embedding"]], dtype=np.float32)
+        # copies: the request reuses its output tensors on the next call
+        return RunnerOutput(logits=logits.copy(), embedding=embedding.copy())
+
+    def deactivate_impl(self) -> None:
+        self._request = None
+        self._compiled = None

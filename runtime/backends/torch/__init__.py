@@ -1,0 +1,1 @@
+"""The torch backend: loader (opens the model) and runner (activate / infer / deactivate)."""

@@ -1,0 +1,75 @@
+"""Recorded bench results: where ``clap-edge bench --record`` stores them and how ``auto`` reads them.
+
+Kept apart from the bench app so that choosing ``backend="auto"`` needs only json and the bundle,
+never the benchmark machinery (the app writes records, the runtime reads them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from clap_edge.core.io import atomic_write_text
+from clap_edge.export.bundle import Bundle
+
+AUTO_MIN_AGREEMENT = 0.99  # auto never picks a backend that flips more top-1s than this vs fp32
+
+__all__ = ["AUTO_MIN_AGREEMENT", "record_bench", "load_bench_record", "recorded_fastest_backend", "cpu_info"]
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("CLAP_EDGE_CACHE"):
+        return Path(os.environ["CLAP_EDGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clap-edge"
+
+
+def _record_path(bundle: Bundle) -> Path:
+    model_sha = bundle.manifest["files"].get("model.onnx", {}).get("sha256") or "no-onnx"
+    return _cache_dir() / "bench" / f"{model_sha[:32]}.json"
+
+
+def record_bench(report: dict[str, Any], bundle: Bundle) -> Path:
+    """Store a report where ``backend="auto"`` finds it (user cache, keyed by the model's sha256)."""
+    return atomic_write_text(_record_path(bundle), json.dumps(report, indent=2))
+
+
+def load_bench_record(bundle: Bundle) -> dict[str, Any] | None:
+    """A recorded report for this bundle's model: ``bench.json`` beside the bundle, else the user cache."""
+    for path in (bundle.root / "bench.json", _record_path(bundle)):
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def recorded_fastest_backend(bundle: Bundle, candidates: list[str]) -> str | None:
+    """Fastest candidate at the smallest recorded batch, measured on this CPU, without top-1 drift."""
+    record = load_bench_record(bundle)
+    if not record or record.get("env", {}).get("cpu_model") != cpu_info()[0]:
+        return None
+    rows = [r for r in record.get("results", []) if r.get("mode", "model") == "model" and r["backend"] in candidates
+            and (r.get("top1_agreement_vs_fp32") is None or r["top1_agreement_vs_fp32"] >= AUTO_MIN_AGREEMENT)]
+    if not rows:
+        return None
+    smallest = min(r["batch_size"] for r in rows)
+    return max((r for r in rows if r["batch_size"] == smallest), key=lambda r: r["images_per_s"])["backend"]
+
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    cpu_model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")):
+                flags = line.split(":", 1)[1].split()
+                break
+    except OSError:
+        pass
+    return cpu_model, flags
+
