@@ -17,7 +17,7 @@ from clap_edge.core.io import atomic_directory, atomic_path
 from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, REQUIRED_KEYS, SCHEMA_VERSION,
                                              VARIANT_FILES, sha256_file)
 
-__all__ = ["BundleWriter", "pack_tar"]
+__all__ = ["BundleWriter", "pack_tar", "write_manifest", "file_entries", "add_to_bundle"]
 
 
 class BundleWriter:
@@ -75,7 +75,7 @@ class BundleWriter:
         missing = [k for k in REQUIRED_KEYS if k not in self.manifest]
         if missing:
             raise BundleError(f"bundle manifest is missing fields {missing}")
-        (self.staging / MANIFEST).write_text(json.dumps(self.manifest, indent=2), encoding="utf-8")
+        write_manifest(self.staging, self.manifest)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._ctx is not None
@@ -96,3 +96,40 @@ def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path
             for path in sorted(bundle_dir.rglob("*")):
                 tar.add(path, arcname=path.relative_to(bundle_dir).as_posix(), recursive=False)
     return Path(tar_path)
+
+
+def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` into a bundle directory atomically: the one place a manifest is written."""
+    path = Path(root) / MANIFEST
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return path
+
+
+def file_entries(root: str | os.PathLike, names: list[str]) -> dict[str, dict[str, Any]]:
+    """``files`` entries ({sha256, bytes}) for bundle-relative ``names``."""
+    root = Path(root)
+    return {n: {"sha256": sha256_file(root / n), "bytes": (root / n).stat().st_size} for n in names}
+
+
+def add_to_bundle(root: str | os.PathLike, files: dict[str, str | os.PathLike | bytes],
+                  manifest_updates: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Add files to an existing bundle directory (e.g. compiled engines) and list them in its manifest.
+
+    Each file is written atomically before the manifest that lists it, so a crash leaves either the
+    old manifest (the new file unlisted, ignored) or the new one with every listed file complete.
+    Returns the new manifest."""
+    root = Path(root)
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    for name, source in files.items():
+        dest = root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dest) as tmp:
+            if isinstance(source, bytes):
+                tmp.write_bytes(source)
+            else:
+                shutil.copyfile(source, tmp)
+    manifest["files"].update(file_entries(root, list(files)))
+    manifest.update(manifest_updates or {})
+    write_manifest(root, manifest)
+    return manifest
