@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from clap_edge.core.errors import PromptError
 from clap_edge.head import CLAPHead, HeadConfig
 from clap_edge.core.io import atomic_path
+from clap_edge.core.progress import Progress, or_silent
 from clap_edge.models import LoadedModel, tokenize_checked
 from clap_edge.prompts import AugmentConfig, Prompt, PromptVocab, augment, dedupe_class_names, template_records
 from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
@@ -65,7 +66,7 @@ class TrainConfig:
     cache_dir: str | None = None
     vocab: PromptVocab = field(default_factory=PromptVocab)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    progress: bool = True
+    progress: Progress | None = None  # a core.progress callback; apps pass a rich bar (False/None: silent)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "noise_pool", "window", "patience", "encode_batch_size", "latent_dim"):
@@ -294,21 +295,22 @@ def train_head(loaded: LoadedModel, class_names: list[str], config: TrainConfig 
     stopper = EarlyStopper(config)
     losses: list[float] = []
     loop_seconds = 0.0
-    with _progress(config) as bar:
-        encode_task = bar.add_task("encoding texts", total=None)
-        train_task = bar.add_task("training head", total=config.steps)
-        fixed = [f"plain:{p.text()}" for ps in records.values() for p in ps] + [f"plain:{c}" for c in records]
-        cache.ensure(fixed, lambda n: bar.advance(encode_task, n))
-        for chunk in _chunks(config.steps, config.window):
-            batches = [schedule.batch() for _ in range(chunk)]
-            keys = [_keys(batch) for batch in batches]
-            cache.ensure([k for step in keys for part in step for k in part], lambda n: bar.advance(encode_task, n))
-            start = time.perf_counter()
-            with _head_threads(device):
-                _run_steps(head, optimizer, cache, keys, config, device, losses, lambda: bar.advance(train_task))
-            loop_seconds += time.perf_counter() - start
-            if stopper.update(losses[-chunk:]):
-                break
+    progress = or_silent(config.progress)
+    progress("encoding texts", 0, None)
+    progress("training head", 0, config.steps)
+    encoded = lambda n: progress("encoding texts", n)  # noqa: E731
+    fixed = [f"plain:{p.text()}" for ps in records.values() for p in ps] + [f"plain:{c}" for c in records]
+    cache.ensure(fixed, encoded)
+    for chunk in _chunks(config.steps, config.window):
+        batches = [schedule.batch() for _ in range(chunk)]
+        keys = [_keys(batch) for batch in batches]
+        cache.ensure([k for step in keys for part in step for k in part], encoded)
+        start = time.perf_counter()
+        with _head_threads(device):
+            _run_steps(head, optimizer, cache, keys, config, device, losses, lambda: progress("training head"))
+        loop_seconds += time.perf_counter() - start
+        if stopper.update(losses[-chunk:]):
+            break
     cache.save()
     result = TrainResult(losses, len(losses), len(losses) < config.steps, stopper.means, cache.encoded,
                          cache.encode_seconds, loop_seconds, config.window)
@@ -380,15 +382,6 @@ def _chunks(total: int, size: int) -> Iterator[int]:
     while total > 0:
         yield min(size, total)
         total -= size
-
-
-def _progress(config: TrainConfig):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    # stderr: stdout carries the command's result (and its JSON with --json)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True), disable=not config.progress, transient=False)
 
 
 def result_summary(result: TrainResult) -> dict[str, Any]:

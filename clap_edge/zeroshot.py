@@ -25,6 +25,7 @@ from clap_edge.core.errors import ClapEdgeError, ImageError
 from clap_edge.head import CLAPHead
 from clap_edge.core.images import load_image
 from clap_edge.core.metrics import Top1, paired_bootstrap, select_alpha, top1_correct
+from clap_edge.core.progress import Progress, or_silent
 from clap_edge.models import LoadedModel, tokenize_checked
 
 log = logging.getLogger(__name__)
@@ -175,11 +176,10 @@ def evaluate(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPH
 
 def evaluate_folder(dataset: str | Path, loaded: LoadedModel, heads: dict[str, CLAPHead],
                     config: EvalConfig | None = None, class_names: list[str] | None = None,
-                    per_class: int | None = None, progress: bool = False) -> tuple[EvalResult, list[str]]:
+                    per_class: int | None = None, progress: Progress | None = None
+                    ) -> tuple[EvalResult, list[str]]:
     """Evaluate on a dataset folder (``val/`` and ``test/`` splits, or test only), per domain."""
-    from rich.console import Console
-    from rich.progress import track
-
+    progress = or_silent(progress)
     config = config or EvalConfig()
     splits = find_splits(dataset)
     if class_names is None:  # every split's classes, so neither split's extra class reads as "unknown"
@@ -188,7 +188,8 @@ def evaluate_folder(dataset: str | Path, loaded: LoadedModel, heads: dict[str, C
     for split, root in splits.items():
         _, domains = scan_domains(root, class_names)
         features[split] = {}
-        for name, images in track(domains.items(), f"encoding {split} images", disable=not progress,
-                                  console=Console(stderr=True)):
+        progress(f"encoding {split} images", 0, len(domains))
+        for name, images in domains.items():
             features[split][name] = encode_images(loaded, images.head(per_class), config.batch_size)
+            progress(f"encoding {split} images")
     return evaluate(loaded, class_names, heads, features["test"], features.get("val"), config), class_names

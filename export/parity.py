@@ -56,10 +56,3 @@ def run_onnx(path: str | os.PathLike, batch: np.ndarray, threads: int | None = N
     logits, embedding = session.run(["logits", "embedding"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
     return np.asarray(logits, np.float32), np.asarray(embedding, np.float32)
 
-
-def run_torch(model, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    with torch.no_grad():
-        logits, embedding = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-    return logits.float().numpy(), embedding.float().numpy()

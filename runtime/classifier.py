@@ -27,7 +27,7 @@ from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends import RunnerOptions, create_runner
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
 from clap_edge.core.images import load_image
-from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
+from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
 
 # JPEGs are decoded at a DCT scale that keeps at least this many times the model input size.
 DRAFT_OVERSAMPLE = 2

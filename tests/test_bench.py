@@ -11,8 +11,8 @@ from PIL import Image
 
 from clap_edge.core.errors import BackendUnavailableError
 from clap_edge.export.bundle import Bundle
-from clap_edge.apps.bench import (BenchConfig, _add_ratios, load_bench_record, plot_report, record_bench,
-                                     recorded_fastest_backend, run_bench, write_report)
+from clap_edge.apps.bench import BenchConfig, _add_ratios, load_bench_record, record_bench, recorded_fastest_backend, run_bench
+from clap_edge.core.report import plot_bench, write_json
 
 BACKENDS = ["onnxruntime", "openvino"]
 BATCHES = [1, 3]
@@ -74,9 +74,9 @@ def test_env_block(report):
 
 
 def test_json_and_png_outputs(report, tmp_path):
-    path = write_report(report, tmp_path / "out" / "bench.json")
+    path = write_json(tmp_path / "out" / "bench.json", report)
     assert json.loads(path.read_text()) == json.loads(json.dumps(report))
-    png = plot_report(report, tmp_path / "bench.png")
+    png = plot_bench(report, tmp_path / "bench.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
 

@@ -33,8 +33,8 @@ def fused(tiny_head_path):
 def test_onnx_matches_torch_on_tiny_with_dynamic_batch(fused, tmp_path):
     import onnx
 
-    from clap_edge.export.builders.onnx_export import export_onnx
-    from clap_edge.export.parity import compare_logits, run_onnx, run_torch
+    from clap_edge.export.builders.onnx_export import export_onnx, run_torch
+    from clap_edge.export.parity import compare_logits, run_onnx
 
     result = export_onnx(fused, torch.from_numpy(_random_batch(2, seed=1)), tmp_path / "m.onnx")
     graph = onnx.load(str(result.path)).graph

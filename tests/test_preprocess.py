@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor, resize_and_crop
+from clap_edge.core.preprocess import PreprocessConfig, Preprocessor, resize_and_crop
 
 open_clip_transform = pytest.importorskip("open_clip.transform")
 torch = pytest.importorskip("torch")
@@ -112,3 +112,14 @@ def test_from_manifest_dict_ignores_unknown_keys_and_nulls():
 def test_rejects_float_arrays():
     with pytest.raises(TypeError, match="uint8"):
         Preprocessor(PreprocessConfig(size=8))(np.zeros((8, 8, 3), dtype=np.float32))
+
+
+def test_from_open_clip_config_keeps_every_field():
+    cfg = open_clip_transform.PreprocessCfg(size=(48, 64), mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6),
+                                            interpolation="bilinear", resize_mode="longest", fill_color=9)
+    ours = PreprocessConfig.from_open_clip(cfg)
+    assert (ours.size, ours.mean, ours.std) == ((48, 64), (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert (ours.interpolation, ours.resize_mode, ours.fill_color) == ("bilinear", "longest", 9)
+    reference = open_clip_transform.image_transform_v2(cfg, is_train=False)
+    img = _photo(101, 77, seed=3)
+    assert np.abs(Preprocessor(ours)(img) - reference(img).numpy()).max() <= 1e-6

@@ -25,11 +25,10 @@ import numpy as np
 
 from clap_edge.core.errors import BundleError
 from clap_edge.export.bundle import Bundle
-from clap_edge.apps.bench_report import markdown_table, plot_report, write_report
 from clap_edge.runtime.bench_record import (AUTO_MIN_AGREEMENT, cpu_info, load_bench_record, record_bench,
                                            recorded_fastest_backend)
 
-__all__ = ["BenchConfig", "run_bench", "preprocess_folder", "markdown_table", "write_report", "plot_report", "record_bench", "load_bench_record",
+__all__ = ["BenchConfig", "run_bench", "preprocess_folder", "record_bench", "load_bench_record",
            "recorded_fastest_backend", "environment"]
 
 REFERENCE_BACKENDS = ("onnxruntime", "torch")  # fp32 references for the agreement columns, in preference
@@ -254,7 +253,7 @@ def _calibration(bundle: Bundle) -> np.ndarray | None:
 def preprocess_folder(bundle: Bundle, folder: str, limit: int = 256) -> np.ndarray:
     """Up to ``limit`` images of ``folder``, preprocessed for ``bundle``: a batch for the agreement columns."""
     from clap_edge.core.images import load_image
-    from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
+    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
 
     preprocessor = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
     return np.stack([preprocessor(load_image(path)) for path in _image_files(folder)[:limit]])

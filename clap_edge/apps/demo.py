@@ -119,13 +119,14 @@ def _evaluate(dataset: Path, bundles: dict[str, str], config: DemoConfig):
 def _bench(bundle: str, out: Path, config: DemoConfig) -> dict[str, Any]:
     from clap_edge.runtime.backends import can_run
     from clap_edge.export.bundle import Bundle
-    from clap_edge.apps.bench import BenchConfig, plot_report, run_bench
+    from clap_edge.apps.bench import BenchConfig, run_bench
+    from clap_edge.core.report import plot_bench
 
     with Bundle.open(bundle) as b:
         backends = [n for n in config.bench_backends if can_run(b, n)]
     report = run_bench(BenchConfig(bundle=bundle, backends=backends, batch_sizes=list(config.bench_batch_sizes),
                                    threads=config.threads, warmup=2, iters=config.bench_iters))
-    plot_report(report, out / "bench.png")
+    plot_bench(report, out / "bench.png")
     return report
 
 
@@ -172,12 +173,8 @@ def _write(out: Path, report: dict[str, Any], table: dict[str, dict[str, Top1]])
 
 
 def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -> str:
-    from clap_edge.core.report import markdown_table
+    from clap_edge.core.report import bench_markdown_table, markdown_table
 
-    bench_rows = ["| backend | batch | p50 ms | images/s | speed-up vs torch |", "|---|---|---|---|---|"]
-    for r in report["bench"].get("results", []):
-        bench_rows.append(f"| {r['backend']} | {r['batch_size']} | {r.get('p50_ms')} | {r.get('images_per_s')} | "
-                          f"{r.get('speedup_vs_torch')} |")
     val = ", ".join(f"{a}: {s}" for a, s in report["alpha_validation_top1"].items())
     return "\n".join([
         "# clap-edge demo report",
@@ -199,7 +196,7 @@ def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -
         "",
         f"## Backends (threads={report['config']['threads']})",
         "",
-        *bench_rows,
+        bench_markdown_table(report["bench"]) if report["bench"].get("results") else "(not run)",
         "",
         f"Step timings (s): {report['timings_s']}",
         "",

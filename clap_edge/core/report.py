@@ -1,46 +1,77 @@
-"""Accuracy tables: markdown, JSON and a PNG plot, from ``{domain: {model: Top1}}``."""
+"""The one report writer: JSON (atomic), Markdown tables and PNG plots, for accuracy and bench results.
+
+Accuracy tables are ``{domain: {model: Top1}}``; bench reports are the dict ``clap-edge bench`` writes.
+matplotlib (the [train] extra) is imported only when a plot is drawn.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from clap_edge.core.io import atomic_path, atomic_write_text
 from clap_edge.core.metrics import Top1
 
 Table = Mapping[str, Mapping[str, Top1]]
 
+__all__ = ["write_json", "markdown", "markdown_table", "table_dict", "plot_table", "bench_markdown_table",
+           "plot_bench"]
+
+
+# ---- shared -----------------------------------------------------------------------
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """``data`` as indented JSON, written atomically (a reader never sees half a file)."""
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def markdown(header: Sequence[str], rows: Iterable[Sequence[Any]], right: Sequence[int] = ()) -> str:
+    """A Markdown table; columns whose index is in ``right`` are right-aligned (numbers)."""
+    rule = "|" + "".join("--:|" if i in right else "---|" for i in range(len(header)))
+    lines = ["| " + " | ".join(header) + " |", rule]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _pyplot().close(fig)
+    return Path(path)
+
+
+# ---- accuracy ----------------------------------------------------------------------
 
 def markdown_table(table: Table, models: list[str] | None = None) -> str:
     """Domains as rows, models as columns, cells ``87.1 [85.4, 88.7]``; a mean row at the bottom."""
     models = models or _models(table)
-    lines = ["| domain | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
-    for domain, cells in table.items():
-        row = [_cell(cells.get(m)) for m in models]
-        lines.append(f"| {domain} | " + " | ".join(row) + " |")
+    rows = [[domain, *(_cell(cells.get(m)) for m in models)] for domain, cells in table.items()]
     means = [sum(c[m].top1 for c in table.values() if m in c) / max(1, sum(m in c for c in table.values()))
              for m in models]
-    lines.append("| **mean** | " + " | ".join(f"**{v:.1f}**" for v in means) + " |")
-    return "\n".join(lines)
+    rows.append(["**mean**", *(f"**{v:.1f}**" for v in means)])
+    return markdown(["domain", *models], rows)
 
 
 def table_dict(table: Table) -> dict[str, dict[str, Any]]:
     return {d: {m: t.as_dict() for m, t in cells.items()} for d, cells in table.items()}
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def plot_table(table: Table, path: str | Path, title: str = "zero-shot top-1 per domain") -> Path:
+def plot_table(table: Table, path: str | os.PathLike, title: str = "zero-shot top-1 per domain") -> Path:
     """Grouped bars per domain, one per model, with 95% CI whiskers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = _pyplot()
     models = _models(table)
     domains = list(table)
     width = 0.8 / max(1, len(models))
@@ -57,10 +88,7 @@ def plot_table(table: Table, path: str | Path, title: str = "zero-shot top-1 per
     ax.set_title(title)
     ax.legend(fontsize=8, ncols=min(4, len(models)))
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def _models(table: Table) -> list[str]:
@@ -69,3 +97,49 @@ def _models(table: Table) -> list[str]:
 
 def _cell(t: Top1 | None) -> str:
     return "-" if t is None else f"{t.top1:.1f} [{t.ci95[0]:.1f}, {t.ci95[1]:.1f}]"
+
+
+# ---- bench -------------------------------------------------------------------------
+
+def bench_markdown_table(report: dict[str, Any]) -> str:
+    """The model-only and end-to-end rows of a bench report as Markdown tables (for bench/README.md)."""
+    model = [[r["backend"], r["precision"], r["batch_size"], r["threads"], f"{r['p50_ms']:g}", f"{r['p99_ms']:g}",
+              f"{r['images_per_s']:g}", _md(r["speedup_vs_torch"]), _md(r["gflops_per_s"]), _md(r["peak_rss_mb"]),
+              _md(r["top1_agreement_vs_fp32"])] for r in report["results"] if r["mode"] == "model"]
+    out = markdown(["backend", "precision", "batch", "threads", "p50 ms", "p99 ms", "images/s", "x torch", "GFLOP/s",
+                    "peak RSS MB", "top-1 vs fp32"], model, right=range(2, 11))
+    e2e = [[r["backend"], r["batch_size"], r["threads"], f"{r['images_per_s']:g}", _md(r["model_only_images_per_s"]),
+            _md(r["fraction_of_model_only"])] for r in report["results"] if r["mode"] == "end_to_end"]
+    if e2e:
+        out += "\n\n" + markdown(["backend", "batch", "threads", "end-to-end images/s", "model-only images/s",
+                                  "fraction"], e2e, right=range(1, 6))
+    return out + "\n"
+
+
+def plot_bench(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """PNG: p50 latency and images/s vs batch size, one line per backend (model-only rows)."""
+    plt = _pyplot()
+    rows = [r for r in report["results"] if r["mode"] == "model"]
+    fig, (ax_lat, ax_ips) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
+        label = f"{backend} ({mine[0]['precision']})"
+        bs = [r["batch_size"] for r in mine]
+        ax_lat.plot(bs, [r["p50_ms"] for r in mine], marker="o", label=label)
+        ax_ips.plot(bs, [r["images_per_s"] for r in mine], marker="o", label=label)
+    env = report["env"]
+    for ax, title, ylabel in ((ax_lat, "p50 latency per batch", "ms"), (ax_ips, "throughput", "images/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax_lat.set_yscale("log")
+    ax_ips.legend(fontsize=8)
+    fig.suptitle(f"{env['bundle']['model_name']} - {env['cpu_model']}, {env['threads']} thread(s)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _md(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"

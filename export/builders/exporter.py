@@ -25,7 +25,6 @@ from clap_edge.export.bundle import BundleWriter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATES = ["a photo of a {c}."]
 CALIBRATION_IMAGES = 8
 MAX_CALIBRATION_IMAGES = 16
 
@@ -38,7 +37,7 @@ class ExportConfig:
     head: Any = None  # None (plain CLIP, alpha 0), a head .safetensors path, or a CLAPHead
     classes: Sequence[str] | None = None  # default: the head's metadata class_names
     alpha: float | None = None  # default: the head's alpha; 0.0 for no head
-    templates: Sequence[str] | None = None  # with "{c}"; default ["a photo of a {c}."]
+    templates: Sequence[str] | None = None  # with "{c}"; default clap_edge.fuse.DEFAULT_TEMPLATES
     opset: int = 17
     int8: bool = False
     fp16: bool = False
@@ -53,7 +52,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
     """Export the fused classifier described by ``cfg`` as a bundle directory; returns its path."""
     import torch
 
-    from clap_edge.fuse import build_fused
+    from clap_edge.fuse import DEFAULT_TEMPLATES, build_fused
     from clap_edge.models import load_model
 
     out = Path(cfg.out)
@@ -79,8 +78,8 @@ def export_bundle(cfg: ExportConfig) -> Path:
     image_shape = tuple(int(s) for s in calib.shape[1:])
 
     from clap_edge.export.builders.flops import flops_per_image
-    from clap_edge.export.builders.onnx_export import export_onnx
-    from clap_edge.export.parity import compare_logits, run_onnx, run_torch
+    from clap_edge.export.builders.onnx_export import export_onnx, run_torch
+    from clap_edge.export.parity import compare_logits, run_onnx
 
     with tempfile.TemporaryDirectory(prefix="clap-edge-export-") as tmp:
         tmp = Path(tmp)
@@ -204,10 +203,10 @@ def _calibration_batch(source: Any, preprocess_cfg) -> np.ndarray:
         images = _folder_images(Path(source))
     else:
         images = _synthetic_images(CALIBRATION_IMAGES, size)
-    from open_clip.transform import image_transform_v2
+    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
 
-    transform = image_transform_v2(preprocess_cfg, is_train=False)
-    return np.stack([transform(img).numpy() for img in images]).astype(np.float32)
+    preprocess = Preprocessor(PreprocessConfig.from_open_clip(preprocess_cfg))  # what the runtime does
+    return np.stack([preprocess(img) for img in images]).astype(np.float32)
 
 
 def _folder_images(folder: Path) -> list:

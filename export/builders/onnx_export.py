@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from clap_edge.core.errors import BundleError, first_line
@@ -116,3 +117,10 @@ def _quiet():
         warnings.simplefilter("ignore")
         with contextlib.redirect_stdout(io.StringIO()):
             yield
+
+
+def run_torch(model: torch.nn.Module, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embedding) of the fused torch model: the reference the exported models are compared with."""
+    with torch.no_grad():
+        logits, embedding = model(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+    return logits.float().numpy(), embedding.float().numpy()

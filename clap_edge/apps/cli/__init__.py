@@ -13,23 +13,43 @@ import sys
 import click
 
 from clap_edge import __version__
+from clap_edge.apps.cli.exitcodes import BAD_INPUT
 from clap_edge.core.errors import ClapEdgeError
 
 # Modules in this package that each define one or more commands; each exposes ``COMMANDS``.
 COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo", "models"]
 
-EXIT_BAD_INPUT = 2
+# Top-level module of a library a command imports -> the pip extra that installs it (pyproject.toml).
+EXTRA_FOR_MODULE = {
+    "torch": "train", "torchvision": "train", "open_clip": "train", "onnx": "train", "onnxscript": "train",
+    "matplotlib": "train", "yaml": "train", "openvino": "openvino", "tensorrt": "gpu",
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The extra whose absence raised ``error`` (None when it is not a library an extra provides)."""
+    return EXTRA_FOR_MODULE.get((error.name or "").split(".")[0])
 
 
 class ClapEdgeGroup(click.Group):
-    """Turns ClapEdgeError into a one-line message and exit code 2, never a traceback."""
+    """Turns ClapEdgeError, and a library of a missing extra, into one line on stderr and exit 2."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ClapEdgeError as e:
-            click.secho(f"error: {e}", fg="red", err=True)
-            sys.exit(EXIT_BAD_INPUT)
+            _fail(f"error: {e}")
+        except ModuleNotFoundError as e:
+            extra = missing_extra(e)
+            if extra is None:
+                raise
+            _fail(f"error: `clap-edge {ctx.invoked_subcommand}` needs the [{extra}] extra ({e.name} is not installed): "
+                  f"pip install 'clap-edge[{extra}]'")
+
+
+def _fail(line: str) -> None:
+    click.secho(line, fg="red", err=True)
+    sys.exit(BAD_INPUT)
 
 
 @click.group(cls=ClapEdgeGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from clap_edge.apps.cli.exitcodes import SOME_FAILED
 from clap_edge.core.errors import ClapEdgeError
 
 
@@ -48,8 +49,8 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
           --batch-sizes 1,8,32 --threads 1 --json bench.json --plot bench.png
     """
     from clap_edge.export.bundle import Bundle
-    from clap_edge.apps.bench import (BenchConfig, plot_report, preprocess_folder, record_bench, run_bench,
-                                         write_report)
+    from clap_edge.apps.bench import BenchConfig, preprocess_folder, record_bench, run_bench
+    from clap_edge.core.report import plot_bench, write_json
 
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     options = {"openvino": {"precision": openvino_precision}} if openvino_precision else {}
@@ -60,9 +61,9 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
     if not report["results"]:
         raise ClapEdgeError(f"no backend produced a result: {json.dumps(report.get('errors', {}))}")
     if json_path:
-        write_report(report, json_path)
+        write_json(json_path, report)
     if plot_path:
-        plot_report(report, plot_path)
+        plot_bench(report, plot_path)
     if record:
         path = record_bench(report, Bundle.open(bundle))
         click.echo(f"recorded for backend 'auto': {path}", err=True)
@@ -72,7 +73,7 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
         click.echo(json.dumps(report, indent=2))
     if report.get("errors"):
         # Some backend (or batch size) failed, e.g. a tampered model file: the others were still measured.
-        sys.exit(EXIT_SOME_FAILED)
+        sys.exit(SOME_FAILED)
 
 
 def _print_table(report: dict) -> None:
@@ -97,8 +98,5 @@ def _print_table(report: dict) -> None:
 
 def _f(value) -> str:
     return "-" if value is None else f"{value:g}"
-
-
-EXIT_SOME_FAILED = 1
 
 COMMANDS = [bench]

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-EXIT_SOME_FAILED = 1
+from clap_edge.apps.cli.exitcodes import SOME_FAILED
+
 PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only noise
 
 
@@ -33,6 +34,7 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     Example:
       clap-edge classify bundle/ photos/ extra.jpg --top-k 3 --json
     """
+    from clap_edge.apps.progress import progress_bar
     from clap_edge.core.errors import ClapEdgeError
     from clap_edge.runtime.classifier import Classifier
     from clap_edge.core.images import list_images
@@ -41,18 +43,19 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     if not files:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
     failed = 0
-    with Classifier.open(bundle, backend=backend, threads=threads) as clf, _progress(len(files)) as bar:
-        task = bar.add_task("classifying", total=len(files))
+    with Classifier.open(bundle, backend=backend, threads=threads) as clf, \
+            progress_bar(enabled=len(files) >= PROGRESS_MIN_IMAGES) as progress:
+        progress("classifying", 0, len(files))
         for path, result in clf.predict_files(files, batch_size=batch_size, workers=workers, top_k=top_k):
             if isinstance(result, Exception):
                 failed += 1
                 _report_error(path, result, as_json)
             else:
                 _report(result, as_json)
-            bar.advance(task)
+            progress("classifying")
     if failed:
         click.echo(f"{failed} of {len(files)} images could not be classified", err=True)
-        sys.exit(EXIT_SOME_FAILED)
+        sys.exit(SOME_FAILED)
 
 
 def _report(pred, as_json: bool) -> None:
@@ -71,15 +74,6 @@ def _report_error(path: str, error: Exception, as_json: bool) -> None:
         click.echo(json.dumps({"path": path, "error": message}))
     else:
         click.secho(f"{path}\terror: {message}", fg="red", err=True)
-
-
-def _progress(total: int):
-    """A transient bar on stderr; disabled (a no-op) for short runs, where it is only noise."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True, disable=total < PROGRESS_MIN_IMAGES)
 
 
 COMMANDS = [classify]

@@ -53,6 +53,7 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
 
 
 def _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha, per_class, seed, progress):
+    from clap_edge.apps.progress import progress_bar
     from clap_edge.zeroshot import EvalConfig, evaluate_folder
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
@@ -63,7 +64,8 @@ def _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha, per_clas
     pretrained = pretrained or (first.config.pretrained if first else None)
     config = EvalConfig(prompt_formats=tuple(p.strip() for p in prompts.split(",")), alpha=alpha, seed=seed)
     loaded = load_model(model_name, pretrained)
-    res, class_names = evaluate_folder(dataset, loaded, loaded_heads, config, per_class=per_class, progress=progress)
+    with progress_bar(enabled=progress) as bar:
+        res, class_names = evaluate_folder(dataset, loaded, loaded_heads, config, per_class=per_class, progress=bar)
     return res.domains, {"model_name": model_name, "pretrained": pretrained, "classes": class_names, **res.as_dict()}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-EXIT_BAD_BUNDLE = 2
+from clap_edge.apps.cli.exitcodes import BAD_INPUT
 
 
 @click.command("export")
@@ -100,7 +100,7 @@ def inspect(bundle, as_json):
     if bad:
         for problem in bad.values():
             click.secho(f"error: {bundle}: {problem}", fg="red", err=True)  # problem names the file
-        sys.exit(EXIT_BAD_BUNDLE)
+        sys.exit(BAD_INPUT)
 
 
 # ---- helpers ------------------------------------------------------------------------

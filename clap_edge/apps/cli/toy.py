@@ -37,16 +37,14 @@ def dataset(root, domains, splits, per_class, seed, force, as_json):
     Example:
       clap-edge toy dataset toy-data --domains id,render_shift --per-class 50
     """
-    from rich.console import Console
-    from rich.progress import Progress
-
+    from clap_edge.apps.progress import progress_bar
     from clap_edge.toyworld.dataset import write_dataset
 
     domain_list, split_list = _split_list(domains), _split_list(splits)
-    with Progress(console=Console(stderr=True), disable=as_json, transient=True) as bar:
-        task = bar.add_task("rendering", total=len(domain_list) * len(split_list))
+    with progress_bar(enabled=not as_json) as progress:
+        progress("rendering", 0, len(domain_list) * len(split_list))
         info = write_dataset(root, domain_list, split_list, per_class, seed, overwrite=force,
-                             progress=lambda s, d: bar.update(task, advance=1, description=f"{s}/{d}"))
+                             progress=lambda split, domain: progress("rendering"))
     n = per_class * len(info.classes)
     if as_json:
         click.echo(json.dumps({**vars(info), "images_per_domain": n}, indent=2))

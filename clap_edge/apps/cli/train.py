@@ -40,6 +40,7 @@ def train(model_name, pretrained, classes, out, steps, batch_size, lr, tau_text,
     Example:
       clap-edge train --model clap-edge-tiny --classes dog,cat,house --out head.safetensors --steps 500
     """
+    from clap_edge.apps.progress import progress_bar
     from clap_edge.models import load_model
     from clap_edge.prompts import PromptVocab, load_class_names
     from clap_edge.train import TrainConfig, result_summary, train_head
@@ -50,10 +51,11 @@ def train(model_name, pretrained, classes, out, steps, batch_size, lr, tau_text,
         steps=steps, batch_size=batch_size, lr=lr, tau_text=tau_text, tau_content=tau_content,
         latent_dim=latent_dim, noise_ctx=noise_ctx, noise_pool=noise_pool, early_stop=not no_early_stop,
         seed=seed, device=device, cache_dir=cache_dir,
-        vocab=PromptVocab.from_file(vocab) if vocab else PromptVocab(), progress=not as_json,
+        vocab=PromptVocab.from_file(vocab) if vocab else PromptVocab(),
     )
     loaded = load_model(model_name, pretrained, device=device)
-    head, result = train_head(loaded, class_names, config)
+    with progress_bar(enabled=not as_json, transient=False) as config.progress:
+        head, result = train_head(loaded, class_names, config)
     path = head.save(out)
     summary = {"out": str(path), "model": model_name, "pretrained": pretrained, "classes": head.config.class_names,
                **result_summary(result)}

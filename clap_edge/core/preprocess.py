@@ -1,4 +1,4 @@
-"""open_clip's eval transform in numpy + PIL, with no torch.
+"""open_clip's eval transform in numpy + PIL, with no torch: the one image preprocessing path (runtime, export, eval).
 
 ``open_clip.transform.image_transform_v2(PreprocessCfg, is_train=False)`` is, on a PIL image:
 resize (torchvision on PIL calls ``PIL.Image.resize``), center crop (or crop-or-pad),
@@ -69,6 +69,11 @@ class PreprocessConfig:
         """From a manifest's ``preprocess`` block (unknown keys ignored, None means default)."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None}
         return cls(**known)
+
+    @classmethod
+    def from_open_clip(cls, pcfg: Any) -> "PreprocessConfig":
+        """From open_clip's ``PreprocessCfg`` (a model's ``LoadedModel.preprocess_cfg``)."""
+        return cls.from_dict({name: getattr(pcfg, name, None) for name in cls.__dataclass_fields__})
 
 
 def _three(values: float | Sequence[float], name: str) -> tuple[float, float, float]:
