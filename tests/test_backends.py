@@ -114,3 +114,20 @@ def test_openvino_runner_reports_missing_library_on_activate(bundle, monkeypatch
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(BackendUnavailableError, match=r"clap-edge\[openvino\]"):
         OpenVINORunner(bundle).activate()
+
+
+@pytest.mark.parametrize("library", ["clap_edge_no_such_parent.sub", "clap_edge_broken_parent.sub"])
+def test_is_available_is_false_when_find_spec_raises_import_error(library, tmp_path, monkeypatch):
+    """find_spec("a.b") imports "a": a missing or broken parent raises ImportError, which means "not available"."""
+    import importlib.util
+
+    from clap_edge.runtime.backends.base import Runner
+
+    broken = tmp_path / "clap_edge_broken_parent"
+    broken.mkdir()
+    (broken / "__init__.py").write_text("raise ImportError('this package is broken')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake = type("FakeRunner", (Runner,), {"name": "fake", "library": library})
+    with pytest.raises(ImportError):  # what the old `except ValueError` let through
+        importlib.util.find_spec(library)
+    assert fake.is_available() is False

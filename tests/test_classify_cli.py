@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -145,3 +146,33 @@ def test_models_lists_ours_with_tags_and_the_unknown_model_hint_points_to_it():
     assert tags["clap-edge-toy"] == ["toyworld"] and tags["clap-edge-tiny"] == [] and "openai" in tags["ViT-B-32"]
     bad = CliRunner().invoke(main, ["train", "--model", "QQQQ", "--classes", "a,b", "--out", "h.safetensors"])
     assert bad.exit_code == 2 and "clap-edge models" in bad.stderr
+
+
+@pytest.mark.parametrize("blocked, extra", [("torch", "train"), ("open_clip", "train"), ("openvino", "openvino")])
+def test_a_missing_extra_is_one_line_and_exit_2(blocked, extra, monkeypatch):
+    """A command whose library is absent names the extra that installs it (here: sys.modules blocks it)."""
+    @main.command("needs-lib")
+    def needs_lib():
+        __import__(blocked)
+
+    monkeypatch.setitem(sys.modules, blocked, None)
+    try:
+        result = CliRunner().invoke(main, ["needs-lib"])
+    finally:
+        main.commands.pop("needs-lib")
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"[{extra}]" in lines[0] and f"pip install 'clap-edge[{extra}]'" in lines[0]
+    assert "needs-lib" in lines[0] and blocked in lines[0]
+
+
+def test_a_missing_module_no_extra_provides_is_not_disguised(monkeypatch):
+    @main.command("needs-lib")
+    def needs_lib():
+        __import__("clap_edge_not_a_real_library")
+
+    try:
+        result = CliRunner().invoke(main, ["needs-lib"])
+    finally:
+        main.commands.pop("needs-lib")
+    assert result.exit_code == 1 and isinstance(result.exception, ModuleNotFoundError)

@@ -1,4 +1,5 @@
-"""The CLAP head: the official checkpoint's golden outputs, the residual form, persistence, bad checkpoints."""
+"""The CLAP head: checkpoints in the authors' layout against the formula by hand (and the released head's
+golden outputs where ../shared/anchors is present), the residual form, persistence, bad checkpoints."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from clap_edge.head import CLAPHead, HeadConfig
 ANCHORS = Path(__file__).resolve().parents[1].parent / "shared" / "anchors"
 OFFICIAL = ANCHORS / "clap_official_pacs_vitb16.pth"
 GOLDEN = ANCHORS / "clap_official_pacs_vitb16_golden.npz"
+# An extra check where the workspace has the authors' released head (it carries no licence we could ship);
+# the self-contained tests below cover the same loader on a checkpoint the test writes.
 needs_anchors = pytest.mark.skipif(not (OFFICIAL.is_file() and GOLDEN.is_file()),
-                                   reason=f"official CLAP checkpoint / golden outputs not found under {ANCHORS}")
+                                   reason=f"extra check: the released CLAP head is not under {ANCHORS}")
 
 
 @needs_anchors
@@ -39,6 +42,36 @@ def test_beta_and_psi_are_different_networks():
     psi = CLAPHead.from_official_checkpoint(OFFICIAL, "psi")
     with torch.no_grad():
         assert not torch.allclose(beta(z), psi(z), atol=1e-4)
+
+
+def _authors_checkpoint(path: Path, d: int = 12, h: int = 5) -> dict[str, np.ndarray]:
+    """A checkpoint in the authors' layout (CLAP.md): network_beta.* and network_psi.*, distinct weights."""
+    rng = np.random.default_rng(7)
+    arrays = {}
+    for network in ("beta", "psi"):
+        arrays[f"network_{network}.linear.weight"] = rng.normal(0, 0.5, (h, d)).astype(np.float32)
+        arrays[f"network_{network}.linear.bias"] = rng.normal(0, 0.5, (h,)).astype(np.float32)
+        arrays[f"network_{network}.projection.weight"] = rng.normal(0, 0.5, (d, h)).astype(np.float32)
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, path)
+    return arrays
+
+
+@pytest.mark.parametrize("network", ["beta", "psi"])
+@pytest.mark.parametrize("scale", [1.0, 0.056])
+def test_authors_layout_checkpoint_gives_the_formula_by_hand(tmp_path, network, scale):
+    """f_s(z) = z + s * P(L(SiLU(z))), computed in numpy from the checkpoint's own arrays."""
+    arrays = _authors_checkpoint(tmp_path / "clap.pth")
+    head = CLAPHead.from_official_checkpoint(tmp_path / "clap.pth", network=network, alpha=scale)
+    z = np.random.default_rng(1).normal(0, 1, (6, 12))
+    w, b, p = (arrays[f"network_{network}.{k}"].astype(np.float64)
+               for k in ("linear.weight", "linear.bias", "projection.weight"))
+    silu = z / (1 + np.exp(-z))
+    expected = z + scale * ((silu @ w.T + b) @ p.T)
+    with torch.no_grad():
+        out = head(torch.from_numpy(z).float()).double().numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+    assert (head.config.in_dim, head.config.latent_dim, head.alpha) == (12, 5, scale)
+    assert np.abs(expected - z).max() > 0.05 * scale  # the residual is not negligible: the check has teeth
 
 
 def test_fresh_head_is_identity_and_alpha_scales_the_residual():
