@@ -158,3 +158,24 @@ def test_back_pressure_block_mode_waits(clf):
     assert not submitter.is_alive() and len(futures) == 12
     done, _ = wait(futures, timeout=0)
     assert len(done) == 12 and gated.calls == 12
+
+
+def test_partial_batch_is_flushed_on_close_deterministically(clf, images):
+    """Fewer requests than max_batch_size and a delay that never expires: only close() can flush them, as one
+    batch, and each future gets its own image's prediction (no sleeps, no timing)."""
+    paths, arrays, _ = images
+    requests = [paths[0], arrays[0], paths[5]]
+    seen = []
+
+    class Recording(_GatedClassifier):
+        def predict_batch(self, batch, top_k=5):
+            seen.append(batch.shape[0])
+            return self.inner.predict_batch(batch, top_k)
+
+    bc = BatchingClassifier(Recording(clf), max_batch_size=8, max_delay_ms=1e8)  # ~28 hours
+    futures = [bc.submit(image) for image in requests]
+    assert not any(f.done() for f in futures)  # the batch is neither full nor timed out
+    bc.close()
+    assert seen == [3]
+    for future, image in zip(futures, requests):
+        _same(future.result(timeout=0), clf.predict([image], top_k=5)[0])
