@@ -42,13 +42,11 @@ def test_report_has_every_backend_and_batch_with_sane_fields(report, runtime_bun
     for r in model_rows:
         assert r["threads"] == 1 and r["iters"] == 4
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        # images/s is batch / mean latency
-        assert r["images_per_s"] == pytest.approx(r["batch_size"] * 1000 / r["mean_ms"], rel=0.01)
-        assert r["gflops_per_s"] == pytest.approx(manifest["flops_per_image"] * r["images_per_s"] / 1e9, rel=0.01)
+        # (images/s and GFLOP/s from known times: test_rows_from_known_times, test_speedup_is_relative_...)
+        assert r["gflops_per_s"] > 0 and manifest["flops_per_image"] > 0
         assert r["speedup_vs_torch"] is None  # torch was not benchmarked
         assert r["peak_rss_mb"] > 10
         assert r["precision"] in {"fp32", "bf16", "fp16"}
-        assert 0.0 <= r["top1_agreement_vs_fp32"] <= 1.0
         assert r["agreement_reference"] == "onnxruntime" and r["agreement_n_images"] > 0
     ref = [r for r in model_rows if r["backend"] == "onnxruntime"]
     assert all(r["top1_agreement_vs_fp32"] == 1.0 and r["max_abs_logit_diff_vs_fp32"] == 0.0 for r in ref)
@@ -60,8 +58,7 @@ def test_end_to_end_rows_classify_every_file(report):
     assert sorted((r["backend"], r["batch_size"]) for r in rows) == sorted((b, n) for b in BACKENDS for n in BATCHES)
     for r in rows:
         assert r["failed"] == 0 and r["n_images"] >= 6 * r["batch_size"]
-        assert r["images_per_s"] > 0
-        assert r["fraction_of_model_only"] == pytest.approx(r["images_per_s"] / r["model_only_images_per_s"], rel=0.01)
+        assert r["images_per_s"] > 0 and r["model_only_images_per_s"] > 0 and r["fraction_of_model_only"] > 0
 
 
 def test_env_block(report):
@@ -138,7 +135,8 @@ def test_cli_writes_json_and_plot(runtime_bundle, image_dir, tmp_path):
     ort, int8 = data["results"]
     assert int8["backend"] == "onnxruntime-int8" and int8["precision"] == "int8" and int8["batch_size"] == 2
     assert ort["agreement_n_images"] == int8["agreement_n_images"] == 5  # the given folder, not calibration.npy
-    assert ort["top1_agreement_vs_fp32"] == 1.0 and 0.0 <= int8["top1_agreement_vs_fp32"] <= 1.0
+    assert ort["top1_agreement_vs_fp32"] == 1.0
+    assert int8["top1_agreement_vs_fp32"] == pytest.approx(_agreement_by_hand(runtime_bundle, image_dir), abs=1e-6)
     assert (tmp_path / "b.png").stat().st_size > 0
 
 
@@ -160,3 +158,55 @@ def test_cli_exits_1_when_a_backend_fails_but_reports_the_others(runtime_bundle,
     report = json.loads(out.read_text())
     assert [r["backend"] for r in report["results"]] == ["onnxruntime"]
     assert "model.int8.onnx" in report["errors"]["onnxruntime-int8"]
+
+
+def _agreement_by_hand(bundle_path, folder) -> float:
+    """Top-1 agreement of model.int8.onnx with model.onnx on the folder's images, straight from onnxruntime."""
+    import onnxruntime as ort
+
+    from clap_edge.core.images import list_images
+    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+
+    bundle = Bundle.open(bundle_path)
+    pre = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
+    batch = np.stack([pre(Image.open(p)) for p in list_images([folder])])
+    logits = [ort.InferenceSession(str(bundle.root / name), providers=["CPUExecutionProvider"])
+              .run(["logits"], {"image": batch})[0] for name in ("model.onnx", "model.int8.onnx")]
+    return float(np.mean(logits[0].argmax(1) == logits[1].argmax(1)))
+
+
+class _FakeWorker:
+    """A bench worker whose inference times and end-to-end run are given: the row arithmetic by hand."""
+
+    def __init__(self, times, e2e=None):
+        self.times, self.e2e, self.info = list(times), e2e, {"precision": "fp32"}
+
+    def call(self, command, *args):
+        if command == "time":
+            return [self.times.pop(0)]
+        if command == "memory":
+            return {"peak_rss_mb": 1.0, "peak_gpu_mb": None}
+        if command == "end_to_end":
+            return self.e2e
+        return None
+
+
+def test_rows_from_known_times():
+    from clap_edge.apps.bench import _bench_batch
+
+    cfg = BenchConfig(bundle="x", backends=["onnxruntime"], batch_sizes=[8], threads=1, warmup=1, iters=4)
+    worker = _FakeWorker([9.0, 0.010, 0.030, 0.020, 0.040])  # the first (warm-up) is not recorded
+    [row] = _bench_batch({"onnxruntime": worker}, cfg, 8, lambda label: None, {})
+    # 4 batches of 8 images in 0.1 s; latencies 10, 20, 30, 40 ms
+    assert row["images_per_s"] == pytest.approx(320.0)
+    assert (row["p50_ms"], row["mean_ms"]) == (25.0, 25.0)
+    assert row["p90_ms"] == pytest.approx(37.0) and row["p99_ms"] == pytest.approx(39.7)
+
+
+def test_end_to_end_fraction_by_hand():
+    from clap_edge.apps.bench import _bench_end_to_end
+
+    model_row = {"backend": "onnxruntime", "mode": "model", "batch_size": 4, "images_per_s": 240.0}
+    worker = _FakeWorker([], e2e={"n_images": 60, "seconds": 0.5, "failed": 0})
+    [row] = _bench_end_to_end({"onnxruntime": worker}, ["a.jpg"] * 30, 4, 1, [model_row], lambda label: None, {})
+    assert (row["images_per_s"], row["model_only_images_per_s"], row["fraction_of_model_only"]) == (120.0, 240.0, 0.5)

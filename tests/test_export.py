@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +72,9 @@ def test_manifest_fields(tiny_bundle):
     fp32 = m["parity"]["fp32"]
     assert fp32["max_abs_logit_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0 and fp32["tolerance"] == 1e-3
     int8 = m["parity"]["int8"]
-    assert 0.0 <= int8["top1_agreement_vs_fp32"] <= 1.0 and int8["max_abs_logit_diff_vs_fp32"] > 0
+    agreement, diff = _variant_vs_fp32_by_hand(tiny_bundle, "model.int8.onnx")
+    assert int8["top1_agreement_vs_fp32"] == pytest.approx(agreement, abs=1e-9)
+    assert int8["max_abs_logit_diff_vs_fp32"] == pytest.approx(diff, rel=1e-4) and diff > 0
     assert int8["n_images"] == fp32["n_images"] == 8
     assert set(m["files"]) == {"model.onnx", "model.int8.onnx", "model.pt2", "head.safetensors",
                                "classes.safetensors", "calibration.npy"}
@@ -206,7 +209,9 @@ def test_fp16_variant_and_calibration_array(tmp_path, tiny_head_path):
     assert m["variants"] == {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
     assert m["alpha"] == 0.1 and m["model"]["head"]["alpha"] == 0.1 and m["class_names"] == ["x", "y"]
     fp16 = m["parity"]["fp16"]
-    assert fp16["n_images"] == 3 and 0.0 <= fp16["top1_agreement_vs_fp32"] <= 1.0
+    agreement, diff = _variant_vs_fp32_by_hand(out, "model.fp16.onnx")
+    assert fp16["n_images"] == 3 and fp16["top1_agreement_vs_fp32"] == pytest.approx(agreement, abs=1e-9)
+    assert fp16["max_abs_logit_diff_vs_fp32"] == pytest.approx(diff, rel=1e-4)
     assert 0 < fp16["max_abs_logit_diff_vs_fp32"] < 0.1
     np.testing.assert_array_equal(np.load(bundle.file("calibration.npy")), calib)
     import onnx
@@ -248,3 +253,13 @@ def test_int8_quantises_the_encoder_but_keeps_the_logits_product_fp32(tiny_bundl
     quantised = [n for n in int8.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     float_matmuls = [n for n in fp32.graph.node if n.op_type in ("MatMul", "Gemm")]
     assert 0 < len(quantised) < len(float_matmuls)
+
+
+def _variant_vs_fp32_by_hand(bundle_dir, variant: str) -> tuple[float, float]:
+    """(top-1 agreement, max |dlogit|) of a variant vs model.onnx on calibration.npy, straight from onnxruntime."""
+    import onnxruntime as ort
+
+    batch = np.load(Path(bundle_dir) / "calibration.npy")
+    fp32, other = (ort.InferenceSession(str(Path(bundle_dir) / name), providers=["CPUExecutionProvider"])
+                   .run(["logits"], {"image": batch})[0] for name in ("model.onnx", variant))
+    return float(np.mean(fp32.argmax(1) == other.argmax(1))), float(np.abs(fp32 - other).max())
