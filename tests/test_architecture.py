@@ -180,11 +180,13 @@ def test_no_import_to_the_right():
     assert not bad, "imports against the order core <- training <- export <- runtime <- apps:\n" + "\n".join(bad)
 
 
+def _core_and_runtime(exempt) -> list[tuple[str, Module]]:
+    return [(n, m) for n, m in modules().items() if room(n) in ("core", "runtime") and not exempt(n)]
+
+
 def test_core_and_runtime_never_reach_torch():
     bad = []
-    for name, mod in modules().items():
-        if room(name) not in ("core", "runtime") or _torch_backend(name):
-            continue
+    for name, mod in _core_and_runtime(exempt=_torch_backend):
         hits = sorted(t for t in reachable(name) if _root(t) in TORCH_LIBS)
         if hits:
             path = [t for t in reachable(name) if t in modules() and modules()[t].imports & set(hits)]
@@ -194,16 +196,14 @@ def test_core_and_runtime_never_reach_torch():
 
 def test_core_and_runtime_need_only_the_base_install():
     """Outside a backend's own folder, core and runtime reach only the stdlib and pyproject's base dependencies."""
+    allowed = sys.stdlib_module_names | BASE_LIBS | OPTIONAL_LAZY
     bad = []
-    for name, mod in modules().items():
-        if room(name) not in ("core", "runtime") or _in_backend_folder(name):
-            continue
-        for target in sorted(reachable(name)):
-            if ours(target) or _root(target) in sys.stdlib_module_names | BASE_LIBS | OPTIONAL_LAZY:
-                continue
-            if any(_in_backend_folder(t) and target in modules()[t].imports for t in reachable(name) if t in modules()):
-                continue  # imported by a backend (lazily, checked below)
-            bad.append(f"{mod.rel}: reaches {target}, which the base install lacks")
+    for name, mod in _core_and_runtime(exempt=_in_backend_folder):
+        seen = reachable(name)
+        backends_libs = {t for b in seen if _in_backend_folder(b) and b in modules() for t in modules()[b].imports}
+        # a backend's own library is imported inside its loader (test_heavy_libraries_imported_lazily)
+        bad += [f"{mod.rel}: reaches {t}, which the base install lacks" for t in sorted(seen - backends_libs)
+                if not ours(t) and _root(t) not in allowed]
     assert not bad, "\n".join(bad)
 
 
