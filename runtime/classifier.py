@@ -69,14 +69,9 @@ class Classifier:
         self.bundle = bundle
         self.runner = runner
         self.class_names = bundle.class_names
-        try:
-            self.preprocess_config = PreprocessConfig.from_dict(bundle.preprocess)
-        except (TypeError, ValueError) as e:
-            raise BundleError(f"{bundle.root}: manifest field preprocess is invalid: {e}") from e
+        # Bundle.open checked the preprocess block and that its size matches the model input.
+        self.preprocess_config = PreprocessConfig.from_dict(bundle.preprocess)
         self.preprocessor = Preprocessor(self.preprocess_config)
-        if self.preprocessor.input_shape != bundle.input_shape:
-            raise BundleError(f"{bundle.root}: preprocess size {list(self.preprocess_config.size)} does not match "
-                              f"the model input shape {list(bundle.input_shape)}")
         h, w = self.preprocess_config.size
         self.draft_size = (DRAFT_OVERSAMPLE * max(h, w),) * 2
 
@@ -84,19 +79,27 @@ class Classifier:
 
     @classmethod
     def open(cls, bundle: str | os.PathLike | Bundle, backend: str = "auto", threads: int | None = None,
-             device: str = "cpu") -> "Classifier":
-        """Open and verify ``bundle`` (dir or .tar), load ``backend``'s model, and check its output shapes."""
+             device: str = "cpu", trusted_keys: Sequence[str | os.PathLike] | None = None) -> "Classifier":
+        """Open and verify ``bundle`` (dir or .tar), load ``backend``'s model, and check its output shapes.
+
+        ``trusted_keys``: public key PEMs; the bundle must then be signed by one of them (every file)."""
         if not isinstance(bundle, Bundle):
-            bundle = Bundle.open(bundle)  # schema version, manifest fields, class embeddings [C, d]
-        _check_manifest_shapes(bundle)
-        runner = create_runner(bundle, backend, RunnerOptions(threads=threads, device=device))
-        runner.activate()  # loads the model file after checking its sha256
+            # manifest digest and every field, (signature), class embeddings [C, d]
+            bundle = Bundle.open(bundle, trusted_keys=trusted_keys)
+        elif trusted_keys and bundle.signature is None:
+            raise BundleError(f"{bundle.label}: opened without trusted keys; open it with Bundle.open(..., "
+                              "trusted_keys=...) or pass its path")
         try:
-            clf = cls(bundle, runner)
-            clf._check_outputs()
-        except BaseException:
-            runner.deactivate()
-            raise
+            runner = create_runner(bundle, backend, RunnerOptions(threads=threads, device=device))
+            runner.activate()  # loads the model file after checking its sha256
+            try:
+                clf = cls(bundle, runner)
+                clf._check_outputs()
+            except BaseException:
+                runner.deactivate()
+                raise
+        except BundleError as e:
+            raise _relabel(e, bundle) from None
         return clf
 
     def _check_outputs(self) -> None:
@@ -105,7 +108,7 @@ class Classifier:
         c, d = len(self.class_names), self.bundle.embed_dim
         for name, arr, want in (("logits", out.logits, (1, c)), ("embedding", out.embedding, (1, d))):
             if tuple(arr.shape) != want:
-                raise BundleError(f"{self.bundle.root}: the {self.runner.name} model gives {name} of shape "
+                raise BundleError(f"{self.bundle.label}: the {self.runner.name} model gives {name} of shape "
                                   f"{list(arr.shape)} for one image; the manifest implies {list(want)}")
         self.runner.inference_times.clear()  # the probe is not a measurement
 
@@ -226,14 +229,8 @@ class Classifier:
         ]
 
 
-def _check_manifest_shapes(bundle: Bundle) -> None:
-    """The manifest's declared output widths must agree with its class list and embed_dim."""
-    outputs = {o.get("name"): o.get("shape") for o in bundle.manifest["outputs"]}
-    want = {"logits": len(bundle.class_names), "embedding": bundle.embed_dim}
-    for name, width in want.items():
-        shape = outputs.get(name)
-        if not shape or len(shape) != 2:
-            raise BundleError(f"{bundle.root}: manifest lists no 2-D output {name!r}")
-        if isinstance(shape[1], int) and shape[1] != width:
-            raise BundleError(f"{bundle.root}: manifest output {name!r} has width {shape[1]} but the bundle has "
-                              f"{width} {'classes' if name == 'logits' else 'embedding dims'}")
+def _relabel(error: BundleError, bundle: Bundle) -> BundleError:
+    """Backends name ``bundle.root``; for a .tar that is a temp folder: name the .tar instead."""
+    if str(bundle.root) == bundle.label:
+        return error
+    return BundleError(str(error).replace(str(bundle.root), bundle.label))

@@ -95,7 +95,7 @@ def _broken_bundle(runtime_bundle, tmp_path, how):
 @pytest.mark.parametrize("how, message", [
     ("missing", "missing file 'model.onnx'"),
     ("flipped", "'model.onnx' is corrupt or was modified"),
-    ("newer", "schema_version 42 is newer"),
+    ("newer", "schema_version: 42 is newer"),
 ])
 def test_bad_bundle_gives_exit_2_with_a_clear_message(runtime_bundle, photos, tmp_path, how, message):
     bundle = _broken_bundle(runtime_bundle, tmp_path, how)
