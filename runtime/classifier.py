@@ -49,6 +49,11 @@ class Prediction:
     def label(self) -> str:
         return self.labels[0]
 
+    def is_finite(self) -> bool:
+        """False if the model gave NaN or inf for this image (its scores mean nothing)."""
+        logits = self.logits if self.logits is not None else np.asarray(self.scores)
+        return bool(np.isfinite(logits).all() and np.isfinite(self.scores).all())
+
     def to_dict(self) -> dict[str, Any]:
         """The ``classify --json`` record (without embedding / logits)."""
         return {"path": self.path, "labels": list(self.labels), "scores": [float(s) for s in self.scores]}
@@ -133,10 +138,25 @@ class Classifier:
         return load_image(path, draft_size=self.draft_size)
 
     def preprocess(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
-        """A path, PIL image or uint8 HxWx3 array -> float32 [3, H, W], as open_clip's eval transform."""
+        """A path, PIL image or uint8 HxWx3 array -> float32 [3, H, W], as open_clip's eval transform.
+
+        A float array already preprocessed ([3, H, W] of the model's size, finite) is passed through."""
         if isinstance(image, (str, os.PathLike)):
             image = self.load(image)
+        elif isinstance(image, np.ndarray):
+            if image.size == 0:
+                raise ValueError(f"empty image array (shape {list(image.shape)})")
+            if image.dtype != np.uint8:
+                return self._checked_float(image)
         return self.preprocessor(image)
+
+    def _checked_float(self, array: np.ndarray) -> np.ndarray:
+        if not np.issubdtype(array.dtype, np.floating) or tuple(array.shape) != self.input_shape:
+            raise ValueError(f"a float image array must be preprocessed, of shape {list(self.input_shape)} "
+                             f"(got {array.dtype} {list(array.shape)}); pass uint8 [H, W, 3] to have it preprocessed")
+        if not np.isfinite(array).all():
+            raise ValueError("preprocessed image array holds NaN or infinite values")
+        return np.ascontiguousarray(array, dtype=np.float32)
 
     # ---- prediction ---------------------------------------------------------------
 
@@ -211,7 +231,12 @@ class Classifier:
             order = sorted(arrays)
             batch_preds = self.predict_batch(np.stack([arrays[i] for i in order]), top_k,
                                              [chunk[i][0] for i in order])
-            preds = dict(zip(order, batch_preds))
+            for i, pred in zip(order, batch_preds):
+                if pred.is_finite():
+                    preds[i] = pred
+                else:  # never print NaN scores (not even valid JSON): an error for this image
+                    errors[i] = ImageError(f"{chunk[i][0]}: the model gave non-finite scores (NaN or inf) "
+                                           "for this image")
         for i, (path, _) in enumerate(chunk):
             yield path, preds[i] if i in preds else errors[i]
 
