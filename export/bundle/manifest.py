@@ -213,6 +213,8 @@ def check_version(data: Any) -> int:
     from clap_edge import __version__
 
     version = _obj(data, "").get("schema_version")
+    if isinstance(version, float) and version.is_integer():
+        version = int(version)
     if not _is_int(version) or version < 1:
         raise ManifestFieldError("schema_version", f"must be an integer >= 1, got {version!r}")
     if version > SCHEMA_VERSION:
@@ -458,6 +460,8 @@ def _str_list(v: Any, path: str, limit: int, nonempty: bool = False) -> list[str
 
 
 def _int(v: Any, path: str, lo: int, hi: int) -> int:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)  # 2.0 is an integer in JSON (and in JSON Schema)
     if not _is_int(v) or not lo <= v <= hi:
         raise ManifestFieldError(path, f"must be an integer in [{lo}, {hi}], got {v!r}")
     return v
