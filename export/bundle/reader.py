@@ -226,7 +226,7 @@ def _read_manifest(root: Path, label: str) -> tuple[Manifest, dict[str, Any]]:
         spec = Manifest.from_dict(data)
     except ManifestFieldError as e:
         raise BundleError(f"{where}: {e}") from None
-    return spec, data
+    return spec, spec.to_dict()  # the checked values, normalised (2.0 -> 2, tuples -> lists)
 
 
 def _check_digest(root: Path, raw: bytes, label: str) -> None:
