@@ -219,7 +219,13 @@ def scan_images(paths: list[str | os.PathLike]) -> ScanResult:
         kind, reason = _classify_entry(p)
         if kind == "dir":
             found: list[Path] = []
-            _walk(p, found, result, ancestors=[], seen={})
+            # Real folders first, linked ones after: a folder reached both ways is listed by its real path.
+            links: list[tuple[Path, list[tuple[int, int]]]] = []
+            seen: dict[tuple[int, int], Path] = {}
+            _walk(p, found, result, [], seen, links)
+            while links:
+                link, ancestors = links.pop(0)
+                _walk(link, found, result, ancestors, seen, links)
             result.files.extend(sorted(found))
         elif kind == "file":
             result.files.append(p)
@@ -246,7 +252,7 @@ def _classify_entry(path: Path) -> tuple[str, str]:
 
 
 def _walk(folder: Path, found: list[Path], result: ScanResult, ancestors: list[tuple[int, int]],
-          seen: dict[tuple[int, int], Path]) -> None:
+          seen: dict[tuple[int, int], Path], links: list[tuple[Path, list[tuple[int, int]]]]) -> None:
     try:
         st = os.stat(folder)
         key = (st.st_dev, st.st_ino)
@@ -271,8 +277,10 @@ def _walk(folder: Path, found: list[Path], result: ScanResult, ancestors: list[t
     for entry in entries:
         path = folder / entry.name
         kind, reason = _classify_entry(path)
-        if kind == "dir":
-            _walk(path, found, result, ancestors + [key], seen)
+        if kind == "dir" and entry.is_symlink():
+            links.append((path, ancestors + [key]))
+        elif kind == "dir":
+            _walk(path, found, result, ancestors + [key], seen, links)
         elif kind == "file":
             (found if is_image_file(path) else result.other_files).append(path)
         else:
