@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +141,75 @@ class CLAPHead(nn.Module):
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
         if METADATA_KEY not in metadata:
             raise CheckpointError(f"{path}: no '{METADATA_KEY}' metadata; was it written by CLAPHead.save?")
-        try:
-            config = HeadConfig(**json.loads(metadata[METADATA_KEY]))
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: bad head config in metadata ({e})") from e
+        config = _config_from_metadata(metadata[METADATA_KEY], path)
         head = cls(config)
         head.load_state_dict_checked(state, source=str(path))
         return head
+
+
+MAX_HEAD_DIM = 65_536
+MAX_METADATA_BYTES = 16 << 20
+
+
+def _config_from_metadata(text: str, path: Path) -> HeadConfig:
+    """The head's metadata JSON, every field checked: a bad value is one line naming the file and the field."""
+    import math
+    import unicodedata
+
+    def bad(name: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{path}: head metadata field {name}: {problem}")
+
+    def no_constant(name: str):
+        raise bad("(json)", f"{name} is not a finite number")
+
+    if len(text) > MAX_METADATA_BYTES:
+        raise bad("(json)", f"{len(text):,} bytes, more than {MAX_METADATA_BYTES:,}")
+    try:
+        data = json.loads(text, parse_constant=no_constant)
+    except RecursionError:
+        raise bad("(json)", "nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise bad("(json)", f"not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise bad("(json)", "must be a JSON object")
+    known = {f.name for f in fields(HeadConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise bad(unknown[0], f"is not a head config field ({', '.join(sorted(known))})")
+    if "in_dim" not in data:
+        raise bad("in_dim", "is missing")
+
+    def dim(name: str, optional: bool = False) -> None:
+        v = data.get(name)
+        if optional and v is None:
+            return
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_HEAD_DIM:
+            raise bad(name, f"must be an integer in [1, {MAX_HEAD_DIM}], got {v!r}")
+
+    dim("in_dim")
+    dim("latent_dim", optional="latent_dim" not in data)
+    dim("out_dim", optional=True)
+    alpha = data.get("alpha", 1.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise bad("alpha", f"must be a finite number, got {alpha!r}")
+    if data.get("activation", "silu") not in ACTIVATIONS:
+        raise bad("activation", f"must be one of {list(ACTIVATIONS)}, got {data.get('activation')!r}")
+    for name in ("model_name", "pretrained"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise bad(name, f"must be a string or null, got {type(data[name]).__name__}")
+    names = data.get("class_names", [])
+    if not isinstance(names, list) or not all(isinstance(c, str) and c.strip() for c in names):
+        raise bad("class_names", "must be a list of non-empty strings")
+    seen: dict[str, str] = {}
+    for name in names:
+        key = unicodedata.normalize("NFC", name)
+        if key in seen:
+            how = "twice" if seen[key] == name else f"as {ascii(seen[key])} and {ascii(name)}, equal after Unicode NFC"
+            raise bad("class_names", f"{name!r} appears {how}")
+        seen[key] = name
+    if not isinstance(data.get("training", {}), dict):
+        raise bad("training", "must be an object")
+    return HeadConfig(**data)
 
 
 def _torch_load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -188,9 +188,12 @@ def load_class_names(source: str | Path) -> list[str]:
     """Class names from a text file (one per line), a dataset folder, or a comma list.
 
     Folders may be ``root/class/*.jpg``, ``root/domain/class/*.jpg`` or either under
-    ``root/{val,test}/`` (see :mod:`clap_edge.core.datasets`). Duplicates are
-    dropped with a warning; an empty result is an error.
+    ``root/{val,test}/`` (see :mod:`clap_edge.core.datasets`). Duplicates, also those equal only
+    after Unicode NFC normalisation, are dropped with a warning naming both spellings; empty input is an error (an empty
+    string is not "the current folder").
     """
+    if isinstance(source, str) and not source.strip():
+        raise PromptError("class list is empty: pass a file, a dataset folder or names like cat,dog")
     path = Path(source)
     if path.is_dir():
         names = _class_names_from_folder(path)
@@ -208,16 +211,36 @@ def load_class_names(source: str | Path) -> list[str]:
 
 
 def dedupe_class_names(names: list[str], source: str = "class list") -> list[str]:
+    """The names in order, each once: a duplicate (also one equal after Unicode NFC) is dropped with a warning."""
+    import unicodedata
     import warnings
 
-    seen: dict[str, None] = {}
+    seen: dict[str, str] = {}
     for name in names:
-        if name in seen:
-            warnings.warn(f"{source}: duplicate class {name!r} dropped", stacklevel=3)
-        seen.setdefault(name, None)
+        key = unicodedata.normalize("NFC", name)
+        if key in seen:
+            first = seen[key]
+            how = "" if first == name else f" (same as {ascii(first)} after Unicode NFC normalisation)"
+            warnings.warn(f"{source}: duplicate class {ascii(name)} dropped{how}", stacklevel=3)
+            continue
+        seen[key] = name
     if not seen:
         raise PromptError(f"{source}: no class names found")
     return list(seen)
+
+
+def check_unique_class_names(names: list[str], source: str = "class names") -> None:
+    """PromptError naming both spellings if two names are equal after Unicode NFC normalisation."""
+    import unicodedata
+
+    seen: dict[str, str] = {}
+    for name in names:
+        key = unicodedata.normalize("NFC", name)
+        if key in seen:
+            first = seen[key]
+            how = "twice" if first == name else f"as {ascii(first)} and {ascii(name)}, equal after Unicode NFC"
+            raise PromptError(f"{source}: class {name!r} appears {how}")
+        seen[key] = name
 
 
 def _class_names_from_folder(root: Path) -> list[str]:

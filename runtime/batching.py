@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from clap_edge.core.errors import ImageError
+
 __all__ = ["BatchingClassifier", "BatchingConfig", "QueueFullError"]
 
 _STOP = object()  # sentinel that flows through both queues on close()
@@ -87,7 +89,11 @@ class BatchingClassifier:
     # ---- public API ---------------------------------------------------------------
 
     def submit(self, image: Any) -> Future:
-        """Queue one image (path, PIL image, uint8 array or preprocessed [3, H, W]); returns its Future."""
+        """Queue one image (path, PIL image, uint8 array or preprocessed [3, H, W]); returns its Future.
+
+        An empty array is refused here (ValueError); other bad images fail their own Future."""
+        if isinstance(image, np.ndarray) and image.size == 0:
+            raise ValueError(f"empty image array (shape {list(image.shape)})")
         future: Future = Future()
         with self._lock:
             if self._closed:
@@ -176,7 +182,7 @@ class BatchingClassifier:
                 self._retry_one_by_one(array, requests)
                 continue
             for prediction, request in zip(predictions, requests):
-                request.future.set_result(_with_path(prediction, request.image))
+                _resolve(request, prediction)
 
     def _retry_one_by_one(self, array: np.ndarray, requests: list[_Request]) -> None:
         # Isolate the request that breaks the model so the rest of the batch still succeeds.
@@ -186,7 +192,7 @@ class BatchingClassifier:
             except BaseException as e:
                 request.future.set_exception(e)
             else:
-                request.future.set_result(_with_path(prediction, request.image))
+                _resolve(request, prediction)
 
 
 class _Batch(list):
@@ -199,6 +205,16 @@ class _Batch(list):
     def add(self, array: np.ndarray, request: _Request) -> None:
         self.append(array)
         self.requests.append(request)
+
+
+def _resolve(request: _Request, prediction: Any) -> None:
+    """Set the request's result, or an error if the model gave NaN / inf scores for it."""
+    is_finite = getattr(prediction, "is_finite", None)
+    if is_finite is not None and not is_finite():
+        where = f"{request.image}: " if isinstance(request.image, (str, os.PathLike)) else ""
+        request.future.set_exception(ImageError(f"{where}the model gave non-finite scores (NaN or inf) for this image"))
+        return
+    request.future.set_result(_with_path(prediction, request.image))
 
 
 def _with_path(prediction: Any, image: Any) -> Any:

@@ -49,6 +49,11 @@ class Prediction:
     def label(self) -> str:
         return self.labels[0]
 
+    def is_finite(self) -> bool:
+        """False if the model gave NaN or inf for this image (its scores mean nothing)."""
+        logits = self.logits if self.logits is not None else np.asarray(self.scores)
+        return bool(np.isfinite(logits).all() and np.isfinite(self.scores).all())
+
     def to_dict(self) -> dict[str, Any]:
         """The ``classify --json`` record (without embedding / logits)."""
         return {"path": self.path, "labels": list(self.labels), "scores": [float(s) for s in self.scores]}
@@ -69,14 +74,9 @@ class Classifier:
         self.bundle = bundle
         self.runner = runner
         self.class_names = bundle.class_names
-        try:
-            self.preprocess_config = PreprocessConfig.from_dict(bundle.preprocess)
-        except (TypeError, ValueError) as e:
-            raise BundleError(f"{bundle.root}: manifest field preprocess is invalid: {e}") from e
+        # Bundle.open checked the preprocess block and that its size matches the model input.
+        self.preprocess_config = PreprocessConfig.from_dict(bundle.preprocess)
         self.preprocessor = Preprocessor(self.preprocess_config)
-        if self.preprocessor.input_shape != bundle.input_shape:
-            raise BundleError(f"{bundle.root}: preprocess size {list(self.preprocess_config.size)} does not match "
-                              f"the model input shape {list(bundle.input_shape)}")
         h, w = self.preprocess_config.size
         self.draft_size = (DRAFT_OVERSAMPLE * max(h, w),) * 2
 
@@ -84,19 +84,27 @@ class Classifier:
 
     @classmethod
     def open(cls, bundle: str | os.PathLike | Bundle, backend: str = "auto", threads: int | None = None,
-             device: str = "cpu") -> "Classifier":
-        """Open and verify ``bundle`` (dir or .tar), load ``backend``'s model, and check its output shapes."""
+             device: str = "cpu", trusted_keys: Sequence[str | os.PathLike] | None = None) -> "Classifier":
+        """Open and verify ``bundle`` (dir or .tar), load ``backend``'s model, and check its output shapes.
+
+        ``trusted_keys``: public key PEMs; the bundle must then be signed by one of them (every file)."""
         if not isinstance(bundle, Bundle):
-            bundle = Bundle.open(bundle)  # schema version, manifest fields, class embeddings [C, d]
-        _check_manifest_shapes(bundle)
-        runner = create_runner(bundle, backend, RunnerOptions(threads=threads, device=device))
-        runner.activate()  # loads the model file after checking its sha256
+            # manifest digest and every field, (signature), class embeddings [C, d]
+            bundle = Bundle.open(bundle, trusted_keys=trusted_keys)
+        elif trusted_keys and bundle.signature is None:
+            raise BundleError(f"{bundle.label}: opened without trusted keys; open it with Bundle.open(..., "
+                              "trusted_keys=...) or pass its path")
         try:
-            clf = cls(bundle, runner)
-            clf._check_outputs()
-        except BaseException:
-            runner.deactivate()
-            raise
+            runner = create_runner(bundle, backend, RunnerOptions(threads=threads, device=device))
+            runner.activate()  # loads the model file after checking its sha256
+            try:
+                clf = cls(bundle, runner)
+                clf._check_outputs()
+            except BaseException:
+                runner.deactivate()
+                raise
+        except BundleError as e:
+            raise _relabel(e, bundle) from None
         return clf
 
     def _check_outputs(self) -> None:
@@ -105,7 +113,7 @@ class Classifier:
         c, d = len(self.class_names), self.bundle.embed_dim
         for name, arr, want in (("logits", out.logits, (1, c)), ("embedding", out.embedding, (1, d))):
             if tuple(arr.shape) != want:
-                raise BundleError(f"{self.bundle.root}: the {self.runner.name} model gives {name} of shape "
+                raise BundleError(f"{self.bundle.label}: the {self.runner.name} model gives {name} of shape "
                                   f"{list(arr.shape)} for one image; the manifest implies {list(want)}")
         self.runner.inference_times.clear()  # the probe is not a measurement
 
@@ -130,10 +138,25 @@ class Classifier:
         return load_image(path, draft_size=self.draft_size)
 
     def preprocess(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
-        """A path, PIL image or uint8 HxWx3 array -> float32 [3, H, W], as open_clip's eval transform."""
+        """A path, PIL image or uint8 HxWx3 array -> float32 [3, H, W], as open_clip's eval transform.
+
+        A float array already preprocessed ([3, H, W] of the model's size, finite) is passed through."""
         if isinstance(image, (str, os.PathLike)):
             image = self.load(image)
+        elif isinstance(image, np.ndarray):
+            if image.size == 0:
+                raise ValueError(f"empty image array (shape {list(image.shape)})")
+            if image.dtype != np.uint8:
+                return self._checked_float(image)
         return self.preprocessor(image)
+
+    def _checked_float(self, array: np.ndarray) -> np.ndarray:
+        if not np.issubdtype(array.dtype, np.floating) or tuple(array.shape) != self.input_shape:
+            raise ValueError(f"a float image array must be preprocessed, of shape {list(self.input_shape)} "
+                             f"(got {array.dtype} {list(array.shape)}); pass uint8 [H, W, 3] to have it preprocessed")
+        if not np.isfinite(array).all():
+            raise ValueError("preprocessed image array holds NaN or infinite values")
+        return np.ascontiguousarray(array, dtype=np.float32)
 
     # ---- prediction ---------------------------------------------------------------
 
@@ -208,7 +231,12 @@ class Classifier:
             order = sorted(arrays)
             batch_preds = self.predict_batch(np.stack([arrays[i] for i in order]), top_k,
                                              [chunk[i][0] for i in order])
-            preds = dict(zip(order, batch_preds))
+            for i, pred in zip(order, batch_preds):
+                if pred.is_finite():
+                    preds[i] = pred
+                else:  # never print NaN scores (not even valid JSON): an error for this image
+                    errors[i] = ImageError(f"{chunk[i][0]}: the model gave non-finite scores (NaN or inf) "
+                                           "for this image")
         for i, (path, _) in enumerate(chunk):
             yield path, preds[i] if i in preds else errors[i]
 
@@ -226,14 +254,8 @@ class Classifier:
         ]
 
 
-def _check_manifest_shapes(bundle: Bundle) -> None:
-    """The manifest's declared output widths must agree with its class list and embed_dim."""
-    outputs = {o.get("name"): o.get("shape") for o in bundle.manifest["outputs"]}
-    want = {"logits": len(bundle.class_names), "embedding": bundle.embed_dim}
-    for name, width in want.items():
-        shape = outputs.get(name)
-        if not shape or len(shape) != 2:
-            raise BundleError(f"{bundle.root}: manifest lists no 2-D output {name!r}")
-        if isinstance(shape[1], int) and shape[1] != width:
-            raise BundleError(f"{bundle.root}: manifest output {name!r} has width {shape[1]} but the bundle has "
-                              f"{width} {'classes' if name == 'logits' else 'embedding dims'}")
+def _relabel(error: BundleError, bundle: Bundle) -> BundleError:
+    """Backends name ``bundle.root``; for a .tar that is a temp folder: name the .tar instead."""
+    if str(bundle.root) == bundle.label:
+        return error
+    return BundleError(str(error).replace(str(bundle.root), bundle.label))

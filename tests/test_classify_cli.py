@@ -96,7 +96,7 @@ def _broken_bundle(runtime_bundle, tmp_path, how):
 @pytest.mark.parametrize("how, message", [
     ("missing", "missing file 'model.onnx'"),
     ("flipped", "'model.onnx' is corrupt or was modified"),
-    ("newer", "schema_version 42 is newer"),
+    ("newer", "schema_version: 42 is newer"),
 ])
 def test_bad_bundle_gives_exit_2_with_a_clear_message(runtime_bundle, photos, tmp_path, how, message):
     bundle = _broken_bundle(runtime_bundle, tmp_path, how)
@@ -112,8 +112,9 @@ def test_bad_arguments_give_exit_2(runtime_bundle, photos, args):
     assert result.exit_code == 2
 
 
-def test_missing_path_and_empty_folder_give_exit_2(runtime_bundle, tmp_path):
-    assert _run(runtime_bundle, tmp_path / "nope.jpg").exit_code == 2
+def test_missing_path_is_one_error_line_and_empty_folder_gives_exit_2(runtime_bundle, tmp_path):
+    result = _run(runtime_bundle, tmp_path / "nope.jpg")
+    assert result.exit_code == 1 and f"{tmp_path / 'nope.jpg'}\terror: no such file or directory" in result.stderr
     (tmp_path / "empty").mkdir()
     result = _run(runtime_bundle, tmp_path / "empty")
     assert result.exit_code == 2 and "no image files found" in result.stderr

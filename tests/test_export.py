@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from clap_edge.core.errors import BundleError
+from clap_edge.export.bundle.writer import write_manifest
 from clap_edge.export.bundle import SCHEMA_VERSION, Bundle, sha256_file
 from clap_edge.export.builders.exporter import ExportConfig, export_bundle
 
@@ -135,7 +136,7 @@ def _edit_manifest(bundle_dir, **changes):
     path = bundle_dir / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest.update(changes)
-    path.write_text(json.dumps(manifest))
+    write_manifest(path.parent, manifest, validate=False)  # with its digest: the edit is what is tested
 
 
 def test_newer_schema_refused(tiny_bundle, tmp_path):
@@ -147,7 +148,9 @@ def test_newer_schema_refused(tiny_bundle, tmp_path):
 
 def test_class_count_mismatch(tiny_bundle, tmp_path):
     copy = _copy(tiny_bundle, tmp_path)
-    _edit_manifest(copy, class_names=TINY_CLASSES[:3])
+    outputs = json.loads((copy / "manifest.json").read_text())["outputs"]
+    outputs[0]["shape"] = ["N", 3]  # consistent manifest, so the class embeddings' own check is what fails
+    _edit_manifest(copy, class_names=TINY_CLASSES[:3], outputs=outputs)
     with pytest.raises(BundleError, match=r"classes\.safetensors has shape \[4, 64\].*3 classes"):
         Bundle.open(copy)
 

@@ -40,3 +40,11 @@ def first_line(error: BaseException) -> str:
     message alone does not ("KeyError: 101", not "101")."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+class OutputError(ClapEdgeError):
+    """An output path cannot be written (another process is writing it, or it exists)."""
+
+
+class OutputExistsError(OutputError, FileExistsError):
+    """The output exists and overwriting was not asked for (still a FileExistsError for old callers)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,7 +20,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from clap_edge.core.errors import BundleError, CheckpointError, ClapEdgeError, PromptError
+from clap_edge.core.io import staging_tempdir
 from clap_edge.export.bundle import BundleWriter
+from clap_edge.export.bundle.manifest import HeadInfo, ModelInfo, PreprocessCfg, TensorSpec, to_json
+from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
         )
     say(f"embedding {len(class_names)} classes x {len(templates)} templates")
     fused = build_fused(loaded, class_names, head, alpha, templates)
-    pre = _preprocess_manifest(loaded.preprocess_cfg)
+    pre = PreprocessCfg.from_open_clip(loaded.preprocess_cfg)
     calib = _calibration_batch(cfg.calibration, loaded.preprocess_cfg)
     image_shape = tuple(int(s) for s in calib.shape[1:])
 
@@ -81,7 +83,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
     from clap_edge.export.builders.onnx_export import export_onnx, run_torch
     from clap_edge.export.parity import compare_logits, run_onnx
 
-    with tempfile.TemporaryDirectory(prefix="clap-edge-export-") as tmp:
+    with staging_tempdir("export") as tmp:  # named so `clap-edge clean` removes it after a kill
         tmp = Path(tmp)
         say("exporting ONNX")
         example = torch.from_numpy(calib[:2].copy()) if len(calib) >= 2 else torch.from_numpy(np.repeat(calib, 2, 0))
@@ -113,23 +115,21 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 writer.add_file("head.safetensors")
             writer.add_class_embeddings(fused.classes.T.numpy())
             writer.add_file("calibration.npy", _npy_bytes(calib))
-            writer.manifest.update(
-                model={"model_name": model_name, "pretrained": pretrained, "head": _head_manifest(head, alpha)},
+            writer.manifest.update(to_json(dict(
+                model=ModelInfo(model_name, pretrained, _head_manifest(head, alpha)),
                 embed_dim=fused.embed_dim,
                 alpha=alpha,
                 logit_scale=float(fused.logit_scale),
                 class_names=list(class_names),
                 templates=templates,
                 preprocess=pre,
-                inputs=[{"name": "image", "shape": ["N", *image_shape], "dtype": "float32"}],
-                outputs=[
-                    {"name": "logits", "shape": ["N", len(class_names)], "dtype": "float32"},
-                    {"name": "embedding", "shape": ["N", fused.embed_dim], "dtype": "float32"},
-                ],
+                inputs=[TensorSpec(INPUT_IMAGE, ["N", *image_shape])],
+                outputs=[TensorSpec(OUTPUT_LOGITS, ["N", len(class_names)]),
+                         TensorSpec(OUTPUT_EMBEDDING, ["N", fused.embed_dim])],
                 opset=result.opset,
                 flops_per_image=flops_per_image(fused, image_shape),
                 parity=parity,
-            )
+            )))  # checked in full (Manifest.from_dict) when the writer writes it
     say(f"wrote {out}")
     return out
 
@@ -140,6 +140,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
 def _resolve(cfg: ExportConfig):
     """(head or None, model_name, pretrained, class_names, alpha) from the config and the head's metadata."""
     from clap_edge.head import CLAPHead
+    from clap_edge.prompts import check_unique_class_names
 
     head = cfg.head
     if head is not None and not isinstance(head, CLAPHead):
@@ -153,8 +154,7 @@ def _resolve(cfg: ExportConfig):
     classes = list(cfg.classes) if cfg.classes else (list(meta.class_names) if meta else [])
     if not classes:
         raise PromptError("no class names: pass classes (--classes), or a head whose metadata records them")
-    if len(set(classes)) != len(classes):
-        raise PromptError("class names contain duplicates")
+    check_unique_class_names(classes)  # equal after Unicode NFC counts as a duplicate
     if head is None:
         if cfg.alpha not in (None, 0, 0.0):
             raise ClapEdgeError(f"alpha={cfg.alpha} needs a head (no head means plain CLIP, alpha 0)")
@@ -241,22 +241,10 @@ def _size_hw(pcfg) -> tuple[int, int]:
     return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
 
 
-def _preprocess_manifest(pcfg) -> dict[str, Any]:
-    return {
-        "size": list(_size_hw(pcfg)),
-        "mode": pcfg.mode,
-        "mean": [float(m) for m in pcfg.mean],
-        "std": [float(s) for s in pcfg.std],
-        "interpolation": pcfg.interpolation,
-        "resize_mode": pcfg.resize_mode,
-        "fill_color": pcfg.fill_color,
-    }
-
-
-def _head_manifest(head, alpha: float) -> dict[str, Any] | None:
+def _head_manifest(head, alpha: float) -> HeadInfo | None:
     if head is None:
         return None
-    return {"alpha": alpha, "latent_dim": head.config.latent_dim, "activation": head.config.activation}
+    return HeadInfo(alpha=alpha, latent_dim=head.config.latent_dim, activation=head.config.activation)
 
 
 def _save_head(head, alpha: float, path: Path) -> None:

@@ -1,13 +1,18 @@
 """The bundle: the one contract between export and runtime (ARCHITECTURE.md, "The bundle").
 
 Torch-free (standard library, numpy, safetensors): the runtime opens bundles on devices
-that have neither torch nor open_clip.
+that have neither torch nor open_clip. ``manifest.py`` holds the manifest's dataclasses and
+checks, ``manifest.schema.json`` the same rules for other languages, ``names.py`` the fixed names.
 """
 
-from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, REQUIRED_KEYS, SCHEMA_VERSION,
-                                             VARIANT_FILES, sha256_file)
-from clap_edge.export.bundle.reader import Bundle
-from clap_edge.export.bundle.writer import BundleWriter, pack_tar
+from clap_edge.export.bundle.manifest import (EngineEntry, FileEntry, HeadInfo, Manifest, ModelInfo, PreprocessCfg,
+                                                TensorSpec)
+from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST, REQUIRED_KEYS,
+                                             SCHEMA_VERSION, SIGNATURE_FILE, VARIANT_FILES, sha256_file)
+from clap_edge.export.bundle.reader import Bundle, TarLimits
+from clap_edge.export.bundle.writer import BundleWriter, add_to_bundle, pack_tar, write_manifest
 
-__all__ = ["Bundle", "BundleWriter", "pack_tar", "sha256_file", "SCHEMA_VERSION", "MANIFEST", "CLASSES_FILE",
-           "CLASSES_TENSOR", "VARIANT_FILES", "REQUIRED_KEYS"]
+__all__ = ["Bundle", "BundleWriter", "TarLimits", "pack_tar", "write_manifest", "add_to_bundle", "sha256_file",
+           "SCHEMA_VERSION", "MANIFEST", "MANIFEST_DIGEST", "SIGNATURE_FILE", "CLASSES_FILE", "CLASSES_TENSOR",
+           "VARIANT_FILES", "REQUIRED_KEYS", "Manifest", "ModelInfo", "HeadInfo", "PreprocessCfg", "TensorSpec",
+           "FileEntry", "EngineEntry"]

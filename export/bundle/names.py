@@ -1,16 +1,40 @@
-"""Names fixed by the bundle contract: file names, tensor names, the schema version. Defined once, here."""
+"""Names fixed by the bundle contract: file names, tensor names, the schema version. Defined once, here.
+
+The C++ runtime and the Triton exporter read the same names from ``manifest.schema.json``
+(its ``x-clap-edge-names`` block); a test keeps the two in step.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 
-SCHEMA_VERSION = 1
+# Version 2 (from 1): manifest.sha256 beside the manifest; every field typed and range-checked
+# (manifest.schema.json); inputs/outputs named by INPUT_IMAGE / OUTPUT_*; optional `drift`,
+# `engines` sections and a `bundle.sig` signature. Version-1 bundles are refused with "re-export".
+SCHEMA_VERSION = 2
+MIN_SCHEMA_VERSION = 2  # the oldest version this code opens
+
 MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"  # "<sha256 hex>  manifest.json\n" (sha256sum -c format)
+SIGNATURE_FILE = "bundle.sig"  # OpenSSF model-signing (sigstore bundle JSON) over every other file
+SCHEMA_FILE = "manifest.schema.json"  # shipped in this package
+
 CLASSES_FILE = "classes.safetensors"
 CLASSES_TENSOR = "class_embeddings"
+HEAD_FILE = "head.safetensors"
+CALIBRATION_FILE = "calibration.npy"
+
+# Tensor names of the exported model.
+INPUT_IMAGE = "image"
+OUTPUT_LOGITS = "logits"
+OUTPUT_EMBEDDING = "embedding"
+
+# Files the bundle itself manages: never listed in the manifest's `files`.
+META_FILES = (MANIFEST, MANIFEST_DIGEST, SIGNATURE_FILE)
 
 # Model variants a bundle may hold, by name -> file (the manifest's "variants" maps the ones present).
+# `variants` is free-form in the schema: other variants (e.g. an OpenVINO IR) need no schema change.
 VARIANT_FILES = {
     "fp32": "model.onnx",
     "int8": "model.int8.onnx",

@@ -1,28 +1,42 @@
-"""Bundle: open and verify a bundle directory or .tar.
+"""Bundle: open and verify a bundle directory or .tar. Every check on a bundle happens here.
 
-A bundle is a directory (or a .tar of one) with ``manifest.json`` and the files it lists.
-This module needs only the standard library, numpy and safetensors: the runtime opens
-bundles on devices that have neither torch nor open_clip. It trusts nothing: schema
-version, sha256 of every file it hands out, and shapes against the manifest are checked,
-and every error names the bundle, the file and the problem.
+A bundle is a directory (or a .tar of one) with ``manifest.json``, ``manifest.sha256`` and the
+files the manifest lists (optionally ``bundle.sig``). This module needs only the standard library,
+numpy and safetensors: the runtime opens bundles on devices without torch or open_clip. It trusts
+nothing: a .tar is unpacked within bounds; the manifest must match its digest and pass
+:meth:`Manifest.from_dict` (types, ranges, finiteness, depth, sizes, shapes vs the class list);
+with trusted keys the signature must verify; each file is checked against its sha256 before it is
+handed out, and the class embeddings against the manifest. Every error names the bundle as the
+user gave it (the .tar, not a temp folder), the file and the problem.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-from clap_edge import __version__
 from clap_edge.core.errors import BundleError
-from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, REQUIRED_KEYS, SCHEMA_VERSION,
+from clap_edge.core.io import read_regular, staging_tempdir
+from clap_edge.export.bundle.manifest import LIMITS, Manifest, ManifestFieldError, check_version, loads
+from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST, SIGNATURE_FILE,
                                              sha256_file)
+
+
+@dataclass(frozen=True)
+class TarLimits:
+    """Bounds on unpacking a .tar bundle (a small archive must not fill the disk)."""
+
+    max_bytes: int = 16 << 30
+    max_members: int = 10_000
+    max_ratio: float = 50.0  # unpacked bytes per archive byte, checked past `ratio_floor`
+    ratio_floor: int = 64 << 20
 
 
 @dataclass
@@ -31,29 +45,68 @@ class Bundle:
 
     root: Path
     manifest: dict[str, Any]
+    spec: Manifest | None = None
+    source: Path | None = None  # what the user named (the .tar for a tar bundle)
+    signature: Any = None  # a SignatureCheck when opened with trusted keys
     _verified: set[str] = field(default_factory=set, repr=False)
     _tmpdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     # ---- opening ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
-        """Open a bundle directory or .tar, checking the manifest and the class embeddings."""
+    def open(cls, path: str | os.PathLike, verify: bool = True,
+             trusted_keys: Iterable[str | os.PathLike] | None = None, tar_limits: TarLimits | None = None
+             ) -> "Bundle":
+        """Open a bundle directory or .tar: manifest, its digest, (signature), class embeddings.
+
+        ``trusted_keys``: public key PEMs; when given, the bundle must carry a signature by one of
+        them covering every file (:mod:`clap_edge.export.bundle.signing`)."""
         path = Path(path)
         tmp = None
-        if path.is_file() and tarfile.is_tarfile(path):
-            tmp = tempfile.TemporaryDirectory(prefix="clap-edge-bundle-")
-            root = _extract_tar(path, Path(tmp.name))
+        if path.is_file() and _is_tar(path):
+            tmp = staging_tempdir("bundle")
+            try:
+                root = _extract_tar(path, Path(tmp.name), tar_limits or TarLimits())
+            except BaseException:
+                tmp.cleanup()
+                raise
         elif path.is_dir():
             root = path
         else:
-            problem = "a file, but not a tar archive" if path.is_file() else "no such file or directory"
+            problem = "a file, but not a tar archive" if path.is_file() else \
+                "not a regular file or folder" if path.exists() else "no such file or directory"
             raise BundleError(f"{path}: not a bundle directory or .tar ({problem})")
-        manifest = _read_manifest(root)
-        bundle = cls(root, manifest, _tmpdir=tmp)
-        if verify:
-            bundle.class_embeddings()  # checks sha256 and [C, d] against the manifest
+        bundle = cls(root, {}, source=path, _tmpdir=tmp)
+        try:
+            if trusted_keys is not None:
+                from clap_edge.export.bundle.signing import verify_signature
+
+                bundle.signature = verify_signature(root, list(trusted_keys), label=bundle.label)
+            bundle.spec, bundle.manifest = _read_manifest(root, bundle.label)
+            if bundle.signature is not None:
+                bundle._trust_signed_digests()
+            if verify:
+                bundle.class_embeddings()  # checks sha256, dtype, finiteness and [C, d] against the manifest
+        except BaseException:
+            bundle.close()
+            raise
         return bundle
+
+    @property
+    def label(self) -> str:
+        """The bundle as the user named it, for messages."""
+        return str(self.source if self.source is not None else self.root)
+
+    def _trust_signed_digests(self) -> None:
+        """The signature verified every file's sha256: take those (no second hash), checking they agree."""
+        digests = self.signature.digests
+        for name, entry in self.manifest["files"].items():
+            if name not in digests:
+                raise BundleError(f"{self.label}: {name!r} is listed in {MANIFEST} but missing from the bundle")
+            if digests[name] != entry["sha256"]:
+                raise BundleError(f"{self.label}: {name!r} was signed with sha256 {digests[name][:16]}... but the "
+                                  f"manifest lists {entry['sha256'][:16]}...; re-export and sign again")
+            self._verified.add(name)
 
     # ---- manifest views -----------------------------------------------------------
 
@@ -89,15 +142,17 @@ class Bundle:
         """Path of a bundle file after checking it exists and matches its sha256."""
         entry = self.manifest["files"].get(name)
         if entry is None:
-            raise BundleError(f"{self.root}: {name!r} is not listed in {MANIFEST}")
+            raise BundleError(f"{self.label}: {name!r} is not listed in {MANIFEST}")
         path = self.root / name
-        if not path.is_file():
-            raise BundleError(f"{self.root}: missing file {name!r} (listed in {MANIFEST})")
+        if path.is_symlink() or not path.is_file():
+            what = "a symbolic link" if path.is_symlink() else "not a regular file" if path.exists() else None
+            raise BundleError(f"{self.label}: " + (f"{name!r} is {what}" if what else
+                                                    f"missing file {name!r} (listed in {MANIFEST})"))
         if verify and name not in self._verified:
             actual = sha256_file(path)
             if actual != entry["sha256"]:
                 raise BundleError(
-                    f"{self.root}: {name!r} is corrupt or was modified: sha256 {actual[:16]}... "
+                    f"{self.label}: {name!r} is corrupt or was modified: sha256 {actual[:16]}... "
                     f"does not match the manifest's {entry['sha256'][:16]}..."
                 )
             self._verified.add(name)
@@ -106,7 +161,7 @@ class Bundle:
     def variant_file(self, variant: str) -> Path:
         if variant not in self.variants:
             have = ", ".join(self.variants) or "none"
-            raise BundleError(f"{self.root}: no {variant!r} model in this bundle (it has: {have})")
+            raise BundleError(f"{self.label}: no {variant!r} model in this bundle (it has: {have})")
         return self.file(self.variants[variant])
 
     def verify_all(self) -> dict[str, str]:
@@ -117,24 +172,27 @@ class Bundle:
                 self.file(name)
                 report[name] = "ok"
             except BundleError as e:
-                report[name] = str(e).split(": ", 1)[-1]
+                report[name] = str(e)[len(self.label) + 2:] if str(e).startswith(self.label) else str(e)
         return report
 
     def class_embeddings(self) -> np.ndarray:
-        """The L2-normalised class embeddings [C, d], checked against the manifest."""
+        """The class embeddings [C, d] (float32, finite), checked against the manifest."""
         from safetensors.numpy import load_file
 
         path = self.file(CLASSES_FILE)
         try:
             emb = load_file(str(path))[CLASSES_TENSOR]
         except Exception as e:
-            raise BundleError(f"{self.root}: {CLASSES_FILE} is unreadable ({e})") from e
+            raise BundleError(f"{self.label}: {CLASSES_FILE} is unreadable ({e})") from e
         expected = (len(self.class_names), self.embed_dim)
         if emb.shape != expected:
             raise BundleError(
-                f"{self.root}: {CLASSES_FILE} has shape {list(emb.shape)} but the manifest lists "
+                f"{self.label}: {CLASSES_FILE} has shape {list(emb.shape)} but the manifest lists "
                 f"{expected[0]} classes of dimension {expected[1]}"
             )
+        if emb.dtype != np.float32 or not np.isfinite(emb).all():
+            raise BundleError(f"{self.label}: {CLASSES_FILE} must hold finite float32 values "
+                              f"(dtype {emb.dtype}, {int((~np.isfinite(emb)).sum())} non-finite)")
         return emb
 
     def close(self) -> None:
@@ -149,69 +207,74 @@ class Bundle:
         self.close()
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{root}: missing file {MANIFEST!r} (not a clap-edge bundle?)")
+def _read_manifest(root: Path, label: str) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest, parsed and checked completely: version, digest, then every field."""
+    where = f"{label}: {MANIFEST}"
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: manifest must be a JSON object")
-    version = manifest.get("schema_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{path}: missing or non-integer schema_version")
-    if version > SCHEMA_VERSION:
-        raise BundleError(
-            f"{path}: schema_version {version} is newer than this clap-edge ({__version__}) reads "
-            f"(<= {SCHEMA_VERSION}); upgrade clap-edge"
-        )
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{path}: manifest is missing fields {missing}")
-    _check_manifest_types(path, manifest)
-    if len(set(manifest["class_names"])) != len(manifest["class_names"]):
-        raise BundleError(f"{path}: class_names contains duplicates")
-    return manifest
+        raw = read_regular(root / MANIFEST, LIMITS["manifest_bytes"])
+    except FileNotFoundError:
+        raise BundleError(f"{label}: missing file {MANIFEST!r} (not a clap-edge bundle?)") from None
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{where}: cannot read it ({e})") from None
+    try:
+        data = loads(raw)
+        check_version(data)  # before the digest: a newer layout may keep its digest elsewhere
+    except ManifestFieldError as e:
+        raise BundleError(f"{where}: {e}") from None
+    _check_digest(root, raw, label)
+    try:
+        spec = Manifest.from_dict(data)
+    except ManifestFieldError as e:
+        raise BundleError(f"{where}: {e}") from None
+    return spec, spec.to_dict()  # the checked values, normalised (2.0 -> 2, tuples -> lists)
 
 
-def _check_manifest_types(path: Path, m: dict[str, Any]) -> None:
-    """The structure the rest of the code indexes into, so a malformed manifest is an error, not a traceback."""
-    def bad(what: str) -> BundleError:
-        return BundleError(f"{path}: manifest field {what}")
-
-    names = m["class_names"]
-    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
-        raise bad("class_names must be a non-empty list of strings")
-    if not isinstance(m["embed_dim"], int) or m["embed_dim"] < 1:
-        raise bad("embed_dim must be a positive integer")
-    if not isinstance(m["preprocess"], dict):
-        raise bad("preprocess must be an object")
-    inputs = m["inputs"]
-    if (not isinstance(inputs, list) or not inputs or not isinstance(inputs[0], dict)
-            or not isinstance(inputs[0].get("shape"), list) or len(inputs[0]["shape"]) != 4):
-        raise bad("inputs must list the image input with a 4-D shape [N, 3, H, W]")
-    if not isinstance(m["outputs"], list) or not all(isinstance(o, dict) for o in m["outputs"]):
-        raise bad("outputs must be a list of objects")
-    files = m["files"]
-    if not isinstance(files, dict):
-        raise bad("files must be an object of file name -> {sha256, bytes}")
-    for name, entry in files.items():
-        parts = Path(name).parts
-        if Path(name).is_absolute() or ".." in parts or not parts:
-            raise bad(f"files lists {name!r}, which is outside the bundle")
-        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise bad(f"files[{name!r}] has no sha256")
-    variants = m.get("variants", {})
-    if not isinstance(variants, dict) or any(f not in files for f in variants.values()):
-        raise bad("variants must map variant names to files listed in files")
+def _check_digest(root: Path, raw: bytes, label: str) -> None:
+    try:
+        line = read_regular(root / MANIFEST_DIGEST, 4096).decode("ascii", "replace").split()
+    except FileNotFoundError:
+        raise BundleError(f"{label}: missing file {MANIFEST_DIGEST!r} (the manifest's checksum); "
+                          f"re-export the bundle") from None
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{label}: {MANIFEST_DIGEST}: cannot read it ({e})") from None
+    actual = hashlib.sha256(raw).hexdigest()
+    if not line or line[0].lower() != actual:
+        raise BundleError(f"{label}: {MANIFEST} was modified after export: its sha256 {actual[:16]}... does not "
+                          f"match {MANIFEST_DIGEST}")
 
 
-def _extract_tar(tar_path: Path, dest: Path) -> Path:
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:
+        return False
+
+
+def _extract_tar(tar_path: Path, dest: Path, limits: TarLimits) -> Path:
+    """Unpack within bounds: member count, total bytes, and bytes per archive byte (a gzip bomb)."""
+    archive_bytes = max(1, tar_path.stat().st_size)
+    members, total = [], 0
     try:
         with tarfile.open(tar_path) as tar:
-            tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out of dest
-    except (tarfile.TarError, OSError) as e:
-        raise BundleError(f"{tar_path}: cannot unpack bundle tar ({e})") from e
+            for member in tar:  # headers only: stops at the first bound, before writing anything
+                members.append(member)
+                total += max(0, member.size)
+                if len(members) > limits.max_members:
+                    raise BundleError(f"{tar_path}: bundle tar has more than {limits.max_members:,} members; "
+                                      "refusing to unpack it")
+                if total > limits.max_bytes:
+                    raise BundleError(f"{tar_path}: bundle tar unpacks to more than {limits.max_bytes:,} bytes; "
+                                      "refusing to unpack it")
+                if total > limits.ratio_floor and total > limits.max_ratio * archive_bytes:
+                    raise BundleError(f"{tar_path}: bundle tar unpacks to over {limits.max_ratio:g}x its size "
+                                      f"({archive_bytes:,} bytes -> {total:,}+); refusing to unpack it")
+            tar.extractall(dest, members=members, filter="data")  # refuses absolute paths, '..', links out
+    except BundleError:
+        raise
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise BundleError(f"{tar_path}: cannot unpack bundle tar ({_relabel(e, dest, tar_path)})") from None
     return dest
+
+
+def _relabel(error: BaseException, tmp: Path, tar_path: Path) -> str:
+    return str(error).replace(str(tmp), f"{tar_path}:")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -14,8 +16,12 @@ import numpy as np
 from clap_edge import __version__
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import atomic_directory, atomic_path
-from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, REQUIRED_KEYS, SCHEMA_VERSION,
-                                             VARIANT_FILES, sha256_file)
+from clap_edge.export.bundle.manifest import Manifest, ManifestFieldError, dumps, loads
+from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST, META_FILES,
+                                             REQUIRED_KEYS, SCHEMA_VERSION, SIGNATURE_FILE, VARIANT_FILES,
+                                             sha256_file)
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BundleWriter", "pack_tar", "write_manifest", "file_entries", "add_to_bundle"]
 
@@ -69,7 +75,7 @@ class BundleWriter:
         files = {}
         for path in sorted(p for p in self.staging.rglob("*") if p.is_file()):
             rel = path.relative_to(self.staging).as_posix()
-            if rel != MANIFEST:
+            if rel not in META_FILES:
                 files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         self.manifest["files"] = files
         missing = [k for k in REQUIRED_KEYS if k not in self.manifest]
@@ -98,11 +104,24 @@ def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path
     return Path(tar_path)
 
 
-def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` into a bundle directory atomically: the one place a manifest is written."""
+def write_manifest(root: str | os.PathLike, manifest: "Manifest | dict[str, Any]", validate: bool = True) -> Path:
+    """Write ``manifest.json`` and its digest ``manifest.sha256`` into a bundle directory: the one place a
+    manifest is written. The manifest is checked first (:meth:`Manifest.from_dict`, as a reader would);
+    ``validate=False`` is for tests that make broken bundles on purpose."""
+    data = manifest.to_dict() if isinstance(manifest, Manifest) else manifest
+    if validate:
+        try:
+            Manifest.from_dict(data)
+        except ManifestFieldError as e:
+            raise BundleError(f"{root}: refusing to write an invalid {MANIFEST}: {e}") from None
+    text = dumps(data) if validate else json.dumps(data, indent=2)
+    raw = text.encode("utf-8")
     path = Path(root) / MANIFEST
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        tmp.write_bytes(raw)
+    # Written second: a crash in between leaves a mismatch that the reader reports (never a silent one).
+    with atomic_path(Path(root) / MANIFEST_DIGEST) as tmp:
+        tmp.write_text(f"{hashlib.sha256(raw).hexdigest()}  {MANIFEST}\n", encoding="ascii")
     return path
 
 
@@ -120,7 +139,13 @@ def add_to_bundle(root: str | os.PathLike, files: dict[str, str | os.PathLike | 
     old manifest (the new file unlisted, ignored) or the new one with every listed file complete.
     Returns the new manifest."""
     root = Path(root)
-    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    try:
+        manifest = loads((root / MANIFEST).read_bytes())
+    except (OSError, ManifestFieldError) as e:
+        raise BundleError(f"{root}: cannot read {MANIFEST} ({e})") from None
+    if (root / SIGNATURE_FILE).exists():  # it no longer matches: say so rather than leave a stale signature
+        (root / SIGNATURE_FILE).unlink()
+        log.warning("%s: %s removed (the bundle changed); sign it again with `clap-edge sign`", root, SIGNATURE_FILE)
     for name, source in files.items():
         dest = root / name
         dest.parent.mkdir(parents=True, exist_ok=True)

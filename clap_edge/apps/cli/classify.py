@@ -14,7 +14,7 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 
 @click.command("classify")
 @click.argument("bundle", type=click.Path(exists=True))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--backend", default="auto", show_default=True,
               help="auto, onnxruntime, onnxruntime-int8, torch, ... (see `clap-edge bench`).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="images per model call.")
@@ -24,27 +24,36 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="decode / preprocess threads that prepare the next batch while one runs.")
 @click.option("--json", "as_json", is_flag=True, help='one JSON object per line: {"path","labels","scores"} or {"path","error"}.')
-def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_json):
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="public key PEM; the bundle must be signed by one of these (repeatable; `clap-edge sign`).")
+def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_json, trusted_keys):
     """Classify images (files, or folders walked recursively) with BUNDLE.
 
-    Exit code 0 when every image was classified, 1 when some could not be decoded (they are
-    reported, the others still classified), 2 for a bad bundle or bad arguments.
+    Exit code 0 when every image was classified, 1 when some could not be (each is reported with
+    the reason: undecodable, missing, broken link, symlink loop, not a regular file, unreadable;
+    the others are still classified), 2 for a bad bundle or bad arguments. Symbolic links to
+    folders are followed; files without an image extension inside folders are counted, not read.
 
     \b
     Example:
       clap-edge classify bundle/ photos/ extra.jpg --top-k 3 --json
+      clap-edge classify bundle.tar photos/ --trusted-key signer.pub
     """
     from clap_edge.apps.progress import progress_bar
     from clap_edge.core.errors import ClapEdgeError
+    from clap_edge.core.images import scan_images
     from clap_edge.runtime.classifier import Classifier
-    from clap_edge.core.images import list_images
 
-    files = list_images(list(paths))
-    if not files:
+    scan = scan_images(list(paths))
+    files = scan.files
+    if not files and not scan.skipped:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
     failed = 0
-    with Classifier.open(bundle, backend=backend, threads=threads) as clf, \
+    with Classifier.open(bundle, backend=backend, threads=threads, trusted_keys=list(trusted_keys) or None) as clf, \
             progress_bar(enabled=len(files) >= PROGRESS_MIN_IMAGES) as progress:
+        for skipped in scan.skipped:  # reported first, then the images: none is lost without a word
+            failed += 1
+            _report_error(str(skipped.path), Exception(skipped.reason), as_json)
         progress("classifying", 0, len(files))
         for path, result in clf.predict_files(files, batch_size=batch_size, workers=workers, top_k=top_k):
             if isinstance(result, Exception):
@@ -53,14 +62,18 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
             else:
                 _report(result, as_json)
             progress("classifying")
+    if scan.other_files:
+        click.echo(f"note: {len(scan.other_files)} file(s) without an image extension were not read "
+                   f"(e.g. {scan.other_files[0]}); name a file directly to classify it", err=True)
     if failed:
-        click.echo(f"{failed} of {len(files)} images could not be classified", err=True)
+        total = len(files) + len(scan.skipped)
+        click.echo(f"{failed} of {total} images could not be classified", err=True)
         sys.exit(SOME_FAILED)
 
 
 def _report(pred, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(pred.to_dict()))
+        click.echo(json.dumps(pred.to_dict(), allow_nan=False))  # predict_files turned NaN into an error
     else:
         best = ", ".join(f"{label} {score:.3f}" for label, score in zip(pred.labels, pred.scores))
         click.echo(f"{pred.path}\t{best}")

@@ -93,9 +93,11 @@ def inspect(bundle, as_json):
     """
     from clap_edge.export.bundle import Bundle
 
+    from clap_edge.export.bundle.signing import signature_key_id
+
     with Bundle.open(bundle, verify=False) as opened:
         checks = opened.verify_all()
-        _print_summary(opened, checks, as_json)
+        _print_summary(opened, checks, as_json, signed_by=signature_key_id(opened.root))
     bad = {name: problem for name, problem in checks.items() if problem != "ok"}
     if bad:
         for problem in bad.values():
@@ -129,8 +131,10 @@ def summarise(manifest: dict, checks: dict[str, str]) -> dict:
     }
 
 
-def _print_summary(bundle, checks: dict[str, str], as_json: bool) -> None:
+def _print_summary(bundle, checks: dict[str, str], as_json: bool, signed_by: str | None = None) -> None:
     summary = summarise(bundle.manifest, checks)
+    # Who signed (the key fingerprint the signature names; `clap-edge verify` checks it against a trusted key).
+    summary["signature"] = {"signed": signed_by is not None, "key_fingerprint": signed_by, "verified": False}
     if as_json:
         click.echo(json.dumps({"bundle": str(bundle.root), **summary}, indent=2))
         return
@@ -148,6 +152,8 @@ def _print_summary(bundle, checks: dict[str, str], as_json: bool) -> None:
     console.print(f"[bold]{bundle.root}[/bold]  (schema {summary['schema_version']}, clap-edge {summary['clap_edge_version']})")
     console.print(f"model      {model.get('model_name')}  pretrained={model.get('pretrained')}")
     console.print(f"head       {head_text}")
+    console.print("signed     " + (f"by key sha256:{signed_by[:16]}... (unverified; check with `clap-edge "
+                                   "verify --trusted-key`)" if signed_by else "no (`clap-edge sign`)"), soft_wrap=True)
     console.print(f"classes    {summary['num_classes']}: {shown}")
     console.print(f"embedding  {summary['embed_dim']}-d   opset {summary['opset']}   "
                   f"{_gflops(summary['flops_per_image'])} per image")
