@@ -17,7 +17,8 @@ from clap_edge.export.bundle import Bundle
 
 AUTO_MIN_AGREEMENT = 0.99  # auto never picks a backend that flips more top-1s than this vs fp32
 
-__all__ = ["AUTO_MIN_AGREEMENT", "record_bench", "load_bench_record", "recorded_fastest_backend", "cpu_info"]
+__all__ = ["AUTO_MIN_AGREEMENT", "record_bench", "load_bench_record", "recorded_fastest_backend", "cpu_info",
+           "recorded_agreement", "agreement_ok"]
 
 
 def _cache_dir() -> Path:
@@ -58,6 +59,29 @@ def recorded_fastest_backend(bundle: Bundle, candidates: list[str]) -> str | Non
     smallest = min(r["batch_size"] for r in rows)
     return max((r for r in rows if r["batch_size"] == smallest), key=lambda r: r["images_per_s"])["backend"]
 
+
+
+def recorded_agreement(bundle: Bundle, variant: str | None) -> float | None:
+    """Top-1 agreement with fp32 the manifest records for ``variant`` (None: nothing recorded, or fp32 itself).
+
+    The export's ``drift`` section (a labelled eval set, per domain) wins: its worst domain counts, so a
+    variant that is fine on average but flips answers on one domain is not trusted. Without it, the
+    ``parity`` entry's agreement on the calibration batch."""
+    if variant in (None, "fp32"):
+        return None
+    drift = (bundle.manifest.get("drift") or {}).get(variant)
+    if isinstance(drift, dict) and drift.get("agreement") is not None:
+        return min(float(drift["agreement"]), float(drift.get("min_domain_agreement", drift["agreement"])))
+    parity = (bundle.manifest.get("parity") or {}).get(variant)
+    if isinstance(parity, dict) and parity.get("top1_agreement_vs_fp32") is not None:
+        return float(parity["top1_agreement_vs_fp32"])
+    return None
+
+
+def agreement_ok(bundle: Bundle, variant: str | None) -> bool:
+    """Whether ``auto`` may pick ``variant``: no recorded agreement below AUTO_MIN_AGREEMENT."""
+    agreement = recorded_agreement(bundle, variant)
+    return agreement is None or agreement >= AUTO_MIN_AGREEMENT
 
 
 def cpu_info() -> tuple[str, list[str]]:

@@ -5,7 +5,12 @@ backends are interleaved round by round (one timed call per backend per round), 
 a shared machine hits all backends equally. Results have the shape the bench issue fixes:
 ``{"env": {...}, "results": [{"backend", "batch_size", "threads", "p50_ms", "p90_ms",
 "p99_ms", "images_per_s", "speedup_vs_torch", "gflops_per_s", "peak_rss_mb",
-"top1_agreement_vs_fp32", ...}]}``.
+"top1_agreement_vs_fp32", "ceiling_gflops_per_s", "fraction_of_ceiling", ...}]}``.
+
+Before and after the backends, a short micro-benchmark (:mod:`clap_edge.apps.ceiling`) measures each
+library's large-GEMM ceiling at each precision (the higher of the two runs counts); every model row is
+reported as a fraction of its own ceiling (``env["ceiling"]`` holds the ceilings, both runs, the shape
+and the CPU's instruction-set flags).
 
 ``record_bench`` stores a report in the user cache so that ``backend="auto"`` can pick the
 fastest backend measured on this machine for this model (:func:`recorded_fastest_backend`).
@@ -45,6 +50,8 @@ class BenchConfig:
     end_to_end: str | None = None  # image folder: also time files -> predictions at each batch size
     agreement: np.ndarray | None = None  # preprocessed [n,3,H,W]; default: the bundle's calibration.npy
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> RunnerOptions.extra
+    ceiling: bool = True  # measure each library's GEMM ceiling first (a few seconds at 1 thread)
+    ceiling_seconds: float = 0.4  # timed seconds per ceiling row
 
 
 # ---- workers --------------------------------------------------------------------------
@@ -104,6 +111,8 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     env["bundle"] = {"path": str(cfg.bundle), "model_name": bundle.manifest["model"].get("model_name"),
                      "flops_per_image": bundle.manifest.get("flops_per_image"),
                      "input_shape": list(bundle.input_shape), "n_classes": len(bundle.class_names)}
+    if cfg.ceiling:
+        env["ceiling"] = _measure_ceiling(backends, cfg)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited thread pools or allocations
     steps = len(backends) * (1 + len(cfg.batch_sizes) * (cfg.warmup + cfg.iters + (1 if files else 0)))
     workers: dict[str, _WorkerHandle] = {}
@@ -128,7 +137,10 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
         finally:
             for worker in workers.values():
                 worker.stop()
+    if cfg.ceiling:  # again after the backends, so a busy moment on a shared machine does not lower the ceiling
+        env["ceiling"] = _best_ceiling(env["ceiling"], _measure_ceiling(backends, cfg))
     _add_ratios(results, env["bundle"]["flops_per_image"])
+    _add_ceiling_fractions(results, env.get("ceiling"))
     env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     env["load_s"] = {name: w.info["load_s"] for name, w in workers.items()}
     report = {"env": env, "config": {"backends": backends, "batch_sizes": cfg.batch_sizes, "threads": cfg.threads,
@@ -231,6 +243,44 @@ def _add_ratios(results: list[dict[str, Any]], flops_per_image: float | None) ->
         row["gflops_per_s"] = _r(flops_per_image * row["images_per_s"] / 1e9) if flops_per_image else None
 
 
+def _measure_ceiling(backends: list[str], cfg: BenchConfig) -> dict[str, Any]:
+    """The GEMM ceilings of the libraries these backends run on (see :mod:`clap_edge.apps.ceiling`)."""
+    from clap_edge.apps.ceiling import CeilingConfig, run_ceilings
+
+    library_of = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
+    libraries = tuple(dict.fromkeys(lib for b in backends for prefix, lib in library_of.items()
+                                    if b.startswith(prefix)))
+    try:
+        return run_ceilings(CeilingConfig(threads=cfg.threads, seconds=cfg.ceiling_seconds, libraries=libraries))
+    except Exception as e:  # the ceiling is context for the figures; never lose the bench over it
+        return {"ceilings": {}, "errors": {"ceiling": f"{type(e).__name__}: {e}"}}
+
+
+def _best_ceiling(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Per key the higher of the two measurements (a ceiling is a peak), with both kept for the record."""
+    best = dict(after, ceilings={}, runs=[before, after])
+    for key in set(before.get("ceilings", {})) | set(after.get("ceilings", {})):
+        rows = [r["ceilings"][key] for r in (before, after) if key in r.get("ceilings", {})]
+        best["ceilings"][key] = max(rows, key=lambda r: r["gflops_per_s"])
+    best["errors"] = {**before.get("errors", {}), **after.get("errors", {})}
+    return best
+
+
+def _add_ceiling_fractions(results: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> None:
+    """``ceiling`` (which), ``ceiling_gflops_per_s`` and ``fraction_of_ceiling`` on every model row."""
+    from clap_edge.apps.ceiling import ceiling_key
+
+    ceilings = (ceiling or {}).get("ceilings", {})
+    for row in results:
+        if row["mode"] != "model":
+            continue
+        key = ceiling_key(row["backend"], row.get("precision"))
+        peak = ceilings.get(key, {}).get("gflops_per_s") if key else None
+        row["ceiling"] = key if peak else None
+        row["ceiling_gflops_per_s"] = peak
+        row["fraction_of_ceiling"] = _r(row["gflops_per_s"] / peak, 3) if peak and row.get("gflops_per_s") else None
+
+
 # ---- inputs and environment --------------------------------------------------------
 
 
@@ -275,8 +325,8 @@ def environment(threads: int | None) -> dict[str, Any]:
     from importlib import metadata
 
     cpu_model, flags = cpu_info()
-    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
-              "avx512_fp16", "neon", "asimd")
+    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16",
+              "amx_int8", "avx512_fp16", "neon", "asimd")
     versions = {}
     for lib in ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "open_clip_torch", "pillow"):
         try:

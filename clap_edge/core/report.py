@@ -104,10 +104,11 @@ def _cell(t: Top1 | None) -> str:
 def bench_markdown_table(report: dict[str, Any]) -> str:
     """The model-only and end-to-end rows of a bench report as Markdown tables (for bench/README.md)."""
     model = [[r["backend"], r["precision"], r["batch_size"], r["threads"], f"{r['p50_ms']:g}", f"{r['p99_ms']:g}",
-              f"{r['images_per_s']:g}", _md(r["speedup_vs_torch"]), _md(r["gflops_per_s"]), _md(r["peak_rss_mb"]),
+              f"{r['images_per_s']:g}", _md(r["speedup_vs_torch"]), _md(r["gflops_per_s"]),
+              _md(r.get("ceiling_gflops_per_s")), _pct(r.get("fraction_of_ceiling")), _md(r["peak_rss_mb"]),
               _md(r["top1_agreement_vs_fp32"])] for r in report["results"] if r["mode"] == "model"]
     out = markdown(["backend", "precision", "batch", "threads", "p50 ms", "p99 ms", "images/s", "x torch", "GFLOP/s",
-                    "peak RSS MB", "top-1 vs fp32"], model, right=range(2, 11))
+                    "ceiling GFLOP/s", "of ceiling", "peak RSS MB", "top-1 vs fp32"], model, right=range(2, 13))
     e2e = [[r["backend"], r["batch_size"], r["threads"], f"{r['images_per_s']:g}", _md(r["model_only_images_per_s"]),
             _md(r["fraction_of_model_only"])] for r in report["results"] if r["mode"] == "end_to_end"]
     if e2e:
@@ -117,18 +118,29 @@ def bench_markdown_table(report: dict[str, Any]) -> str:
 
 
 def plot_bench(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """PNG: p50 latency and images/s vs batch size, one line per backend (model-only rows)."""
+    """PNG: p50 latency, images/s and GFLOP/s vs batch size, one line per backend (model-only rows); the
+    GFLOP/s panel draws each measured ceiling as a dashed line in its backend's colour."""
     plt = _pyplot()
     rows = [r for r in report["results"] if r["mode"] == "model"]
-    fig, (ax_lat, ax_ips) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for backend in dict.fromkeys(r["backend"] for r in rows):
+    fig, (ax_lat, ax_ips, ax_gf) = plt.subplots(1, 3, figsize=(16, 4.6))
+    ceilings = (report["env"].get("ceiling") or {}).get("ceilings", {})
+    drawn: set[str] = set()
+    for i, backend in enumerate(dict.fromkeys(r["backend"] for r in rows)):
         mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
-        label = f"{backend} ({mine[0]['precision']})"
+        label, color = f"{backend} ({mine[0]['precision']})", f"C{i}"
         bs = [r["batch_size"] for r in mine]
-        ax_lat.plot(bs, [r["p50_ms"] for r in mine], marker="o", label=label)
-        ax_ips.plot(bs, [r["images_per_s"] for r in mine], marker="o", label=label)
+        ax_lat.plot(bs, [r["p50_ms"] for r in mine], marker="o", label=label, color=color)
+        ax_ips.plot(bs, [r["images_per_s"] for r in mine], marker="o", label=label, color=color)
+        if all(r.get("gflops_per_s") is not None for r in mine):
+            ax_gf.plot(bs, [r["gflops_per_s"] for r in mine], marker="o", label=label, color=color)
+        key = mine[0].get("ceiling")
+        if key and key in ceilings and key not in drawn:
+            drawn.add(key)
+            ax_gf.axhline(ceilings[key]["gflops_per_s"], color=color, linestyle="--", linewidth=1,
+                          label=f"ceiling {key} {ceilings[key]['gflops_per_s']:g}")
     env = report["env"]
-    for ax, title, ylabel in ((ax_lat, "p50 latency per batch", "ms"), (ax_ips, "throughput", "images/s")):
+    for ax, title, ylabel in ((ax_lat, "p50 latency per batch", "ms"), (ax_ips, "throughput", "images/s"),
+                              (ax_gf, "effective GFLOP/s vs measured GEMM ceiling (dashed)", "GFLOP/s")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
@@ -136,9 +148,22 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.grid(True, alpha=0.3)
     ax_lat.set_yscale("log")
     ax_ips.legend(fontsize=8)
-    fig.suptitle(f"{env['bundle']['model_name']} - {env['cpu_model']}, {env['threads']} thread(s)", fontsize=10)
+    ax_gf.set_yscale("log")
+    ax_gf.legend(fontsize=7)
+    flags = ", ".join((env.get("ceiling") or {}).get("cpu_flags") or env.get("cpu_flags") or [])
+    fig.suptitle(f"{env['bundle']['model_name']} - {env['cpu_model']} [{flags}], {env['threads']} thread(s), "
+                 f"load {_load(env)}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _load(env: dict[str, Any]) -> str:
+    before, after = env.get("load_average_before"), env.get("load_average_after")
+    return f"{before[0]:.1f} -> {after[0]:.1f}" if before and after else "?"
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def _md(value: Any) -> str:

@@ -41,11 +41,18 @@ class ExportConfig:
     alpha: float | None = None  # default: the head's alpha; 0.0 for no head
     templates: Sequence[str] | None = None  # with "{c}"; default clap_edge.fuse.DEFAULT_TEMPLATES
     opset: int = 17
-    int8: bool = False
+    int8: bool = False  # model.int8.onnx: dynamic int8 (no calibration)
+    int8_static: bool = False  # model.qdq.onnx: static int8, QDQ form, calibrated (ONNX Runtime CPU, TensorRT)
+    openvino_int8: bool = False  # model.int8.xml/.bin: NNCF post-training int8 as OpenVINO IR
     fp16: bool = False
     torch_program: bool = True  # write model.pt2
     overwrite: bool = False
     calibration: Any = None  # folder of images, or a float32 array [n,3,H,W] already preprocessed
+    calibration_count: int = 64  # images the static quantisers calibrate on (evenly spaced over the folder)
+    calibration_method: str = "percentile"  # ONNX Runtime static int8: minmax, entropy or percentile (measured best)
+    eval: str | os.PathLike | None = None  # labelled dataset (toy world layout): drift of every variant vs fp32
+    eval_split: str = "test"
+    eval_per_class: int | None = None  # at most this many images per class and domain (None: all)
     parity_tolerance: float = 1e-3
     progress: Callable[[str], None] | None = field(default=None, repr=False)
 
@@ -100,7 +107,8 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 f"{fp32.top1_agreement:.1%} on {fp32.n_images} images; nothing was written"
             )
         parity = {"fp32": fp32.as_manifest(tolerance=cfg.parity_tolerance)}
-        variants = _build_variants(cfg, result.path, calib, fp32_logits, tmp, say, parity)
+        variants = _build_variants(cfg, result.path, calib, fp32_logits, tmp, say, parity, pre)
+        drift = _score_drift(cfg, result.path, variants, class_names, pre, say)
 
         say("writing bundle")
         with BundleWriter(out, overwrite=cfg.overwrite) as writer:
@@ -129,6 +137,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 opset=result.opset,
                 flops_per_image=flops_per_image(fused, image_shape),
                 parity=parity,
+                **({"drift": drift} if drift else {}),
             )))  # checked in full (Manifest.from_dict) when the writer writes it
     say(f"wrote {out}")
     return out
@@ -169,26 +178,70 @@ def _resolve(cfg: ExportConfig):
     return head, model_name, pretrained, classes, alpha
 
 
-def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, parity) -> dict[str, Path]:
-    """int8 / fp16 copies of model.onnx with their agreement vs fp32 recorded in ``parity``."""
+def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, parity,
+                    pre: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Reduced-precision copies of model.onnx (bundle file name -> path) with their agreement vs fp32
+    on the calibration batch recorded in ``parity`` (keyed by variant name)."""
+    from clap_edge.export.builders import variants as v
+    from clap_edge.export.builders.drift import predictor_for
     from clap_edge.export.builders.onnx_export import check_onnx
-    from clap_edge.export.parity import compare_logits, run_onnx
-    from clap_edge.export.builders.variants import convert_fp16, quantize_int8
+    from clap_edge.export.parity import compare_logits
 
-    made = {}
+    quant_images = _quantisation_images(cfg, calib, pre) if (cfg.int8_static or cfg.openvino_int8) else None
+    made: dict[str, Path] = {}
     for enabled, key, name, build in (
-        (cfg.int8, "int8", "model.int8.onnx", quantize_int8),
-        (cfg.fp16, "fp16", "model.fp16.onnx", convert_fp16),
+        (cfg.int8, "int8", "model.int8.onnx", v.quantize_int8),
+        (cfg.int8_static, "qdq", "model.qdq.onnx",
+         lambda src, dst: v.quantize_qdq(src, dst, quant_images, cfg.calibration_method)),
+        (cfg.openvino_int8, "openvino-int8", v.OPENVINO_INT8_XML,
+         lambda src, dst: v.quantize_openvino_int8(src, dst, quant_images)[0]),
+        (cfg.fp16, "fp16", "model.fp16.onnx", v.convert_fp16),
     ):
         if not enabled:
             continue
         say(f"building {key} variant")
         path = build(fp32_path, tmp / name)
-        check_onnx(path)
-        report = compare_logits(fp32_logits, run_onnx(path, calib)[0])
+        if path.suffix == ".onnx":
+            check_onnx(path)
+        else:  # OpenVINO IR: the weights file travels with the graph
+            made[v.OPENVINO_INT8_BIN] = path.with_suffix(".bin")
+        report = compare_logits(fp32_logits, predictor_for(path)(calib))
         parity[key] = report.as_manifest("_vs_fp32")
+        if key in ("qdq", "openvino-int8"):
+            parity[key].update(calibration_images=int(len(quant_images)),
+                               calibration_method=cfg.calibration_method if key == "qdq" else "nncf-mixed")
         made[name] = path
     return made
+
+
+def _quantisation_images(cfg, calib: np.ndarray, pre: dict[str, Any] | None) -> np.ndarray:
+    """Images the static quantisers calibrate on: the given array, or --calibration-count from the folder."""
+    from clap_edge.export.builders.calibration import calibration_images
+
+    if isinstance(cfg.calibration, np.ndarray):
+        return np.ascontiguousarray(cfg.calibration[:cfg.calibration_count], dtype=np.float32)
+    if cfg.calibration is None:
+        raise ClapEdgeError("static int8 (int8_static / openvino_int8) needs calibration images: pass a folder of "
+                            "representative images as calibration (--calibration DIR)")
+    return calibration_images(cfg.calibration, pre, cfg.calibration_count)
+
+
+def _score_drift(cfg, fp32_path: Path, variants: dict[str, Path], class_names, pre, say) -> dict[str, Any] | None:
+    """With ``cfg.eval``: every reduced-precision variant scored against fp32 (manifest ``drift``)."""
+    from clap_edge.export.bundle.names import VARIANT_FILES
+
+    if cfg.eval is None:
+        return None
+    from clap_edge.export.builders.calibration import load_eval_set
+    from clap_edge.export.builders.drift import predictor_for, score_drift
+
+    by_variant = {variant: variants[file] for variant, file in VARIANT_FILES.items() if file in variants}
+    if not by_variant:
+        log.warning("eval set given but no reduced-precision variant to score (pass int8 / int8_static / ...)")
+        return None
+    say(f"scoring {', '.join(by_variant)} against fp32 on {cfg.eval}")
+    eval_set = load_eval_set(cfg.eval, list(class_names), pre, cfg.eval_split, cfg.eval_per_class)
+    return score_drift(eval_set, predictor_for(fp32_path), {k: predictor_for(p) for k, p in by_variant.items()})
 
 
 def _calibration_batch(source: Any, preprocess_cfg) -> np.ndarray:

@@ -1,9 +1,15 @@
-"""Reduced-precision variants of model.onnx: dynamic int8 (CPU) and fp16 (GPU).
+"""Reduced-precision variants of model.onnx: dynamic int8, static int8 (QDQ), OpenVINO int8, fp16.
 
-int8: ONNX Runtime's dynamic quantisation of MatMul/Gemm weights (per-channel QInt8);
+int8 (dynamic): ONNX Runtime's dynamic quantisation of MatMul/Gemm weights (per-channel QInt8);
 activations are quantised on the fly, so no calibration data is needed; the final logits
-product stays fp32. Conv (the
-patch embedding, run once) and the attention/LayerNorm maths stay fp32.
+product stays fp32. Conv (the patch embedding, run once) and the attention/LayerNorm maths stay fp32.
+qdq (static int8): ONNX Runtime's static quantiser in QDQ form (QuantizeLinear/DequantizeLinear
+pairs around the weight GEMMs; per-channel int8 weights, uint8 activations with ranges calibrated
+on real images). ONNX Runtime CPU fuses the pairs into integer kernels; TensorRT reads the same
+QDQ graph for its int8 engines. Only GEMMs with a constant weight are quantised: the attention
+products (activation x activation), LayerNorm, Softmax and the final logits product stay float.
+openvino-int8: NNCF post-training quantisation (transformer preset) of the OpenVINO model read from
+model.onnx, saved as OpenVINO IR (model.int8.xml + .bin), again with the logits product in float.
 fp16: weights and most ops in fp16, but LayerNorm, Softmax and the reductions that
 normalise embeddings stay fp32 (they overflow or lose the small differences between
 logits), and the model's input/outputs stay float32 so callers see one interface.
@@ -14,10 +20,17 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
 INT8_OP_TYPES = ("MatMul", "Gemm")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_CALIBRATION_METHOD = "percentile"  # measured on the toy bundles: bench/results/int8_calibration.json
+CALIBRATION_BATCH = 8
+OPENVINO_INT8_XML, OPENVINO_INT8_BIN = "model.int8.xml", "model.int8.bin"
 FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceL2", "ReduceSum", "ReduceMean", "Pow", "Sqrt", "Div", "Erf")
 
 
@@ -27,7 +40,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
 
     # ORT logs a generic "consider pre-processing" advice on the root logger for every model;
     # our graph is already shape-inferred and checked at export, so the advice is noise here.
-    advice = _DropMessages("Please consider to run pre-processing before quantization")
+    advice = _DropMessages("pre-processing before quantization")
     logging.getLogger().addFilter(advice)
     try:
         quantize_dynamic(
@@ -58,13 +71,137 @@ def output_matmuls(src: str | os.PathLike) -> list[str]:
     return [n.name for n in graph.node if n.op_type in INT8_OP_TYPES and outputs.intersection(n.output)]
 
 
+def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray,
+                 method: str = DEFAULT_CALIBRATION_METHOD) -> Path:
+    """Write a statically quantised QDQ copy of ``src`` to ``dst``, calibrated on ``images``.
+
+    ``images``: preprocessed float32 [n, 3, H, W] (the runtime's own preprocessing, so the
+    calibrated ranges are those the deployed model sees). ``method``: minmax, entropy or percentile.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(methods)}")
+    advice = _DropMessages("pre-processing before quantization")
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_static(
+            str(src),
+            str(dst),
+            _CalibrationReader(images, _input_name(src)),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            per_channel=True,
+            activation_type=QuantType.QUInt8,  # u8 x s8: the x86 integer GEMM kernels' native pairing
+            weight_type=QuantType.QInt8,
+            # Only the GEMMs with a constant weight: the attention products (two activations) stay float,
+            # as in the dynamic variant. (MatMulConstBOnly alone does not keep them out of QDQ mode.)
+            nodes_to_quantize=weight_gemms(src),
+            nodes_to_exclude=output_matmuls(src),
+            calibrate_method=methods[method],
+            # Outputs stay float: the bias Add and residual that follow are float anyway, and a second
+            # per-tensor rounding of the GEMM output costs accuracy for no speed (ORT then fuses
+            # DQ -> MatMul into MatMulIntegerToFloat).
+            extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True,
+                           "OpTypesToExcludeOutputQuantization": list(INT8_OP_TYPES)},
+        )
+    finally:
+        logging.getLogger().removeFilter(advice)
+    return Path(dst)
+
+
+def weight_gemms(src: str | os.PathLike) -> list[str]:
+    """The MatMul/Gemm nodes whose second input is a weight (an initialiser), not an activation."""
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    weights |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node if n.op_type in INT8_OP_TYPES and len(n.input) > 1 and n.input[1] in weights]
+
+
+class _CalibrationReader:
+    """onnxruntime.quantization.CalibrationDataReader over a preprocessed array, in small batches."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch: int = CALIBRATION_BATCH):
+        self.images, self.input_name, self.batch = np.asarray(images, dtype=np.float32), input_name, batch
+        self._it: Iterator | None = None
+        self.rewind()
+
+    def get_next(self) -> dict | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter([{self.input_name: np.ascontiguousarray(self.images[i:i + self.batch])}
+                         for i in range(0, len(self.images), self.batch)])
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch)
+
+    def __iter__(self):  # some ORT versions iterate the reader
+        self.rewind()
+        return iter(self._it)
+
+
+def _input_name(src: str | os.PathLike) -> str:
+    import onnx
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    initialisers = {i.name for i in graph.initializer}
+    return next(i.name for i in graph.input if i.name not in initialisers)
+
+
+def quantize_openvino_int8(src: str | os.PathLike, dst_xml: str | os.PathLike, images: np.ndarray,
+                           preset: str = "mixed") -> list[Path]:
+    """NNCF post-training int8 of the OpenVINO model read from ``src``; writes IR ``dst_xml`` + ``.bin``.
+
+    The transformer model type keeps LayerNorm/Softmax/GELU maths in float (NNCF's transformer
+    ignored patterns) and uses SmoothQuant; the logits product (embedding @ classes.T) is kept
+    in float as in the other int8 variants. Returns [xml, bin].
+    """
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(src))
+    batches = [np.ascontiguousarray(images[i:i + CALIBRATION_BATCH], dtype=np.float32)
+               for i in range(0, len(images), CALIBRATION_BATCH)]
+    quantised = nncf.quantize(
+        model,
+        nncf.Dataset(batches),
+        preset=nncf.QuantizationPreset(preset),
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(batches),
+        ignored_scope=nncf.IgnoredScope(names=_openvino_output_matmuls(model), validate=False),
+    )
+    dst_xml = Path(dst_xml)
+    ov.save_model(quantised, str(dst_xml), compress_to_fp16=False)
+    return [dst_xml, dst_xml.with_suffix(".bin")]
+
+
+def _openvino_output_matmuls(model) -> list[str]:
+    """Names of the MatMul ops that feed the ``logits`` output directly (after at most one Multiply)."""
+    names = []
+    for output in model.outputs:
+        if "logits" not in output.get_names():
+            continue
+        node = output.get_node()
+        for _ in range(3):  # Result <- [Multiply / Convert] <- MatMul
+            node = node.input_value(0).get_node()
+            if node.get_type_name() == "MatMul":
+                names.append(node.get_friendly_name())
+                break
+    return names
+
+
 class _DropMessages(logging.Filter):
     def __init__(self, prefix: str):
         super().__init__()
         self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
+        return self.prefix not in str(record.msg)
 
 
 def convert_fp16(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

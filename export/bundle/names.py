@@ -40,6 +40,7 @@ VARIANT_FILES = {
     "int8": "model.int8.onnx",
     "qdq": "model.qdq.onnx",
     "fp16": "model.fp16.onnx",
+    "openvino-int8": "model.int8.xml",  # OpenVINO IR (NNCF int8); its weights are model.int8.bin
     "torch": "model.pt2",
 }
 REQUIRED_KEYS = ("schema_version", "model", "class_names", "embed_dim", "preprocess", "inputs", "outputs", "files")

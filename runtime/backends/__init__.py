@@ -35,7 +35,7 @@ AUTO_ORDER = ["onnxruntime", "openvino", "torch"]
 
 __all__ = ["BACKENDS", "ALIASES", "Runner", "RunnerOptions", "RunnerOutput", "parse_backend", "backend_label",
            "runner_class", "usable_runner_class", "create_runner", "available_backends", "can_run",
-           "choose_auto_backend"]
+           "choose_auto_backend", "spec_variant"]
 
 
 def parse_backend(spec: str, precision: str | None = None) -> tuple[str, str | None]:
@@ -117,15 +117,29 @@ def create_runner(bundle: Bundle, backend: str = "auto", options: RunnerOptions 
     return cls(bundle, replace(options, precision=precision))
 
 
+def spec_variant(spec: str) -> str | None:
+    """The bundle variant a backend spec runs (``onnxruntime:int8-static`` -> ``qdq``)."""
+    name, precision = parse_backend(spec)
+    try:
+        return runner_class(name).variant_for(precision)
+    except BackendUnavailableError:
+        return None
+
+
 def choose_auto_backend(bundle: Bundle) -> str:
-    """The fastest backend a recorded ``clap-edge bench --record`` measured here, else AUTO_ORDER's first."""
-    from clap_edge.runtime.bench_record import recorded_fastest_backend  # json only
+    """The fastest backend a recorded ``clap-edge bench --record`` measured here, else AUTO_ORDER's first.
+
+    Never a variant whose recorded top-1 agreement with fp32 (the manifest's ``drift``, else ``parity``)
+    is below 99%, however fast it was."""
+    from clap_edge.runtime.bench_record import agreement_ok, recorded_fastest_backend  # json only
 
     available = available_backends(bundle)
-    fastest = recorded_fastest_backend(bundle, sorted(available + [a for a in ALIASES if can_run(bundle, a)]))
+    candidates = [s for s in available + [a for a in ALIASES if can_run(bundle, a)]
+                  if agreement_ok(bundle, spec_variant(s))]
+    fastest = recorded_fastest_backend(bundle, sorted(candidates))
     if fastest is not None:
         return fastest
     for name in AUTO_ORDER:
-        if name in available:
+        if name in candidates:
             return name
     raise BackendUnavailableError(f"no backend can run bundle {bundle.root}; install onnxruntime")

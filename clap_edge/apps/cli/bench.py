@@ -37,11 +37,14 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--record", is_flag=True, help="Store the report in the user cache so backend 'auto' picks the fastest.")
 @click.option("--openvino-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Force OpenVINO's inference precision (default: the CPU plugin's best).")
+@click.option("--no-ceiling", is_flag=True,
+              help="Skip the GEMM ceiling micro-benchmark (a few seconds) and the fraction-of-ceiling columns.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no table.")
 def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agreement_images, json_path, plot_path, record,
-          openvino_precision, quiet):
+          openvino_precision, no_ceiling, quiet):
     """Benchmark backends on BUNDLE: p50/p90/p99 latency, images/s, peak RSS, speed-up vs torch,
-    GFLOP/s and top-1 agreement vs fp32, with the backends interleaved round by round.
+    GFLOP/s and top-1 agreement vs fp32, with the backends interleaved round by round. Each row's
+    GFLOP/s is also given as a fraction of its library's measured large-GEMM ceiling at its precision.
 
     \b
     Example:
@@ -55,7 +58,7 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     options = {"openvino": {"precision": openvino_precision}} if openvino_precision else {}
     cfg = BenchConfig(bundle=bundle, backends=names, batch_sizes=batch_sizes, threads=threads, warmup=warmup,
-                      iters=iters, end_to_end=end_to_end, backend_options=options,
+                      iters=iters, end_to_end=end_to_end, backend_options=options, ceiling=not no_ceiling,
                       agreement=preprocess_folder(Bundle.open(bundle), agreement_images) if agreement_images else None)
     report = run_bench(cfg, progress=not quiet)
     if not report["results"]:
@@ -83,13 +86,15 @@ def _print_table(report: dict) -> None:
     env = report["env"]
     table = Table(title=f"{env['bundle']['model_name']} on {env['cpu_model']} ({env['threads']} thread(s))")
     columns = ["backend", "precision", "mode", "batch", "p50 ms", "p99 ms", "images/s", "x torch", "GFLOP/s",
-               "RSS MB", "top-1|e2e"]
+               "ceiling", "of ceil.", "RSS MB", "top-1|e2e"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("backend", "precision", "mode") else "right")
     for r in report["results"]:
         table.add_row(r["backend"], str(r.get("precision", "")), r["mode"], str(r["batch_size"]), _f(r.get("p50_ms")),
                       _f(r.get("p99_ms")), _f(r["images_per_s"]), _f(r.get("speedup_vs_torch")),
-                      _f(r.get("gflops_per_s")), _f(r.get("peak_rss_mb")),
+                      _f(r.get("gflops_per_s")), _f(r.get("ceiling_gflops_per_s")),
+                      "-" if r.get("fraction_of_ceiling") is None else f"{r['fraction_of_ceiling']:.0%}",
+                      _f(r.get("peak_rss_mb")),
                       _f(r.get("top1_agreement_vs_fp32") if r["mode"] == "model" else r.get("fraction_of_model_only")))
     Console(width=max(Console().width, 130)).print(table)
     for name, error in report.get("errors", {}).items():

@@ -24,17 +24,32 @@ from clap_edge.apps.cli.exitcodes import BAD_INPUT
 @click.option("--templates", "templates_file", type=click.Path(exists=True, dir_okay=False),
               help='prompt templates, one per line with "{c}" for the class (default: "a photo of a {c}.").')
 @click.option("--calibration", type=click.Path(exists=True, file_okay=False),
-              help="folder of images for the parity check (default: seeded synthetic images).")
+              help="folder of representative images: the parity check's batch and the static int8 calibration "
+                   "(default: seeded synthetic images; --int8-static / --openvino-int8 need a folder).")
+@click.option("--calibration-count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="images --int8-static / --openvino-int8 calibrate on (evenly spaced over the folder).")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
+              show_default=True, help="activation range calibration of --int8-static (ONNX Runtime).")
 @click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True, help="ONNX opset.")
 @click.option("--int8", is_flag=True, help="add model.int8.onnx (dynamic int8, CPU).")
+@click.option("--int8-static", is_flag=True,
+              help="add model.qdq.onnx (static int8, QDQ: ONNX Runtime CPU --precision int8-static, TensorRT).")
+@click.option("--openvino-int8", is_flag=True,
+              help="add model.int8.xml/.bin (NNCF int8 OpenVINO IR: --backend openvino --precision int8).")
 @click.option("--fp16", is_flag=True, help="add model.fp16.onnx (fp16 weights, GPU).")
+@click.option("--eval", "eval_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="labelled dataset (DIR/{val,test}/<domain>/<class>/*): score every variant against fp32 on its "
+                   "test split (top-1 per domain, agreement) into the manifest's drift section.")
+@click.option("--eval-per-class", type=click.IntRange(min=1), default=None,
+              help="at most this many --eval images per class and domain (default: all).")
 @click.option("--no-torch-program", is_flag=True, help="leave out model.pt2 (the torch backend's program).")
 @click.option("--tolerance", type=float, default=1e-3, show_default=True,
               help="max |dlogit| torch vs ONNX Runtime (fp32) before the export fails.")
 @click.option("--force", is_flag=True, help="replace BUNDLE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="print the written manifest's summary as JSON.")
-def export(head_path, out, model_name, pretrained, classes, alpha, no_head, templates_file, calibration, opset,
-           int8, fp16, no_torch_program, tolerance, force, as_json):
+def export(head_path, out, model_name, pretrained, classes, alpha, no_head, templates_file, calibration,
+           calibration_count, calibration_method, opset, int8, int8_static, openvino_int8, fp16, eval_dir,
+           eval_per_class, no_torch_program, tolerance, force, as_json):
     """Export a CLAP head (or plain CLIP with --no-head) as a bundle: ONNX, variants, manifest.
 
     The export checks torch vs ONNX Runtime on a calibration batch and writes nothing
@@ -44,6 +59,8 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
     Example:
       clap-edge export --head head.safetensors --out bundle --int8
       clap-edge export --model ViT-B-32 --classes cat,dog --no-head --out clip-bundle
+      clap-edge export --head head.safetensors --out bundle --int8 --int8-static --openvino-int8 \
+          --calibration toy-data/val --eval toy-data
     """
     from clap_edge.core.errors import ClapEdgeError
     from clap_edge.export.bundle import Bundle
@@ -58,6 +75,8 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         raise ClapEdgeError("--no-head needs --model NAME")
     if no_head and alpha not in (None, 0.0):
         raise ClapEdgeError("--alpha needs a head (--no-head means alpha 0)")
+    if (int8_static or openvino_int8) and not calibration:
+        raise ClapEdgeError("--int8-static / --openvino-int8 need --calibration DIR (representative images)")
     cfg = ExportConfig(
         out=out,
         model_name=model_name,
@@ -68,10 +87,16 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         templates=_read_templates(templates_file) if templates_file else None,
         opset=opset,
         int8=int8,
+        int8_static=int8_static,
+        openvino_int8=openvino_int8,
         fp16=fp16,
         torch_program=not no_torch_program,
         overwrite=force,
         calibration=calibration,
+        calibration_count=calibration_count,
+        calibration_method=calibration_method,
+        eval=eval_dir,
+        eval_per_class=eval_per_class,
         parity_tolerance=tolerance,
     )
     with _status() as say:
@@ -124,6 +149,7 @@ def summarise(manifest: dict, checks: dict[str, str]) -> dict:
         "flops_per_image": manifest.get("flops_per_image"),
         "variants": manifest.get("variants", {}),
         "parity": manifest.get("parity", {}),
+        "drift": manifest.get("drift", {}),
         "schema_version": manifest.get("schema_version"),
         "clap_edge_version": manifest.get("clap_edge_version"),
         "files": {name: {"bytes": entry.get("bytes"), "check": checks.get(name, "unchecked")}
@@ -160,6 +186,8 @@ def _print_summary(bundle, checks: dict[str, str], as_json: bool, signed_by: str
     console.print(f"preprocess {pre.get('size')} {pre.get('resize_mode')} {pre.get('interpolation')} "
                   f"mean={pre.get('mean')} std={pre.get('std')}")
     console.print(_parity_table(summary))
+    if summary["drift"]:
+        console.print(_drift_table(summary["drift"]))
     files = Table(title="files", title_justify="left")
     for col in ("file", "bytes", "sha256"):
         files.add_column(col)
@@ -185,6 +213,26 @@ def _parity_table(summary: dict):
             vs, diff, agree = "fp32", p.get("max_abs_logit_diff_vs_fp32"), p.get("top1_agreement_vs_fp32")
         table.add_row(variant, file, vs if p else "-", _num(diff, "{:.2e}"), _num(agree, "{:.1%}"),
                       str(p.get("n_images", "-")))
+    return table
+
+
+def _drift_table(drift: dict):
+    """Per variant and domain: fp32 top-1, the variant's top-1, their difference and the agreement."""
+    from rich.table import Table
+
+    first = next(iter(drift.values()))
+    table = Table(title=f"drift vs fp32 ({first.get('split', '?')} split)", title_justify="left")
+    for col in ("variant", "domain", "images", "fp32 top-1", "top-1", "d top-1 (pts)", "agreement"):
+        table.add_column(col)
+    for variant, d in drift.items():
+        rows = [*d.get("domains", {}).items(), ("all", d)]
+        for domain, r in rows:
+            agree = r.get("agreement")
+            flag = "red" if agree is not None and agree < 0.99 else None
+            table.add_row(variant, domain, str(r.get("n_images", "-")), _num(r.get("fp32_top1"), "{:.1%}"),
+                          _num(r.get("top1"), "{:.1%}"),
+                          _num(None if r.get("top1") is None else 100 * (r["top1"] - r["fp32_top1"]), "{:+.2f}"),
+                          f"[{flag}]{agree:.1%}[/{flag}]" if flag else _num(agree, "{:.1%}"))
     return table
 
 

@@ -1,7 +1,13 @@
 """The ONNX Runtime runner: the bundle's ONNX model at the asked precision, on CPU (or CUDA / TensorRT EPs).
 
-Precisions: ``fp32`` (``model.onnx``), ``int8`` (``model.int8.onnx``, dynamic int8 GEMMs on CPU),
-``fp16`` (``model.fp16.onnx``, for the GPU providers).
+Precisions (precision -> bundle variant -> file):
+- ``fp32`` -> ``fp32`` -> ``model.onnx``
+- ``int8`` -> ``int8`` -> ``model.int8.onnx``: *dynamic* int8 GEMMs on CPU (activation ranges taken per call;
+  the older ``onnxruntime-int8`` name)
+- ``int8-static`` -> ``qdq`` -> ``model.qdq.onnx``: *static* int8 in QDQ form (ranges calibrated at export;
+  ``clap-edge export --int8-static``); ORT's CPU provider fuses the QDQ pairs into integer kernels, and
+  the TensorRT provider / engines read the same graph
+- ``fp16`` -> ``fp16`` -> ``model.fp16.onnx``, for the GPU providers.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
     pip_extra = None  # onnxruntime is a core dependency; onnxruntime-gpu comes with the 'gpu' extra
     library = "onnxruntime"
-    precisions = {"fp32": "fp32", "int8": "int8", "fp16": "fp16"}
+    precisions = {"fp32": "fp32", "int8": "int8", "int8-static": "qdq", "fp16": "fp16"}
 
     def __init__(self, bundle, options=None):
         super().__init__(bundle, options)

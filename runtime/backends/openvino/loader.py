@@ -13,7 +13,11 @@ from clap_edge.core.errors import BundleError
 from clap_edge.export.bundle import Bundle
 
 # our precision names -> OpenVINO element types for INFERENCE_PRECISION_HINT (None: the plugin chooses)
-PRECISION_HINTS = {"auto": None, "fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+# int8: the quantised IR's integer ops run in int8 whatever the hint; the hint is for the ops NNCF left in
+# float, pinned to f32 so the variant runs as its drift was measured at export.
+PRECISION_HINTS = {"auto": None, "fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+# IR variants: the graph file the manifest maps, and the weights file beside it (also sha256-checked)
+IR_WEIGHTS = {"openvino-int8": "model.int8.bin"}
 
 __all__ = ["PRECISION_HINTS", "compile_config", "compile_bundle_model", "compiled_precision"]
 
@@ -33,6 +37,8 @@ def compile_bundle_model(bundle: Bundle, variant: str, config: dict[str, str], d
     import openvino as ov
 
     path = bundle.variant_file(variant)
+    if variant in IR_WEIGHTS:
+        bundle.file(IR_WEIGHTS[variant])  # the weights must match the manifest too
     core = ov.Core()
     try:
         compiled = core.compile_model(core.read_model(str(path)), device, config)

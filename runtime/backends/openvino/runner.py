@@ -1,7 +1,10 @@
 """The OpenVINO runner: the bundle's ``model.onnx`` on OpenVINO's CPU plugin (or another device it has).
 
-Precisions: ``auto`` (default: the plugin's fastest for this CPU), ``fp32``, ``bf16``, ``fp16``;
-``runner.precision`` records what the compiled model actually uses, so benchmarks say what they measured.
+Precisions: ``auto`` (default: the plugin's fastest for this CPU), ``fp32``, ``bf16``, ``fp16`` (all from
+``model.onnx``), and ``int8``: the bundle's ``openvino-int8`` variant (``model.int8.xml`` + ``.bin``, NNCF
+post-training int8 written by ``clap-edge export --openvino-int8``), its float parts pinned to fp32 so it
+runs as its recorded drift was measured. ``runner.precision`` records what the compiled model actually
+uses, so benchmarks say what they measured.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ class OpenVINORunner(Runner):
     name = "openvino"
     pip_extra = "openvino"
     library = "openvino"
-    precisions = {"auto": "fp32", "fp32": "fp32", "bf16": "fp32", "fp16": "fp32"}
+    precisions = {"auto": "fp32", "fp32": "fp32", "bf16": "fp32", "fp16": "fp32", "int8": "openvino-int8"}
     default_precision = "auto"
 
     def __init__(self, bundle: Bundle, options: RunnerOptions | None = None):
@@ -37,7 +40,7 @@ class OpenVINORunner(Runner):
         self._compiled = compile_bundle_model(self.bundle, self.variant, config, device)
         self._request = self._compiled.create_infer_request()
         self._out_index = {out.get_any_name(): i for i, out in enumerate(self._compiled.outputs)}
-        self.precision = compiled_precision(self._compiled)
+        self.precision = "int8" if self.requested_precision == "int8" else compiled_precision(self._compiled)
 
     def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
         outs = list(self._request.infer({0: batch}, share_inputs=True).values())

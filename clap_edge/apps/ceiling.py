@@ -1,0 +1,207 @@
+"""The machine's measured ceiling: large matrix products through each backend's own library and precision.
+
+A speed figure says little on its own: the same code reaches very different GFLOP/s on an AVX2-only
+CPU and on one with VNNI or AMX. So ``clap-edge bench`` first times one large GEMM (``M x K @ K x N``)
+in every library and precision it benchmarks, at the bench's thread count, and reports each model row
+as a fraction of the ceiling of *its* library and precision:
+
+- ``onnxruntime:fp32``        an ONNX MatMul in ONNX Runtime (MLAS sgemm)
+- ``onnxruntime:int8``        DynamicQuantizeLinear + MatMulInteger, the dynamic int8 variant's kernels
+- ``onnxruntime:int8-static`` a QDQ MatMul (u8 activations, s8 per-channel weights, float output), as
+                              the static int8 (``model.qdq.onnx``) variant; ORT fuses it to an integer GEMM
+- ``openvino:fp32`` / ``openvino:bf16``  a MatMul in OpenVINO's CPU plugin with that inference precision
+                              (bf16 only where the CPU has avx512_bf16 or amx_bf16)
+- ``openvino:int8``           the same QDQ model read by OpenVINO (Q/DQ become FakeQuantize -> int8 GEMM)
+- ``torch:fp32``              ``torch.matmul``
+
+Each runs in a fresh spawned process (its own thread pools), for about ``seconds`` each: the whole
+measurement is short (~1 s per row at 1 thread) and gives GFLOP/s (2*M*K*N per product; for int8 these
+are integer operations).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+# A ViT-B MLP product over a batch of tokens: big enough for every library's peak kernel, short to run.
+DEFAULT_SHAPE = (512, 768, 3072)
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+             "amx_bf16", "avx512_fp16", "neon", "asimd")
+
+__all__ = ["DEFAULT_SHAPE", "ISA_FLAGS", "CeilingConfig", "measure_ceilings", "run_ceilings", "ceiling_key",
+           "cpu_isa_flags"]
+
+
+@dataclass
+class CeilingConfig:
+    threads: int | None = 1
+    shape: tuple[int, int, int] = DEFAULT_SHAPE
+    seconds: float = 0.4  # timed time per row (after one warm-up call)
+    libraries: tuple[str, ...] = ("onnxruntime", "openvino", "torch")
+
+
+def cpu_isa_flags() -> list[str]:
+    """The instruction-set flags that decide the ceilings, from /proc/cpuinfo (empty where unreadable)."""
+    from clap_edge.runtime.bench_record import cpu_info
+
+    flags = set(cpu_info()[1])
+    return [f for f in ISA_FLAGS if f in flags]
+
+
+def ceiling_key(backend: str, precision: str | None) -> str | None:
+    """The ceiling a bench row is compared with: ``(backend spec, measured precision)`` -> ceiling key.
+
+    None where no ceiling is measured (GPU precisions, unknown backends)."""
+    name, _, spec_precision = backend.partition(":")
+    aliases = {"onnxruntime-int8": ("onnxruntime", "int8"), "onnxruntime-fp16": ("onnxruntime", "fp16")}
+    name, alias_precision = aliases.get(name, (name, None))
+    precision = precision or spec_precision or alias_precision or "fp32"
+    if name == "onnxruntime":
+        return {"fp32": "onnxruntime:fp32", "int8": "onnxruntime:int8",
+                "int8-static": "onnxruntime:int8-static"}.get(spec_precision or alias_precision or precision)
+    if name == "openvino":
+        return {"fp32": "openvino:fp32", "bf16": "openvino:bf16", "int8": "openvino:int8"}.get(precision)
+    if name in ("torch", "torch-compile"):
+        return "torch:fp32" if precision == "fp32" else None
+    return None
+
+
+def run_ceilings(cfg: CeilingConfig) -> dict[str, Any]:
+    """:func:`measure_ceilings` in a fresh spawned process (so no library's thread pool leaks into the caller)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_ceilings, cfg).result()
+
+
+def measure_ceilings(cfg: CeilingConfig) -> dict[str, Any]:
+    """``{"shape", "threads", "cpu_flags", "ceilings": {key: {"gflops_per_s", "ms", "iters", "library"}},
+    "errors": {key: message}}`` for every library installed here."""
+    import importlib.util
+
+    m, k, n = cfg.shape
+    flops = 2.0 * m * k * n
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    flags = cpu_isa_flags()
+    out: dict[str, Any] = {"shape": [m, k, n], "threads": cfg.threads, "cpu_flags": flags, "ceilings": {},
+                           "errors": {}}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="clap-edge-ceiling-") as tmp:
+        models = _onnx_models(Path(tmp), a, w)
+        plan: list[tuple[str, str, Callable[[], Callable[[], Any]]]] = []
+        if "onnxruntime" in cfg.libraries and importlib.util.find_spec("onnxruntime"):
+            for key, model in (("fp32", "fp32"), ("int8", "dynamic"), ("int8-static", "qdq")):
+                plan.append((f"onnxruntime:{key}", "onnxruntime", lambda p=models[model]: _ort(p, a, cfg.threads)))
+        if "openvino" in cfg.libraries and importlib.util.find_spec("openvino"):
+            precisions = ["fp32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(flags) else [])
+            for p in precisions:
+                plan.append((f"openvino:{p}", "openvino", lambda p=p: _ov(models["fp32"], a, cfg.threads, p)))
+            plan.append(("openvino:int8", "openvino", lambda: _ov(models["qdq"], a, cfg.threads, "f32")))
+        if "torch" in cfg.libraries and importlib.util.find_spec("torch"):
+            plan.append(("torch:fp32", "torch", lambda: _torch(a, w, cfg.threads)))
+        for key, library, build in plan:
+            try:
+                run = build()
+                ms = _time(run, cfg.seconds)
+            except Exception as e:  # a library without this kernel: say so, keep the others
+                out["errors"][key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                continue
+            out["ceilings"][key] = {"library": library, "gflops_per_s": round(flops / (ms["median"] / 1e3) / 1e9, 2),
+                                    "ms": round(ms["median"], 6), "iters": ms["iters"]}
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def _time(run: Callable[[], Any], seconds: float) -> dict[str, Any]:
+    run()  # warm-up: allocation, weight packing, JIT
+    times = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < deadline:
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+        if len(times) >= 200:
+            break
+    return {"median": float(np.median(times)) * 1e3, "iters": len(times)}
+
+
+def _onnx_models(tmp: Path, a: np.ndarray, w: np.ndarray) -> dict[str, Path]:
+    """The fp32 MatMul model and its dynamic and static (QDQ) int8 forms, as our variants make them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", a.shape[1]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", w.shape[1]])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="gemm")], "ceiling", [x], [y],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    paths = {"fp32": tmp / "fp32.onnx", "inner": tmp / "inner.onnx", "dynamic": tmp / "dynamic.onnx",
+             "qdq": tmp / "qdq.onnx"}
+    onnx.save_model(model, str(paths["fp32"]))
+    # Our quantisers keep a GEMM that writes a graph output in float (the logits product), so the int8
+    # forms are made from a copy whose MatMul feeds an Identity: an inner GEMM, as in the real models.
+    model.graph.node[0].output[0] = "y_inner"
+    model.graph.node.append(helper.make_node("Identity", ["y_inner"], ["y"], name="out"))
+    onnx.save_model(model, str(paths["inner"]))
+    from clap_edge.export.builders.variants import quantize_int8, quantize_qdq
+
+    quantize_int8(paths["inner"], paths["dynamic"])
+    quantize_qdq(paths["inner"], paths["qdq"], a[:64], "minmax")
+    return paths
+
+
+def _ort(path: Path, a: np.ndarray, threads: int | None) -> Callable[[], Any]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
+    so.log_severity_level = 3
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, {"x": a})
+
+
+def _ov(path: Path, a: np.ndarray, threads: int | None, precision: str) -> Callable[[], Any]:
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}.get(
+        precision, precision)}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = str(int(threads))
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    return lambda: request.infer({0: a}, share_inputs=True)
+
+
+def _torch(a: np.ndarray, w: np.ndarray, threads: int | None) -> Callable[[], Any]:
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    ta, tw = torch.from_numpy(a), torch.from_numpy(w)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return torch.matmul(ta, tw)
+
+    return run
+
+
+if __name__ == "__main__":  # python -m clap_edge.apps.ceiling [threads]
+    import json
+    import sys
+
+    print(json.dumps(measure_ceilings(CeilingConfig(threads=int(sys.argv[1]) if len(sys.argv) > 1 else 1)),
+                     indent=2))
+    os._exit(0)

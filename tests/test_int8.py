@@ -1,0 +1,269 @@
+"""Static int8 (QDQ), OpenVINO int8 (NNCF), drift per variant, auto's agreement floor, the GEMM ceiling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from clap_edge.export.bundle import Bundle
+from clap_edge.toyworld.world import CLASSES
+
+DOMAINS = ("id", "both")
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    """A small toy-world dataset: {val,test}/{id,both}/<8 classes>/*.png, 3 images per class."""
+    from clap_edge.toyworld.dataset import write_dataset
+
+    root = tmp_path_factory.mktemp("int8-data") / "toy"
+    write_dataset(root, domains=DOMAINS, per_class=3, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory, toy_data):
+    """clap-edge-tiny (random init) with the dynamic, static QDQ and OpenVINO int8 variants, drift scored."""
+    import torch
+
+    from clap_edge.export.builders.exporter import ExportConfig, export_bundle
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("int8") / "bundle"
+    return export_bundle(ExportConfig(out=out, model_name="clap-edge-tiny", classes=list(CLASSES), int8=True,
+                                      int8_static=True, openvino_int8=True, torch_program=False,
+                                      calibration=toy_data / "val", calibration_count=16, eval=toy_data))
+
+
+def _test_images(toy_data):
+    """(domain, path, label) for the test split, read with open_clip's own torch transform (independent of
+    the runtime's numpy preprocessing the exporter used)."""
+    from clap_edge.core.datasets import scan_domains
+
+    _, domains = scan_domains(toy_data / "test", list(CLASSES))
+    return {d: (images.paths, np.asarray(images.labels)) for d, images in domains.items()}
+
+
+def _open_clip_batch(paths, size=64):
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+
+    transform = image_transform_v2(PreprocessCfg(size=size), is_train=False)
+    return np.stack([transform(Image.open(p).convert("RGB")).numpy() for p in paths]).astype(np.float32)
+
+
+def _logits(bundle, spec, batch, precision=None):
+    from clap_edge.runtime.backends import RunnerOptions, create_runner
+
+    with create_runner(bundle, spec, RunnerOptions(threads=1, precision=precision)) as runner:
+        return runner.infer(batch).logits, runner
+
+
+@pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
+def test_qdq_variant_is_static_int8_with_float_layernorm_and_logits(int8_bundle):
+    import onnx
+
+    bundle = Bundle.open(int8_bundle)
+    assert bundle.variants["qdq"] == "model.qdq.onnx"
+    graph = onnx.load(str(bundle.variant_file("qdq"))).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    assert "DynamicQuantizeLinear" not in ops  # static: ranges fixed at export, not per call
+    producer = {o: n for n in graph.node for o in n.output}
+    # every weight GEMM but the last reads a dequantised weight; LayerNorm / Softmax and the logits product do not
+    for node in graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input)
+    logits_node = producer["logits"]
+    while logits_node.op_type not in ("MatMul", "Gemm"):  # e.g. a Mul by the logit scale
+        logits_node = producer[logits_node.input[0]]
+    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in logits_node.input)
+    quantised_gemms = [n for n in graph.node if n.op_type in ("MatMul", "Gemm")
+                       and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                               for i in n.input)]
+    assert len(quantised_gemms) >= 4
+    assert bundle.manifest["parity"]["qdq"]["calibration_images"] == 16
+
+
+@pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
+def test_qdq_runs_in_onnxruntime_and_agrees_with_fp32(int8_bundle, toy_data):
+    bundle = Bundle.open(int8_bundle)
+    images = _test_images(toy_data)
+    batch = _open_clip_batch([p for paths, _ in images.values() for p in paths])
+    fp32, _ = _logits(bundle, "onnxruntime", batch)
+    qdq, runner = _logits(bundle, "onnxruntime", batch, precision="int8-static")
+    assert runner.variant == "qdq" and runner.precision == "int8-static"
+    assert qdq.shape == fp32.shape and np.isfinite(qdq).all()
+    assert not np.array_equal(qdq, fp32)  # it really is another model
+    agreement = float(np.mean(qdq.argmax(1) == fp32.argmax(1)))
+    spread = float(np.ptp(fp32, axis=1).mean())
+    assert agreement >= 0.85, agreement
+    assert float(np.abs(qdq - fp32).max()) < spread  # quantisation noise, not a different function
+
+
+@pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
+def test_openvino_int8_variant_runs_at_precision_int8(int8_bundle, toy_data):
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    bundle = Bundle.open(int8_bundle)
+    assert bundle.variants["openvino-int8"] == "model.int8.xml" and "model.int8.bin" in bundle.manifest["files"]
+    ops = [op.get_type_name() for op in ov.Core().read_model(str(bundle.variant_file("openvino-int8"))).get_ops()]
+    assert ops.count("FakeQuantize") >= 4  # NNCF's int8 quantisers
+    images = _test_images(toy_data)
+    batch = _open_clip_batch([p for paths, _ in images.values() for p in paths])
+    fp32, _ = _logits(bundle, "onnxruntime", batch)
+    int8, runner = _logits(bundle, "openvino:int8", batch)
+    assert runner.variant == "openvino-int8" and runner.precision == "int8"
+    assert np.isfinite(int8).all() and not np.array_equal(int8, fp32)
+    assert float(np.mean(int8.argmax(1) == fp32.argmax(1))) >= 0.85
+
+
+@pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
+def test_openvino_int8_weights_are_checked(int8_bundle, tmp_path):
+    pytest.importorskip("openvino")
+    from clap_edge.core.errors import BundleError
+    from clap_edge.runtime.backends import RunnerOptions, create_runner
+
+    copy = tmp_path / "b"
+    shutil.copytree(int8_bundle, copy)
+    data = bytearray((copy / "model.int8.bin").read_bytes())
+    data[100] ^= 0xFF
+    (copy / "model.int8.bin").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="model.int8.bin"):
+        create_runner(Bundle.open(copy), "openvino", RunnerOptions(precision="int8")).activate()
+
+
+@pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
+def test_drift_in_manifest_equals_an_independent_recount(int8_bundle, toy_data):
+    from clap_edge.core.images import load_image
+    from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
+
+    bundle = Bundle.open(int8_bundle)
+    drift = bundle.manifest["drift"]
+    assert set(drift) == {"int8", "qdq", "openvino-int8"}
+    pre = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
+    specs = {"int8": "onnxruntime:int8", "qdq": "onnxruntime:int8-static", "openvino-int8": "openvino:int8"}
+    total = {v: [0, 0] for v in specs}
+    for domain, (paths, labels) in _test_images(toy_data).items():
+        batch = np.stack([pre(load_image(p)) for p in paths])
+        ref = _logits(bundle, "onnxruntime", batch)[0].argmax(1)
+        for variant, spec in specs.items():
+            pred = _logits(bundle, spec, batch)[0].argmax(1)
+            cell = drift[variant]["domains"][domain]
+            assert cell["n_images"] == len(labels) == 8 * 3
+            assert cell["agreement"] == pytest.approx(sum(int(a == b) for a, b in zip(pred, ref)) / len(labels), abs=1e-6)
+            assert cell["top1"] == pytest.approx(sum(int(a == b) for a, b in zip(pred, labels)) / len(labels), abs=1e-6)
+            assert cell["fp32_top1"] == pytest.approx(sum(int(a == b) for a, b in zip(ref, labels)) / len(labels),
+                                                      abs=1e-6)
+            total[variant][0] += sum(int(a == b) for a, b in zip(pred, ref))
+            total[variant][1] += len(labels)
+    for variant, (agree, n) in total.items():
+        assert drift[variant]["n_images"] == n
+        assert drift[variant]["agreement"] == pytest.approx(agree / n, abs=1e-6)
+        assert drift[variant]["min_domain_agreement"] == min(d["agreement"] for d in drift[variant]["domains"].values())
+
+
+def _with_drift_and_record(src, dst, agreement: float):
+    """A copy of ``src`` whose manifest records ``agreement`` for int8 and whose bench.json says int8 is fastest."""
+    from clap_edge.runtime.bench_record import cpu_info
+
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["drift"] = {"int8": {"agreement": 0.999, "min_domain_agreement": agreement}}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    rows = [{"backend": b, "mode": "model", "batch_size": 1, "images_per_s": ips, "top1_agreement_vs_fp32": 1.0}
+            for b, ips in (("onnxruntime", 100.0), ("onnxruntime:int8", 500.0))]
+    (dst / "bench.json").write_text(json.dumps({"env": {"cpu_model": cpu_info()[0]}, "results": rows}))
+    return Bundle.open(dst)
+
+
+def test_auto_skips_a_variant_whose_recorded_agreement_is_below_99_percent(runtime_bundle, tmp_path):
+    from clap_edge.runtime.backends import choose_auto_backend, spec_variant
+
+    assert spec_variant("onnxruntime:int8-static") == "qdq" and spec_variant("openvino:int8") == "openvino-int8"
+    assert choose_auto_backend(_with_drift_and_record(runtime_bundle, tmp_path / "ok", 0.995)) == "onnxruntime:int8"
+    assert choose_auto_backend(_with_drift_and_record(runtime_bundle, tmp_path / "bad", 0.985)) == "onnxruntime"
+
+
+def test_static_int8_needs_calibration_images(tmp_path):
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    result = CliRunner().invoke(main, ["export", "--model", "clap-edge-tiny", "--classes", "a,b", "--no-head",
+                                       "--out", str(tmp_path / "b"), "--int8-static"])
+    assert result.exit_code == 2
+    assert "--calibration" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
+def test_inspect_prints_drift(int8_bundle):
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    result = CliRunner().invoke(main, ["inspect", str(int8_bundle), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["drift"]["qdq"]["domains"].keys() == set(DOMAINS)
+    text = CliRunner().invoke(main, ["inspect", str(int8_bundle)], terminal_width=160).output
+    assert "drift vs fp32" in text and "openvino-int8" in text
+
+
+# ---- the GEMM ceiling ------------------------------------------------------------------
+
+
+def test_ceiling_micro_benchmark_reports_sane_fields():
+    from clap_edge.apps.ceiling import ISA_FLAGS, CeilingConfig, measure_ceilings
+
+    out = measure_ceilings(CeilingConfig(threads=1, shape=(64, 128, 256), seconds=0.02,
+                                         libraries=("onnxruntime", "openvino")))
+    assert out["shape"] == [64, 128, 256] and out["threads"] == 1
+    assert set(out["cpu_flags"]) <= set(ISA_FLAGS)
+    flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
+    assert ("avx2" in out["cpu_flags"]) == ("avx2" in flags)
+    for key in ("onnxruntime:fp32", "onnxruntime:int8", "onnxruntime:int8-static"):
+        row = out["ceilings"][key]
+        # GFLOP/s is 2*M*K*N over the median time: check the arithmetic, not the speed
+        assert row["gflops_per_s"] == pytest.approx(2 * 64 * 128 * 256 / (row["ms"] / 1e3) / 1e9, rel=0.01)
+        assert 0 < row["gflops_per_s"] < 1e5 and row["iters"] >= 3
+    if pytest.importorskip("openvino"):
+        assert {"openvino:fp32", "openvino:int8"} <= set(out["ceilings"]) | set(out["errors"])
+
+
+def test_ceiling_keys_and_fractions():
+    from clap_edge.apps.bench import _add_ceiling_fractions
+    from clap_edge.apps.ceiling import ceiling_key
+
+    assert ceiling_key("onnxruntime", "fp32") == "onnxruntime:fp32"
+    assert ceiling_key("onnxruntime-int8", "int8") == "onnxruntime:int8"
+    assert ceiling_key("onnxruntime:int8-static", "int8-static") == "onnxruntime:int8-static"
+    assert ceiling_key("openvino", "bf16") == "openvino:bf16"  # 'auto' that compiled to bf16
+    assert ceiling_key("openvino:int8", "int8") == "openvino:int8"
+    assert ceiling_key("torch", "fp32") == "torch:fp32" and ceiling_key("onnxruntime:fp16", "fp16") is None
+    rows = [{"backend": "onnxruntime", "precision": "fp32", "mode": "model", "gflops_per_s": 40.0},
+            {"backend": "torch", "precision": "fp32", "mode": "model", "gflops_per_s": 10.0}]
+    _add_ceiling_fractions(rows, {"ceilings": {"onnxruntime:fp32": {"gflops_per_s": 50.0}}})
+    assert rows[0]["fraction_of_ceiling"] == 0.8 and rows[0]["ceiling_gflops_per_s"] == 50.0
+    assert rows[1]["fraction_of_ceiling"] is None and rows[1]["ceiling"] is None
+
+
+def test_bench_plot_shows_ceilings(tmp_path):
+    from clap_edge.core.report import bench_markdown_table as markdown_table, plot_bench as plot_report
+
+    rows = [{"backend": "onnxruntime", "precision": "fp32", "mode": "model", "batch_size": b, "threads": 1,
+             "p50_ms": 10.0 * b, "p99_ms": 11.0 * b, "images_per_s": 100.0, "speedup_vs_torch": None,
+             "gflops_per_s": 40.0, "peak_rss_mb": 50.0, "top1_agreement_vs_fp32": 1.0,
+             "ceiling": "onnxruntime:fp32", "ceiling_gflops_per_s": 50.0, "fraction_of_ceiling": 0.8} for b in (1, 8)]
+    report = {"env": {"bundle": {"model_name": "m"}, "cpu_model": "cpu", "threads": 1, "cpu_flags": ["avx2"],
+                      "load_average_before": [1.0, 1, 1], "load_average_after": [2.0, 1, 1],
+                      "ceiling": {"ceilings": {"onnxruntime:fp32": {"gflops_per_s": 50.0}}, "cpu_flags": ["avx2"]}},
+              "results": rows}
+    path = plot_report(report, tmp_path / "p.png")
+    assert path.stat().st_size > 1000
+    assert "| 50 | 80% |" in markdown_table(report)
