@@ -169,12 +169,13 @@ def test_drift_in_manifest_equals_an_independent_recount(int8_bundle, toy_data):
 
 def _with_drift_and_record(src, dst, agreement: float):
     """A copy of ``src`` whose manifest records ``agreement`` for int8 and whose bench.json says int8 is fastest."""
+    from clap_edge.export.bundle.writer import write_manifest
     from clap_edge.runtime.bench_record import cpu_info
 
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
     manifest["drift"] = {"int8": {"agreement": 0.999, "min_domain_agreement": agreement}}
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(dst, manifest)  # re-export's writer: the manifest digest follows the edit
     rows = [{"backend": b, "mode": "model", "batch_size": 1, "images_per_s": ips, "top1_agreement_vs_fp32": 1.0}
             for b, ips in (("onnxruntime", 100.0), ("onnxruntime:int8", 500.0))]
     (dst / "bench.json").write_text(json.dumps({"env": {"cpu_model": cpu_info()[0]}, "results": rows}))

@@ -22,14 +22,9 @@ __all__ = ["DEFAULT_CALIBRATION_COUNT", "preprocessor_for", "calibration_images"
 
 
 def preprocessor_for(preprocess: dict[str, Any]):
-    """The runtime's Preprocessor for a manifest ``preprocess`` block.
+    """The runtime's Preprocessor (the one preprocessing path, in core) for a manifest ``preprocess`` block."""
+    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
 
-    Imported here, inside the function, so the one import can be repointed when the
-    preprocessing module moves (e.g. to ``clap_edge.core.preprocess``)."""
-    try:
-        from clap_edge.core.preprocess import PreprocessConfig, Preprocessor  # type: ignore[import-not-found]
-    except ImportError:
-        from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
     return Preprocessor(PreprocessConfig.from_dict(preprocess))
 
 
