@@ -21,6 +21,9 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("clap_edge.runtime.backends.torch.runner", "TorchRunner"),
     "torch-compile": ("clap_edge.runtime.backends.torch.compile_runner", "TorchCompileRunner"),
     "openvino": ("clap_edge.runtime.backends.openvino.runner", "OpenVINORunner"),
+    # compiled engines from the bundle's engines/ folder (clap-edge build-engine), picked by sidecar
+    "tensorrt": ("clap_edge.runtime.backends.tensorrt.runner", "TensorRTRunner"),
+    "aoti": ("clap_edge.runtime.backends.aoti.runner", "AotiRunner"),
 }
 
 # Older names -> (backend, precision).
@@ -31,7 +34,9 @@ ALIASES: dict[str, tuple[str, str]] = {
 
 # Preference when no bench result says otherwise: fastest-first on typical hardware, default precision only.
 # torch-compile is never picked statically (minutes of compile on first use); int8 changes results.
-AUTO_ORDER = ["onnxruntime", "openvino", "torch"]
+# tensorrt only counts when the bundle holds an engine built for this GPU and TensorRT version;
+# aoti (built for one device) is picked by a recorded bench, like torch-compile.
+AUTO_ORDER = ["tensorrt", "onnxruntime", "openvino", "torch"]
 
 __all__ = ["BACKENDS", "ALIASES", "Runner", "RunnerOptions", "RunnerOutput", "parse_backend", "backend_label",
            "runner_class", "usable_runner_class", "create_runner", "available_backends", "can_run",
