@@ -105,10 +105,8 @@ def usable_runner_class(bundle: Bundle, spec: str, precision: str | None = None)
     if not cls.is_available():
         raise cls.not_installed_error()
     if not cls.supports(bundle, precision):
-        variant = cls.variant_for(precision)
         raise BackendUnavailableError(f"backend {backend_label(name, precision)!r} cannot run bundle {bundle.root}: "
-                                      f"it lacks the {variant!r} model this backend runs at that precision "
-                                      f"(it has: {', '.join(bundle.variants) or 'none'})")
+                                      f"{cls.unsupported_reason(bundle, precision)}")
     return cls
 
 

@@ -88,6 +88,15 @@ class EngineRunner(Runner):
                 return True
         return False
 
+    @classmethod
+    def unsupported_reason(cls, bundle: Bundle, precision: str | None = None) -> str:
+        try:
+            select_engine(bundle, cls.engine_kind, precision or cls.default_precision, cls.candidate_hosts(),
+                          cls.library_version())
+        except BundleError as e:
+            return str(e).removeprefix(f"{bundle.root}: ")
+        return "its engine fits this machine only for another device option"
+
     def select(self, hosts: list[DeviceInfo], library_version: str) -> EngineChoice:
         """The engine to run: the injected one, else the bundle's engine that fits ``hosts``."""
         injected = self.options.extra.get("engine_choice")
