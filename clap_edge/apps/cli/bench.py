@@ -36,9 +36,14 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--record", is_flag=True, help="Store the report in the user cache so backend 'auto' picks the fastest.")
 @click.option("--openvino-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Force OpenVINO's inference precision (default: the CPU plugin's best).")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device for every backend: cpu or cuda[:index] (torch, torch-compile, aoti, tensorrt; "
+                   "onnxruntime also takes tensorrt).")
+@click.option("--compile-mode", default=None,
+              help="torch.compile mode for torch-compile (e.g. reduce-overhead: CUDA graphs on a GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no table.")
 def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agreement_images, json_path, plot_path, record,
-          openvino_precision, quiet):
+          openvino_precision, device, compile_mode, quiet):
     """Benchmark backends on BUNDLE: p50/p90/p99 latency, images/s, peak RSS, speed-up vs torch,
     GFLOP/s and top-1 agreement vs fp32, with the backends interleaved round by round.
 
@@ -53,8 +58,11 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
 
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     options = {"openvino": {"precision": openvino_precision}} if openvino_precision else {}
+    if compile_mode:
+        options.update({spec: {"mode": compile_mode} for spec in (names or ["torch-compile"])
+                        if spec.split(":")[0] == "torch-compile"})
     cfg = BenchConfig(bundle=bundle, backends=names, batch_sizes=batch_sizes, threads=threads, warmup=warmup,
-                      iters=iters, end_to_end=end_to_end, backend_options=options,
+                      iters=iters, end_to_end=end_to_end, backend_options=options, device=device,
                       agreement=preprocess_folder(Bundle.open(bundle), agreement_images) if agreement_images else None)
     report = run_bench(cfg, progress=not quiet)
     if not report["results"]:
