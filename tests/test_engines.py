@@ -307,3 +307,18 @@ def test_onnxruntime_tensorrt_ep_runs(runtime_bundle):  # pragma: no cover - nee
         out = runner.infer(x)
     with create_runner(bundle, "onnxruntime") as cpu:
         assert np.abs(cpu.infer(x).logits - out.logits).max() < 1e-2
+
+
+def test_auto_picks_a_tensorrt_engine_built_for_this_gpu(engine_bundle, monkeypatch, tmp_path):
+    """With TensorRT installed and an fp16 engine for this GPU, ``auto`` runs it (never int8: it changes results)."""
+    from clap_edge.runtime.backends import choose_auto_backend
+    from clap_edge.runtime.backends.tensorrt.runner import TensorRTRunner
+
+    monkeypatch.setenv("CLAP_EDGE_CACHE", str(tmp_path))  # no recorded bench
+    monkeypatch.setattr(TensorRTRunner, "is_available", classmethod(lambda cls: True))
+    monkeypatch.setattr(TensorRTRunner, "library_version", classmethod(lambda cls: "10.8.0"))
+    bundle = Bundle.open(engine_bundle)
+    monkeypatch.setattr(TensorRTRunner, "candidate_hosts", classmethod(lambda cls: [H100]))
+    assert choose_auto_backend(bundle) == "tensorrt:fp16"
+    monkeypatch.setattr(TensorRTRunner, "candidate_hosts", classmethod(lambda cls: [ORIN]))
+    assert choose_auto_backend(bundle) == "onnxruntime"  # no engine for this GPU

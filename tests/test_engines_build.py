@@ -132,3 +132,21 @@ def test_tensorrt_build_and_run(runtime_bundle, tmp_path, images, precision):  #
     with create_runner(Bundle.open(root), "onnxruntime") as ort:
         ref = ort.infer(images)
     assert np.abs(ref.embedding - out.embedding).max() < (1e-3 if precision == "fp32" else 2e-2)
+
+
+@pytest.mark.slow
+def test_classify_cli_with_aoti(cpu_engines, runtime_bundle, tmp_path):
+    from PIL import Image
+
+    from clap_edge.apps.cli import main
+
+    root, _, _ = cpu_engines
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
+    outputs = {}
+    for backend in ("aoti", "onnxruntime"):
+        result = CliRunner().invoke(main, ["classify", str(root), str(tmp_path / "red.png"), "--backend", backend,
+                                           "--device", "cpu", "--json", "--top-k", "2"])
+        assert result.exit_code == 0, result.output
+        outputs[backend] = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outputs["aoti"]["labels"] == outputs["onnxruntime"]["labels"]
+    np.testing.assert_allclose(outputs["aoti"]["scores"], outputs["onnxruntime"]["scores"], atol=1e-4)

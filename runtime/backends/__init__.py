@@ -36,7 +36,7 @@ ALIASES: dict[str, tuple[str, str]] = {
 # torch-compile is never picked statically (minutes of compile on first use); int8 changes results.
 # tensorrt only counts when the bundle holds an engine built for this GPU and TensorRT version;
 # aoti (built for one device) is picked by a recorded bench, like torch-compile.
-AUTO_ORDER = ["tensorrt", "onnxruntime", "openvino", "torch"]
+AUTO_ORDER = ["tensorrt", "tensorrt:fp16", "onnxruntime", "openvino", "torch"]
 
 __all__ = ["BACKENDS", "ALIASES", "Runner", "RunnerOptions", "RunnerOutput", "parse_backend", "backend_label",
            "runner_class", "usable_runner_class", "create_runner", "available_backends", "can_run",

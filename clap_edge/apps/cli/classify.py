@@ -22,8 +22,10 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="backend intra-op threads (default: library's).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="decode / preprocess threads that prepare the next batch while one runs.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or cuda[:index] for backends that run on a GPU (torch, aoti, tensorrt; onnxruntime: also tensorrt).")
 @click.option("--json", "as_json", is_flag=True, help='one JSON object per line: {"path","labels","scores"} or {"path","error"}.')
-def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_json):
+def classify(bundle, paths, backend, batch_size, top_k, threads, workers, device, as_json):
     """Classify images (files, or folders walked recursively) with BUNDLE.
 
     Exit code 0 when every image was classified, 1 when some could not be decoded (they are
@@ -41,7 +43,7 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     if not files:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
     failed = 0
-    with Classifier.open(bundle, backend=backend, threads=threads) as clf, _progress(len(files)) as bar:
+    with Classifier.open(bundle, backend=backend, threads=threads, device=device) as clf, _progress(len(files)) as bar:
         task = bar.add_task("classifying", total=len(files))
         for path, result in clf.predict_files(files, batch_size=batch_size, workers=workers, top_k=top_k):
             if isinstance(result, Exception):
