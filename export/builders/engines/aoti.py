@@ -49,7 +49,7 @@ def build_aoti(bundle: Bundle, precision: str, batch: tuple[int, int, int], devi
     """Compile the bundle's program for ``device`` ("cpu" or "cuda[:i]") into the package ``out``."""
     import torch
 
-    from clap_edge.export.builders.engines.devices import torch_cpu_device, torch_cuda_device
+    from clap_edge.export.builders.engines.torch_devices import torch_cpu_device, torch_cuda_device
 
     if precision not in AOTI_PRECISIONS:
         raise ClapEdgeError(f"aoti engines run {', '.join(AOTI_PRECISIONS)}; int8 is a TensorRT engine "

@@ -1,8 +1,9 @@
 """Which devices this machine has, described as engine sidecars describe them (:class:`DeviceInfo`).
 
-Three sources, each imported only when asked: ``nvidia-smi`` (no Python GPU library at all, for
-listing), cuda-python's runtime bindings (the TensorRT backend, which needs no torch) and torch
-(the AOTInductor backend and builder, which have it anyway).
+Here the torch-free sources: ``nvidia-smi`` (no Python GPU library at all, for listing) and
+cuda-python's runtime bindings (the TensorRT backend, which needs no torch). The torch ones (the
+AOTInductor backend and builder) are in ``torch_devices``, so the runtime's torch-free backends
+never reach torch through this module.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 import functools
 import shutil
 import subprocess
-from typing import Any
-
 from clap_edge.export.builders.engines.sidecar import DeviceInfo, host_cpu
 
-__all__ = ["visible_gpus", "cudart_device", "torch_cuda_device", "torch_cpu_device", "host_cpu"]
+__all__ = ["visible_gpus", "cudart_device", "host_cpu"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,18 +45,3 @@ def cudart_device(index: int = 0) -> DeviceInfo:
         raise RuntimeError(f"CUDA device {index} is not usable: {cudart.cudaGetErrorString(err)[1].decode()}")
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     return DeviceInfo(type="cuda", name=name.strip("\x00 "), compute_capability=f"{props.major}.{props.minor}")
-
-
-def torch_cuda_device(torch: Any, index: int = 0) -> DeviceInfo:
-    major, minor = torch.cuda.get_device_capability(index)
-    return DeviceInfo(type="cuda", name=torch.cuda.get_device_name(index), compute_capability=f"{major}.{minor}")
-
-
-def torch_cpu_device() -> DeviceInfo:
-    """This CPU with the vector ISA torch inductor compiles for here (what a CPU AOTInductor engine needs)."""
-    from dataclasses import replace
-
-    from torch._inductor import cpu_vec_isa
-
-    isa = str(cpu_vec_isa.pick_vec_isa()).strip() or None
-    return replace(host_cpu(), isa=isa)

@@ -12,7 +12,7 @@ __all__ = ["hosts_for", "load_package"]
 
 def hosts_for(torch: Any, device: str) -> list:
     """The device ``device`` names ("cpu", "cuda", "cuda:1"), described as sidecars describe devices."""
-    from clap_edge.export.builders.engines.devices import torch_cpu_device, torch_cuda_device
+    from clap_edge.export.builders.engines.torch_devices import torch_cpu_device, torch_cuda_device
 
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
