@@ -23,7 +23,7 @@ if [ "$MODE" = "--cpu" ]; then
   T_EXPORT=300; T_ENGINE=400; T_BENCH=600
 else
   MODEL=ViT-B-16; DEVICE=cuda; PREC=fp16; BATCHES=1,8,64,256; PROFILE=1,64,256; COMPILE_MODE=reduce-overhead
-  ITERS=10; T_EXPORT=110; T_ENGINE=150; T_BENCH=180  # + install 30: under 8 minutes in all
+  ITERS=10; T_EXPORT=140; T_ENGINE=160; T_BENCH=160  # + install 20: 8 minutes at most in all
 fi
 
 STATUS="$OUT/status.json"
@@ -65,7 +65,7 @@ install_missing() {
   python -c "import open_clip, onnxscript, click, rich, torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 }
 export -f ce install_missing
-step install 30 install_missing
+step install 20 install_missing
 { nvidia-smi || true; python -c "import torch; print(torch.__version__, torch.version.cuda)"; } > "$OUT/machine.txt" 2>&1
 lscpu >> "$OUT/machine.txt" 2>&1 || true
 
@@ -76,13 +76,13 @@ step export "$T_EXPORT" ce export --model "$MODEL" --no-head --classes cat,dog,c
 
 # 3. The AOTInductor engine for this device at $PREC.
 step engine "$T_ENGINE" ce build-engine "$B" --engine aoti --device "$DEVICE" --precision "$PREC" --batch "$PROFILE" --json
-cp "$OUT/engine.log" "$OUT/engine_sidecar.log" 2>/dev/null
+cp "$B"/engines/*.json "$OUT/" 2>/dev/null  # the engine's sidecar (build time, parity vs ONNX Runtime)
 BACKENDS="torch,torch:$PREC,torch-compile:$PREC"
 python -c "import json,sys; m=json.load(open(sys.argv[1])); sys.exit(0 if m.get('engines') else 1)" "$B/manifest.json" \
   2>/dev/null && BACKENDS="$BACKENDS,aoti:$PREC"
 
 # 4. The benchmark (every backend in its own process, interleaved round by round).
 step bench "$T_BENCH" ce bench "$B" --device "$DEVICE" --backends "$BACKENDS" --compile-mode "$COMPILE_MODE" \
-  --batch-sizes "$BATCHES" --threads 1 --warmup 3 --iters "$ITERS" --json "$OUT/bench.json" --quiet
+  --batch-sizes "$BATCHES" --threads 1 --warmup 2 --iters "$ITERS" --json "$OUT/bench.json" --quiet
 cat "$STATUS"
 [ -f "$OUT/bench.json" ]

@@ -2,7 +2,7 @@
 # Download the small pure-Python / binary wheels bench/gpu/check.sh installs on the GPU machine, which has
 # torch (CUDA), torchvision, onnx and onnxruntime but no open_clip and no internet. Run it here (with internet
 # or a package mirror); the wheels land in bench/gpu/wheels/ (gitignored) and travel with the repo to the
-# GPU machine (64 MiB at most in all: this list is about 15 MiB).
+# GPU machine (64 MiB at most in all: this list is about 7 MiB for Python 3.11).
 #
 #   bench/gpu/fetch_wheels.sh [PYTHON_VERSION]      # default: this interpreter's, e.g. 3.11
 set -euo pipefail
