@@ -54,13 +54,15 @@ def gpu_peak_mb() -> float | None:
 
 
 class _Worker:
-    def __init__(self, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any]):
+    def __init__(self, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any],
+                 device: str = "cpu"):
         from clap_edge.export.bundle import Bundle
         from clap_edge.runtime.backends import RunnerOptions, create_runner
 
         self.bundle = Bundle.open(bundle_path)
         start = time.perf_counter()
-        self.runner = create_runner(self.bundle, backend, RunnerOptions(threads=threads, extra=dict(extra)))
+        self.runner = create_runner(self.bundle, backend, RunnerOptions(threads=threads, device=device,
+                                                                     extra=dict(extra)))
         self.runner.activate()
         self.load_s = time.perf_counter() - start
         self._inputs: dict[int, np.ndarray] = {}
@@ -105,10 +107,11 @@ class _Worker:
         return {"n_images": len(files), "seconds": seconds, "failed": failed}
 
 
-def worker_main(conn: Any, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any]) -> None:
+def worker_main(conn: Any, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any],
+                device: str = "cpu") -> None:
     """Entry point of the worker process: build the runner, then serve commands until "stop"."""
     try:
-        worker = _Worker(bundle_path, backend, threads, extra)
+        worker = _Worker(bundle_path, backend, threads, extra, device)
         conn.send(("ok", worker.info()))
     except BaseException as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -52,6 +52,7 @@ class BenchConfig:
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> RunnerOptions.extra
     ceiling: bool = True  # measure each library's GEMM ceiling first (a few seconds at 1 thread)
     ceiling_seconds: float = 0.4  # timed seconds per ceiling row
+    device: str = "cpu"  # RunnerOptions.device for every backend: "cpu", "cuda[:i]" (torch, aoti, tensorrt)
 
 
 # ---- workers --------------------------------------------------------------------------
@@ -66,7 +67,8 @@ class _WorkerHandle:
         self.backend = backend
         self.conn, child = ctx.Pipe()
         extra = cfg.backend_options.get(backend, {})
-        self.process = ctx.Process(target=worker_main, args=(child, str(cfg.bundle), backend, cfg.threads, extra),
+        self.process = ctx.Process(target=worker_main, args=(child, str(cfg.bundle), backend, cfg.threads, extra,
+                                                             cfg.device),
                                    name=f"clap-edge-bench-{backend}", daemon=True)
         self.process.start()
         child.close()
@@ -108,6 +110,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     backends = _check_backends(bundle, cfg.backends)
     files = _image_files(cfg.end_to_end) if cfg.end_to_end else []
     env = environment(cfg.threads)
+    env["device"] = cfg.device
     env["bundle"] = {"path": str(cfg.bundle), "model_name": bundle.manifest["model"].get("model_name"),
                      "flops_per_image": bundle.manifest.get("flops_per_image"),
                      "input_shape": list(bundle.input_shape), "n_classes": len(bundle.class_names)}

@@ -21,6 +21,9 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("clap_edge.runtime.backends.torch.runner", "TorchRunner"),
     "torch-compile": ("clap_edge.runtime.backends.torch.compile_runner", "TorchCompileRunner"),
     "openvino": ("clap_edge.runtime.backends.openvino.runner", "OpenVINORunner"),
+    # compiled engines from the bundle's engines/ folder (clap-edge build-engine), picked by sidecar
+    "tensorrt": ("clap_edge.runtime.backends.tensorrt.runner", "TensorRTRunner"),
+    "aoti": ("clap_edge.runtime.backends.aoti.runner", "AotiRunner"),
 }
 
 # Older names -> (backend, precision).
@@ -31,7 +34,9 @@ ALIASES: dict[str, tuple[str, str]] = {
 
 # Preference when no bench result says otherwise: fastest-first on typical hardware, default precision only.
 # torch-compile is never picked statically (minutes of compile on first use); int8 changes results.
-AUTO_ORDER = ["onnxruntime", "openvino", "torch"]
+# tensorrt only counts when the bundle holds an engine built for this GPU and TensorRT version;
+# aoti (built for one device) is picked by a recorded bench, like torch-compile.
+AUTO_ORDER = ["tensorrt", "tensorrt:fp16", "onnxruntime", "openvino", "torch"]
 
 __all__ = ["BACKENDS", "ALIASES", "Runner", "RunnerOptions", "RunnerOutput", "parse_backend", "backend_label",
            "runner_class", "usable_runner_class", "create_runner", "available_backends", "can_run",
@@ -100,10 +105,8 @@ def usable_runner_class(bundle: Bundle, spec: str, precision: str | None = None)
     if not cls.is_available():
         raise cls.not_installed_error()
     if not cls.supports(bundle, precision):
-        variant = cls.variant_for(precision)
         raise BackendUnavailableError(f"backend {backend_label(name, precision)!r} cannot run bundle {bundle.root}: "
-                                      f"it lacks the {variant!r} model this backend runs at that precision "
-                                      f"(it has: {', '.join(bundle.variants) or 'none'})")
+                                      f"{cls.unsupported_reason(bundle, precision)}")
     return cls
 
 

@@ -84,6 +84,12 @@ class Runner(ABC):
         return variant is None or bundle.has_variant(variant)
 
     @classmethod
+    def unsupported_reason(cls, bundle: Bundle, precision: str | None = None) -> str:
+        """Why ``supports(bundle, precision)`` is False, for the error message."""
+        return (f"it lacks the {cls.variant_for(precision)!r} model this backend runs at that precision "
+                f"(it has: {', '.join(bundle.variants) or 'none'})")
+
+    @classmethod
     def not_installed_error(cls) -> BackendUnavailableError:
         extra = f" Install it with: pip install 'clap-edge[{cls.pip_extra}]'" if cls.pip_extra else ""
         return BackendUnavailableError(f"backend {cls.name!r} is not installed here.{extra}")

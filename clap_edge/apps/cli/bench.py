@@ -39,9 +39,14 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
               help="Force OpenVINO's inference precision (default: the CPU plugin's best).")
 @click.option("--no-ceiling", is_flag=True,
               help="Skip the GEMM ceiling micro-benchmark (a few seconds) and the fraction-of-ceiling columns.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device for every backend: cpu or cuda[:index] (torch, torch-compile, aoti, tensorrt; "
+                   "onnxruntime also takes tensorrt).")
+@click.option("--compile-mode", default=None,
+              help="torch.compile mode for torch-compile (e.g. reduce-overhead: CUDA graphs on a GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no table.")
 def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agreement_images, json_path, plot_path, record,
-          openvino_precision, no_ceiling, quiet):
+          openvino_precision, no_ceiling, device, compile_mode, quiet):
     """Benchmark backends on BUNDLE: p50/p90/p99 latency, images/s, peak RSS, speed-up vs torch,
     GFLOP/s and top-1 agreement vs fp32, with the backends interleaved round by round. Each row's
     GFLOP/s is also given as a fraction of its library's measured large-GEMM ceiling at its precision.
@@ -57,8 +62,11 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
 
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     options = {"openvino": {"precision": openvino_precision}} if openvino_precision else {}
+    if compile_mode:
+        options.update({spec: {"mode": compile_mode} for spec in (names or ["torch-compile"])
+                        if spec.split(":")[0] == "torch-compile"})
     cfg = BenchConfig(bundle=bundle, backends=names, batch_sizes=batch_sizes, threads=threads, warmup=warmup,
-                      iters=iters, end_to_end=end_to_end, backend_options=options, ceiling=not no_ceiling,
+                      iters=iters, end_to_end=end_to_end, backend_options=options, ceiling=not no_ceiling, device=device,
                       agreement=preprocess_folder(Bundle.open(bundle), agreement_images) if agreement_images else None)
     report = run_bench(cfg, progress=not quiet)
     if not report["results"]:

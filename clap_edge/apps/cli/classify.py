@@ -23,10 +23,12 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="backend intra-op threads (default: library's).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="decode / preprocess threads that prepare the next batch while one runs.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu or cuda[:index] for backends that run on a GPU (torch, aoti, tensorrt; onnxruntime: also tensorrt).")
 @click.option("--json", "as_json", is_flag=True, help='one JSON object per line: {"path","labels","scores"} or {"path","error"}.')
 @click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="public key PEM; the bundle must be signed by one of these (repeatable; `clap-edge sign`).")
-def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_json, trusted_keys):
+def classify(bundle, paths, backend, batch_size, top_k, threads, workers, device, as_json, trusted_keys):
     """Classify images (files, or folders walked recursively) with BUNDLE.
 
     Exit code 0 when every image was classified, 1 when some could not be (each is reported with
@@ -49,7 +51,8 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     if not files and not scan.skipped:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
     failed = 0
-    with Classifier.open(bundle, backend=backend, threads=threads, trusted_keys=list(trusted_keys) or None) as clf, \
+    with Classifier.open(bundle, backend=backend, threads=threads, device=device,
+                         trusted_keys=list(trusted_keys) or None) as clf, \
             progress_bar(enabled=len(files) >= PROGRESS_MIN_IMAGES) as progress:
         for skipped in scan.skipped:  # reported first, then the images: none is lost without a word
             failed += 1

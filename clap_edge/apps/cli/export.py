@@ -150,6 +150,7 @@ def summarise(manifest: dict, checks: dict[str, str]) -> dict:
         "variants": manifest.get("variants", {}),
         "parity": manifest.get("parity", {}),
         "drift": manifest.get("drift", {}),
+        "engines": manifest.get("engines", []),  # compiled engines (clap-edge build-engine), one entry each
         "schema_version": manifest.get("schema_version"),
         "clap_edge_version": manifest.get("clap_edge_version"),
         "files": {name: {"bytes": entry.get("bytes"), "check": checks.get(name, "unchecked")}

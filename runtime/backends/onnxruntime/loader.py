@@ -19,7 +19,11 @@ PROVIDERS = {
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
 
-__all__ = ["PROVIDERS", "load_session", "providers_for", "check_io"]
+# ONNX Runtime's TensorRT EP builds its own TensorRT engines for the subgraphs it takes: cache them (and the
+# tactic timings) inside the bundle's engines/ folder, so only the first session on a GPU pays the build.
+ORT_TRT_CACHE_DIR = "engines/onnxruntime-tensorrt"
+
+__all__ = ["PROVIDERS", "ORT_TRT_CACHE_DIR", "load_session", "providers_for", "provider_options", "check_io"]
 
 
 def session_options(ort: Any, threads: int | None) -> Any:
@@ -44,14 +48,39 @@ def providers_for(device: str, available: set[str]) -> list[str]:
     return [p for p in wanted if p in available]
 
 
-def load_session(bundle: Bundle, variant: str, threads: int | None = None, device: str = "cpu") -> Any:
-    """An InferenceSession for the bundle's ``variant`` model (sha256-checked), with its I/O checked."""
+def provider_options(providers: list[str], bundle_root: Path, precision: str = "fp32",
+                     device_id: int = 0) -> list[dict[str, Any]]:
+    """Options for each provider (same order): the TensorRT EP's engine and timing caches inside the bundle."""
+    options: list[dict[str, Any]] = []
+    for provider in providers:
+        if provider == "TensorrtExecutionProvider":
+            cache = str(Path(bundle_root) / ORT_TRT_CACHE_DIR)
+            options.append({"device_id": device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                            "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
+                            "trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8"})
+        elif provider == "CUDAExecutionProvider":
+            options.append({"device_id": device_id})
+        else:
+            options.append({})
+    return options
+
+
+def load_session(bundle: Bundle, variant: str, threads: int | None = None, device: str = "cpu",
+                 precision: str = "fp32") -> Any:
+    """An InferenceSession for the bundle's ``variant`` model (sha256-checked), with its I/O checked.
+
+    ``device`` is "cpu", "cuda" or "tensorrt", optionally with a GPU index ("cuda:1")."""
     import onnxruntime as ort
 
     path = bundle.variant_file(variant)
-    providers = providers_for(device, set(ort.get_available_providers()))
+    kind, _, index = device.partition(":")
+    providers = providers_for(kind, set(ort.get_available_providers()))
+    options = provider_options(providers, bundle.root, precision, int(index or 0))
+    if kind == "tensorrt":
+        (bundle.root / ORT_TRT_CACHE_DIR).mkdir(parents=True, exist_ok=True)
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(ort, threads), providers=providers)
+        session = ort.InferenceSession(str(path), sess_options=session_options(ort, threads), providers=providers,
+                                       provider_options=options)
     except Exception as e:  # ORT raises its own Fail / InvalidGraph / ... types
         raise BundleError(f"{bundle.root}: ONNX Runtime cannot load {path.name}: {e}") from e
     check_io(bundle, path, session.get_inputs(), session.get_outputs())

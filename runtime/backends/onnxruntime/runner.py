@@ -34,7 +34,8 @@ class OnnxRuntimeRunner(Runner):
         self.providers: list[str] = []
 
     def activate_impl(self) -> None:
-        self.session = load_session(self.bundle, self.variant, self.options.threads, self.options.device)
+        self.session = load_session(self.bundle, self.variant, self.options.threads, self.options.device,
+                                    self.requested_precision)
         self.providers = list(self.session.get_providers())
         self._input_name = self.bundle.manifest["inputs"][0]["name"]
         self._output_names = [s["name"] for s in self.bundle.manifest["outputs"]]

@@ -1,7 +1,9 @@
 """Load the bundle's ``model.pt2`` (a ``torch.export`` program) as a module on a device and dtype.
 
 It holds exactly the weights that were exported, never a re-initialised model, so the torch
-runner is the reference the other backends are compared with.
+runner is the reference the other backends are compared with. fp16 / bf16 go through
+``cast_program_module`` (LayerNorm kept in fp32; a plain ``module.half()`` fails the program's
+export-time dtype asserts), on CPU or CUDA alike.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def load_program_module(bundle: Bundle, variant: str, device: str = "cpu", preci
         program = torch.export.load(str(path))
     except Exception as e:
         raise BundleError(f"{bundle.root}: torch cannot load {path.name}: {e}") from e
-    module = program.module().to(torch.device(device))
-    if precision != "fp32":
-        module = module.to(getattr(torch, DTYPES[precision]))
-    return module
+    from clap_edge.export.builders.engines.casting import cast_program_module
+
+    module = cast_program_module(program.module(), precision)
+    return module.to(torch.device(device))

@@ -1,0 +1,1 @@
+"""The AOTInductor backend: loader (finds and loads the engine package) and runner."""
