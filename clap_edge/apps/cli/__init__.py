@@ -16,7 +16,7 @@ from clap_edge import __version__
 from clap_edge.core.errors import ClapEdgeError
 
 # Modules in this package that each define one or more commands; each exposes ``COMMANDS``.
-COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo", "models"]
+COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo", "models", "serve"]
 
 EXIT_BAD_INPUT = 2
 
