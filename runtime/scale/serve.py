@@ -56,6 +56,7 @@ class ServeConfig:
     object_store_mb: int = 256          # local cluster object store (requests are small)
     metrics_port: int | None = None     # Prometheus endpoint of the local node (Ray Serve metrics)
     graceful_shutdown_s: float = 20.0   # how long a stopping replica waits for accepted requests
+    access_log: bool = False            # one log line per request (costly at thousands of requests/s)
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.max_batch_size < 1 or self.batch_wait_ms < 0:
@@ -160,7 +161,8 @@ def start(config: ServeConfig) -> None:
         ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=config.object_store_mb << 20,
                  ignore_reinit_error=True, **extra)
     ray_serve.start(http_options={"host": config.host, "port": config.port})
-    ray_serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    ray_serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False,
+                  logging_config={"enable_access_log": config.access_log})
 
 
 def stop() -> None:

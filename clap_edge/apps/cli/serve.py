@@ -26,8 +26,9 @@ import click
               help="CPUs of the local Ray cluster (default: enough for the replicas, at least 2).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Prometheus port of the local Ray node (Ray Serve's metrics).")
+@click.option("--access-log", is_flag=True, help="log one line per request.")
 def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batch_wait_ms, host, port, address,
-          num_cpus, metrics_port):
+          num_cpus, metrics_port, access_log):
     """Serve BUNDLE over HTTP on Ray Serve, batching concurrent requests into one model call.
 
     \b
@@ -45,7 +46,8 @@ def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batc
 
     config = ServeConfig(bundle=bundle, backend=backend, threads=threads, replicas=replicas,
                          replica_cpus=replica_cpus, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                         host=host, port=port, address=address, num_cpus=num_cpus, metrics_port=metrics_port)
+                         host=host, port=port, address=address, num_cpus=num_cpus, metrics_port=metrics_port,
+                         access_log=access_log)
 
     def ready(c) -> None:
         metrics = f", metrics on :{c.metrics_port}/metrics" if c.metrics_port else ""
