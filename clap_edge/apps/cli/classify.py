@@ -23,7 +23,15 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="decode / preprocess threads that prepare the next batch while one runs.")
 @click.option("--json", "as_json", is_flag=True, help='one JSON object per line: {"path","labels","scores"} or {"path","error"}.')
-def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_json):
+@click.option("--ray", "use_ray", is_flag=True, help="classify on a Ray cluster (Ray Data) into --out Parquet.")
+@click.option("--address", default=None, help="--ray: a running Ray cluster (default: start a local one).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="--ray: results Parquet (resumable: paths already in it are skipped).")
+@click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="--ray: classifier actors (one bundle load each).")
+@click.option("--embeddings", is_flag=True, help="--ray: add an embedding column.")
+def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_json, use_ray, address, out, actors,
+             embeddings):
     """Classify images (files, or folders walked recursively) with BUNDLE.
 
     Exit code 0 when every image was classified, 1 when some could not be decoded (they are
@@ -32,6 +40,7 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     \b
     Example:
       clap-edge classify bundle/ photos/ extra.jpg --top-k 3 --json
+      clap-edge classify bundle/ photos/ --ray --actors 4 --out results.parquet
     """
     from clap_edge.core.errors import ClapEdgeError
     from clap_edge.runtime.classifier import Classifier
@@ -40,6 +49,11 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, as_jso
     files = list_images(list(paths))
     if not files:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
+    if use_ray or address or out or embeddings:
+        from clap_edge.apps.cli.ray_classify import classify_on_ray
+
+        return classify_on_ray(bundle, files, use_ray, address, out, backend, threads, actors, batch_size, top_k,
+                               workers, embeddings, as_json)
     failed = 0
     with Classifier.open(bundle, backend=backend, threads=threads) as clf, _progress(len(files)) as bar:
         task = bar.add_task("classifying", total=len(files))
