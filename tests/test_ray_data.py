@@ -57,6 +57,7 @@ def _check_rows(rows, reference):
 
 
 def test_actor_batch_keeps_errors_as_rows(runtime_bundle, clf, tmp_path):
+    pytest.importorskip("pyarrow", reason="pyarrow not installed (pip install 'clap-edge[serve]')")
     paths = _make_images(tmp_path / "imgs", 12, broken_every=4)
     actor = ClassifierActor(str(runtime_bundle), backend="onnxruntime", threads=1, top_k=3, embeddings=True,
                             decode_workers=2)

@@ -114,12 +114,13 @@ def _free_port() -> int:
 class _Server:
     """`clap-edge serve` in a subprocess on 127.0.0.1 (a local 2-CPU Ray cluster)."""
 
-    def __init__(self, bundle: Path, port: int, tmp: Path):
+    def __init__(self, bundle: Path, port: int, tmp: Path, metrics_port: int):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log = open(tmp / "serve.log", "wb")
         cmd = [sys.executable, "-c", "from clap_edge.apps.cli import main; main()", "serve", str(bundle),
                "--backend", "onnxruntime", "--threads", "1", "--port", str(port), "--num-cpus", "2",
-               "--max-batch-size", "16", "--batch-wait-ms", "2"]
+               "--max-batch-size", "16", "--batch-wait-ms", "2", "--metrics-port", str(metrics_port)]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.log_path = tmp / "serve.log"
@@ -147,6 +148,27 @@ class _Server:
         self.log.close()
 
 
+def _check_metrics(url: str, timeout: float = 30) -> None:
+    """Ray Serve's Prometheus metrics are exposed: batch sizes were recorded (> 1: requests were batched)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            text = ""
+        sums = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("ray_serve_actual_batch_size_sum")]
+        counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("ray_serve_actual_batch_size_count")]
+        if sums and counts and sum(counts) > 0 and sum(sums) / sum(counts) > 1:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"no batch-size metrics from Ray Serve at {url} (got {len(text)} bytes)")
+        time.sleep(2)
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """40 valid images (JPEG / PNG, odd modes) and 3 broken bodies."""
@@ -161,7 +183,8 @@ def corpus(tmp_path_factory):
 def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corpus, tmp_path):
     good, broken = corpus
     reference = clf.predict([Image.open(io.BytesIO(b)) for b in good], top_k=3)
-    server = _Server(runtime_bundle, _free_port(), tmp_path)
+    pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install 'clap-edge[serve]')")
+    server = _Server(runtime_bundle, _free_port(), tmp_path, _free_port())
     try:
         server.wait_ready()
         client = Client(server.url)
@@ -208,6 +231,7 @@ def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corp
                 np.testing.assert_allclose(answer["embedding"], ref.embedding, rtol=1e-4, atol=1e-5)
         assert n_broken == 80
         print(f"2000 requests in {elapsed:.1f}s ({2000 / elapsed:.0f} req/s)")
+        _check_metrics(server.metrics_url)
 
         # SIGINT while 8 clients are sending: every request sent before the signal is answered
         stop, sent_before, results = threading.Event(), [], []
