@@ -28,7 +28,15 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.option("--json", "as_json", is_flag=True, help='one JSON object per line: {"path","labels","scores"} or {"path","error"}.')
 @click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="public key PEM; the bundle must be signed by one of these (repeatable; `clap-edge sign`).")
-def classify(bundle, paths, backend, batch_size, top_k, threads, workers, device, as_json, trusted_keys):
+@click.option("--ray", "use_ray", is_flag=True, help="classify on a Ray cluster (Ray Data) into --out Parquet.")
+@click.option("--address", default=None, help="--ray: a running Ray cluster (default: start a local one).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="--ray: results Parquet (resumable: paths already in it are skipped).")
+@click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
+              help="--ray: classifier actors (one bundle load each).")
+@click.option("--embeddings", is_flag=True, help="--ray: add an embedding column.")
+def classify(bundle, paths, backend, batch_size, top_k, threads, workers, device, as_json, trusted_keys, use_ray,
+             address, out, actors, embeddings):
     """Classify images (files, or folders walked recursively) with BUNDLE.
 
     Exit code 0 when every image was classified, 1 when some could not be (each is reported with
@@ -40,6 +48,7 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, device
     Example:
       clap-edge classify bundle/ photos/ extra.jpg --top-k 3 --json
       clap-edge classify bundle.tar photos/ --trusted-key signer.pub
+      clap-edge classify bundle/ photos/ --ray --actors 4 --out results.parquet
     """
     from clap_edge.apps.progress import progress_bar
     from clap_edge.core.errors import ClapEdgeError
@@ -50,6 +59,13 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, device
     files = scan.files
     if not files and not scan.skipped:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
+    if use_ray or address or out or embeddings:
+        from clap_edge.apps.cli.ray_classify import classify_on_ray
+
+        for skipped in scan.skipped:
+            _report_error(str(skipped.path), Exception(skipped.reason), as_json)
+        return classify_on_ray(bundle, files, use_ray, address, out, backend, threads, actors, batch_size, top_k,
+                               workers, embeddings, as_json, skipped=scan.skipped)
     failed = 0
     with Classifier.open(bundle, backend=backend, threads=threads, device=device,
                          trusted_keys=list(trusted_keys) or None) as clf, \

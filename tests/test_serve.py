@@ -1,0 +1,272 @@
+"""clap-edge serve: the HTTP contract on Ray Serve, under load, and a graceful stop with requests in flight."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clap_edge.core.errors import ImageError
+from clap_edge.runtime.scale.client import Client, ServeError
+from clap_edge.runtime.scale.decode import decode_bytes, error_message
+from clap_edge.runtime.scale.serve import _parse_query, prediction_record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clf(runtime_bundle):
+    from clap_edge.runtime import Classifier
+
+    with Classifier.open(runtime_bundle, backend="onnxruntime", threads=1) as c:
+        yield c
+
+
+def _image_bytes(rng, fmt: str = "JPEG", mode: str = "RGB") -> bytes:
+    h, w = int(rng.integers(30, 120)), int(rng.integers(30, 120))
+    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+# ---- fast: decoding and records, no Ray ------------------------------------------------------
+
+
+def test_decode_bytes_equals_file_decoding(clf, tmp_path):
+    rng = np.random.default_rng(0)
+    for fmt, mode in (("JPEG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"), ("JPEG", "CMYK"), ("TIFF", "I;16")):
+        data = _image_bytes(rng, fmt, mode if mode != "I;16" else "L")
+        if mode == "I;16":  # a 16-bit grayscale file: scaled, not clipped, by the shared decoder
+            buf = io.BytesIO()
+            Image.fromarray((rng.integers(0, 65535, (40, 50))).astype(np.uint16)).save(buf, format="TIFF")
+            data = buf.getvalue()
+        path = tmp_path / f"img.{fmt.lower()}"
+        path.write_bytes(data)
+        np.testing.assert_array_equal(decode_bytes(clf, data), clf.preprocess(path))
+
+
+def test_decode_bytes_errors_name_the_request_not_a_temp_file(clf, tmp_path):
+    good = _image_bytes(np.random.default_rng(1))
+    for data, fragment in ((b"", "empty"), (b"not an image", "not an image file"), (good[: len(good) // 3], "")):
+        with pytest.raises(ImageError) as info:
+            decode_bytes(clf, data, "request body")
+        message = str(info.value)
+        assert message.startswith("request body: ") and fragment in message
+        assert "clap-edge-img-" not in message
+        # the same file through `classify`'s path gives the same problem
+        path = tmp_path / "x.jpg"
+        path.write_bytes(data)
+        if data:
+            with pytest.raises(ImageError) as file_info:
+                clf.preprocess(path)
+            assert error_message(file_info.value, str(path)) == error_message(info.value, "request body")
+
+
+def test_record_is_a_top_k_prefix_of_predict(clf):
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(4)]
+    full = clf.predict_batch(np.stack([clf.preprocess(im) for im in images]), top_k=len(clf.class_names))
+    for k in (1, 3, 99):
+        reference = clf.predict(images, top_k=k)
+        for pred, ref in zip(full, reference):
+            record = prediction_record(pred, k, with_embedding=True)
+            assert record["labels"] == ref.labels and record["scores"] == pytest.approx(ref.scores, abs=1e-7)
+            assert np.allclose(record["embedding"], ref.embedding, atol=1e-6)
+    assert "embedding" not in prediction_record(full[0], 2, with_embedding=False)
+
+
+def test_query_parsing():
+    assert _parse_query({}) == (5, False)
+    assert _parse_query({"top_k": "2", "embedding": "1"}) == (2, True)
+    for bad in ("0", "x", "-3"):
+        with pytest.raises(ValueError, match="top_k"):
+            _parse_query({"top_k": bad})
+
+
+def test_client_reports_an_unreachable_server():
+    port = _free_port()
+    with pytest.raises(ServeError, match="cannot reach"):
+        Client(f"http://127.0.0.1:{port}", timeout=2).health()
+    with pytest.raises(ImageError, match="cannot read"):
+        Client(f"http://127.0.0.1:{port}").classify("/nonexistent/cat.jpg")
+
+
+# ---- slow: the real server ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """`clap-edge serve` in a subprocess on 127.0.0.1 (a local 2-CPU Ray cluster)."""
+
+    def __init__(self, bundle: Path, port: int, tmp: Path, metrics_port: int):
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.log = open(tmp / "serve.log", "wb")
+        cmd = [sys.executable, "-c", "from clap_edge.apps.cli import main; main()", "serve", str(bundle),
+               "--backend", "onnxruntime", "--threads", "1", "--port", str(port), "--num-cpus", "2",
+               "--max-batch-size", "16", "--batch-wait-ms", "2", "--metrics-port", str(metrics_port)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.log_path = tmp / "serve.log"
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        client = Client(self.url, timeout=2)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"serve exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                client.health()
+                return
+            except ServeError:
+                time.sleep(0.5)
+        pytest.fail(f"serve not ready after {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+
+
+def _check_metrics(url: str, timeout: float = 30) -> None:
+    """Ray Serve's Prometheus metrics are exposed: batch sizes were recorded (> 1: requests were batched)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            text = ""
+        sums = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("ray_serve_actual_batch_size_sum")]
+        counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith("ray_serve_actual_batch_size_count")]
+        if sums and counts and sum(counts) > 0 and sum(sums) / sum(counts) > 1:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"no batch-size metrics from Ray Serve at {url} (got {len(text)} bytes)")
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """40 valid images (JPEG / PNG, odd modes) and 3 broken bodies."""
+    rng = np.random.default_rng(7)
+    good = [_image_bytes(rng, "JPEG" if i % 2 else "PNG", ("RGB", "L", "RGBA", "RGB")[i % 4] if i % 2 == 0
+                         else "RGB") for i in range(40)]
+    broken = [b"", b"GIF89a not really", good[1][:200]]
+    return good, broken
+
+
+@pytest.mark.slow
+def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corpus, tmp_path):
+    good, broken = corpus
+    reference = clf.predict([Image.open(io.BytesIO(b)) for b in good], top_k=3)
+    pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install 'clap-edge[serve]')")
+    server = _Server(runtime_bundle, _free_port(), tmp_path, _free_port())
+    try:
+        server.wait_ready()
+        client = Client(server.url)
+        health = client.health()
+        assert health["status"] == "ok" and health["classes"] == len(clf.class_names)
+
+        # 8 concurrent clients, 2,000 requests, every 25th one broken
+        n_clients, per_client = 8, 250
+        answers: list[list] = [[] for _ in range(n_clients)]
+
+        def run(c: int) -> None:
+            for i in range(per_client):
+                n = c * per_client + i
+                if n % 25 == 0:
+                    kind, body = "broken", broken[n % len(broken)]
+                else:
+                    kind, body = n % len(good), good[n % len(good)]
+                try:
+                    answers[c].append((kind, client.classify(body, top_k=3, embedding=(n % 10 == 1))))
+                except Exception as e:  # kept, asserted below: none may be lost
+                    answers[c].append((kind, e))
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in range(n_clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        flat = [a for per in answers for a in per]
+        assert len(flat) == 2000
+        n_broken = 0
+        for kind, answer in flat:
+            if kind == "broken":
+                n_broken += 1
+                assert isinstance(answer, ImageError), answer  # HTTP 422 with {"error": ...}
+                assert "cannot decode image" in str(answer)
+                continue
+            assert isinstance(answer, dict), answer
+            ref = reference[kind]
+            assert answer["labels"] == ref.labels
+            np.testing.assert_allclose(answer["scores"], ref.scores, rtol=1e-5, atol=1e-6)
+            if "embedding" in answer:
+                np.testing.assert_allclose(answer["embedding"], ref.embedding, rtol=1e-4, atol=1e-5)
+        assert n_broken == 80
+        print(f"2000 requests in {elapsed:.1f}s ({2000 / elapsed:.0f} req/s)")
+        _check_metrics(server.metrics_url)
+
+        # SIGINT while 8 clients are sending: every request sent before the signal is answered
+        stop, sent_before, results = threading.Event(), [], []
+        lock = threading.Lock()
+        signalled_at: list[float] = []
+
+        def flood(c: int) -> None:
+            i = 0
+            while not stop.is_set():
+                started = time.monotonic()
+                body = good[(c + i) % len(good)]
+                try:
+                    out = client.classify(body, top_k=3)
+                except Exception as e:
+                    out = e
+                with lock:
+                    results.append((started, (c + i) % len(good), out))
+                i += 1
+
+        flooders = [threading.Thread(target=flood, args=(c,)) for c in range(8)]
+        for t in flooders:
+            t.start()
+        time.sleep(1.0)
+        signalled_at.append(time.monotonic())
+        server.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        stop.set()
+        for t in flooders:
+            t.join(60)
+        assert server.proc.wait(90) == 0, server.log_path.read_text()[-3000:]
+        sent_before = [(k, out) for started, k, out in results if started < signalled_at[0]]
+        assert len(sent_before) >= 8
+        failed = [(k, out) for k, out in sent_before if not isinstance(out, dict)]
+        assert not failed, f"{len(failed)} requests sent before SIGINT were not answered: {failed[:3]}"
+        for k, out in sent_before:
+            assert out["labels"] == reference[k].labels
+    finally:
+        server.close()
