@@ -72,22 +72,31 @@ inline uint8_t clip8(int v) {
   return uint8_t(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
-// Rows [row0, row0 + out.height) of in, resampled horizontally into out.
-void horizontal(const Image& in, int row0, const Coeffs& c, Image& out) {
-  const int C = in.channels;
+// Rows [row0, row0 + out.height) of in, resampled horizontally into out (C: channels, fixed for speed).
+template <int C>
+void horizontal_c(const Image& in, int row0, const Coeffs& c, Image& out) {
+  constexpr int kHalf = 1 << (kPrecisionBits - 1);
   for (int y = 0; y < out.height; ++y) {
     const uint8_t* src = in.row(y + row0);
     uint8_t* dst = out.row(y);
     for (int xx = 0; xx < out.width; ++xx) {
       const int xmin = c.bounds[2 * xx], n = c.bounds[2 * xx + 1];
       const int32_t* k = &c.k[size_t(xx) * c.ksize];
-      int ss[4] = {1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1), 1 << (kPrecisionBits - 1),
-                   1 << (kPrecisionBits - 1)};
+      int ss[C];
+      for (int ch = 0; ch < C; ++ch) ss[ch] = kHalf;
       const uint8_t* p = src + size_t(xmin) * C;
       for (int x = 0; x < n; ++x, p += C)
         for (int ch = 0; ch < C; ++ch) ss[ch] += p[ch] * k[x];
       for (int ch = 0; ch < C; ++ch) dst[xx * C + ch] = clip8(ss[ch]);
     }
+  }
+}
+
+void horizontal(const Image& in, int row0, const Coeffs& c, Image& out) {
+  switch (in.channels) {
+    case 1: horizontal_c<1>(in, row0, c, out); break;
+    case 4: horizontal_c<4>(in, row0, c, out); break;
+    default: horizontal_c<3>(in, row0, c, out); break;
   }
 }
 
