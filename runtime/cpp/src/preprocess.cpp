@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "clap_edge/image.hpp"
 
@@ -73,15 +74,16 @@ inline uint8_t clip8(int v) {
 }
 
 // Rows [row0, row0 + out.height) of in, resampled horizontally into out (C: channels, fixed for speed).
+// Output column xx is the full resize's column xx + xoff; source columns are shifted left by col_shift.
 template <int C>
-void horizontal_c(const Image& in, int row0, const Coeffs& c, Image& out) {
+void horizontal_c(const Image& in, int row0, const Coeffs& c, Image& out, int xoff, int col_shift) {
   constexpr int kHalf = 1 << (kPrecisionBits - 1);
   for (int y = 0; y < out.height; ++y) {
     const uint8_t* src = in.row(y + row0);
     uint8_t* dst = out.row(y);
     for (int xx = 0; xx < out.width; ++xx) {
-      const int xmin = c.bounds[2 * xx], n = c.bounds[2 * xx + 1];
-      const int32_t* k = &c.k[size_t(xx) * c.ksize];
+      const int xmin = c.bounds[2 * (xx + xoff)] - col_shift, n = c.bounds[2 * (xx + xoff) + 1];
+      const int32_t* k = &c.k[size_t(xx + xoff) * c.ksize];
       int ss[C];
       for (int ch = 0; ch < C; ++ch) ss[ch] = kHalf;
       const uint8_t* p = src + size_t(xmin) * C;
@@ -92,20 +94,21 @@ void horizontal_c(const Image& in, int row0, const Coeffs& c, Image& out) {
   }
 }
 
-void horizontal(const Image& in, int row0, const Coeffs& c, Image& out) {
+void horizontal(const Image& in, int row0, const Coeffs& c, Image& out, int xoff = 0, int col_shift = 0) {
   switch (in.channels) {
-    case 1: horizontal_c<1>(in, row0, c, out); break;
-    case 4: horizontal_c<4>(in, row0, c, out); break;
-    default: horizontal_c<3>(in, row0, c, out); break;
+    case 1: horizontal_c<1>(in, row0, c, out, xoff, col_shift); break;
+    case 4: horizontal_c<4>(in, row0, c, out, xoff, col_shift); break;
+    default: horizontal_c<3>(in, row0, c, out, xoff, col_shift); break;
   }
 }
 
-void vertical(const Image& in, const Coeffs& c, int row_shift, Image& out) {
+// Output row yy is the full resize's row yy + yoff; source rows are shifted up by row_shift.
+void vertical(const Image& in, const Coeffs& c, int row_shift, Image& out, int yoff = 0) {
   const size_t stride = size_t(in.width) * in.channels;
   std::vector<int> acc(stride);
   for (int yy = 0; yy < out.height; ++yy) {
-    const int ymin = c.bounds[2 * yy] - row_shift, n = c.bounds[2 * yy + 1];
-    const int32_t* k = &c.k[size_t(yy) * c.ksize];
+    const int ymin = c.bounds[2 * (yy + yoff)] - row_shift, n = c.bounds[2 * (yy + yoff) + 1];
+    const int32_t* k = &c.k[size_t(yy + yoff) * c.ksize];
     std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
     for (int y = 0; y < n; ++y) {
       const uint8_t* src = in.row(ymin + y);
@@ -133,6 +136,19 @@ Image resize_nearest(const Image& in, int w, int h) {
 
 // Python's round(): half to even (the default floating-point rounding mode).
 int round_half_even(double v) { return int(std::nearbyint(v)); }
+
+Image crop(const Image& img, int x0, int y0, int cw, int ch) {
+  if (x0 == 0 && y0 == 0 && cw == img.width && ch == img.height) return img;
+  Image out(cw, ch, img.channels);
+  for (int y = 0; y < ch; ++y)
+    std::memcpy(out.row(y), img.row(y + y0) + size_t(x0) * img.channels, size_t(cw) * img.channels);
+  return out;
+}
+
+// The centre crop of a w x h image to crop_w x crop_h (both no larger): torchvision's offsets.
+std::pair<int, int> crop_offsets(int w, int h, int crop_w, int crop_h) {
+  return {int(std::nearbyint((w - crop_w) / 2.0)), int(std::nearbyint((h - crop_h) / 2.0))};
+}
 
 Image center_crop_or_pad(const Image& img, int crop_h, int crop_w, int fill) {
   const Image* src = &img;
@@ -164,41 +180,48 @@ std::pair<int, int> keep_ratio_size(const Image& img, int th, int tw, bool longe
 
 }  // namespace
 
-Image resize(const Image& in, int w, int h, const std::string& interpolation) {
-  if (w == in.width && h == in.height) return in;
-  if (interpolation == "nearest") return resize_nearest(in, w, h);
+// The window [x0, x0 + cw) x [y0, y0 + ch) of Pillow's resize of `in` to w x h, computing only what the window
+// needs (each output pixel depends only on its own row and column weights, so this is exact).
+Image resize_window(const Image& in, int w, int h, const std::string& interpolation, int x0, int y0, int cw, int ch) {
+  if (interpolation == "nearest") return crop(resize_nearest(in, w, h), x0, y0, cw, ch);
+  if (w == in.width && h == in.height) return crop(in, x0, y0, cw, ch);
   const bool linear = interpolation == "bilinear";
   double (*filter)(double) = linear ? triangle : bicubic;
   const double support = linear ? 1.0 : 2.0;
   const bool need_h = w != in.width, need_v = h != in.height;
-  const Coeffs cv = precompute(in.height, h, filter, support);
-  const int row_first = cv.bounds[0];
-  const int row_last = cv.bounds[2 * h - 2] + cv.bounds[2 * h - 1];
-  if (!need_h) {
-    Image out(w, h, in.channels);
-    vertical(in, cv, 0, out);
+  Image out(cw, ch, in.channels);
+  if (!need_h) {  // vertical pass only, on the window's columns
+    const Coeffs cv = precompute(in.height, h, filter, support);
+    vertical(crop(in, x0, 0, cw, in.height), cv, 0, out, y0);
     return out;
   }
-  const Coeffs ch = precompute(in.width, w, filter, support);
+  const Coeffs chz = precompute(in.width, w, filter, support);
   if (!need_v) {
-    Image out(w, h, in.channels);
-    horizontal(in, 0, ch, out);
+    horizontal(in, y0, chz, out, x0, 0);
     return out;
   }
+  const Coeffs cv = precompute(in.height, h, filter, support);
   if (w > in.width && h < in.height) {
     // The Pillow build this was matched against (13.0.0) runs the vertical pass first when the width grows
     // and the height shrinks (observed on every such case; upstream Pillow is always horizontal first).
-    Image tmp(in.width, h, in.channels);
-    vertical(in, cv, 0, tmp);
-    Image out(w, h, in.channels);
-    horizontal(tmp, 0, ch, out);
+    const int last = x0 + cw - 1;
+    const int cx0 = chz.bounds[2 * x0], cx1 = chz.bounds[2 * last] + chz.bounds[2 * last + 1];
+    Image tmp(cx1 - cx0, ch, in.channels);
+    vertical(crop(in, cx0, 0, cx1 - cx0, in.height), cv, 0, tmp, y0);
+    horizontal(tmp, 0, chz, out, x0, cx0);
     return out;
   }
-  Image tmp(w, row_last - row_first, in.channels);
-  horizontal(in, row_first, ch, tmp);
-  Image out(w, h, in.channels);
-  vertical(tmp, cv, row_first, out);
+  const int last = y0 + ch - 1;
+  const int row_first = cv.bounds[2 * y0], row_last = cv.bounds[2 * last] + cv.bounds[2 * last + 1];
+  Image tmp(cw, row_last - row_first, in.channels);
+  horizontal(in, row_first, chz, tmp, x0, 0);
+  vertical(tmp, cv, row_first, out, y0);
   return out;
+}
+
+Image resize(const Image& in, int w, int h, const std::string& interpolation) {
+  if (w == in.width && h == in.height) return in;
+  return resize_window(in, w, h, interpolation, 0, 0, w, h);
 }
 
 Image resize_and_crop(const Image& img, const PreprocessConfig& cfg) {
@@ -209,17 +232,24 @@ Image resize_and_crop(const Image& img, const PreprocessConfig& cfg) {
     const auto [h, w] = keep_ratio_size(img, th, tw, true);
     return center_crop_or_pad(resize(img, w, h, interp), th, tw, cfg.fill_color);
   }
-  Image resized;
+  int rw, rh;
+  std::string how = interp;
   if (th == tw) {  // torchvision Resize(int): short edge -> size, long edge int()-truncated
     const bool portrait = img.width <= img.height;
     const int shorter = portrait ? img.width : img.height, longer = portrait ? img.height : img.width;
     const int new_long = int(double(int64_t(th) * longer) / shorter);
-    resized = portrait ? resize(img, th, new_long, interp) : resize(img, new_long, th, interp);
+    rw = portrait ? th : new_long;
+    rh = portrait ? new_long : th;
   } else {  // open_clip builds ResizeKeepRatio here without its interpolation: always bicubic
-    const auto [h, w] = keep_ratio_size(img, th, tw, false);
-    resized = resize(img, w, h, "bicubic");
+    std::tie(rh, rw) = keep_ratio_size(img, th, tw, false);
+    how = "bicubic";
   }
-  return center_crop_or_pad(resized, th, tw, 0);  // torchvision CenterCrop pads with 0
+  if (rw >= tw && rh >= th && (rw != img.width || rh != img.height)) {
+    // Resize only the pixels the centre crop keeps.
+    const auto [left, top] = crop_offsets(rw, rh, tw, th);
+    return resize_window(img, rw, rh, how, left, top, tw, th);
+  }
+  return center_crop_or_pad(resize(img, rw, rh, how), th, tw, 0);  // torchvision CenterCrop pads with 0
 }
 
 void normalize(const Image& img, const PreprocessConfig& cfg, float* out) {

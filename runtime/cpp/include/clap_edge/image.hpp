@@ -51,6 +51,10 @@ struct PreprocessConfig {
 // Pillow's Image.resize (bicubic / bilinear with support scaled on downscaling, nearest) on an RGB image.
 Image resize(const Image& image, int width, int height, const std::string& interpolation);
 
+// The window [x0, x0 + cw) x [y0, y0 + ch) of resize(image, width, height, ...), computing only that window.
+Image resize_window(const Image& image, int width, int height, const std::string& interpolation, int x0, int y0,
+                    int cw, int ch);
+
 // The geometric part of the eval transform: resize and centre crop (or pad) to exactly height x width.
 Image resize_and_crop(const Image& image, const PreprocessConfig& cfg);
 
