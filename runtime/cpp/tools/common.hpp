@@ -1,0 +1,26 @@
+// Shared by the command-line tools: argument helpers and listing image files as `clap-edge classify` does.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace clap_edge::tools {
+
+constexpr int kExitBadInput = 2;
+
+// Files named directly, plus the image files under each folder (walked recursively, sorted by path parts),
+// with the same extensions and the same path spelling as clap_edge.core.images.list_images.
+std::vector<std::string> list_images(const std::vector<std::string>& paths);
+
+// Python's pathlib spelling of a path: "." and empty parts dropped ("./a//b/" -> "a/b").
+std::string pathlib_str(const std::string& path);
+
+int parse_int(const std::string& flag, const std::string& value, int min);
+std::vector<int> parse_int_list(const std::string& flag, const std::string& value);
+
+// "error: <message>" on stderr and exit code 2, as the Python CLI does for a ClapEdgeError.
+[[noreturn]] void fail(const std::string& message);
+// click's usage error: "Usage: ...\nError: <message>" and exit code 2.
+[[noreturn]] void usage_error(const std::string& usage, const std::string& message);
+
+}  // namespace clap_edge::tools

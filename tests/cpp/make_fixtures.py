@@ -1,0 +1,155 @@
+"""Make the CTest fixtures: odd images, a clap-edge-tiny bundle, and the Python runtime's answers for them.
+
+Usage: python tests/cpp/make_fixtures.py OUT_DIR
+
+Writes OUT_DIR/images/*.{jpg,png} (RGB, large JPEGs that the runtime decodes at a reduced DCT scale, all
+EXIF orientations, grey, CMYK, 16-bit, alpha, palette with transparency, 1- and 4-bit), OUT_DIR/broken/
+(truncated, empty, not an image), OUT_DIR/bundle (random-init clap-edge-tiny export) and OUT_DIR/tampered
+(the bundle with model.onnx modified), and the references the C++ tests compare with, all from the Python
+runtime (runtime/preprocess.py + Pillow, ONNX Runtime):
+  ref/pre_<image>.npy     Classifier.preprocess(path): float32 [3, H, W]
+  ref/geom_<cfg>_<image>.npy  resize_and_crop(load_image(path), cfg): uint8 [h, w, 3], for the configs in GEOMETRIES
+  ref/logits.npy, ref/embedding.npy  ONNX Runtime outputs for the stacked pre_ tensors (ref/order.txt)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# name -> PreprocessConfig kwargs; the C++ test builds the same configs (tests/cpp/test_preprocess.cpp).
+GEOMETRIES = {
+    "sq224": dict(size=(224, 224)),
+    "rect96x128": dict(size=(96, 128)),
+    "longest100x80": dict(size=(100, 80), resize_mode="longest", fill_color=7),
+    "squash50x70": dict(size=(50, 70), resize_mode="squash"),
+    "bilinear80": dict(size=(80, 80), interpolation="bilinear"),
+}
+
+
+def scene(w: int, h: int, seed: int) -> np.ndarray:
+    """A photo-like uint8 RGB image: smooth gradients, a few discs, mild noise (exercises the filter)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack([x / max(w - 1, 1) * 255, y / max(h - 1, 1) * 255,
+                    127 + 100 * np.sin(x / 7.0 + y / 11.0)], -1)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(3, max(4, min(w, h) / 3))
+        img[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def exif_with_orientation(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def png_16bit(path: Path, arr: np.ndarray, color_type: int) -> None:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit RGB / RGBA): arr uint16 [h, w, c]."""
+    h, w = arr.shape[:2]
+    raw = b"".join(b"\x00" + arr[row].astype(">u2").tobytes() for row in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def make_images(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(scene(333, 251, 1)).save(out / "rgb_333x251.jpg", quality=90)
+    Image.fromarray(scene(251, 333, 2)).save(out / "portrait_251x333.jpg", quality=85, subsampling=0)
+    Image.fromarray(scene(1201, 917, 3)).save(out / "draft2_1201x917.jpg", quality=90)   # DCT scale 1/2
+    Image.fromarray(scene(2301, 1100, 4)).save(out / "draft4_2301x1100.jpg", quality=90)  # 1/4 (2301//128 = 17, 1100//128 = 8 -> 8)
+    Image.fromarray(scene(900, 701, 5)).save(out / "draft_exif6_900x701.jpg", quality=90, exif=exif_with_orientation(6))
+    for o in range(2, 9):
+        Image.fromarray(scene(61, 47, 10 + o)).save(out / f"exif{o}_61x47.jpg", quality=95, exif=exif_with_orientation(o))
+    Image.fromarray(scene(211, 157, 6)).convert("L").save(out / "grey_211x157.jpg", quality=90)
+    Image.fromarray(scene(173, 129, 7)).convert("CMYK").save(out / "cmyk_173x129.jpg", quality=90)
+    Image.fromarray(scene(97, 131, 8)).save(out / "rgb_97x131.png")
+    Image.fromarray(scene(40, 30, 9)).save(out / "upscale_40x30.png")
+    Image.fromarray(scene(64, 64, 10)).save(out / "exact_64x64.png")
+    rgba = np.dstack([scene(150, 101, 11), np.linspace(0, 255, 150 * 101).reshape(101, 150).astype(np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(out / "rgba_150x101.png")
+    la = np.dstack([scene(77, 91, 12)[..., 0], (scene(77, 91, 13)[..., 1])])
+    Image.fromarray(la, "LA").save(out / "la_77x91.png")
+    pal = Image.fromarray(scene(89, 71, 14)).quantize(colors=16)
+    pal.save(out / "palette_89x71.png")
+    pal.save(out / "palette_trns_89x71.png", transparency=3)
+    Image.fromarray(scene(83, 59, 15)).convert("1").save(out / "bilevel_83x59.png")
+    Image.fromarray(scene(67, 73, 16)).convert("L").save(out / "grey4_67x73.png", bits=4)
+    g16 = (scene(123, 77, 17)[..., 0].astype(np.uint16) * 257 + np.arange(77 * 123).reshape(77, 123) % 251)
+    Image.fromarray(g16.astype(np.uint16)).save(out / "grey16_123x77.png")
+    png_16bit(out / "rgb16_101x67.png", scene(101, 67, 18).astype(np.uint16) * 257 + 93, color_type=2)
+    rgba16 = np.dstack([scene(71, 53, 19), np.linspace(0, 255, 71 * 53).reshape(53, 71).astype(np.uint8)])
+    png_16bit(out / "rgba16_71x53.png", rgba16.astype(np.uint16) * 257 + 31, color_type=6)
+
+
+def make_broken(images: Path, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    jpg = (images / "rgb_333x251.jpg").read_bytes()
+    (out / "truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (out / "empty.jpg").write_bytes(b"")
+    (out / "not_an_image.png").write_text("hello, I am text\n")
+    png = (images / "rgb_97x131.png").read_bytes()
+    (out / "truncated.png").write_bytes(png[: len(png) // 2])
+
+
+def make_bundle(out: Path) -> Path:
+    import torch
+
+    from clap_edge.export.builders.exporter import ExportConfig, export_bundle
+
+    torch.manual_seed(0)
+    return Path(export_bundle(ExportConfig(out=out, model_name="clap-edge-tiny",
+                                           classes=["cat", "dog", "car", "tree", "boat"], torch_program=False)))
+
+
+def main(out: Path) -> None:
+    from clap_edge.core.images import load_image
+    from clap_edge.runtime.classifier import Classifier
+    from clap_edge.runtime.preprocess import PreprocessConfig, resize_and_crop
+
+    images, ref = out / "images", out / "ref"
+    if out.exists():
+        shutil.rmtree(out)
+    make_images(images)
+    make_broken(images, out / "broken")
+    bundle = make_bundle(out / "bundle")
+    tampered = out / "tampered"
+    shutil.copytree(bundle, tampered)
+    model = bytearray((tampered / "model.onnx").read_bytes())
+    model[-10] ^= 0xFF
+    (tampered / "model.onnx").write_bytes(bytes(model))
+    ref.mkdir()
+    names = sorted(p.name for p in images.iterdir())
+    with Classifier.open(bundle, backend="onnxruntime") as clf:
+        batch = []
+        for name in names:
+            x = clf.preprocess(images / name)
+            np.save(ref / f"pre_{name}.npy", x)
+            batch.append(x)
+        out_ = clf.runner.infer(np.stack(batch))
+        np.save(ref / "logits.npy", out_.logits.astype(np.float32))
+        np.save(ref / "embedding.npy", out_.embedding.astype(np.float32))
+    (ref / "order.txt").write_text("\n".join(names) + "\n")
+    for cfg_name, kwargs in GEOMETRIES.items():
+        cfg = PreprocessConfig(**kwargs)
+        for name in names:
+            np.save(ref / f"geom_{cfg_name}_{name}.npy", np.asarray(resize_and_crop(load_image(images / name), cfg)))
+    (out / "done").write_text(json.dumps({"images": len(names)}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,149 @@
+// Manifest validation rules, sha256 checks and engine selection.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "../../runtime/cpp/src/engines.hpp"
+#include "clap_edge/bundle.hpp"
+#include "clap_edge/classifier.hpp"
+#include "clap_edge/errors.hpp"
+
+using namespace clap_edge;
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kHash(64, 'a');
+
+json valid_manifest() {
+  return json::parse(R"({
+    "schema_version": 1, "model": {"model_name": "clap-edge-tiny", "pretrained": null},
+    "class_names": ["cat", "dog", "car"], "embed_dim": 8,
+    "preprocess": {"size": [32, 32], "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+                   "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
+    "inputs": [{"name": "image", "shape": ["N", 3, 32, 32], "dtype": "float32"}],
+    "outputs": [{"name": "logits", "shape": ["N", 3], "dtype": "float32"},
+                {"name": "embedding", "shape": ["N", 8], "dtype": "float32"}],
+    "variants": {"fp32": "model.onnx"},
+    "files": {"model.onnx": {"sha256": ")" + kHash + R"(", "bytes": 10}}})");
+}
+
+// The BundleError message for a manifest, or "" if it is accepted.
+std::string problem(const json& m) {
+  try {
+    parse_manifest(m.dump(), "b/manifest.json");
+    return "";
+  } catch (const BundleError& e) {
+    return e.what();
+  }
+}
+
+std::string fixtures() {
+  const char* dir = std::getenv("CLAP_EDGE_FIXTURES");
+  return dir ? dir : "";
+}
+
+}  // namespace
+
+TEST(Manifest, AcceptsAValidManifestAndReadsIt) {
+  const Manifest m = parse_manifest(valid_manifest().dump(), "b/manifest.json");
+  EXPECT_EQ(m.class_names, (std::vector<std::string>{"cat", "dog", "car"}));
+  EXPECT_EQ(m.embed_dim, 8);
+  EXPECT_EQ(m.preprocess.height, 32);
+  EXPECT_FLOAT_EQ(m.preprocess.std[1], 0.25f);
+  EXPECT_EQ(m.variants.at("fp32"), "model.onnx");
+  auto v2 = valid_manifest();
+  v2["schema_version"] = 2;
+  EXPECT_EQ(problem(v2), "");
+}
+
+TEST(Manifest, RefusesEachBrokenRuleWithAMessage) {
+  struct Case {
+    std::function<void(json&)> edit;
+    std::string expect;
+  };
+  const std::vector<Case> cases{
+      {[](json& m) { m["schema_version"] = 3; }, "schema_version 3 is newer"},
+      {[](json& m) { m["schema_version"] = 0; }, "schema_version 0 is not supported"},
+      {[](json& m) { m["schema_version"] = "1"; }, "non-integer schema_version"},
+      {[](json& m) { m.erase("files"); }, "missing fields ['files']"},
+      {[](json& m) { m["class_names"] = json::array(); }, "class_names must be a non-empty list"},
+      {[](json& m) { m["class_names"] = {"cat", "cat", "dog"}; }, "duplicates"},
+      {[](json& m) { m["embed_dim"] = 0; }, "embed_dim must be a positive integer"},
+      {[](json& m) { m["preprocess"]["std"] = {0.2, 0.0, 0.2}; }, "std must be positive"},
+      {[](json& m) { m["preprocess"]["mean"] = {0.2, 0.2}; }, "mean must be 3 numbers"},
+      {[](json& m) { m["preprocess"]["interpolation"] = "lanczos"; }, "interpolation 'lanczos'"},
+      {[](json& m) { m["preprocess"]["resize_mode"] = "fit"; }, "resize_mode 'fit'"},
+      {[](json& m) { m["inputs"][0]["shape"] = {"N", 3, 32}; }, "4-D shape"},
+      {[](json& m) { m["inputs"][0]["shape"] = {"N", 3, 48, 48}; }, "does not match the model input shape"},
+      {[](json& m) { m["outputs"][0]["shape"] = {"N", 4}; }, "'logits' has width 4 but the bundle has 3 classes"},
+      {[](json& m) { m["outputs"][1]["shape"] = {"N", 9}; }, "'embedding' has width 9"},
+      {[](json& m) { m["outputs"].erase(1); }, "no 2-D output 'embedding'"},
+      {[](json& m) { m["files"]["../escape.onnx"] = {{"sha256", kHash}}; }, "outside the bundle"},
+      {[](json& m) { m["files"]["/etc/passwd"] = {{"sha256", kHash}}; }, "outside the bundle"},
+      {[](json& m) { m["files"]["model.onnx"]["sha256"] = "abc"; }, "has no sha256"},
+      {[](json& m) { m["variants"]["int8"] = "model.int8.onnx"; }, "variants must map"},
+      {[](json& m) { m["engines"] = {{{"file", "engines/a.plan"}}}; }, "not listed in files"},
+  };
+  for (const auto& c : cases) {
+    json m = valid_manifest();
+    c.edit(m);
+    const std::string msg = problem(m);
+    EXPECT_EQ(msg.rfind("b/manifest.json: ", 0), 0u) << "accepted or unnamed: " << m.dump() << " -> " << msg;
+    EXPECT_NE(msg.find(c.expect), std::string::npos) << "expected '" << c.expect << "' in: " << msg;
+  }
+  EXPECT_NE(problem(json::array()).find("must be a JSON object"), std::string::npos);
+}
+
+TEST(Sha256, KnownVectors) {
+  const fs::path p = fs::temp_directory_path() / "clap_edge_sha_test.txt";
+  std::ofstream(p) << "abc";
+  EXPECT_EQ(sha256_file(p.string()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  std::ofstream(p, std::ios::trunc).close();
+  EXPECT_EQ(sha256_file(p.string()), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  fs::remove(p);
+}
+
+TEST(BundleFiles, TamperedModelIsRefusedNamingTheFile) {
+  if (fixtures().empty()) GTEST_SKIP() << "CLAP_EDGE_FIXTURES is not set";
+  try {
+    Classifier::open(fixtures() + "/tampered", "openvino");
+    FAIL() << "a tampered bundle was opened";
+  } catch (const BundleError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("'model.onnx' is corrupt or was modified"), std::string::npos) << msg;
+  }
+  // The untouched bundle opens; a file not listed is refused.
+  const auto bundle = Bundle::open(fixtures() + "/bundle");
+  EXPECT_NO_THROW(bundle->file("model.onnx"));
+  EXPECT_THROW(bundle->file("nope.bin"), BundleError);
+}
+
+TEST(Engines, SidecarParsingAndSelection) {
+  EngineInfo a = parse_engine_sidecar(
+      R"({"gpu": "NVIDIA H100 80GB HBM3", "tensorrt_version": "10.3.0", "precision": "fp16",
+          "batch_profile": {"min": 1, "opt": 8, "max": 32}})", "a.json");
+  EXPECT_EQ(a.max_batch, 32);
+  EXPECT_EQ(a.opt_batch, 8);
+  EngineInfo b = a, c = a, d = a;
+  b.precision = "int8";
+  c.gpu = "NVIDIA L4";
+  d.library_version = "8.6.1";
+  a.name = "a"; b.name = "b"; c.name = "c"; d.name = "d";
+  const std::vector<EngineInfo> all{b, c, d, a};
+  std::string why;
+  EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.3.1", "auto", &why)->name, "a");  // fp16 first
+  EXPECT_EQ(select_engine(all, "nvidia h100 80gb hbm3", "10.3.0", "int8", &why)->name, "b");
+  EXPECT_EQ(select_engine(all, "NVIDIA L4", "10.3.0", "auto", &why)->name, "c");
+  EXPECT_EQ(select_engine(all, "NVIDIA A100", "10.3.0", "auto", &why), nullptr);
+  EXPECT_NE(why.find("built for NVIDIA H100"), std::string::npos) << why;
+  EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.5.0", "auto", &why), nullptr);
+  EXPECT_THROW(parse_engine_sidecar(R"({"gpu": "x"})", "s.json"), BundleError);
+  EXPECT_THROW(parse_engine_sidecar(R"({"gpu": "x", "tensorrt_version": "10.0", "precision": "fp16",
+                                         "batch_profile": {"min": 8, "opt": 4, "max": 16}})", "s.json"),
+               BundleError);
+}

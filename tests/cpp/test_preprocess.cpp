@@ -1,0 +1,161 @@
+// Decoding + preprocessing against the Python runtime (Pillow) on odd images: JPEG (incl. DCT-scaled draft
+// decoding), PNG, all EXIF orientations, grey, CMYK, 16-bit, alpha, palette, 1/4-bit. The references come from
+// make_fixtures.py (CLAP_EDGE_FIXTURES); the bound is one grey level per pixel (1/255 before normalisation).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+
+#include "clap_edge/bundle.hpp"
+#include "clap_edge/classifier.hpp"
+#include "clap_edge/errors.hpp"
+#include "clap_edge/image.hpp"
+#include "npy.hpp"
+
+using namespace clap_edge;
+
+namespace {
+
+std::string fixtures() {
+  const char* dir = std::getenv("CLAP_EDGE_FIXTURES");
+  return dir ? dir : "";
+}
+
+std::vector<std::string> image_names() {
+  std::ifstream f(fixtures() + "/ref/order.txt");
+  std::vector<std::string> names;
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty()) names.push_back(line);
+  return names;
+}
+
+PreprocessConfig config(const std::string& name) {
+  PreprocessConfig c;
+  if (name == "sq224") { c.height = c.width = 224; }
+  else if (name == "rect96x128") { c.height = 96; c.width = 128; }
+  else if (name == "longest100x80") { c.height = 100; c.width = 80; c.resize_mode = "longest"; c.fill_color = 7; }
+  else if (name == "squash50x70") { c.height = 50; c.width = 70; c.resize_mode = "squash"; }
+  else if (name == "bilinear80") { c.height = c.width = 80; c.interpolation = "bilinear"; }
+  return c;
+}
+
+class Fixtures : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (fixtures().empty()) GTEST_SKIP() << "CLAP_EDGE_FIXTURES is not set (CTest sets it after make_fixtures)";
+    names_ = image_names();
+    ASSERT_GE(names_.size(), 20u) << "fixtures incomplete in " << fixtures();
+  }
+  std::vector<std::string> names_;
+};
+
+}  // namespace
+
+// The whole path the runtime takes (draft decode at 2x the model input, resize, crop, normalise) on the
+// bundle's 64x64 config, against Classifier.preprocess in Python.
+TEST_F(Fixtures, PreprocessMatchesPythonRuntimeWithinOneGreyLevel) {
+  const auto bundle = Bundle::open(fixtures() + "/bundle");
+  const PreprocessConfig cfg = bundle->manifest().preprocess;
+  DecodeOptions decode;
+  decode.draft_width = decode.draft_height = kDraftOversample * std::max(cfg.height, cfg.width);
+  const float min_std = *std::min_element(cfg.std.begin(), cfg.std.end());
+  const float bound = 1.0f / 255.0f / min_std + 1e-6f;  // one grey level, in normalised units
+  for (const auto& name : names_) {
+    const auto ref = npy::load<float>(fixtures() + "/ref/pre_" + name + ".npy");
+    ASSERT_EQ(ref.shape, (std::vector<int64_t>{3, cfg.height, cfg.width})) << name;
+    std::vector<float> got(ref.data.size());
+    preprocess(load_image(fixtures() + "/images/" + name, decode), cfg, got.data());
+    float worst = 0;
+    size_t exact = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      const float d = std::fabs(got[i] - ref.data[i]);
+      worst = std::max(worst, d);
+      exact += d == 0.0f;
+    }
+    EXPECT_LE(worst, bound) << name << ": max |diff| " << worst;
+    // Most pixels are bit-identical (same filter, same rounding); a systematic error would not be.
+    EXPECT_GE(double(exact) / got.size(), 0.99) << name;
+  }
+}
+
+// Every geometry open_clip's eval transform has (square and non-square shortest side, longest with padding,
+// squash, bilinear), on full-resolution decodes, against runtime/preprocess.py resize_and_crop.
+TEST_F(Fixtures, ResizeAndCropMatchesPillow) {
+  for (const char* cfg_name : {"sq224", "rect96x128", "longest100x80", "squash50x70", "bilinear80"}) {
+    const PreprocessConfig cfg = config(cfg_name);
+    for (const auto& name : names_) {
+      const auto ref = npy::load<uint8_t>(fixtures() + "/ref/geom_" + cfg_name + "_" + name + ".npy");
+      const Image got = resize_and_crop(load_image(fixtures() + "/images/" + name), cfg);
+      ASSERT_EQ(ref.shape, (std::vector<int64_t>{got.height, got.width, 3})) << cfg_name << " " << name;
+      int worst = 0;
+      double total = 0;
+      for (size_t i = 0; i < got.pixels.size(); ++i) {
+        const int d = std::abs(int(got.pixels[i]) - int(ref.data[i]));
+        worst = std::max(worst, d);
+        total += d;
+      }
+      // Known gap: when both axes shrink by different factors (only squash does that), the installed Pillow
+      // sometimes runs the vertical pass first by a rule we could not pin down (upstream Pillow never does),
+      // which moves some pixels by a few levels; there the bound is on the mean. Every other case: one level.
+      const Image full = load_image(fixtures() + "/images/" + name);
+      const bool order_unknown = cfg.resize_mode == "squash" && cfg.width < full.width && cfg.height < full.height &&
+                                 double(cfg.width) / full.width != double(cfg.height) / full.height;
+      if (order_unknown) EXPECT_LE(total / got.pixels.size(), 0.5) << cfg_name << " " << name;
+      else EXPECT_LE(worst, 1) << cfg_name << " " << name;
+    }
+  }
+}
+
+TEST_F(Fixtures, BrokenImagesRaiseImageErrorNamingTheFile) {
+  const std::map<std::string, std::string> cases{{"truncated.jpg", "truncated"},
+                                                 {"empty.jpg", "empty file (0 bytes)"},
+                                                 {"not_an_image.png", "not a JPEG or PNG file"},
+                                                 {"truncated.png", "truncated"},
+                                                 {"missing.jpg", "no such file"}};
+  for (const auto& [file, problem] : cases) {
+    const std::string path = fixtures() + "/broken/" + file;
+    try {
+      load_image(path);
+      ADD_FAILURE() << file << " decoded without error";
+    } catch (const ImageError& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << msg;
+      EXPECT_NE(msg.find(problem), std::string::npos) << msg;
+    }
+  }
+}
+
+// Hand-computed values, independent of Pillow: a constant image stays constant through the bicubic filter
+// (weights sum to one), and downscaling a 2-pixel checkerboard column by 2 averages it (antialiasing: a
+// plain 4-tap bicubic without the scaled support would alias it to one of the two values).
+TEST(Resize, ConstantImageStaysConstant) {
+  Image img(37, 23);
+  std::fill(img.pixels.begin(), img.pixels.end(), 200);
+  for (auto [w, h] : {std::pair{11, 7}, std::pair{90, 50}, std::pair{37, 5}}) {
+    const Image out = resize(img, w, h, "bicubic");
+    for (uint8_t v : out.pixels) ASSERT_EQ(v, 200);
+  }
+}
+
+TEST(Resize, DownscalingAntialiases) {
+  Image img(64, 4);
+  for (int y = 0; y < 4; ++y)
+    for (int x = 0; x < 64; ++x)
+      for (int c = 0; c < 3; ++c) img.row(y)[x * 3 + c] = (x % 2) ? 255 : 0;
+  const Image out = resize(img, 16, 4, "bicubic");
+  for (int x = 2; x < 14; ++x) EXPECT_NEAR(out.row(1)[x * 3], 128, 1) << x;  // interior: the mean
+}
+
+TEST(Normalize, IsTorchToTensorThenNormalize) {
+  PreprocessConfig cfg;
+  Image img(1, 1);
+  img.pixels = {0, 128, 255};
+  float out[3];
+  normalize(img, cfg, out);
+  EXPECT_FLOAT_EQ(out[0], (0.0f - 0.48145466f) / 0.26862954f);
+  EXPECT_FLOAT_EQ(out[1], (128.0f / 255.0f - 0.4578275f) / 0.26130258f);
+  EXPECT_FLOAT_EQ(out[2], (1.0f - 0.40821073f) / 0.27577711f);
+}

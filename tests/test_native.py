@@ -1,0 +1,136 @@
+"""The native C++ tools against the Python runtime on the same bundle and images.
+
+A session fixture configures and builds the C++ runtime (cmake + ninja, into a temporary build dir) when
+cmake, a compiler, ninja and the openvino wheel's CMake package are present, so CI (which runs pytest
+before the CTest step) really compares the two runtimes; where they are missing the tests skip saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-c", "import sys; from clap_edge.apps.cli import main; sys.argv[0] = \"clap-edge\"; main()"]
+
+
+def _openvino_cmake_dir() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    d = Path(openvino.__file__).parent / "cmake"
+    return str(d) if (d / "OpenVINOConfig.cmake").is_file() else None
+
+
+def _missing_tools() -> list[str]:
+    missing = [t for t in ("cmake", "ninja", "c++") if shutil.which(t) is None]
+    if _openvino_cmake_dir() is None:
+        missing.append("openvino wheel with cmake/OpenVINOConfig.cmake")
+    for header in ("/usr/include/nlohmann/json.hpp", "/usr/include/jpeglib.h", "/usr/include/png.h"):
+        if not Path(header).exists():
+            missing.append(header)
+    return missing
+
+
+@pytest.fixture(scope="session")
+def native_tools(tmp_path_factory) -> dict[str, Path]:
+    """Build clap-edge-classify / clap-edge-bench once per session (tools only, no GoogleTest needed)."""
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"cannot build the native runtime here: missing {', '.join(missing)}")
+    build = tmp_path_factory.mktemp("native-build")
+    configure = ["cmake", "-S", str(ROOT), "-B", str(build), "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release",
+                 f"-DOpenVINO_DIR={_openvino_cmake_dir()}", "-DCLAP_EDGE_BUILD_TESTS=OFF"]
+    for cmd in (configure, ["ninja", "-C", str(build), "-j2", "clap-edge-classify", "clap-edge-bench"]):
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    tools = {name: build / "runtime" / "cpp" / name for name in ("clap-edge-classify", "clap-edge-bench")}
+    assert all(p.is_file() for p in tools.values())
+    return tools
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Odd images the two runtimes must agree on, plus one broken file."""
+    sys.path.insert(0, str(ROOT / "tests" / "cpp"))
+    from make_fixtures import make_images  # the CTest fixture generator: one set of odd images
+
+    out = tmp_path_factory.mktemp("native-images")
+    make_images(out)
+    (out / "zz_truncated.jpg").write_bytes((out / "rgb_333x251.jpg").read_bytes()[:2000])
+    return out
+
+
+def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def test_native_classify_agrees_with_python_runtime(native_tools, runtime_bundle, images):
+    native = _run([native_tools["clap-edge-classify"], runtime_bundle, images, "--json", "--top-k", "5",
+                   "--precision", "fp32", "--batch-size", "8"])
+    python = _run([*CLI, "classify", runtime_bundle, images, "--json",
+                   "--top-k", "5", "--backend", "onnxruntime", "--batch-size", "8"])
+    # same exit code (1: one broken image), same records in the same order, same error record
+    assert native.returncode == python.returncode == 1, native.stderr + python.stderr
+    n_lines = [json.loads(line) for line in native.stdout.splitlines()]
+    p_lines = [json.loads(line) for line in python.stdout.splitlines()]
+    assert [r["path"] for r in n_lines] == [r["path"] for r in p_lines]
+    assert len(n_lines) == len(list(images.iterdir()))
+    for n, p in zip(n_lines, p_lines):
+        if "error" in p:
+            assert "error" in n and "truncated" in n["error"] and "truncated" in p["error"]
+            continue
+        assert n["labels"][0] == p["labels"][0], (n, p)
+        assert set(n["labels"]) == set(p["labels"])
+        score_n = dict(zip(n["labels"], n["scores"]))
+        for label, score in zip(p["labels"], p["scores"]):
+            assert abs(score_n[label] - score) < 2e-3, (n["path"], label, score_n[label], score)
+    assert native.stderr.strip().splitlines()[-1] == python.stderr.strip().splitlines()[-1] == \
+        f"1 of {len(n_lines)} images could not be classified"
+
+
+def test_native_classify_text_output_and_bad_bundle(native_tools, runtime_bundle, images, tmp_path):
+    one = images / "rgb_97x131.png"
+    native = _run([native_tools["clap-edge-classify"], runtime_bundle, one, "--top-k", "2", "--precision", "fp32"])
+    python = _run([*CLI, "classify", runtime_bundle, one, "--top-k", "2",
+                   "--backend", "onnxruntime"])
+    assert native.returncode == python.returncode == 0
+    assert native.stdout == python.stdout  # "path\tlabel 0.123, label 0.045"
+    # a tampered bundle: one line naming the file, exit 2
+    tampered = tmp_path / "tampered"
+    shutil.copytree(runtime_bundle, tampered)
+    with open(tampered / "model.onnx", "r+b") as f:
+        f.seek(-5, 2)
+        f.write(b"xxxxx")
+    bad = _run([native_tools["clap-edge-classify"], tampered, one])
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and "'model.onnx' is corrupt or was modified" in bad.stderr
+
+
+def test_native_bench_rows_have_the_python_bench_fields(native_tools, runtime_bundle, images):
+    out = _run([native_tools["clap-edge-bench"], runtime_bundle, "--batch-sizes", "1,4", "--iters", "3",
+                "--warmup", "1", "--end-to-end", images, "--json"])
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    model = [r for r in report["results"] if r["mode"] == "model"]
+    e2e = [r for r in report["results"] if r["mode"] == "end_to_end"]
+    assert [r["batch_size"] for r in model] == [1, 4] and [r["batch_size"] for r in e2e] == [1, 4]
+    for row in model:
+        for key in ("backend", "batch_size", "threads", "precision", "p50_ms", "p90_ms", "p99_ms", "images_per_s"):
+            assert key in row
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    for row in e2e:
+        assert row["failed"] > 0  # the broken file is counted, the rest classified
+        assert row["images_per_s"] > 0 and row["fraction_of_model_only"] > 0
+    assert report["env"]["cpu_model"]
