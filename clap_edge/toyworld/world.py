@@ -164,6 +164,7 @@ def caption_record(factors: Factors, i: int, rng: random.Random, p_word: float =
         color=keep(COLORS[factors.color[i]]),
         background=keep(BACKGROUNDS[factors.background[i]]),
         reordered=rng.random() < p_reorder,
+        style_article=False,  # the wording the shipped toy CLIP was pretrained on: keeps it reproducible
     )
 
 
