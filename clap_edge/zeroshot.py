@@ -87,6 +87,8 @@ class EvalResult:
     grid: dict[str, dict[str, dict[float, dict]]] = field(default_factory=dict)  # key -> domain -> alpha -> cell
     gains: dict[str, dict[str, tuple[float, tuple[float, float]]]] = field(default_factory=dict)  # vs CLIP
     objective: str = "pooled"
+    # key -> domain -> alpha -> per-image test scores (for pooled differences; not in as_dict)
+    scores: dict[str, dict[str, dict[float, np.ndarray]]] = field(default_factory=dict, repr=False)
 
     def as_dict(self) -> dict:
         return {
@@ -245,7 +247,7 @@ def evaluate(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPH
             else:
                 val_scores = alpha_scores(val or {}, texts, head, config.alphas)
                 result.alphas[key], result.val_scores[key] = choose_alpha(val_scores, config.alpha_objective)
-            test_scores = alpha_scores(test, texts, head, grid_alphas)
+            test_scores = result.scores[key] = alpha_scores(test, texts, head, grid_alphas)
             result.grid[key] = {d: grid_cells(s, config.n_boot, config.seed) for d, s in test_scores.items()}
             result.gains[key] = {d: paired_difference_ci(s[result.alphas[key]], s[0.0], config.n_boot, config.seed)
                                  for d, s in test_scores.items()}
