@@ -331,6 +331,14 @@ def test_cli_train_writes_a_loadable_head(tmp_path):
     head = CLAPHead.load(out)
     assert head.config.latent_dim == 32 and head.config.class_names == ["dog", "cat"]
     assert head.config.training["noise_pool"] == 2 and head.config.training["seed"] == 1
+    assert head.config.training["batching"] == "balanced" and head.config.training["keep"] == "final"
+    authors = args[:-1] + ["--batching", "shuffle", "--noise-sharing", "batch", "--keep", "best",
+                           "--no-reorder-article", "--steps", "30", "--json"]
+    result = CliRunner().invoke(main, authors)
+    assert result.exit_code == 0, result.output
+    training = CLAPHead.load(out).config.training  # every option is in the head's safetensors metadata
+    assert (training["batching"], training["noise_sharing"], training["keep"]) == ("shuffle", "batch", "best")
+    assert training["augment"]["reorder_article"] is False and training["noise_middle"] == "split_around_words"
 
 
 def test_cli_train_bad_input_is_one_line_and_exit_2(tmp_path):

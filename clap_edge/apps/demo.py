@@ -37,6 +37,7 @@ class DemoConfig:
     batching: str = "balanced"
     noise_sharing: str = "text"
     keep: str = "final"
+    reorder_article: bool = True
     prompt_families: tuple[str, ...] = ("C", "PC", "NC", "S")
     style_draws: int = 5
     alphas: tuple[float, ...] = (0.0, 0.02, 0.056, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
@@ -102,17 +103,20 @@ def _make_dataset(root: Path, config: DemoConfig) -> Path:
 
 def _train_head(path: Path, config: DemoConfig) -> tuple[Path, dict[str, Any]]:
     from clap_edge.models import load_model
+    from clap_edge.prompts import AugmentConfig
     from clap_edge.toyworld.world import CLASSES, toy_prompt_vocab
     from clap_edge.train import TrainConfig, result_summary, train_head
 
     loaded = load_model(MODEL_NAME, PRETRAINED)
     train_cfg = TrainConfig(steps=config.train_steps, noise_pool=config.noise_pool, seed=config.seeds["train"],
                             vocab=toy_prompt_vocab(), batching=config.batching, noise_sharing=config.noise_sharing,
-                            keep=config.keep)
+                            keep=config.keep, augment=AugmentConfig(reorder_article=config.reorder_article))
     head, result = train_head(loaded, list(CLASSES), train_cfg)
     head.save(path)
     return path, {**result_summary(result), "kept_step": head.config.training["kept_step"],
-                  "options": {k: train_cfg.settings()[k] for k in ("batching", "noise_sharing", "keep")}}
+                  "options": {**{k: train_cfg.settings()[k] for k in ("batching", "noise_sharing", "noise_pool",
+                                                                        "keep")},
+                              "reorder_article": config.reorder_article}}
 
 
 def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig):
