@@ -79,6 +79,9 @@ class Prompt:
     color: str | None
     background: str | None = None
     reordered: bool = False
+    # The reordered form keeps the style's article, as the authors' ``__reverse_prompt`` does
+    # ("a dog in a realistic painting style"); False gives "a dog in realistic painting style".
+    style_article: bool = True
 
     def text(self) -> str:
         obj = _with_article(" ".join(w for w in (self.size, self.color, self.class_name) if w))
@@ -88,7 +91,7 @@ class Prompt:
         if not style:
             return obj
         if self.reordered:
-            return f"{obj} in {style} style"
+            return f"{obj} in {_with_article(style) if self.style_article else style} style"
         return f"{_with_article(style)} of {obj}"
 
 
@@ -103,6 +106,7 @@ class AugmentConfig:
     p_drop_background: float = 0.5
     p_reorder: float = 0.5
     replace: bool = False  # swap the word for another from its list instead of dropping it
+    reorder_article: bool = True  # "Y in a X style" (the authors' wording) or "Y in X style"
 
     def drop_probabilities(self) -> dict[str, float]:
         """Prompt slot -> probability of dropping (or replacing) its word, in the order views draw them."""
@@ -145,7 +149,7 @@ def augment(prompt: Prompt, rng: random.Random, config: AugmentConfig | None = N
         others = [w for w in words if w != current]
         changes[slot] = rng.choice(others) if config.replace and others else None
     changes["reordered"] = rng.random() < config.p_reorder
-    return replace(prompt, **changes)
+    return replace(prompt, **changes, style_article=config.reorder_article)
 
 
 def augmented_texts(class_name: str, vocab: PromptVocab | None = None, config: AugmentConfig | None = None,
@@ -177,7 +181,8 @@ def distinct_views(prompt: Prompt, config: AugmentConfig | None = None,
     views = []
     for words in itertools.product(*choices):
         for reordered in orders:
-            views.append(replace(prompt, **dict(zip(probs, words)), reordered=reordered))
+            views.append(replace(prompt, **dict(zip(probs, words)), reordered=reordered,
+                                 style_article=config.reorder_article))
     return views
 
 

@@ -1,8 +1,9 @@
 """open_clip's text tower with CLAP's noise context, and the two exact savings that make pre-encoding cheap.
 
 Noise context (CLAP.md): ``n_ctx`` vectors drawn from N(0, std^2) are inserted into the
-token-embedding sequence (after SOT, in the middle of the words, or just before EOT)
-before the positional embedding and the transformer. This mirrors open_clip 3.3's
+token-embedding sequence before the positional embedding and the transformer: all right
+after SOT ("front"), all right before EOT ("end"), or, as the authors' ``middle`` does,
+the first ``n_ctx // 2`` right after SOT and the rest right before EOT, around the words. This mirrors open_clip 3.3's
 ``CLIP.encode_text`` step by step; with ``n_ctx=0`` it computes exactly ``encode_text``.
 
 Exact saving: the text tower is causal and pools at the end-of-text token, so tokens after
@@ -74,16 +75,21 @@ class NoiseTextEncoder:
         return (tokens == self.model.text_eos_id).int().argmax(dim=-1)
 
     def insert_positions(self, tokens: torch.Tensor, where: Sequence[str]) -> torch.Tensor:
-        """Insertion index per row: 1 (after SOT), the middle of the words, or the EOT index (before EOT)."""
+        """Insertion points [B, 2] per row: (first, second); see :func:`_insert` for how noise is split.
+
+        front: (1, 1), all noise after SOT; end: (eot, eot), all before EOT; middle: (1, eot),
+        n_ctx // 2 after SOT and the rest before EOT (the authors' ``clip_encode_noised_text``).
+        """
         eot = self.eot_index(tokens)
-        middle = 1 + (eot - 1) // 2
-        table = {"front": torch.ones_like(eot), "middle": middle, "end": eot}
-        return torch.stack([table[w][i] for i, w in enumerate(where)])
+        one = torch.ones_like(eot)
+        table = {"front": (one, one), "middle": (one, eot), "end": (eot, eot)}
+        return torch.stack([torch.stack([table[w][0][i], table[w][1][i]]) for i, w in enumerate(where)])
 
     @torch.no_grad()
     def encode(self, tokens: torch.Tensor, noise: torch.Tensor | None = None,
                positions: torch.Tensor | None = None, cut: bool = True) -> torch.Tensor:
-        """Unnormalised text features [B, d]; ``noise`` [B, n_ctx, width] is inserted at ``positions`` [B]."""
+        """Unnormalised text features [B, d]; ``noise`` [B, n_ctx, width] is inserted at ``positions``
+        ([B]: one block at that index; [B, 2]: split as :meth:`insert_positions` describes)."""
         model = self.model
         device = model.positional_embedding.device
         tokens = tokens.to(device)
@@ -126,15 +132,19 @@ class NoiseTextEncoder:
         return out
 
 
-def draw_noise(keys: Sequence[str], config: NoiseConfig, width: int, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """Noise [len(keys), n_ctx, width] and a position per key, each a pure function of (seed, key).
+def draw_noise(keys: Sequence[str], config: NoiseConfig, width: int, seed: int,
+               draw_keys: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Noise [len(keys), n_ctx, width] and a position per key, each a pure function of (seed, draw key).
 
-    Seeding per key (not per batch) makes a cached noisy view independent of which run,
-    batch or schedule first asked for it.
+    The draw key of row i is ``draw_keys[i]`` (default: ``keys[i]``). Seeding per text key
+    (ours) makes a cached noisy view independent of which run, batch or schedule first asked
+    for it; rows that share a draw key share one noise draw and one position (the authors'
+    per-call sharing: the trainer passes one draw key for every view of a batch).
     """
+    draw_keys = keys if draw_keys is None else draw_keys
     noise = torch.empty(len(keys), config.n_ctx, width)
     where = []
-    for i, key in enumerate(keys):
+    for i, key in enumerate(draw_keys):
         digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
         noise[i] = torch.randn(config.n_ctx, width, generator=gen) * config.std
@@ -143,11 +153,23 @@ def draw_noise(keys: Sequence[str], config: NoiseConfig, width: int, seed: int) 
 
 
 def _insert(x: torch.Tensor, noise: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Row b becomes x[b, :p] + noise[b] + x[b, p:], with p = positions[b] (a gather, no Python loop)."""
+    """Insert ``noise`` into each row of ``x`` (a gather, no Python loop).
+
+    ``positions`` [B] puts row b's whole noise block at index p: x[:p] + noise + x[p:].
+    ``positions`` [B, 2] = (p1, p2): with p1 == p2 the same; with p1 < p2 the first
+    n_ctx // 2 noise vectors go at p1 and the rest at p2 (indices of the original row):
+    x[:p1] + noise[:k] + x[p1:p2] + noise[k:] + x[p2:].
+    """
     batch, length, width = x.shape
     n_ctx = noise.shape[1]
+    pos = positions.view(batch, -1)
+    p1, p2 = pos[:, :1], pos[:, -1:]
+    k = torch.where(p1 == p2, n_ctx, n_ctx // 2)  # noise vectors placed at p1
     j = torch.arange(length + n_ctx, device=x.device).unsqueeze(0)
-    p = positions.view(-1, 1)
-    index = torch.where(j < p, j, torch.where(j < p + n_ctx, length + j - p, j - n_ctx))
+    noise_at = length  # noise vector i sits at index length + i of ``src``
+    index = torch.where(j < p1, j,
+            torch.where(j < p1 + k, noise_at + j - p1,
+            torch.where(j < p2 + k, j - k,
+            torch.where(j < p2 + n_ctx, noise_at + j - p2, j - n_ctx))))
     src = torch.cat([x, noise], dim=1)
     return torch.gather(src, 1, index.unsqueeze(-1).expand(batch, length + n_ctx, width))

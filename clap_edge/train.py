@@ -34,7 +34,10 @@ from clap_edge.prompts import AugmentConfig, Prompt, PromptVocab, augment, dedup
 from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: "middle" noise splits around the words (the authors' layout); shared-draw keys
+BATCHINGS = ("balanced", "shuffle")
+NOISE_SHARINGS = ("text", "batch")
+KEEPS = ("final", "best")
 
 
 @dataclass
@@ -56,6 +59,15 @@ class TrainConfig:
     # 7 PACS classes x 8000 steps draw ~9.3k distinct view texts: K=1 encodes ~9.3k noisy views, K=4 ~23k
     # (bench/results/train_speed.json: 62x faster than encoding every step with K=4, 77x with K=1).
     noise_pool: int = 4
+    # The authors' details we may differ on (README, "CLAP training options"); each is in the head's metadata.
+    # balanced: one prompt of each class in turn (no class twice in a row; a batch of 8 over 8 classes holds
+    # each once); shuffle: the authors' shuffled loader, a random permutation of every (class, prompt) per epoch.
+    batching: str = "balanced"
+    # text: each augmented view text has its own noise draws and position (K = noise_pool per text, seeded by
+    # the text); batch: the authors' behaviour, one draw and one position shared by every view of a step
+    # (drawn from a pool of noise_pool shared draws: use a large pool, e.g. 256, with this mode).
+    noise_sharing: str = "text"
+    keep: str = "final"  # final weights, or those at the end of the best loss window (the authors' checkpoint)
     early_stop: bool = True
     window: int = 480  # early stop compares mean losses of consecutive windows of this many steps
     patience: int = 5
@@ -74,6 +86,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 (NT-Xent needs negatives)")
+        for name, allowed in (("batching", BATCHINGS), ("noise_sharing", NOISE_SHARINGS), ("keep", KEEPS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     @property
     def noise(self) -> NoiseConfig:
@@ -84,6 +99,7 @@ class TrainConfig:
         out = {k: v for k, v in asdict(self).items() if k not in ("vocab", "augment", "progress", "cache_dir")}
         out["augment"] = asdict(self.augment)
         out["vocab_fingerprint"] = hashlib.sha256(self.vocab.fingerprint().encode()).hexdigest()[:16]
+        out["noise_middle"] = "split_around_words"  # n_ctx // 2 after SOT, the rest before EOT (authors)
         return out
 
 
@@ -171,7 +187,9 @@ class EmbeddingCache:
             tokens = tokenize_checked(self.tokenizer, texts, reserve=reserve)
         noise = positions = None
         if with_noise and self.noise.n_ctx:
-            noise, where = draw_noise(keys, self.noise, self.encoder.width, self.seed)
+            # "shared<k>:<text>" keys draw from "shared<k>" alone: every view of a batch gets the same noise
+            draw_keys = [k.split(":", 1)[0] if k.startswith("shared") else k for k in keys]
+            noise, where = draw_noise(keys, self.noise, self.encoder.width, self.seed, draw_keys)
             positions = self.encoder.insert_positions(tokens, where)
         return self.encoder.encode_batched(tokens, self.batch_size, noise, positions, progress)
 
@@ -226,7 +244,13 @@ def text_tower_fingerprint(model: torch.nn.Module) -> str:
 
 
 class Schedule:
-    """The seeded stream of (prompt, augmented view, noise slot); consecutive items have different classes."""
+    """The seeded stream of (prompt, augmented view, noise slot).
+
+    ``balanced``: consecutive items have different classes, each class's prompts in a fresh
+    shuffle. ``shuffle`` (the authors' shuffled loader): every (class, prompt) pair once per
+    epoch in a random order, cut into batches; a batch may hold a class several times.
+    With ``noise_sharing="batch"`` every item of a batch gets the same noise slot.
+    """
 
     def __init__(self, records: dict[str, list[Prompt]], config: TrainConfig):
         self.records, self.config = records, config
@@ -234,19 +258,35 @@ class Schedule:
         self.classes = list(records)
         self._order: dict[str, list[int]] = {c: [] for c in self.classes}
         self._class_stream: list[str] = []
+        self._epoch: list[tuple[str, int]] = []
         self._last: str | None = None
 
     def batch(self) -> list[tuple[Prompt, Prompt, int]]:
-        return [self._item() for _ in range(self.config.batch_size)]
+        items = [self._item() for _ in range(self.config.batch_size)]
+        if self.config.noise_sharing == "batch" and self.config.noise_ctx:
+            slot = self.rng.randrange(self.config.noise_pool)
+            items = [(prompt, view, slot) for prompt, view, _ in items]
+        return items
 
     def _item(self) -> tuple[Prompt, Prompt, int]:
-        cls = self._next_class()
-        if not self._order[cls]:  # a fresh shuffle of this class's prompts each time they run out
-            self._order[cls] = self.rng.sample(range(len(self.records[cls])), len(self.records[cls]))
-        prompt = self.records[cls][self._order[cls].pop()]
+        prompt = self._next_shuffled() if self.config.batching == "shuffle" else self._next_balanced()
         view = augment(prompt, self.rng, self.config.augment, self.config.vocab)
         slot = self.rng.randrange(self.config.noise_pool) if self.config.noise_ctx else 0  # no noise: one view
         return prompt, view, slot
+
+    def _next_balanced(self) -> Prompt:
+        cls = self._next_class()
+        if not self._order[cls]:  # a fresh shuffle of this class's prompts each time they run out
+            self._order[cls] = self.rng.sample(range(len(self.records[cls])), len(self.records[cls]))
+        return self.records[cls][self._order[cls].pop()]
+
+    def _next_shuffled(self) -> Prompt:
+        if not self._epoch:  # a new epoch: every (class, prompt) once, in a random order
+            pairs = [(c, i) for c in self.classes for i in range(len(self.records[c]))]
+            self.rng.shuffle(pairs)
+            self._epoch = pairs[::-1]
+        cls, i = self._epoch.pop()
+        return self.records[cls][i]
 
     def _next_class(self) -> str:
         if not self._class_stream:
@@ -295,6 +335,7 @@ def train_head(loaded: LoadedModel, class_names: list[str], config: TrainConfig 
     stopper = EarlyStopper(config)
     losses: list[float] = []
     loop_seconds = 0.0
+    best_state, kept_step = None, None
     progress = or_silent(config.progress)
     progress("encoding texts", 0, None)
     progress("training head", 0, config.steps)
@@ -303,19 +344,25 @@ def train_head(loaded: LoadedModel, class_names: list[str], config: TrainConfig 
     cache.ensure(fixed, encoded)
     for chunk in _chunks(config.steps, config.window):
         batches = [schedule.batch() for _ in range(chunk)]
-        keys = [_keys(batch) for batch in batches]
+        keys = [_keys(batch, config) for batch in batches]
         cache.ensure([k for step in keys for part in step for k in part], encoded)
         start = time.perf_counter()
         with _head_threads(device):
             _run_steps(head, optimizer, cache, keys, config, device, losses, lambda: progress("training head"))
         loop_seconds += time.perf_counter() - start
-        if stopper.update(losses[-chunk:]):
+        stop = stopper.update(losses[-chunk:])
+        if config.keep == "best" and stopper.improved:  # the authors save a checkpoint here
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            kept_step = len(losses)
+        if stop:
             break
     cache.save()
+    if best_state is not None:
+        head.load_state_dict(best_state)
     result = TrainResult(losses, len(losses), len(losses) < config.steps, stopper.means, cache.encoded,
                          cache.encode_seconds, loop_seconds, config.window)
     head.config.training = {**config.settings(), "final_loss": result.final_loss, "steps_run": result.steps_run,
-                            "stopped_early": result.stopped_early}
+                            "stopped_early": result.stopped_early, "kept_step": kept_step or result.steps_run}
     return head.cpu().eval(), result
 
 
@@ -360,21 +407,25 @@ class EarlyStopper:
         self.best = float("inf")
         self.bad = 0
         self.means: list[float] = []
+        self.improved = False  # whether the last judged window beat the best by more than min_delta
 
     def update(self, window_losses: list[float]) -> bool:
+        self.improved = False
         if len(window_losses) < self.config.window:  # a partial final window is not judged
             return False
         mean = sum(window_losses) / len(window_losses)
         self.means.append(mean)
-        if mean < self.best - self.config.min_delta:
+        self.improved = mean < self.best - self.config.min_delta
+        if self.improved:
             self.best, self.bad = mean, 0
         else:
             self.bad += 1
         return self.config.early_stop and self.bad >= self.config.patience
 
 
-def _keys(batch: list[tuple[Prompt, Prompt, int]]) -> tuple[list[str], list[str], list[str]]:
-    return ([f"plain:{p.text()}" for p, _, _ in batch], [f"noise{k}:{v.text()}" for _, v, k in batch],
+def _keys(batch: list[tuple[Prompt, Prompt, int]], config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
+    noise = "shared" if config.noise_sharing == "batch" else "noise"
+    return ([f"plain:{p.text()}" for p, _, _ in batch], [f"{noise}{k}:{v.text()}" for _, v, k in batch],
             [f"plain:{p.class_name}" for p, _, _ in batch])
 
 

@@ -18,7 +18,8 @@ def demo_report(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("demo")
     config = DemoConfig(out=str(out), per_class=4, train_steps=40, alphas=(0.0, 0.1, 0.3), bench_iters=2,
-                        bench_batch_sizes=(1,), bench_backends=("onnxruntime", "onnxruntime-int8"), n_boot=100)
+                        bench_batch_sizes=(1,), bench_backends=("onnxruntime", "onnxruntime-int8"), n_boot=100,
+                        style_draws=2)
     messages: list[str] = []
     report = run_demo(config, say=messages.append)
     return out, report, messages
@@ -42,8 +43,31 @@ def test_demo_writes_the_documented_report(demo_report):
             int8 = cells[f"{name}-int8"]
             assert 0 <= int8["agreement_vs_fp32"] <= 100
             assert int8["drift_vs_fp32"] == pytest.approx(int8["top1"] - cells[f"{name}-fp32"]["top1"], abs=0.02)
-    assert report["alpha"] in (0.0, 0.1, 0.3)
-    assert set(report["alpha_validation_top1"]) == {"0.0", "0.1", "0.3"}
+    assert report["alpha"] == report["alphas"]["PC"] in (0.0, 0.1, 0.3)
+    assert report["alpha_objective"] == "worst"
+    # the alpha grid: family -> domain -> alpha -> cell, every domain and alpha of the config
+    assert set(report["alpha_grid"]) == {"C", "PC", "NC", "S"} == set(report["alphas"])
+    for family, grid in report["alpha_grid"].items():
+        assert set(grid) == set(DOMAINS)
+        assert set(report["alpha_validation"][family]) == {"0.0", "0.1", "0.3"}
+        best = max(report["alpha_validation"][family].values())
+        assert report["alphas"][family] == min(float(a) for a, v in report["alpha_validation"][family].items()
+                                               if v == best)
+        for cells in grid.values():
+            assert set(cells) == {"0.0", "0.1", "0.3"}
+            assert cells["0.0"]["minus_clip"] == {"points": 0.0, "ci95": [0.0, 0.0]}
+            for cell in cells.values():
+                assert cell["n"] == 8 * 4
+                lo, hi = cell["minus_clip"]["ci95"]
+                assert lo <= cell["minus_clip"]["points"] <= hi
+                assert cell["minus_clip"]["points"] == pytest.approx(cell["top1"] - cells["0.0"]["top1"], abs=0.02)
+    h = report["headline"]
+    assert h["style_isolating_domains"]["domains"] == ["style_swap", "style_swap_render"]
+    assert h["id"]["domains"] == ["id"] and len(h["style_laden_prompts"]["domains"]) == len(DOMAINS)
+    swap = [report["alpha_grid"]["PC"][d][str(h["id"]["alpha"])]["top1"] for d in ("style_swap", "style_swap_render")]
+    assert h["style_isolating_domains"]["clap_top1"] == pytest.approx(sum(swap) / 2, abs=0.02)  # equal-sized
+    for family, verdict in h["per_family"].items():
+        assert sorted(sum(verdict.values(), [])) == sorted(DOMAINS)
     assert set(report["bundles"]) == {"clip", "clap"}
     assert report["dataset"].endswith("test") and report["seeds"]["dataset"] == 0
     assert report["train"]["steps_run"] == 40
@@ -64,9 +88,23 @@ def test_demo_bundles_and_files_are_usable(demo_report):
             assert all(v == "ok" for v in bundle.verify_all().values())
     assert Bundle.open(report["bundles"]["clap"]).manifest["alpha"] == report["alpha"]
     md = (out / "report.md").read_text()
-    assert "| id |" in md and "CLAP minus CLIP" in md
-    for png in ("accuracy.png", "bench.png"):
+    assert "| id |" in md and "CLAP minus CLIP" in md and "Style-isolating domains" in md
+    assert md.count("| domain \\ alpha |") == 4
+    for png in ("accuracy.png", "bench.png", "alpha.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_is_deterministic_for_fixed_seeds(demo_report, tmp_path):
+    """The torch steps again with the same seeds: the same head and the same alpha grid."""
+    from clap_edge.apps.demo import DemoConfig, _alpha_grid, _torch_threads, _train_head
+
+    out, report, _ = demo_report
+    config = DemoConfig(**{**report["config"], "out": str(tmp_path)})
+    with _torch_threads(1):
+        _, summary = _train_head(tmp_path / "head.safetensors", config)
+        again = _alpha_grid(out / "data", tmp_path / "head.safetensors", config)
+    assert summary["final_loss"] == report["train"]["final_loss"]
+    assert {k.split("/")[1]: v for k, v in again.as_dict()["alpha_grid"].items()} == report["alpha_grid"]
 
 
 def test_demo_help_has_an_example():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -98,32 +99,63 @@ def trained_like_head():
     return head
 
 
-def test_alpha_is_chosen_from_validation_only(tiny, trained_like_head, dataset, monkeypatch):
+def _by_hand_top1(head, feats, text, alpha):
+    """Per-image correctness from the head's formula in numpy: z + alpha * P(L(SiLU(z))), normalise, argmax."""
+    w1, b1 = head.linear.weight.detach().numpy(), head.linear.bias.detach().numpy()
+    w2 = head.projection.weight.detach().numpy()
+
+    def f(z):
+        z = z.numpy().astype(np.float64)
+        out = z + alpha * ((z / (1 + np.exp(-z))) @ w1.T + b1) @ w2.T
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    return (f(feats.features) @ f(text).T).argmax(1) == feats.labels
+
+
+def test_alpha_is_chosen_from_validation_only(tiny, trained_like_head, dataset):
     import clap_edge.zeroshot as ev
 
-    seen = []
-    real_select = ev.select_alpha
-
-    def spy(alphas, logits_for, labels):
-        seen.append((labels.copy(), logits_for(0.0).shape[0]))
-        return real_select(alphas, logits_for, labels)
-
-    monkeypatch.setattr(ev, "select_alpha", spy)
-    config = ev.EvalConfig(alphas=(0.0, 0.5, 1.0), n_boot=50)
-    res, names = ev.evaluate_folder(dataset, tiny, {"clap": trained_like_head}, config, class_names=CLASSES)
-    n_val = 2 * len(CLASSES) * 3
-    assert len(seen) == 1 and seen[0][1] == n_val and len(seen[0][0]) == n_val
-    chosen = res.alphas["clap/C"]
-    assert chosen in (0.0, 0.5, 1.0)
-    assert res.failed == [str(dataset / "test" / "photo" / "cat" / "broken.png")]
-
-    # Scrambling the test labels changes the test scores but never the chosen alpha.
     test = {d: ev.encode_images(tiny, imgs) for d, imgs in scan_domains(dataset / "test", CLASSES)[1].items()}
     val = {d: ev.encode_images(tiny, imgs) for d, imgs in scan_domains(dataset / "val", CLASSES)[1].items()}
-    for feats in test.values():
-        feats.labels = (feats.labels + 1) % len(CLASSES)
-    scrambled = ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, test, val, config)
-    assert scrambled.alphas["clap/C"] == chosen
+    text = ev.encode_class_prompts(tiny, CLASSES, "C")[0]
+    alphas = (0.0, 0.5, 1.0)
+    by_hand = {a: {d: _by_hand_top1(trained_like_head, f, text, a) for d, f in val.items()} for a in alphas}
+    expected = {
+        "pooled": {a: np.concatenate(list(v.values())).mean() * 100 for a, v in by_hand.items()},
+        "worst": {a: min(x.mean() for x in v.values()) * 100 for a, v in by_hand.items()},
+        "sketch": {a: v["sketch"].mean() * 100 for a, v in by_hand.items()},
+    }
+    for objective, values in expected.items():
+        config = ev.EvalConfig(alphas=alphas, n_boot=50, alpha_objective=objective)
+        res = ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, test, val, config)
+        assert res.val_scores["clap/C"] == pytest.approx(values)
+        best = max(values.values())
+        assert res.alphas["clap/C"] == min(a for a, v in values.items() if v == best)
+        # scrambling the test labels changes the test scores but never the chosen alpha
+        scrambled = {d: ev.Features(d, f.features, (f.labels + 1) % len(CLASSES)) for d, f in test.items()}
+        assert ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, scrambled, val, config).alphas == res.alphas
+    with pytest.raises(ClapEdgeError, match="alpha objective 'nowhere'"):
+        ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, test, val,
+                    ev.EvalConfig(alphas=alphas, n_boot=20, alpha_objective="nowhere"))
+
+
+def test_alpha_grid_cells_match_the_heads_formula(tiny, trained_like_head, dataset):
+    import clap_edge.zeroshot as ev
+
+    test = {d: ev.encode_images(tiny, imgs) for d, imgs in scan_domains(dataset / "test", CLASSES)[1].items()}
+    text = ev.encode_class_prompts(tiny, CLASSES, "PC")[0]
+    res = ev.evaluate(tiny, CLASSES, {"clap": trained_like_head}, test, None,
+                      ev.EvalConfig(prompt_formats=("PC",), alpha=0.5, alphas=(0.2, 1.0), n_boot=50))
+    grid = res.as_dict()["alpha_grid"]["clap/PC"]
+    assert set(grid) == set(test) and all(set(cells) == {"0.0", "0.2", "1.0", "0.5"} for cells in grid.values())
+    for d, f in test.items():
+        for a in (0.0, 0.2, 0.5, 1.0):
+            cell = grid[d][str(a)]
+            top1 = _by_hand_top1(trained_like_head, f, text, a).mean() * 100
+            clip = _by_hand_top1(trained_like_head, f, text, 0.0).mean() * 100
+            assert cell["top1"] == pytest.approx(top1, abs=0.01) and cell["n"] == len(f.labels)
+            assert cell["minus_clip"]["points"] == pytest.approx(top1 - clip, abs=0.01)
+        assert res.domains[d]["clap/PC"].top1 == pytest.approx(grid[d]["0.5"]["top1"], abs=0.01)
 
 
 def test_given_alpha_needs_no_validation(tiny, trained_like_head, dataset):
@@ -141,16 +173,48 @@ def test_given_alpha_needs_no_validation(tiny, trained_like_head, dataset):
 def test_nc_prompts_differ_from_c_but_are_seeded(tiny):
     import clap_edge.zeroshot as ev
 
-    c = ev.encode_class_prompts(tiny, CLASSES, "C")
-    nc1 = ev.encode_class_prompts(tiny, CLASSES, "NC")
-    nc2 = ev.encode_class_prompts(tiny, CLASSES, "NC")
+    c = ev.encode_class_prompts(tiny, CLASSES, "C")[0]
+    nc1 = ev.encode_class_prompts(tiny, CLASSES, "NC")[0]
+    nc2 = ev.encode_class_prompts(tiny, CLASSES, "NC")[0]
     assert torch.equal(nc1, nc2) and not torch.allclose(c, nc1)
+
+
+def test_style_prompts_are_seeded_and_style_laden():
+    from clap_edge.prompts import PromptVocab
+    from clap_edge.zeroshot import style_prompts
+
+    vocab = PromptVocab(image_types=("photograph", "sketch"), sizes=("small", "large"), art_styles=("realistic",),
+                        colors=("red", "orange"), backgrounds=("gray", "white"))
+    a = style_prompts(CLASSES, vocab, draws=4, seed=0)
+    assert a == style_prompts(CLASSES, vocab, draws=4, seed=0)
+    assert a != style_prompts(CLASSES, vocab, draws=4, seed=1)
+    assert len(a) == 4 and all(len(draw) == len(CLASSES) for draw in a)
+    assert style_prompts(CLASSES, vocab, draws=2, seed=0) == a[:2]  # a draw depends on (seed, draw, class) only
+    pattern = re.compile(r"a realistic (photograph|sketch) of an? (small|large) (red|orange) (\w+) "
+                         r"on an? (gray|white) background")
+    for draw in a:
+        for name, text in zip(CLASSES, draw):
+            m = pattern.fullmatch(text)
+            assert m and m.group(4) == name, text
+    assert len({t for draw in a for t in draw}) > len(CLASSES)  # draws differ
+
+
+def test_style_family_scores_each_draw_as_its_own_classifier(tiny, dataset):
+    import clap_edge.zeroshot as ev
+
+    feats = ev.encode_images(tiny, scan_domains(dataset / "test", CLASSES)[1]["sketch"])
+    config = ev.EvalConfig(prompt_formats=("S",), style_draws=3, n_boot=20)
+    draws = ev.encode_class_prompts(tiny, CLASSES, "S", config)
+    assert len(draws) == 3
+    per_draw = [ev.top1_correct(ev.zero_shot_logits(feats.features, t), feats.labels) for t in draws]
+    np.testing.assert_allclose(ev.image_scores(feats, draws), np.mean(per_draw, axis=0))
 
 
 def test_eval_cli_writes_table_json_and_plot(tiny_bundle, tiny_head_path, dataset, tmp_path):
     out = tmp_path / "eval"
     res = CliRunner().invoke(main, ["eval", str(dataset), "--head", str(tiny_head_path), "--bundle",
                                     f"clap={tiny_bundle}", "--variants", "fp32,int8,openvino", "--prompts", "C,PC",
+                                    "--alphas", "0,0.3,1", "--alpha-objective", "worst",
                                     "--out", str(out), "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "eval.json").read_text())
@@ -161,6 +225,13 @@ def test_eval_cli_writes_table_json_and_plot(tiny_bundle, tiny_head_path, datase
     assert 0 <= cell["top1"] <= 100 and cell["ci95"][0] <= cell["top1"] <= cell["ci95"][1]
     assert set(data["bundles"]["int8_agreement_vs_fp32"]["clap"]) == {"photo", "sketch"}
     assert data["bundles"]["failed_images"] == [str(dataset / "test" / "photo" / "cat" / "broken.png")]
-    assert (out / "eval.md").read_text().count("| sketch |") == 2
-    assert (out / "eval-model.png").read_bytes()[:4] == b"\x89PNG"
+    md = (out / "eval.md").read_text()
+    assert md.count("| sketch |") == 4  # model table, bundle table, alpha grids of clap/C and clap/PC
+    assert "### clap/PC: top-1 per alpha" in md and "worst validation objective" in md
+    grid = data["model"]["alpha_grid"]
+    assert set(grid) == {"clap/C", "clap/PC"}
+    assert all(set(cells) == {"0.0", "0.3", "1.0"} for cells in grid["clap/C"].values())
+    assert data["model"]["alpha_objective"] == "worst" and data["model"]["alphas"]["clap/C"] in (0.0, 0.3, 1.0)
+    for png in ("eval-model.png", "eval-alpha.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert CliRunner().invoke(main, ["eval", str(dataset)]).exit_code == 2  # nothing to evaluate

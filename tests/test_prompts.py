@@ -10,6 +10,7 @@ import pytest
 from clap_edge.core.errors import PromptError
 from clap_edge.prompts import (
     AugmentConfig,
+    Prompt,
     PromptVocab,
     augment,
     augmented_texts,
@@ -65,9 +66,17 @@ def test_augmented_view_drops_only_size_and_colour_by_default():
 def test_reordered_form_is_y_in_x_style():
     record = template_records("dog")[0]
     view = augment(record, random.Random(0), AugmentConfig(p_drop_size=1, p_drop_color=1, p_reorder=1))
-    assert view.text() == f"a dog in {record.art_style} {record.image_type} style"
+    assert view.text() == f"a dog in a {record.art_style} {record.image_type} style"
     kept = augment(record, random.Random(0), AugmentConfig(p_drop_size=0, p_drop_color=0, p_reorder=1))
-    assert kept.text() == f"a {record.size} {record.color} dog in {record.art_style} {record.image_type} style"
+    assert kept.text() == f"a {record.size} {record.color} dog in a {record.art_style} {record.image_type} style"
+    # the authors' __reverse_prompt on "an impressionistic sketch of a small orange dog", by hand:
+    prompt = Prompt("dog", "sketch", "small", "impressionistic", "orange")
+    assert prompt.text() == "an impressionistic sketch of a small orange dog"
+    flipped = augment(prompt, random.Random(0), AugmentConfig(p_drop_size=0, p_drop_color=0, p_reorder=1))
+    assert flipped.text() == "a small orange dog in an impressionistic sketch style"
+    bare = augment(prompt, random.Random(0), AugmentConfig(p_drop_size=0, p_drop_color=0, p_reorder=1,
+                                                           reorder_article=False))
+    assert bare.text() == "a small orange dog in impressionistic sketch style"
     assert re.fullmatch(r"an? \w+ \w+ of an? .* dog", record.text())
 
 

@@ -64,9 +64,9 @@ def test_domain_definitions(domain):
     own_color = f.color == class_color(f.label)
     own_bg = f.background == class_background(f.label)
     renders = {RENDERS[r] for r in np.unique(f.render)}
-    color_shifted = domain in ("color_shift", "both")
-    bg_shifted = domain in ("background_shift", "both")
-    render_shifted = domain in ("render_shift", "both")
+    color_shifted = domain in ("color_shift", "both", "style_swap", "style_swap_render")
+    bg_shifted = domain in ("background_shift", "both", "style_swap", "style_swap_render")
+    render_shifted = domain in ("render_shift", "both", "style_swap_render")
     # id: the class's own colour/background w.p. 0.5 + 0.5/k; shifted: never.
     assert own_color.mean() == 0 if color_shifted else abs(own_color.mean() - (0.5 + 0.5 / len(COLORS))) < 0.03
     assert own_bg.mean() == 0 if bg_shifted else abs(own_bg.mean() - (0.5 + 0.5 / len(BACKGROUNDS))) < 0.03
@@ -76,6 +76,31 @@ def test_domain_definitions(domain):
         assert renders == set(RENDERS)
         assert np.isin(f.render, [RENDERS.index("photo"), RENDERS.index("cartoon")]).mean() > 0.85
     assert len(np.unique(f.color)) == len(COLORS) and len(np.unique(f.background)) == len(BACKGROUNDS)
+
+
+# The usual (colour, background) of each class, written out from world.py's rules by hand:
+# colour = class % 6 over (red, blue, green, yellow, purple, orange); background = (3 * class + 1) % 4 over
+# (white, gray, black, striped).
+USUAL = {"arrow": ("red", "gray"), "circle": ("blue", "white"), "cross": ("green", "striped"),
+         "heart": ("yellow", "black"), "moon": ("purple", "gray"), "square": ("orange", "white"),
+         "star": ("red", "striped"), "triangle": ("blue", "black")}
+
+
+@pytest.mark.parametrize("domain", ["style_swap", "style_swap_render"])
+def test_style_swap_domains_never_show_a_class_in_its_usual_colour_or_background(domain):
+    from clap_edge.toyworld.dataset import generate
+    from clap_edge.toyworld.world import BACKGROUNDS, COLORS, swap_partners
+
+    _, f = generate(domain, "val", 50, seed=3)
+    pairs = [(CLASSES[c], COLORS[k], BACKGROUNDS[b]) for c, k, b in zip(f.label, f.color, f.background)]
+    for name, color, background in pairs:
+        assert color != USUAL[name][0] and background != USUAL[name][1], (name, color, background)
+        lender = [other for other, usual in USUAL.items() if usual == (color, background)]
+        assert lender, "the style is another class's usual pair"
+    # arrow (red, gray) can borrow from circle, cross, heart, square, triangle (not moon: gray; not star: red)
+    assert [CLASSES[k] for k in swap_partners(CLASSES.index("arrow"))] == ["circle", "cross", "heart", "square",
+                                                                           "triangle"]
+    assert len({(c, k, b) for c, k, b in pairs}) > 20  # every class borrows from several others
 
 
 def test_splits_never_share_images():

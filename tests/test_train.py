@@ -75,7 +75,7 @@ def test_cutting_after_eot_is_exact_with_noise(tiny):
     noise, where = draw_noise(texts, config, encoder.width, seed=0)
     positions = encoder.insert_positions(tokens, ["front", "middle", "end"])
     eot = encoder.eot_index(tokens)
-    assert positions.tolist() == [1, int(1 + (eot[1] - 1) // 2), int(eot[2])]
+    assert positions.tolist() == [[1, 1], [1, int(eot[1])], [int(eot[2])] * 2]
     short, full = encoder.encode(tokens, noise, positions), encoder.encode(tokens, noise, positions, cut=False)
     torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
     plain = encoder.encode(tokens)
@@ -98,6 +98,39 @@ def test_noise_is_inserted_not_added(tiny):
         x = model.transformer(x, attn_mask=model.attn_mask[: x.shape[1], : x.shape[1]])
         expected = model.ln_final(x)[:, eot + 2] @ model.text_projection
     torch.testing.assert_close(encoder.encode(tokens, noise, pos), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_middle_noise_goes_half_after_sot_and_half_before_eot(tiny):
+    """The authors' "middle": [SOT, n0, n1, a, red, dog, n2, n3, EOT], by hand on a known tokenisation."""
+    model, encoder = tiny.model, NoiseTextEncoder(tiny.model)
+    tokens = tiny.tokenizer(["a red dog"])
+    sot, eot_id = tokens[0, 0].item(), tokens[0, 4].item()
+    words = tokens[0, 1:4].tolist()
+    assert tokens[0, 5:].eq(0).all() and eot_id == tokens[0].max().item()  # SOT, 3 word tokens, EOT, padding
+    assert encoder.insert_positions(tokens, ["middle"]).tolist() == [[1, 4]]
+    noise = torch.randn(1, 4, encoder.width) * 0.3
+    with torch.no_grad():
+        emb = model.token_embedding(torch.tensor([[sot, *words, eot_id]]))
+        x = torch.cat([emb[:, :1], noise[:, :2], emb[:, 1:4], noise[:, 2:], emb[:, 4:]], dim=1)  # 9 positions
+        x = x + model.positional_embedding[:9]
+        x = model.transformer(x, attn_mask=model.attn_mask[:9, :9])
+        expected = model.ln_final(x)[:, 8] @ model.text_projection
+    positions = encoder.insert_positions(tokens, ["middle"])
+    torch.testing.assert_close(encoder.encode(tokens, noise, positions), expected, atol=1e-5, rtol=1e-5)
+    # odd n_ctx: n_ctx // 2 = 1 vector after SOT, 2 before EOT (as the authors split it)
+    from clap_edge.text_encoder import _insert
+
+    seq = torch.arange(6, dtype=torch.float32).view(1, 6, 1)  # stand-ins: 0=SOT, 1..3 words, 4=EOT, 5 pad
+    out = _insert(seq, torch.full((1, 3, 1), -1.0), torch.tensor([[1, 4]]))
+    assert out.flatten().tolist() == [0, -1, 1, 2, 3, -1, -1, 4, 5]
+
+
+def test_shared_noise_keys_share_one_draw_and_position():
+    config = NoiseConfig(n_ctx=4, std=0.02)
+    noise, where = draw_noise(["shared3:a dog", "shared3:a cat", "shared4:a dog"], config, 16, seed=0,
+                              draw_keys=["shared3", "shared3", "shared4"])
+    assert torch.equal(noise[0], noise[1]) and where[0] == where[1]
+    assert not torch.equal(noise[0], noise[2])
 
 
 def test_noise_draws_are_keyed_and_seeded():
@@ -149,6 +182,40 @@ def test_schedule_visits_every_prompt_of_a_class():
     assert set(seen) == {p for ps in records.values() for p in ps}
 
 
+def test_shuffle_batching_is_the_authors_loader():
+    """2 classes x 3 prompts, batch 2: one epoch = 3 batches holding every (class, prompt) once."""
+    vocab = PromptVocab(image_types=("painting", "sketch", "photo"), sizes=("large",), art_styles=("realistic",),
+                        colors=("red",))
+    records = {c: template_records(c, vocab) for c in ("dog", "cat")}
+    schedule = Schedule(records, small_config(vocab=vocab, batch_size=2, batching="shuffle"))
+    epoch = [p for _ in range(3) for p, _, _ in schedule.batch()]
+    assert sorted(p.text() for p in epoch) == sorted(p.text() for ps in records.values() for p in ps)
+    assert sorted(p.class_name for p in epoch) == ["cat"] * 3 + ["dog"] * 3
+    # over many epochs some batch holds one class twice (never in balanced batching)
+    many = Schedule(records, small_config(vocab=vocab, batch_size=2, batching="shuffle"))
+    assert any(len({p.class_name for p, _, _ in many.batch()}) == 1 for _ in range(30))
+    balanced = Schedule(records, small_config(vocab=vocab, batch_size=2))
+    assert all(len({p.class_name for p, _, _ in balanced.batch()}) == 2 for _ in range(30))
+
+
+def test_batch_noise_sharing_gives_one_slot_per_batch():
+    records = {c: template_records(c, SMALL_VOCAB) for c in CLASSES}
+    schedule = Schedule(records, small_config(batch_size=8, noise_pool=64, noise_sharing="batch"))
+    batches = [schedule.batch() for _ in range(20)]
+    assert all(len({k for _, _, k in b}) == 1 for b in batches)
+    assert len({b[0][2] for b in batches}) > 1
+    from clap_edge.train import _keys
+
+    _, views, _ = _keys(batches[0], small_config(noise_sharing="batch"))
+    assert all(v.startswith(f"shared{batches[0][0][2]}:") for v in views)
+
+
+def test_bad_option_values_are_refused():
+    for name in ("batching", "noise_sharing", "keep"):
+        with pytest.raises(ValueError, match=name):
+            small_config(**{name: "nope"})
+
+
 def test_early_stopper_patience_and_delta():
     stopper = EarlyStopper(TrainConfig(window=2, patience=2, min_delta=0.1))
     assert not stopper.update([1.0, 1.0])
@@ -156,6 +223,12 @@ def test_early_stopper_patience_and_delta():
     assert not stopper.update([0.75, 0.75])  # < delta: 1 bad window
     assert stopper.update([0.76, 0.74])  # 2 bad windows: stop
     assert stopper.means == pytest.approx([1.0, 0.8, 0.75, 0.75])
+    improved = []
+    stopper = EarlyStopper(TrainConfig(window=1, patience=9, min_delta=0.1))
+    for loss in (1.0, 0.8, 0.75, 0.6, 0.65):
+        stopper.update([loss])
+        improved.append(stopper.improved)
+    assert improved == [True, True, False, True, False]  # 0.75 beats 0.8 by < delta: not a new best
     assert not EarlyStopper(TrainConfig(window=4)).update([1.0])  # partial windows are not judged
 
 
@@ -176,6 +249,26 @@ def test_training_tiny_lowers_the_loss_and_moves_the_head(tiny):
     z = torch.randn(2, 64)
     with torch.no_grad():
         assert not torch.allclose(head(z, alpha=1.0), z, atol=1e-3)
+
+
+def test_keep_best_returns_the_weights_of_the_best_window(tiny, tmp_path):
+    """keep="best" equals a run stopped at the end of the last window that beat the best by > min_delta."""
+    config = small_config(steps=180, window=30, lr=3e-3, min_delta=0.05, early_stop=False, cache_dir=str(tmp_path))
+    final, result = train_head(tiny, CLASSES, config)
+    best_head, _ = train_head(tiny, CLASSES, small_config(steps=180, window=30, lr=3e-3, min_delta=0.05,
+                                                           early_stop=False, keep="best", cache_dir=str(tmp_path)))
+    best, kept = float("inf"), None  # by hand from the window means
+    for i, mean in enumerate(result.window_means):
+        if mean < best - 0.05:
+            best, kept = mean, (i + 1) * 30
+    assert best_head.config.training["kept_step"] == kept and best_head.config.training["keep"] == "best"
+    assert final.config.training["kept_step"] == 180
+    stopped, _ = train_head(tiny, CLASSES, small_config(steps=kept, window=30, lr=3e-3, min_delta=0.05,
+                                                        early_stop=False, cache_dir=str(tmp_path)))
+    for key, value in best_head.state_dict().items():
+        torch.testing.assert_close(value, stopped.state_dict()[key])
+    if kept < 180:
+        assert not torch.equal(best_head.projection.weight, final.projection.weight)
 
 
 def test_training_is_deterministic_for_a_seed_and_the_disk_cache_skips_encoding(tiny, tmp_path):
@@ -238,6 +331,14 @@ def test_cli_train_writes_a_loadable_head(tmp_path):
     head = CLAPHead.load(out)
     assert head.config.latent_dim == 32 and head.config.class_names == ["dog", "cat"]
     assert head.config.training["noise_pool"] == 2 and head.config.training["seed"] == 1
+    assert head.config.training["batching"] == "balanced" and head.config.training["keep"] == "final"
+    authors = args[:-1] + ["--batching", "shuffle", "--noise-sharing", "batch", "--keep", "best",
+                           "--no-reorder-article", "--steps", "30", "--json"]
+    result = CliRunner().invoke(main, authors)
+    assert result.exit_code == 0, result.output
+    training = CLAPHead.load(out).config.training  # every option is in the head's safetensors metadata
+    assert (training["batching"], training["noise_sharing"], training["keep"]) == ("shuffle", "batch", "best")
+    assert training["augment"]["reorder_article"] is False and training["noise_middle"] == "split_around_words"
 
 
 def test_cli_train_bad_input_is_one_line_and_exit_2(tmp_path):

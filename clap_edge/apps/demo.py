@@ -1,24 +1,31 @@
 """``clap-edge demo``: the whole pipeline, offline, on the shipped toy world, in a few minutes.
 
-toy dataset -> CLAP head trained from class names -> alpha chosen on val -> CLIP and CLAP
-bundles (fp32 + int8) -> per-domain test top-1 through the runtime -> a short backend
-bench -> ``report.md``, ``report.json`` and plots. This module sits in the runtime room
-because it drives every room; torch is imported only by the steps that train and export.
+toy dataset -> CLAP head trained from class names -> the alpha grid per prompt family and
+domain on the frozen features (alpha chosen on val only) -> CLIP and CLAP bundles (fp32 +
+int8) -> per-domain test top-1 through the runtime -> a short backend bench ->
+``report.md``, ``report.json`` and plots. This module is an app: it drives every room;
+torch is imported only by the steps that train, score and export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from clap_edge.core.metrics import Top1
+import numpy as np
+
+from clap_edge.core.metrics import Top1, paired_difference_ci
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME, PRETRAINED = "clap-edge-toy", "toyworld"
+DEPLOY_FAMILY = "PC"  # the bundles' class prompts: "a photo of a {class}"
+STYLE_ISOLATING = ("style_swap", "style_swap_render")
+STEPS = 6
 
 
 @dataclass
@@ -27,7 +34,14 @@ class DemoConfig:
     per_class: int = 60  # images per class, domain and split
     train_steps: int = 8000  # CLAP.md's budget; early stop usually ends sooner
     noise_pool: int = 1
-    alphas: tuple[float, ...] = (0.0, 0.02, 0.056, 0.1, 0.2, 0.3, 0.5)
+    batching: str = "balanced"
+    noise_sharing: str = "text"
+    keep: str = "final"
+    reorder_article: bool = True
+    prompt_families: tuple[str, ...] = ("C", "PC", "NC", "S")
+    style_draws: int = 5
+    alphas: tuple[float, ...] = (0.0, 0.02, 0.056, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+    alpha_objective: str = "worst"
     bench_backends: tuple[str, ...] = ("torch", "onnxruntime", "onnxruntime-int8", "openvino")
     bench_batch_sizes: tuple[int, ...] = (1, 32)
     bench_iters: int = 10
@@ -43,24 +57,41 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     timings: dict[str, float] = {}
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
-        say(f"[{len(timings) + 1}/6] {name}")
+        say(f"[{len(timings) + 1}/{STEPS}] {name}")
         start = time.perf_counter()
         result = fn()
         timings[name] = round(time.perf_counter() - start, 1)
         return result
 
     dataset = step("toy dataset", lambda: _make_dataset(out / "data", config))
-    head_path, train_summary = step("train CLAP head", lambda: _train_head(out / "clap_head.safetensors", config))
-    alpha, val_scores = step("choose alpha on val", lambda: _choose_alpha(dataset, head_path, config))
-    bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset))
-    evaluation = step("evaluate test split", lambda: _evaluate(dataset, bundles, config))
+    with _torch_threads(config.threads):
+        head_path, train_summary = step("train CLAP head",
+                                        lambda: _train_head(out / "clap_head.safetensors", config))
+        zero_shot = step("alpha grid (alpha chosen on val)", lambda: _alpha_grid(dataset, head_path, config))
+        alpha = zero_shot.alphas[f"clap/{DEPLOY_FAMILY}"]
+        bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset))
+    evaluation = step("evaluate bundles on test", lambda: _evaluate(dataset, bundles, config))
     bench = step("bench backends", lambda: _bench(bundles["clap"], out, config))
-    report = _report(config, dataset, bundles, alpha, val_scores, evaluation, bench, train_summary, timings)
+    report = _report(config, dataset, bundles, zero_shot, evaluation, bench, train_summary, timings)
     _write(out, report, evaluation.table)
     return report
 
 
 # ---- steps ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads for the torch steps: on a shared 2-core machine two threads made the
+    small matrix products of scoring ~60x slower than one (thread hand-offs under contention)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _make_dataset(root: Path, config: DemoConfig) -> Path:
@@ -72,30 +103,36 @@ def _make_dataset(root: Path, config: DemoConfig) -> Path:
 
 def _train_head(path: Path, config: DemoConfig) -> tuple[Path, dict[str, Any]]:
     from clap_edge.models import load_model
+    from clap_edge.prompts import AugmentConfig
     from clap_edge.toyworld.world import CLASSES, toy_prompt_vocab
     from clap_edge.train import TrainConfig, result_summary, train_head
 
     loaded = load_model(MODEL_NAME, PRETRAINED)
     train_cfg = TrainConfig(steps=config.train_steps, noise_pool=config.noise_pool, seed=config.seeds["train"],
-                            vocab=toy_prompt_vocab())
+                            vocab=toy_prompt_vocab(), batching=config.batching, noise_sharing=config.noise_sharing,
+                            keep=config.keep, augment=AugmentConfig(reorder_article=config.reorder_article))
     head, result = train_head(loaded, list(CLASSES), train_cfg)
     head.save(path)
-    return path, result_summary(result)
+    return path, {**result_summary(result), "kept_step": head.config.training["kept_step"],
+                  "options": {**{k: train_cfg.settings()[k] for k in ("batching", "noise_sharing", "noise_pool",
+                                                                        "keep")},
+                              "reorder_article": config.reorder_article}}
 
 
-def _choose_alpha(dataset: Path, head_path: Path, config: DemoConfig) -> tuple[float, dict[float, float]]:
-    """Alpha with the best top-1 on the pooled validation split of every domain."""
-    from clap_edge.core.datasets import scan_domains
-    from clap_edge.zeroshot import choose_alpha, encode_class_prompts, encode_images
+def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig):
+    """Every prompt family x domain x alpha on the frozen features; alpha chosen on val by the objective."""
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
-    from clap_edge.toyworld.world import CLASSES
+    from clap_edge.toyworld.world import CLASSES, toy_prompt_vocab
+    from clap_edge.zeroshot import EvalConfig, evaluate_folder
 
     loaded = load_model(MODEL_NAME, PRETRAINED)
-    _, domains = scan_domains(dataset / "val", list(CLASSES))
-    val = [encode_images(loaded, images) for images in domains.values()]
-    text = encode_class_prompts(loaded, list(CLASSES), "PC")
-    return choose_alpha(CLAPHead.load(head_path), val, text, config.alphas)
+    eval_cfg = EvalConfig(prompt_formats=config.prompt_families, alphas=config.alphas,
+                          alpha_objective=config.alpha_objective, style_draws=config.style_draws,
+                          style_vocab=toy_prompt_vocab(), n_boot=config.n_boot, seed=config.seeds["bootstrap"])
+    result, _ = evaluate_folder(dataset, loaded, {"clap": CLAPHead.load(head_path)}, eval_cfg,
+                                class_names=list(CLASSES))
+    return result
 
 
 def _export(out: Path, head_path: Path, alpha: float, dataset: Path) -> dict[str, str]:
@@ -133,7 +170,39 @@ def _bench(bundle: str, out: Path, config: DemoConfig) -> dict[str, Any]:
 # ---- report ---------------------------------------------------------------------
 
 
-def _report(config, dataset, bundles, alpha, val_scores, evaluation, bench, train_summary, timings):
+def headline(zero_shot, config: DemoConfig) -> dict[str, Any]:
+    """CLAP minus CLIP (points, paired 95% CI) where the issue asks: style-isolating domains, style-laden
+    prompts, ``id``; and, per family, the domains where CLAP helps, costs, or shows no effect beyond its CI."""
+    n_boot, seed = config.n_boot, config.seeds["bootstrap"]
+
+    def pooled(family: str, domains) -> dict[str, Any]:
+        key = f"clap/{family}"
+        alpha = zero_shot.alphas[key]
+        scores = zero_shot.scores[key]
+        domains = [d for d in domains if d in scores]
+        clap = np.concatenate([scores[d][alpha] for d in domains])
+        clip = np.concatenate([scores[d][0.0] for d in domains])
+        points, (lo, hi) = paired_difference_ci(clap, clip, n_boot, seed)
+        return {"family": family, "alpha": alpha, "domains": domains, "clip_top1": round(clip.mean() * 100, 2),
+                "clap_top1": round(clap.mean() * 100, 2), "points": round(points, 2),
+                "ci95": [round(lo, 2), round(hi, 2)]}
+
+    out: dict[str, Any] = {"style_isolating_domains": pooled(DEPLOY_FAMILY, STYLE_ISOLATING),
+                           "id": pooled(DEPLOY_FAMILY, ["id"])}
+    if "S" in config.prompt_families:
+        out["style_laden_prompts"] = pooled("S", list(zero_shot.scores["clap/S"]))
+    verdicts = {}
+    for key, gains in zero_shot.gains.items():
+        family = key.split("/", 1)[1]
+        verdicts[family] = {"helps": [], "costs": [], "no_distinguishable_effect": []}
+        for domain, (points, (lo, hi)) in gains.items():
+            kind = "helps" if lo > 0 else "costs" if hi < 0 else "no_distinguishable_effect"
+            verdicts[family][kind].append(domain)
+    out["per_family"] = verdicts
+    return out
+
+
+def _report(config, dataset, bundles, zero_shot, evaluation, bench, train_summary, timings):
     table, agree = evaluation.table, evaluation.agreement
     gain = evaluation.difference("clap-fp32", "clip-fp32", config.n_boot, config.seeds["bootstrap"])
     domains = {}
@@ -144,10 +213,17 @@ def _report(config, dataset, bundles, alpha, val_scores, evaluation, bench, trai
                 domains[domain][f"{name}-int8"]["agreement_vs_fp32"] = round(agree[name][domain], 2)
                 drift = cells[f"{name}-int8"].top1 - cells[f"{name}-fp32"].top1
                 domains[domain][f"{name}-int8"]["drift_vs_fp32"] = round(drift, 2)
+    zs = zero_shot.as_dict()
+    family = {k: k.split("/", 1)[1] for k in zero_shot.grid}
     return {
+        "headline": headline(zero_shot, config),
+        "alpha_objective": config.alpha_objective,
+        "alphas": {family[k]: a for k, a in zero_shot.alphas.items()},
+        "alpha_validation": {family[k]: v for k, v in zs["alpha_validation"].items()},
+        "alpha_grid": {family[k]: v for k, v in zs["alpha_grid"].items()},
+        "zero_shot": zs["domains"],
+        "alpha": zero_shot.alphas[f"clap/{DEPLOY_FAMILY}"],
         "domains": domains,
-        "alpha": alpha,
-        "alpha_validation_top1": {str(a): round(s, 2) for a, s in val_scores.items()},
         "clap_minus_clip_fp32": {d: {"points": round(v, 2), "ci95": [round(lo, 2), round(hi, 2)]}
                                  for d, (v, (lo, hi)) in gain.items()},
         "bundles": bundles,
@@ -155,7 +231,7 @@ def _report(config, dataset, bundles, alpha, val_scores, evaluation, bench, trai
         "model": {"model_name": MODEL_NAME, "pretrained": PRETRAINED},
         "train": train_summary,
         "bench": bench,
-        "failed_images": evaluation.failed,
+        "failed_images": sorted(set(evaluation.failed) | set(zs["failed_images"])),
         "seeds": dict(config.seeds),
         "config": {k: v for k, v in asdict(config).items() if k != "seeds"},
         "timings_s": timings,
@@ -163,36 +239,79 @@ def _report(config, dataset, bundles, alpha, val_scores, evaluation, bench, trai
 
 
 def _write(out: Path, report: dict[str, Any], table: dict[str, dict[str, Top1]]) -> None:
-    from clap_edge.core.report import plot_table, write_json
+    from clap_edge.core.io import atomic_write_text
+    from clap_edge.core.report import plot_alpha_curves, plot_table, write_json
 
     write_json(out / "report.json", report)
-    plot_table(table, out / "accuracy.png", title="toy world: zero-shot top-1 on test, CLIP vs CLAP")
-    from clap_edge.core.io import atomic_write_text
-
+    plot_table(table, out / "accuracy.png", title="toy world: zero-shot top-1 on test through the runtime")
+    plot_alpha_curves(_grids(report), out / "alpha.png", report["alphas"],
+                      title="toy world, test: top-1 vs alpha per prompt family (alpha 0 = CLIP; dashed: chosen on val)")
     atomic_write_text(out / "report.md", render_markdown(report, table))
 
 
-def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -> str:
-    from clap_edge.core.report import bench_markdown_table, markdown_table
+def _grids(report: dict[str, Any]) -> dict[str, dict[str, dict[float, dict]]]:
+    return {fam: {d: {float(a): c for a, c in cells.items()} for d, cells in grid.items()}
+            for fam, grid in report["alpha_grid"].items()}
 
-    val = ", ".join(f"{a}: {s}" for a, s in report["alpha_validation_top1"].items())
-    return "\n".join([
+
+def _ci(g: dict[str, Any]) -> str:
+    return f"{g['points']:+.1f} points [{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}]"
+
+
+def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -> str:
+    from clap_edge.core.report import alpha_grid_markdown, bench_markdown_table, markdown_table
+
+    h = report["headline"]
+    lines = [
         "# clap-edge demo report",
         "",
         f"Model `{MODEL_NAME}` / `{PRETRAINED}` (the tiny CLIP shipped in the package), toy-world test split "
-        f"`{report['dataset']}`, prompt \"a photo of a {{class}}.\". Seeds: {report['seeds']}.",
-        f"CLAP alpha = **{report['alpha']}**, chosen on the pooled validation split (top-1 per alpha: {val}).",
+        f"`{report['dataset']}`. Seeds: {report['seeds']}. Alpha chosen on the validation split only, objective "
+        f"**{report['alpha_objective']}** (pooled: all val images; worst: the worst val domain), per prompt family: "
+        + ", ".join(f"{f} {a:g}" for f, a in report["alphas"].items()) + ".",
         "",
-        "## Zero-shot top-1 (%) per domain, 95% paired-bootstrap CI",
+        "## Headline: CLAP minus CLIP (top-1 points, paired 95% bootstrap CI)",
+        "",
+        f"- **Style-isolating domains** ({' + '.join(h['style_isolating_domains']['domains'])}, prompt "
+        f"{DEPLOY_FAMILY}, alpha {h['style_isolating_domains']['alpha']:g}): "
+        f"{h['style_isolating_domains']['clip_top1']:.1f} -> {h['style_isolating_domains']['clap_top1']:.1f}, "
+        f"{_ci(h['style_isolating_domains'])}.",
+    ]
+    if "style_laden_prompts" in h:
+        s = h["style_laden_prompts"]
+        lines.append(f"- **Style-laden prompts** (family S, every domain pooled, alpha {s['alpha']:g}): "
+                     f"{s['clip_top1']:.1f} -> {s['clap_top1']:.1f}, {_ci(s)}.")
+    lines.append(f"- **In distribution** (`id`, prompt {DEPLOY_FAMILY}, alpha {h['id']['alpha']:g}): "
+                 f"{h['id']['clip_top1']:.1f} -> {h['id']['clap_top1']:.1f}, {_ci(h['id'])}.")
+    for family, v in h["per_family"].items():
+        lines.append(f"- {family}: helps on {', '.join(v['helps']) or 'no domain'}; costs on "
+                     f"{', '.join(v['costs']) or 'no domain'}; no effect beyond the CI on "
+                     f"{', '.join(v['no_distinguishable_effect']) or 'no domain'}.")
+    lines += [
+        "",
+        "## The alpha trade-off (test split; `alpha.png`)",
+        "",
+        "Top-1 % per domain and alpha, with CLAP minus CLIP and its paired 95% CI in brackets; alpha 0 is CLIP; "
+        "the alpha chosen on validation is in bold. Prompt families: C `{class}`, PC `a photo of a {class}`, "
+        "NC the class name with noise context, S style-laden prompts (random colour, size, rendering and background "
+        f"words per class, {report['config']['style_draws']} seeded draws, accuracy averaged over the draws).",
+    ]
+    for family, grid in _grids(report).items():
+        lines += ["", f"### {family}", "", alpha_grid_markdown(grid, report["alphas"][family])]
+    train = report["train"]
+    lines += [
+        "",
+        f"## Exported bundles through the runtime (prompt {DEPLOY_FAMILY}, CLAP alpha {report['alpha']:g})",
         "",
         markdown_table(table),
         "",
         "`-int8` is the bundle's dynamic-int8 model run by ONNX Runtime; report.json holds its agreement with "
-        "fp32 and its top-1 drift per domain.",
-        "",
-        "CLAP minus CLIP (fp32, points, paired 95% CI): " + "; ".join(
+        "fp32 and its top-1 drift per domain. CLAP minus CLIP (fp32): " + "; ".join(
             f"{d} {g['points']:+.1f} [{g['ci95'][0]:+.1f}, {g['ci95'][1]:+.1f}]"
             for d, g in report["clap_minus_clip_fp32"].items()) + ".",
+        "",
+        f"## CLAP head training: {train['steps_run']} steps ({'early stop' if train['stopped_early'] else 'all'}), "
+        f"weights kept from step {train['kept_step']}; options {train['options']}",
         "",
         f"## Backends (threads={report['config']['threads']})",
         "",
@@ -200,4 +319,5 @@ def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -
         "",
         f"Step timings (s): {report['timings_s']}",
         "",
-    ])
+    ]
+    return "\n".join(lines)

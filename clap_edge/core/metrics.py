@@ -34,8 +34,10 @@ def paired_bootstrap(
 
     Pairing matters: two models scored on one resample of the images share its luck, so
     their CIs (and the CI of their difference, :func:`paired_difference_ci`) are honest.
+    Per image, ``correct`` is a bool or a fraction in [0, 1] (e.g. the share of several
+    prompt draws that got the image right): the images are what is resampled.
     """
-    arrays = {k: np.asarray(v, dtype=bool) for k, v in correct.items()}
+    arrays = {k: _scores(v) for k, v in correct.items()}
     n = _common_length(arrays)
     idx = _bootstrap_indices(n, n_boot, seed)
     return {name: Top1(float(c.mean() * 100), _percentile_ci(c[idx].mean(axis=1) * 100, level), n)
@@ -46,7 +48,7 @@ def paired_difference_ci(
     a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, tuple[float, float]]:
     """Top-1 of ``a`` minus top-1 of ``b`` (points) with its paired-bootstrap CI."""
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    a, b = _scores(a), _scores(b)
     idx = _bootstrap_indices(_common_length({"a": a, "b": b}), n_boot, seed)
     diffs = (a[idx].mean(axis=1) - b[idx].mean(axis=1)) * 100
     return float((a.mean() - b.mean()) * 100), _percentile_ci(diffs, level)
@@ -63,8 +65,23 @@ def select_alpha(
     if not len(alphas):
         raise ValueError("no alpha values to choose from")
     scores = {float(a): float(top1_correct(val_logits_for(float(a)), val_labels).mean() * 100) for a in alphas}
+    return best_alpha(scores), scores
+
+
+def best_alpha(scores: Mapping[float, float]) -> float:
+    """The alpha with the highest score; ties go to the smallest alpha (the least change to CLIP)."""
+    if not scores:
+        raise ValueError("no alpha values to choose from")
     best = max(scores.values())
-    return min(a for a, s in scores.items() if s == best), scores
+    return min(a for a, s in scores.items() if s == best)
+
+
+def _scores(values: np.ndarray) -> np.ndarray:
+    """Per-image scores as float: booleans, or fractions in [0, 1]."""
+    arr = np.asarray(values)
+    if arr.dtype != bool and arr.size and (np.nanmin(arr) < 0 or np.nanmax(arr) > 1):
+        raise ValueError("per-image scores must be booleans or fractions in [0, 1]")
+    return arr.astype(np.float64)
 
 
 def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:

@@ -168,3 +168,57 @@ def _pct(value: Any) -> str:
 
 def _md(value: Any) -> str:
     return "-" if value is None else f"{value:g}"
+# ---- alpha grids: {domain: {alpha: {"top1", "ci95", "n", "minus_clip": {"points", "ci95"}}}} ----------------
+
+AlphaGrid = Mapping[str, Mapping[float, Mapping[str, Any]]]
+
+
+def alpha_grid_markdown(grid: AlphaGrid, chosen: float | None = None) -> str:
+    """Domains as rows, alphas as columns: top-1 and, below it, minus CLIP with its paired 95% CI."""
+    alphas = sorted({a for cells in grid.values() for a in cells})
+    head = [f"**{a:g}**" if a == chosen else f"{a:g}" for a in alphas]
+    lines = ["| domain \\ alpha | " + " | ".join(head) + " |", "|---|" + "---|" * len(alphas)]
+    for domain, cells in grid.items():
+        row = []
+        for a in alphas:
+            c = cells.get(a)
+            if c is None:
+                row.append("-")
+                continue
+            d = c["minus_clip"]
+            row.append(f"{c['top1']:.1f}" if a == 0 else
+                       f"{c['top1']:.1f} ({d['points']:+.1f} [{d['ci95'][0]:+.1f}, {d['ci95'][1]:+.1f}])")
+        lines.append(f"| {domain} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_alpha_curves(grids: Mapping[str, AlphaGrid], path: str | Path, chosen: Mapping[str, float] | None = None,
+                      title: str = "zero-shot top-1 vs alpha (alpha 0 = CLIP)") -> Path:
+    """One panel per grid (e.g. per prompt family), one line per domain, 95% CI band; the chosen alpha dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(grids)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], names):
+        for domain, cells in grids[name].items():
+            alphas = sorted(cells)
+            tops = [cells[a]["top1"] for a in alphas]
+            line, = ax.plot(alphas, tops, marker="o", ms=3, label=domain)
+            ax.fill_between(alphas, [cells[a]["ci95"][0] for a in alphas], [cells[a]["ci95"][1] for a in alphas],
+                            color=line.get_color(), alpha=0.12)
+        if chosen and name in chosen:
+            ax.axvline(chosen[name], color="gray", ls="--", lw=1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("alpha")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)

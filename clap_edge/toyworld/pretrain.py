@@ -190,14 +190,20 @@ def save_weights(model: torch.nn.Module, path: str | Path, config: PretrainConfi
 @torch.no_grad()
 def zero_shot_top1(model: torch.nn.Module, tokenizer, images: np.ndarray, labels: np.ndarray,
                    preprocess_cfg: dict, prompt: str = DEFAULT_PROMPT, batch_size: int = 500) -> float:
-    """Top-1 (percent) of ``model`` on uint8 ``images`` with class prompts ``prompt.format(class)``."""
+    """Top-1 (percent) of ``model`` on uint8 ``images`` with class prompts ``prompt.format(class)``.
+
+    Scored by :func:`clap_edge.zeroshot.zero_shot_logits`, the one zero-shot scoring function.
+    """
+    from clap_edge.core.metrics import top1_correct
+    from clap_edge.zeroshot import zero_shot_logits
+
     mean, std = _norm_tensors(preprocess_cfg)
-    text = F.normalize(model.encode_text(tokenizer([prompt.format(c) for c in CLASSES])), dim=-1)
+    text = model.encode_text(tokenizer([prompt.format(c) for c in CLASSES])).float()
     correct = 0
     for start in range(0, len(images), batch_size):
         x = to_tensor(images[start:start + batch_size], mean, std)
-        pred = (F.normalize(model.encode_image(x), dim=-1) @ text.T).argmax(1).numpy()
-        correct += int((pred == labels[start:start + batch_size]).sum())
+        logits = zero_shot_logits(model.encode_image(x).float(), text)
+        correct += int(top1_correct(logits, labels[start:start + batch_size]).sum())
     return 100.0 * correct / len(images)
 
 

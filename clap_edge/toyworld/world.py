@@ -13,6 +13,13 @@ domains break one or more of those correlations:
 | ``background_shift`` | as ``id`` | uniform over the *other* backgrounds | as ``id`` |
 | ``render_shift`` | as ``id`` | as ``id`` | uniform over sketch, painting, mosaic |
 | ``both`` | as ``color_shift`` | as ``background_shift`` | as ``render_shift`` |
+| ``style_swap`` | the usual colour of another class | that same class's usual background | as ``id`` |
+| ``style_swap_render`` | as ``style_swap`` | as ``style_swap`` | as ``render_shift`` |
+
+The two ``style_swap`` domains isolate style: no image shows its class's usual colour or
+background, and both point to one other class (whose usual colour and background both
+differ from the class's own), so a model that reads style is pulled to a wrong answer,
+while the rendering stays in distribution (``style_swap``) or is shifted as well.
 
 Captions use the CLAP template words (CLAP.md) plus a background slot, built with
 :class:`clap_edge.prompts.Prompt`, so they live in the same vocabulary as the CLAP head's
@@ -47,7 +54,9 @@ RENDER_ART_STYLE = {"photo": "realistic", "painting": "impressionistic"}
 # id rendering mix: photo and cartoon dominate; the shifted renderings are rare (so their words are known).
 ID_RENDER_PROBS = (0.45, 0.45, 0.1 / 3, 0.1 / 3, 0.1 / 3)
 
-DOMAINS = ("id", "color_shift", "background_shift", "render_shift", "both")
+# New domains go at the end: a domain's index seeds its images (split_seed), so the others keep theirs.
+DOMAINS = ("id", "color_shift", "background_shift", "render_shift", "both", "style_swap", "style_swap_render")
+STYLE_SWAP_DOMAINS = ("style_swap", "style_swap_render")
 SPLITS = ("train", "val", "test")
 P_CORRELATED = 0.5
 P_STYLE_WORD = 0.7
@@ -69,9 +78,15 @@ class DomainSpec:
     """How one domain draws its style factors."""
 
     name: str
-    color: str = "correlated"  # "correlated" (p=P_CORRELATED) or "anti" (never the class colour)
+    # "correlated" (p=P_CORRELATED), "anti" (never the class's own) or "swap" (colour and background
+    # both those of one other class, see swap_partners; "swap" is set on both or neither)
+    color: str = "correlated"
     background: str = "correlated"
     renders: tuple[float, ...] = ID_RENDER_PROBS  # probabilities over RENDERS
+
+    def __post_init__(self) -> None:
+        if (self.color == "swap") != (self.background == "swap"):
+            raise ClapEdgeError(f"domain {self.name!r}: 'swap' must set colour and background together")
 
     @property
     def allowed_renders(self) -> tuple[str, ...]:
@@ -85,7 +100,16 @@ DOMAIN_SPECS = {
     "background_shift": DomainSpec("background_shift", background="anti"),
     "render_shift": DomainSpec("render_shift", renders=_UNIFORM_SHIFTED),
     "both": DomainSpec("both", color="anti", background="anti", renders=_UNIFORM_SHIFTED),
+    "style_swap": DomainSpec("style_swap", color="swap", background="swap"),
+    "style_swap_render": DomainSpec("style_swap_render", color="swap", background="swap", renders=_UNIFORM_SHIFTED),
 }
+
+
+def swap_partners(class_index: int) -> tuple[int, ...]:
+    """Classes whose usual colour and usual background both differ from ``class_index``'s."""
+    own_color, own_background = class_color(class_index), class_background(class_index)
+    return tuple(k for k in range(len(CLASSES))
+                 if class_color(k) != own_color and class_background(k) != own_background)
 
 
 def domain_spec(name: str) -> DomainSpec:
@@ -128,8 +152,12 @@ def sample_factors(n: int, domain: str = "id", rng: np.random.Generator | None =
     if labels is None:
         labels = rng.permutation(np.arange(n) % len(CLASSES))
     labels = np.asarray(labels, dtype=np.int64)
-    color = _draw_style(rng, labels, class_color(labels), len(COLORS), spec.color)
-    background = _draw_style(rng, labels, class_background(labels), len(BACKGROUNDS), spec.background)
+    if spec.color == "swap":  # one other class per image lends both its colour and its background
+        partner = np.array([rng.choice(swap_partners(int(c))) for c in labels], dtype=np.int64)
+        color, background = class_color(partner), class_background(partner)
+    else:
+        color = _draw_style(rng, labels, class_color(labels), len(COLORS), spec.color)
+        background = _draw_style(rng, labels, class_background(labels), len(BACKGROUNDS), spec.background)
     render = rng.choice(len(RENDERS), size=n, p=np.asarray(spec.renders) / sum(spec.renders))
     return Factors(
         label=labels, color=color, size=rng.integers(0, len(SIZES), n), background=background, render=render,
@@ -164,6 +192,7 @@ def caption_record(factors: Factors, i: int, rng: random.Random, p_word: float =
         color=keep(COLORS[factors.color[i]]),
         background=keep(BACKGROUNDS[factors.background[i]]),
         reordered=rng.random() < p_reorder,
+        style_article=False,  # the wording the shipped toy CLIP was pretrained on: keeps it reproducible
     )
 
 

@@ -15,10 +15,23 @@ import click
 @click.option("--steps", type=click.IntRange(min=1), default=8000, show_default=True, help="max CLAP training steps (early stop on).")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="inference threads for eval and bench.")
 @click.option("--bench-iters", type=click.IntRange(min=1), default=10, show_default=True, help="timed iterations per bench cell.")
+@click.option("--alpha-objective", default="worst", show_default=True,
+              help="what alpha maximises on val: pooled, worst (the worst domain) or a domain name.")
+@click.option("--batching", type=click.Choice(["balanced", "shuffle"]), default="balanced", show_default=True,
+              help="CLAP training batches (see `clap-edge train --help`).")
+@click.option("--noise-sharing", type=click.Choice(["text", "batch"]), default="text", show_default=True,
+              help="noise draw per view text, or one per step (the authors').")
+@click.option("--noise-pool", type=click.IntRange(min=1), default=1, show_default=True,
+              help="pre-encoded noise draws (per text, or shared ones with --noise-sharing batch).")
+@click.option("--keep", type=click.Choice(["final", "best"]), default="final", show_default=True,
+              help="final head weights, or those of the best loss window.")
 @click.option("--json", "as_json", is_flag=True, help="print report.json instead of the summary table.")
-def demo(out, per_class, steps, threads, bench_iters, as_json):
-    """Generate the toy world, train a CLAP head, export CLIP and CLAP bundles (fp32 + int8),
-    evaluate them per domain, benchmark the backends and write OUT/report.md and report.json.
+def demo(out, per_class, steps, threads, bench_iters, alpha_objective, batching, noise_sharing, noise_pool, keep,
+         as_json):
+    """Generate the toy world, train a CLAP head, report top-1 per domain, prompt family and alpha
+    (CLAP minus CLIP with paired CIs; alpha chosen on val), export CLIP and CLAP bundles (fp32 +
+    int8), evaluate them through the runtime, benchmark the backends; write OUT/report.md,
+    report.json, alpha.png, accuracy.png and bench.png.
 
     Runs offline on the tiny CLIP shipped in the package (clap-edge-toy / toyworld).
 
@@ -28,7 +41,9 @@ def demo(out, per_class, steps, threads, bench_iters, as_json):
     """
     from clap_edge.apps.demo import DemoConfig, run_demo
 
-    config = DemoConfig(out=out, per_class=per_class, train_steps=steps, threads=threads, bench_iters=bench_iters)
+    config = DemoConfig(out=out, per_class=per_class, train_steps=steps, threads=threads, bench_iters=bench_iters,
+                        alpha_objective=alpha_objective, batching=batching, noise_sharing=noise_sharing,
+                        noise_pool=noise_pool, keep=keep)
     report = run_demo(config, say=lambda msg: click.echo(msg, err=True))
     if as_json:
         click.echo(json.dumps(report, indent=2))

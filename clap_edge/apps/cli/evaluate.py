@@ -18,25 +18,37 @@ import click
               help="NAME=BUNDLE (or BUNDLE): also score an exported bundle's variants through the runtime.")
 @click.option("--variants", default="fp32,int8", show_default=True,
               help="bundle variants (fp32, int8) or backends (openvino, torch, ...) to score.")
-@click.option("--prompts", default="C", show_default=True, help="prompt formats: C, CP, PC, NC (comma list).")
+@click.option("--prompts", default="C", show_default=True,
+              help="prompt families: C, CP, PC, NC, S (style-laden, --style-draws per class) (comma list).")
 @click.option("--alpha", type=float, default=None, help="use this alpha; default: chosen on the val/ split.")
+@click.option("--alphas", default=",".join(str(a) for a in (0.0, 0.02, 0.056, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)),
+              show_default=True, help="alpha grid: reported on test, searched on val.")
+@click.option("--alpha-objective", default="pooled", show_default=True,
+              help="what alpha maximises on val: pooled (all domains' images), worst (the worst domain) or a "
+                   "domain name.")
+@click.option("--style-draws", type=click.IntRange(min=1), default=5, show_default=True,
+              help="S prompts per class; each draw is scored as its own classifier (per-draw accuracy).")
+@click.option("--style-vocab", default=None,
+              help="vocabulary of the S prompts: a TOML/YAML file, or 'toy' (default: CLAP.md's words).")
 @click.option("--per-class", type=int, default=None, help="use at most N images per class and domain.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="write eval.md, eval.json and eval.png here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="bootstrap and noise seed.")
 @click.option("--json", "as_json", is_flag=True, help="print the JSON result.")
-def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts, alpha, per_class, out, seed, as_json):
-    """Zero-shot top-1 per domain with paired-bootstrap 95% CIs.
+def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts, alpha, alphas, alpha_objective,
+             style_draws, style_vocab, per_class, out, seed, as_json):
+    """Zero-shot top-1 per domain with paired-bootstrap 95% CIs, for a grid of alphas.
 
     DATASET holds `val/` and `test/` splits of `<domain>/<class>/*` images (as `clap-edge toy
     dataset` writes), or one such tree used as the test split. Heads are evaluated on the
-    frozen model with alpha chosen on `val/` (never on test) unless --alpha is given;
-    bundles are run through the runtime, so fp32 and int8 exports are scored the same way.
+    frozen model for every alpha of --alphas (table, plot, CLAP minus CLIP with paired CIs);
+    the reported alpha is chosen on `val/` (never on test) by --alpha-objective unless --alpha
+    is given. Bundles are run through the runtime, so fp32 and int8 exports are scored alike.
 
     \b
     Example:
       clap-edge toy dataset toy-data
-      clap-edge eval toy-data --model clap-edge-toy --pretrained toyworld --head head.safetensors --prompts C,PC
+      clap-edge eval toy-data --head head.safetensors --prompts C,PC,S --style-vocab toy --alpha-objective worst
     """
     from clap_edge.core.errors import ClapEdgeError
 
@@ -44,29 +56,48 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
         raise ClapEdgeError("nothing to evaluate: pass --head, --model or --bundle")
     tables, result = {}, {"dataset": str(dataset)}
     if heads or model_name:
-        tables["model"], result["model"] = _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha,
-                                                       per_class, seed, progress=not as_json)
+        config = _eval_config(prompts, alpha, alphas, alpha_objective, style_draws, style_vocab, seed)
+        tables["model"], result["model"] = _eval_heads(dataset, heads, model_name, pretrained, config, per_class,
+                                                       progress=not as_json)
     if bundles:
         tables["bundles"], result["bundles"] = _eval_bundles(dataset, bundles, variants, per_class, seed,
                                                              progress=not as_json)
     _emit(tables, result, out, as_json)
 
 
-def _eval_heads(dataset, heads, model_name, pretrained, prompts, alpha, per_class, seed, progress):
+def _eval_config(prompts, alpha, alphas, alpha_objective, style_draws, style_vocab, seed):
+    from clap_edge.core.errors import ClapEdgeError
+    from clap_edge.prompts import PromptVocab
+    from clap_edge.zeroshot import EvalConfig
+
+    try:
+        grid = tuple(float(a) for a in alphas.split(",") if a.strip())
+    except ValueError:
+        raise ClapEdgeError(f"--alphas {alphas!r}: not a comma list of numbers") from None
+    if style_vocab == "toy":
+        from clap_edge.toyworld.world import toy_prompt_vocab
+
+        vocab = toy_prompt_vocab()
+    else:
+        vocab = PromptVocab.from_file(style_vocab) if style_vocab else PromptVocab()
+    return EvalConfig(prompt_formats=tuple(p.strip() for p in prompts.split(",")), alpha=alpha, alphas=grid,
+                      alpha_objective=alpha_objective, style_draws=style_draws, style_vocab=vocab, seed=seed)
+
+
+def _eval_heads(dataset, heads, model_name, pretrained, config, per_class, progress):
     from clap_edge.apps.progress import progress_bar
-    from clap_edge.zeroshot import EvalConfig, evaluate_folder
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
+    from clap_edge.zeroshot import evaluate_folder
 
     loaded_heads = {Path(h).stem if len(heads) > 1 else "clap": CLAPHead.load(h) for h in heads}
     first = next(iter(loaded_heads.values()), None)
     model_name = model_name or (first.config.model_name if first else None)
     pretrained = pretrained or (first.config.pretrained if first else None)
-    config = EvalConfig(prompt_formats=tuple(p.strip() for p in prompts.split(",")), alpha=alpha, seed=seed)
     loaded = load_model(model_name, pretrained)
     with progress_bar(enabled=progress) as bar:
         res, class_names = evaluate_folder(dataset, loaded, loaded_heads, config, per_class=per_class, progress=bar)
-    return res.domains, {"model_name": model_name, "pretrained": pretrained, "classes": class_names, **res.as_dict()}
+    return res, {"model_name": model_name, "pretrained": pretrained, "classes": class_names, **res.as_dict()}
 
 
 def _eval_bundles(dataset, bundles, variants, per_class, seed, progress):
@@ -83,9 +114,16 @@ def _eval_bundles(dataset, bundles, variants, per_class, seed, progress):
 
 
 def _emit(tables, result, out, as_json):
-    from clap_edge.core.report import markdown_table, plot_table, write_json
+    from clap_edge.core.report import alpha_grid_markdown, markdown_table, plot_alpha_curves, plot_table, write_json
 
+    res = tables.get("model")
+    if res is not None:  # the model table at the chosen alphas, then one alpha grid per head and family
+        tables["model"] = res.domains
     md = "\n\n".join(f"### {kind}\n\n{markdown_table(t)}" for kind, t in tables.items())
+    if res is not None and res.grid:
+        md += "".join(f"\n\n### {key}: top-1 per alpha (minus CLIP, paired 95% CI); chosen alpha in bold "
+                      f"({res.objective} validation objective)\n\n{alpha_grid_markdown(grid, res.alphas.get(key))}"
+                      for key, grid in res.grid.items())
     if out:
         out = Path(out)
         write_json(out / "eval.json", result)
@@ -95,6 +133,8 @@ def _emit(tables, result, out, as_json):
         atomic_write_text(out / "eval.md", md + "\n")
         for kind, t in tables.items():
             plot_table(t, out / f"eval-{kind}.png")
+        if res is not None and res.grid:
+            plot_alpha_curves(res.grid, out / "eval-alpha.png", res.alphas)
     click.echo(json.dumps(result, indent=2) if as_json else md)
 
 

@@ -6,7 +6,9 @@ import json
 
 import click
 
-DOMAIN_HELP = "comma list of domains (id, color_shift, background_shift, render_shift, both)."
+DOMAIN_HELP = ("comma list of domains (id, color_shift, background_shift, render_shift, both, style_swap, "
+               "style_swap_render).")
+ALL_DOMAINS = "id,color_shift,background_shift,render_shift,both,style_swap,style_swap_render"
 
 
 @click.group("toy")
@@ -21,7 +23,7 @@ def toy() -> None:
 
 @toy.command("dataset")
 @click.argument("root", type=click.Path(file_okay=False))
-@click.option("--domains", default="id,color_shift,background_shift,render_shift,both", show_default=True,
+@click.option("--domains", default=ALL_DOMAINS, show_default=True,
               help=DOMAIN_HELP)
 @click.option("--splits", default="val,test", show_default=True, help="comma list of splits (val, test).")
 @click.option("--per-class", type=click.IntRange(min=1), default=100, show_default=True, help="images per class, domain and split.")

@@ -21,6 +21,15 @@ import click
 @click.option("--noise-ctx", type=int, default=4, show_default=True, help="noise-context tokens per view (0: none).")
 @click.option("--noise-pool", type=int, default=4, show_default=True,
               help="pre-encoded noise draws K per augmented view (more: more noise diversity, longer encoding).")
+@click.option("--batching", type=click.Choice(["balanced", "shuffle"]), default="balanced", show_default=True,
+              help="balanced: one prompt of each class in turn; shuffle: the authors' shuffled loader.")
+@click.option("--noise-sharing", type=click.Choice(["text", "batch"]), default="text", show_default=True,
+              help="text: noise drawn per view text (K per text); batch: the authors' one draw and position per "
+                   "step (from a pool of --noise-pool draws: use a large pool, e.g. 256).")
+@click.option("--keep", type=click.Choice(["final", "best"]), default="final", show_default=True,
+              help="final weights, or those at the end of the best loss window (the authors' checkpoint).")
+@click.option("--reorder-article/--no-reorder-article", default=True, show_default=True,
+              help="reordered view 'a dog in a sketch style' (the authors') or 'a dog in sketch style'.")
 @click.option("--no-early-stop", is_flag=True, help="always run --steps steps.")
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False), default=None,
               help="prompt vocabulary (TOML or YAML: image_types, sizes, art_styles, colors).")
@@ -30,7 +39,8 @@ import click
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="print a JSON summary instead of text.")
 def train(model_name, pretrained, classes, out, steps, batch_size, lr, tau_text, tau_content, latent_dim, noise_ctx,
-          noise_pool, no_early_stop, vocab, cache_dir, seed, device, as_json):
+          noise_pool, batching, noise_sharing, keep, reorder_article, no_early_stop, vocab, cache_dir, seed, device,
+          as_json):
     """Train a CLAP head (text only) for CLASSES on a frozen open_clip model and save it as safetensors.
 
     The frozen encoder runs once over every prompt and class name and over the augmented
@@ -42,7 +52,7 @@ def train(model_name, pretrained, classes, out, steps, batch_size, lr, tau_text,
     """
     from clap_edge.apps.progress import progress_bar
     from clap_edge.models import load_model
-    from clap_edge.prompts import PromptVocab, load_class_names
+    from clap_edge.prompts import AugmentConfig, PromptVocab, load_class_names
     from clap_edge.train import TrainConfig, result_summary, train_head
 
     _check_numbers(steps, batch_size, latent_dim, noise_ctx, noise_pool)
@@ -50,6 +60,7 @@ def train(model_name, pretrained, classes, out, steps, batch_size, lr, tau_text,
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, tau_text=tau_text, tau_content=tau_content,
         latent_dim=latent_dim, noise_ctx=noise_ctx, noise_pool=noise_pool, early_stop=not no_early_stop,
+        batching=batching, noise_sharing=noise_sharing, keep=keep, augment=AugmentConfig(reorder_article=reorder_article),
         seed=seed, device=device, cache_dir=cache_dir,
         vocab=PromptVocab.from_file(vocab) if vocab else PromptVocab(),
     )
