@@ -322,3 +322,19 @@ def test_auto_picks_a_tensorrt_engine_built_for_this_gpu(engine_bundle, monkeypa
     assert choose_auto_backend(bundle) == "tensorrt:fp16"
     monkeypatch.setattr(TensorRTRunner, "candidate_hosts", classmethod(lambda cls: [ORIN]))
     assert choose_auto_backend(bundle) == "onnxruntime"  # no engine for this GPU
+
+
+@pytest.mark.parametrize("precision, tol", [("fp16", 5e-3), ("bf16", 5e-2)])
+def test_torch_backend_reduced_precision_runs_close_to_fp32(runtime_bundle, precision, tol):
+    """torch:fp16 / torch:bf16 (a plain module.half() failed the program's export-time dtype asserts)."""
+    from clap_edge.runtime.backends import RunnerOptions, create_runner
+
+    bundle = Bundle.open(runtime_bundle)
+    x = np.load(runtime_bundle / "calibration.npy")
+    with create_runner(bundle, "onnxruntime") as ort:
+        reference = ort.infer(x)
+    with create_runner(bundle, "torch", RunnerOptions(precision=precision)) as runner:
+        out = runner.infer(x)
+        assert runner.precision == precision
+    assert out.embedding.dtype == np.float32
+    assert np.abs(out.embedding - reference.embedding).max() < tol  # unit-norm embeddings

@@ -159,7 +159,6 @@ def _fake_tensorrt(log: dict) -> types.ModuleType:
             log.setdefault("shapes", []).append(shape[0])
 
         def execute_async_v3(self, stream):
-            n = self.shape[0]
             memory = log["device_memory"]
             x = np.frombuffer(memory[self.addresses["image"]], np.float32)[: int(np.prod(self.shape))]
             logits, embedding = self.engine.session.run(["logits", "embedding"], {"image": x.reshape(self.shape)})
