@@ -77,6 +77,7 @@ def _edge(venv: Path, *args: str, cwd: Path | None = None) -> subprocess.Complet
     return _run([str(venv / "bin" / "clap-edge"), *args], env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_wheel_contains_every_module_and_data_file(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = set()
