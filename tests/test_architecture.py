@@ -37,10 +37,12 @@ APP_LIBS = {"rich", "click"}
 BASE_LIBS = {"numpy", "PIL", "onnxruntime", "safetensors", "click", "rich"}
 # Heavy libraries: never imported at module level in core, runtime or apps (only inside the loader that needs them).
 HEAVY_LIBS = TORCH_LIBS | {"tensorrt", "openvino", "ray", "tritonclient", "nncf", "onnx", "onnxscript", "matplotlib",
-                           "model_signing", "cryptography"}
+                           "model_signing", "cryptography", "cuda", "pyarrow", "starlette"}
 # Optional in core/runtime, imported lazily by the one function that needs it (plots: the [train] extra has it).
 # optional features imported inside the function that needs them, with a one-line error naming the extra
-OPTIONAL_LAZY = {"matplotlib", "model_signing", "cryptography"}  # plots; signed bundles ([sign])
+OPTIONAL_LAZY = {"matplotlib", "model_signing", "cryptography",  # plots; signed bundles ([sign])
+                 "cuda",  # cuda-python ([gpu]): GPU lookup for engine selection
+                 "ray", "pyarrow", "starlette"}  # runtime/scale adapters ([serve])
 
 
 @dataclass

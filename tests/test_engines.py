@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from clap_edge.core.errors import BackendUnavailableError, BundleError, ClapEdgeError
+from clap_edge.export.bundle.writer import write_manifest
 from clap_edge.export.builders.engines.sidecar import (DeviceInfo, EngineMismatchError, EngineSidecar, engine_basename,
                                                        mismatch, parse_batch_profile, same_version, select_engine)
 from clap_edge.export.builders.engines.tensorrt import fp32_layer_indices, plan_build
@@ -147,7 +148,7 @@ def test_tampered_sidecar_is_refused(engine_bundle):
 def test_sidecar_disagreeing_with_manifest_is_refused(engine_bundle):
     manifest = json.loads((engine_bundle / "manifest.json").read_text())
     manifest["engines"][1]["precision"] = "int8"  # the A100 fp16 engine's entry now says int8
-    (engine_bundle / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(engine_bundle, manifest)  # digest kept in step: this checks the sidecar, not the digest
     with pytest.raises(BundleError, match=r"sidecar says precision 'fp16', the manifest 'int8'"):
         select_engine(Bundle.open(engine_bundle), "tensorrt", "int8", [A100], "10.8.0")
 
@@ -156,7 +157,7 @@ def test_stale_engine_is_refused(engine_bundle):
     """An engine built from another model.onnx than the one the bundle lists now is never run."""
     manifest = json.loads((engine_bundle / "manifest.json").read_text())
     manifest["files"]["model.onnx"]["sha256"] = "f" * 64
-    (engine_bundle / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(engine_bundle, manifest)
     with pytest.raises(EngineMismatchError, match=r"built from a different model.onnx"):
         select_engine(Bundle.open(engine_bundle, verify=False), "tensorrt", "fp16", [A100], "10.8.0")
 

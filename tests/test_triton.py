@@ -88,8 +88,10 @@ def engine_bundle(runtime_bundle, tmp_path):
 
     root = shutil.copytree(runtime_bundle, tmp_path / "with-engines")
     add_to_bundle(root, {"engines/h100.fp16.plan": b"plan-a", "engines/l4.fp16.plan": b"plan-b"},
-                  {"engines": [{"file": "engines/h100.fp16.plan", "engine": "tensorrt", "batch": [1, 8, 16]},
-                               {"file": "engines/l4.fp16.plan", "engine": "tensorrt", "batch": [1, 4, 8]}]})
+                  {"engines": [{"file": "engines/h100.fp16.plan", "engine": "tensorrt", "precision": "fp16",
+                                "batch": [1, 8, 16]},
+                               {"file": "engines/l4.fp16.plan", "engine": "tensorrt", "precision": "fp16",
+                                "batch": [1, 4, 8]}]})
     return root
 
 
