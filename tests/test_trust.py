@@ -508,9 +508,11 @@ def test_nfc_duplicates_are_dropped_naming_both_spellings():
         check_unique_class_names(["caf\u00e9", "cafe\u0301"])
 
 
-def test_train_classes_empty_is_exit_2():
-    result = _cli("train", "--classes", "", "--out", "x")
-    assert result.exit_code == 2
+def test_train_classes_empty_is_exit_2_naming_the_problem(tmp_path):
+    pytest.importorskip("torch")
+    result = _cli("train", "--model", "clap-edge-tiny", "--classes", "", "--out", tmp_path / "h.safetensors")
+    assert result.exit_code == 2 and "class list is empty" in result.stderr
+    assert not (tmp_path / "h.safetensors").exists()
 
 
 @pytest.mark.parametrize("change, message", [

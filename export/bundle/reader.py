@@ -238,7 +238,7 @@ def _check_digest(root: Path, raw: bytes, label: str) -> None:
     except (OSError, ValueError) as e:
         raise BundleError(f"{label}: {MANIFEST_DIGEST}: cannot read it ({e})") from None
     actual = hashlib.sha256(raw).hexdigest()
-    if not line or line[0].lower() != actual:
+    if len(line) != 2 or line[0].lower() != actual or line[1].lstrip("*") != MANIFEST:
         raise BundleError(f"{label}: {MANIFEST} was modified after export: its sha256 {actual[:16]}... does not "
                           f"match {MANIFEST_DIGEST}")
 
