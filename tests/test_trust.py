@@ -541,3 +541,9 @@ def test_head_metadata_fields_are_checked(tmp_path, change, message):
     with pytest.raises(CheckpointError, match=rf"h\.safetensors: head metadata field {message}"):
         CLAPHead.load(path)
     del torch
+
+
+def test_export_classes_empty_is_exit_2_not_the_heads_classes(tiny_head_path, tmp_path):
+    result = _cli("export", "--head", tiny_head_path, "--classes", "", "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "class list is empty" in result.stderr
+    assert not (tmp_path / "b").exists()
