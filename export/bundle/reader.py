@@ -25,7 +25,7 @@ import numpy as np
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import read_regular, staging_tempdir
 from clap_edge.export.bundle.manifest import LIMITS, Manifest, ManifestFieldError, check_version, loads
-from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST, SIGNATURE_FILE,
+from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST,
                                              sha256_file)
 
 
