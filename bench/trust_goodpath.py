@@ -76,17 +76,19 @@ def main() -> None:
         Image.fromarray(low).resize((640, 480), Image.BICUBIC).save(photos / f"{i:04d}.jpg", quality=90)
     sides = {"base": args.base.resolve(), "new": args.new.resolve()}
     for name, root in sides.items():
+        # cwd=work: `python -c` puts the current folder first on sys.path, which must not be either checkout
         subprocess.run([sys.executable, "-c", EXPORT, str(work / f"bundle-{name}")], env=_env(root), check=True,
-                       capture_output=True)
+                       capture_output=True, cwd=work)
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(args.rounds):
         for name, root in sides.items():
             out = subprocess.run([sys.executable, "-c", MEASURE, str(work / f"bundle-{name}"), str(photos)],
-                                 env=_env(root), check=True, capture_output=True, text=True).stdout
+                                 env=_env(root), check=True, capture_output=True, text=True, cwd=work).stdout
             runs[name].append(json.loads(out.strip().splitlines()[-1]))
     summary = {name: {"open_s_median": statistics.median(r["open_s"] for r in rs),
                       "classify_s_median": statistics.median(r["classify_s"] for r in rs),
                       "images_per_s_median": statistics.median(r["images"] / r["classify_s"] for r in rs),
+                      "bundle_files": sorted(p.name for p in (work / f"bundle-{name}").iterdir()),
                       "runs": rs} for name, rs in runs.items()}
     report = {"what": "Bundle+Classifier.open and end-to-end classify of JPEG files (640x480), onnxruntime, "
                       "1 intra-op thread, batch 32, 2 decode workers; base vs new code, alternating rounds",
