@@ -64,7 +64,9 @@ def test_schema_is_valid_draft_2020_12_and_names_match_names_py():
 
 
 def test_schema_file_is_package_data():
-    text = open("pyproject.toml", encoding="utf-8").read()
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
     assert '"clap_edge.export.bundle" = ["*.json"]' in text
 
 
