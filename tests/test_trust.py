@@ -547,3 +547,23 @@ def test_export_classes_empty_is_exit_2_not_the_heads_classes(tiny_head_path, tm
     result = _cli("export", "--head", tiny_head_path, "--classes", "", "--out", tmp_path / "b")
     assert result.exit_code == 2 and "class list is empty" in result.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_respected(tmp_path):
+    import subprocess
+    import sys
+
+    from clap_edge.core.io import LOCK, _host
+
+    proc = subprocess.Popen([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE, text=True)
+    dead = int(proc.communicate()[0])
+    lock = tmp_path / f"{LOCK}out"
+    lock.write_text(f"{dead}@{_host()}\n")  # left by a killed export
+    with atomic_directory(tmp_path / "out") as d:
+        (d / "f").write_text("1")
+    assert (tmp_path / "out" / "f").exists() and not lock.exists()
+    lock.write_text(f"{os.getppid()}@{_host()}\n")  # a live process holds it
+    with pytest.raises(OutputError, match=rf"pid {os.getppid()}\) is writing it"):
+        with atomic_directory(tmp_path / "out", overwrite=True):
+            pass
+    assert lock.exists()  # not ours to remove
