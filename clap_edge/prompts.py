@@ -218,10 +218,12 @@ def dedupe_class_names(names: list[str], source: str = "class list") -> list[str
 
     seen: dict[str, str] = {}
     for name in names:
-        first = seen.setdefault(nfc_key(name), name)
-        if first is not name:
-            warnings.warn(f"{source}: duplicate class {name!r} dropped ({describe_duplicate(first, name)})",
+        key = nfc_key(name)
+        if key in seen:
+            warnings.warn(f"{source}: duplicate class {name!r} dropped ({describe_duplicate(seen[key], name)})",
                           stacklevel=3)
+        else:
+            seen[key] = name
     if not seen:
         raise PromptError(f"{source}: no class names found")
     return list(seen.values())
