@@ -567,3 +567,33 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_respected(tmp_path):
         with atomic_directory(tmp_path / "out", overwrite=True):
             pass
     assert lock.exists()  # not ours to remove
+
+
+def test_a_killed_writer_leaves_debris_that_the_next_export_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; from clap_edge.core.io import atomic_directory\n"
+            "with atomic_directory(sys.argv[1]) as d:\n"
+            "    (d / 'model.onnx').write_bytes(b'half'); print('ready', flush=True); time.sleep(60)\n")
+    target = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    debris = sorted(p.name for p in tmp_path.iterdir())
+    assert not target.exists() and len(debris) == 2, debris  # its staging folder and its lock
+    assert any(n.startswith(f".clap-edge-staging-{proc.pid}@") for n in debris)
+    deadline = time.time() + 5
+    while time.time() < deadline:  # the claim is free at once: its holder is gone
+        try:
+            with atomic_directory(target) as d:
+                (d / "model.onnx").write_bytes(b"whole")
+            break
+        except OutputError:
+            time.sleep(0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (target / "model.onnx").read_bytes() == b"whole"
