@@ -154,7 +154,8 @@ MAX_METADATA_BYTES = 16 << 20
 def _config_from_metadata(text: str, path: Path) -> HeadConfig:
     """The head's metadata JSON, every field checked: a bad value is one line naming the file and the field."""
     import math
-    import unicodedata
+
+    from clap_edge.core.classnames import describe_duplicate, nfc_duplicate
 
     def bad(name: str, problem: str) -> CheckpointError:
         return CheckpointError(f"{path}: head metadata field {name}: {problem}")
@@ -200,13 +201,9 @@ def _config_from_metadata(text: str, path: Path) -> HeadConfig:
     names = data.get("class_names", [])
     if not isinstance(names, list) or not all(isinstance(c, str) and c.strip() for c in names):
         raise bad("class_names", "must be a list of non-empty strings")
-    seen: dict[str, str] = {}
-    for name in names:
-        key = unicodedata.normalize("NFC", name)
-        if key in seen:
-            how = "twice" if seen[key] == name else f"as {ascii(seen[key])} and {ascii(name)}, equal after Unicode NFC"
-            raise bad("class_names", f"{name!r} appears {how}")
-        seen[key] = name
+    dup = nfc_duplicate(names)
+    if dup:
+        raise bad("class_names", describe_duplicate(*dup))
     if not isinstance(data.get("training", {}), dict):
         raise bad("training", "must be an object")
     return HeadConfig(**data)

@@ -217,35 +217,30 @@ def load_class_names(source: str | Path) -> list[str]:
 
 def dedupe_class_names(names: list[str], source: str = "class list") -> list[str]:
     """The names in order, each once: a duplicate (also one equal after Unicode NFC) is dropped with a warning."""
-    import unicodedata
     import warnings
+
+    from clap_edge.core.classnames import describe_duplicate, nfc_key
 
     seen: dict[str, str] = {}
     for name in names:
-        key = unicodedata.normalize("NFC", name)
+        key = nfc_key(name)
         if key in seen:
-            first = seen[key]
-            how = "" if first == name else f" (same as {ascii(first)} after Unicode NFC normalisation)"
-            warnings.warn(f"{source}: duplicate class {ascii(name)} dropped{how}", stacklevel=3)
-            continue
-        seen[key] = name
+            warnings.warn(f"{source}: duplicate class {name!r} dropped ({describe_duplicate(seen[key], name)})",
+                          stacklevel=3)
+        else:
+            seen[key] = name
     if not seen:
         raise PromptError(f"{source}: no class names found")
-    return list(seen)
+    return list(seen.values())
 
 
 def check_unique_class_names(names: list[str], source: str = "class names") -> None:
     """PromptError naming both spellings if two names are equal after Unicode NFC normalisation."""
-    import unicodedata
+    from clap_edge.core.classnames import describe_duplicate, nfc_duplicate
 
-    seen: dict[str, str] = {}
-    for name in names:
-        key = unicodedata.normalize("NFC", name)
-        if key in seen:
-            first = seen[key]
-            how = "twice" if first == name else f"as {ascii(first)} and {ascii(name)}, equal after Unicode NFC"
-            raise PromptError(f"{source}: class {name!r} appears {how}")
-        seen[key] = name
+    dup = nfc_duplicate(names)
+    if dup:
+        raise PromptError(f"{source}: class {describe_duplicate(*dup)}")
 
 
 def _class_names_from_folder(root: Path) -> list[str]:

@@ -64,7 +64,9 @@ def test_schema_is_valid_draft_2020_12_and_names_match_names_py():
 
 
 def test_schema_file_is_package_data():
-    text = open("pyproject.toml", encoding="utf-8").read()
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
     assert '"clap_edge.export.bundle" = ["*.json"]' in text
 
 
@@ -87,7 +89,7 @@ def test_error_names_the_field_path():
         Manifest.from_dict(m)
     m = base_manifest()
     m["class_names"] = ["caf\u00e9", "cafe\u0301"]
-    with pytest.raises(ManifestFieldError, match=r"'caf\\xe9' and 'cafe\\u0301' \(equal after Unicode NFC\)"):
+    with pytest.raises(ManifestFieldError, match=r"'caf\\xe9' and 'cafe\\u0301', equal after Unicode NFC"):
         Manifest.from_dict(m)
 
 
@@ -114,3 +116,20 @@ def test_write_manifest_refuses_an_invalid_manifest_and_writes_the_digest(tmp_pa
     with pytest.raises(BundleError, match=r"refusing to write an invalid manifest.json.*preprocess\.mean\[0\]"):
         write_manifest(tmp_path, m)
     assert (tmp_path / names.MANIFEST).read_bytes() == raw  # the old one is untouched
+
+
+def test_schema_bounds_are_the_python_limits():
+    from clap_edge.export.bundle.manifest import DTYPES, INTERPOLATIONS, LIMITS, RESIZE_MODES
+
+    s = _schema()
+    props, defs = s["properties"], s["$defs"]
+    assert props["class_names"]["maxItems"] == LIMITS["classes"]
+    assert props["templates"]["maxItems"] == LIMITS["templates"]
+    assert props["files"]["maxProperties"] == LIMITS["files"]
+    assert props["embed_dim"]["maximum"] == LIMITS["embed_dim"]
+    assert props["preprocess"]["properties"]["size"]["items"]["maximum"] == LIMITS["image_side"]
+    assert defs["name"]["maxLength"] == LIMITS["name_chars"]
+    assert props["preprocess"]["properties"]["interpolation"]["enum"] == list(INTERPOLATIONS)
+    assert props["preprocess"]["properties"]["resize_mode"]["enum"] == list(RESIZE_MODES)
+    assert defs["tensor"]["properties"]["dtype"]["enum"] == list(DTYPES)
+    assert defs["file_name"]["not"]["enum"] == list(names.META_FILES)

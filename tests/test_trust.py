@@ -502,15 +502,17 @@ def test_empty_class_lists_are_refused(source, tmp_path, monkeypatch):
 def test_nfc_duplicates_are_dropped_naming_both_spellings():
     from clap_edge.prompts import check_unique_class_names, load_class_names
 
-    with pytest.warns(UserWarning, match=r"'cafe\\u0301' dropped \(same as 'caf\\xe9' after Unicode NFC"):
+    with pytest.warns(UserWarning, match=r"duplicate class .* dropped \(.* appears as 'caf\\xe9' and 'cafe\\u0301', equal after Unicode NFC"):
         assert load_class_names("caf\u00e9,dog,cafe\u0301") == ["caf\u00e9", "dog"]
     with pytest.raises(PromptError, match=r"'caf\\xe9' and 'cafe\\u0301', equal after Unicode NFC"):
         check_unique_class_names(["caf\u00e9", "cafe\u0301"])
 
 
-def test_train_classes_empty_is_exit_2():
-    result = _cli("train", "--classes", "", "--out", "x")
-    assert result.exit_code == 2
+def test_train_classes_empty_is_exit_2_naming_the_problem(tmp_path):
+    pytest.importorskip("torch")
+    result = _cli("train", "--model", "clap-edge-tiny", "--classes", "", "--out", tmp_path / "h.safetensors")
+    assert result.exit_code == 2 and "class list is empty" in result.stderr
+    assert not (tmp_path / "h.safetensors").exists()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -539,3 +541,59 @@ def test_head_metadata_fields_are_checked(tmp_path, change, message):
     with pytest.raises(CheckpointError, match=rf"h\.safetensors: head metadata field {message}"):
         CLAPHead.load(path)
     del torch
+
+
+def test_export_classes_empty_is_exit_2_not_the_heads_classes(tiny_head_path, tmp_path):
+    result = _cli("export", "--head", tiny_head_path, "--classes", "", "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "class list is empty" in result.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_respected(tmp_path):
+    import subprocess
+    import sys
+
+    from clap_edge.core.io import LOCK, _host
+
+    proc = subprocess.Popen([sys.executable, "-c", "import os; print(os.getpid())"], stdout=subprocess.PIPE, text=True)
+    dead = int(proc.communicate()[0])
+    lock = tmp_path / f"{LOCK}out"
+    lock.write_text(f"{dead}@{_host()}\n")  # left by a killed export
+    with atomic_directory(tmp_path / "out") as d:
+        (d / "f").write_text("1")
+    assert (tmp_path / "out" / "f").exists() and not lock.exists()
+    lock.write_text(f"{os.getppid()}@{_host()}\n")  # a live process holds it
+    with pytest.raises(OutputError, match=rf"pid {os.getppid()}\) is writing it"):
+        with atomic_directory(tmp_path / "out", overwrite=True):
+            pass
+    assert lock.exists()  # not ours to remove
+
+
+def test_a_killed_writer_leaves_debris_that_the_next_export_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; from clap_edge.core.io import atomic_directory\n"
+            "with atomic_directory(sys.argv[1]) as d:\n"
+            "    (d / 'model.onnx').write_bytes(b'half'); print('ready', flush=True); time.sleep(60)\n")
+    target = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    debris = sorted(p.name for p in tmp_path.iterdir())
+    assert not target.exists() and len(debris) == 2, debris  # its staging folder and its lock
+    assert any(n.startswith(f".clap-edge-staging-{proc.pid}@") for n in debris)
+    deadline = time.time() + 5
+    while time.time() < deadline:  # the claim is free at once: its holder is gone
+        try:
+            with atomic_directory(target) as d:
+                (d / "model.onnx").write_bytes(b"whole")
+            break
+        except OutputError:
+            time.sleep(0.1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (target / "model.onnx").read_bytes() == b"whole"

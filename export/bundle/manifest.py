@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
 from typing import Any
 
+from clap_edge.core.classnames import describe_duplicate, nfc_duplicate
 from clap_edge.export.bundle.names import (CLASSES_FILE, INPUT_IMAGE, META_FILES, MIN_SCHEMA_VERSION,
                                              OUTPUT_EMBEDDING, OUTPUT_LOGITS, SCHEMA_VERSION)
 
@@ -195,14 +195,9 @@ _DROP_IF_NONE = {"drift", "engines", "sidecar", "clap_edge_version"}
 
 def check_unique_names(names: list[str], what: str = "class_names") -> None:
     """Names must differ after Unicode NFC normalisation; the message names both spellings."""
-    seen: dict[str, str] = {}
-    for name in names:
-        key = unicodedata.normalize("NFC", name)
-        if key in seen:
-            first = seen[key]
-            how = "twice" if first == name else f"as {ascii(first)} and {ascii(name)} (equal after Unicode NFC)"
-            raise ManifestFieldError(what, f"{name!r} appears {how}")
-        seen[key] = name
+    dup = nfc_duplicate(names)
+    if dup:
+        raise ManifestFieldError(what, describe_duplicate(*dup))
 
 
 # ---- validation --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import read_regular, staging_tempdir
 from clap_edge.export.bundle.manifest import LIMITS, Manifest, ManifestFieldError, check_version, loads
-from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST, SIGNATURE_FILE,
+from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST,
                                              sha256_file)
 
 
@@ -238,7 +238,7 @@ def _check_digest(root: Path, raw: bytes, label: str) -> None:
     except (OSError, ValueError) as e:
         raise BundleError(f"{label}: {MANIFEST_DIGEST}: cannot read it ({e})") from None
     actual = hashlib.sha256(raw).hexdigest()
-    if not line or line[0].lower() != actual:
+    if len(line) != 2 or line[0].lower() != actual or line[1].lstrip("*") != MANIFEST:
         raise BundleError(f"{label}: {MANIFEST} was modified after export: its sha256 {actual[:16]}... does not "
                           f"match {MANIFEST_DIGEST}")
 

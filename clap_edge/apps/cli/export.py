@@ -82,7 +82,7 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         model_name=model_name,
         pretrained=pretrained,
         head=None if no_head else head_path,
-        classes=load_class_names(classes) if classes else None,
+        classes=load_class_names(classes) if classes is not None else None,  # "" is an error, not "none"
         alpha=alpha,
         templates=_read_templates(templates_file) if templates_file else None,
         opset=opset,

@@ -82,10 +82,13 @@ def keygen(prefix, curve):
     Example:
       clap-edge keygen signer
     """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from clap_edge.core.errors import BackendUnavailableError, OutputError
 
-    from clap_edge.core.errors import OutputError
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+    except ImportError:
+        raise BackendUnavailableError("keygen needs the cryptography package: pip install 'clap-edge[sign]'") from None
     from clap_edge.core.io import atomic_path
 
     private, public = Path(f"{prefix}.pem"), Path(f"{prefix}.pub")
