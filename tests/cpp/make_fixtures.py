@@ -75,6 +75,7 @@ def make_images(out: Path) -> None:
     Image.fromarray(scene(900, 701, 5)).save(out / "draft_exif6_900x701.jpg", quality=90, exif=exif_with_orientation(6))
     for o in range(2, 9):
         Image.fromarray(scene(61, 47, 10 + o)).save(out / f"exif{o}_61x47.jpg", quality=95, exif=exif_with_orientation(o))
+    Image.fromarray(scene(53, 41, 20)).save(out / "exif6_53x41.png", exif=exif_with_orientation(6))  # eXIf chunk
     Image.fromarray(scene(211, 157, 6)).convert("L").save(out / "grey_211x157.jpg", quality=90)
     Image.fromarray(scene(173, 129, 7)).convert("CMYK").save(out / "cmyk_173x129.jpg", quality=90)
     Image.fromarray(scene(97, 131, 8)).save(out / "rgb_97x131.png")
