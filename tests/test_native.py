@@ -44,7 +44,15 @@ def _missing_tools() -> list[str]:
 
 @pytest.fixture(scope="session")
 def native_tools(tmp_path_factory) -> dict[str, Path]:
-    """Build clap-edge-classify / clap-edge-bench once per session (tools only, no GoogleTest needed)."""
+    """Build clap-edge-classify / clap-edge-bench once per session (tools only, no GoogleTest needed).
+
+    CLAP_EDGE_NATIVE_BUILD=<cmake build dir> uses the tools already built there instead.
+    """
+    prebuilt = os.environ.get("CLAP_EDGE_NATIVE_BUILD")
+    if prebuilt:
+        tools = {name: Path(prebuilt) / "runtime" / "cpp" / name for name in ("clap-edge-classify", "clap-edge-bench")}
+        assert all(p.is_file() for p in tools.values()), f"CLAP_EDGE_NATIVE_BUILD={prebuilt} has no built tools"
+        return tools
     missing = _missing_tools()
     if missing:
         pytest.skip(f"cannot build the native runtime here: missing {', '.join(missing)}")

@@ -70,11 +70,14 @@ def make_images(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(scene(333, 251, 1)).save(out / "rgb_333x251.jpg", quality=90)
     Image.fromarray(scene(251, 333, 2)).save(out / "portrait_251x333.jpg", quality=85, subsampling=0)
-    Image.fromarray(scene(1201, 917, 3)).save(out / "draft2_1201x917.jpg", quality=90)   # DCT scale 1/2
-    Image.fromarray(scene(2301, 1100, 4)).save(out / "draft4_2301x1100.jpg", quality=90)  # 1/4 (2301//128 = 17, 1100//128 = 8 -> 8)
-    Image.fromarray(scene(900, 701, 5)).save(out / "draft_exif6_900x701.jpg", quality=90, exif=exif_with_orientation(6))
+    # DCT scaling as PIL's draft for the 64x64 bundle (draft size 128): min(w // 128, h // 128) -> 2, 4, 8
+    Image.fromarray(scene(301, 263, 21)).save(out / "draft2_301x263.jpg", quality=90)
+    Image.fromarray(scene(1201, 917, 3)).save(out / "draft4_1201x917.jpg", quality=90)
+    Image.fromarray(scene(2301, 1100, 4)).save(out / "draft8_2301x1100.jpg", quality=90)
+    Image.fromarray(scene(900, 701, 5)).save(out / "draft4_exif6_900x701.jpg", quality=90, exif=exif_with_orientation(6))
     for o in range(2, 9):
         Image.fromarray(scene(61, 47, 10 + o)).save(out / f"exif{o}_61x47.jpg", quality=95, exif=exif_with_orientation(o))
+    Image.fromarray(scene(53, 41, 20)).save(out / "exif6_53x41.png", exif=exif_with_orientation(6))  # eXIf chunk
     Image.fromarray(scene(211, 157, 6)).convert("L").save(out / "grey_211x157.jpg", quality=90)
     Image.fromarray(scene(173, 129, 7)).convert("CMYK").save(out / "cmyk_173x129.jpg", quality=90)
     Image.fromarray(scene(97, 131, 8)).save(out / "rgb_97x131.png")

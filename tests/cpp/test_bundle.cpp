@@ -56,9 +56,6 @@ TEST(Manifest, AcceptsAValidManifestAndReadsIt) {
   EXPECT_EQ(m.preprocess.height, 32);
   EXPECT_FLOAT_EQ(m.preprocess.std[1], 0.25f);
   EXPECT_EQ(m.variants.at("fp32"), "model.onnx");
-  auto v2 = valid_manifest();
-  v2["schema_version"] = 2;
-  EXPECT_EQ(problem(v2), "");
 }
 
 TEST(Manifest, RefusesEachBrokenRuleWithAMessage) {
@@ -97,6 +94,52 @@ TEST(Manifest, RefusesEachBrokenRuleWithAMessage) {
     EXPECT_NE(msg.find(c.expect), std::string::npos) << "expected '" << c.expect << "' in: " << msg;
   }
   EXPECT_NE(problem(json::array()).find("must be a JSON object"), std::string::npos);
+}
+
+TEST(Manifest, SchemaVersion2Rules) {
+  auto v2 = [] {
+    json m = valid_manifest();
+    m["schema_version"] = 2;
+    m["files"]["classes.safetensors"] = {{"sha256", kHash}, {"bytes", 100}};
+    return m;
+  };
+  EXPECT_EQ(problem(v2()), "");
+  json m = v2();
+  m["files"].erase("classes.safetensors");
+  EXPECT_NE(problem(m).find("must list 'classes.safetensors'"), std::string::npos);
+  m = v2();
+  m["files"]["model.onnx"].erase("bytes");
+  EXPECT_NE(problem(m).find("has no bytes"), std::string::npos);
+  m = v2();
+  m["files"]["manifest.sha256"] = {{"sha256", kHash}, {"bytes", 1}};
+  EXPECT_NE(problem(m).find("which the bundle manages itself"), std::string::npos);
+  m = v2();
+  m["preprocess"]["fill_color"] = 300;
+  EXPECT_NE(problem(m).find("fill_color must be 0..255"), std::string::npos);
+  m = v2();  // the engines section as export writes it: [{file, sidecar, engine, precision}]
+  m["files"]["engines/a.plan"] = {{"sha256", kHash}, {"bytes", 1}};
+  m["engines"] = {{{"file", "engines/a.plan"}, {"sidecar", nullptr}, {"engine", "tensorrt"}, {"precision", "fp16"}}};
+  EXPECT_NE(problem(m).find("engines sidecar must be a file name"), std::string::npos);
+  m["engines"][0].erase("sidecar");
+  EXPECT_EQ(parse_manifest(m.dump(), "b").engines.at(0).name, "tensorrt");
+}
+
+TEST(BundleFiles, ManifestDigestIsChecked) {
+  if (fixtures().empty()) GTEST_SKIP() << "CLAP_EDGE_FIXTURES is not set";
+  const fs::path copy = fs::temp_directory_path() / "clap_edge_digest_test";
+  fs::remove_all(copy);
+  fs::copy(fixtures() + "/bundle", copy, fs::copy_options::recursive);
+  const std::string actual = sha256_file((copy / "manifest.json").string());
+  std::ofstream(copy / "manifest.sha256") << actual << "  manifest.json\n";
+  EXPECT_NO_THROW(Bundle::open(copy.string()));
+  std::ofstream(copy / "manifest.sha256", std::ios::trunc) << std::string(64, '0') << "  manifest.json\n";
+  try {
+    Bundle::open(copy.string());
+    ADD_FAILURE() << "a manifest not matching manifest.sha256 was accepted";
+  } catch (const BundleError& e) {
+    EXPECT_NE(std::string(e.what()).find("'manifest.json' was modified"), std::string::npos) << e.what();
+  }
+  fs::remove_all(copy);
 }
 
 TEST(Sha256, KnownVectors) {

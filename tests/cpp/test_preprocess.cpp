@@ -109,6 +109,20 @@ TEST_F(Fixtures, ResizeAndCropMatchesPillow) {
   }
 }
 
+// PIL's draft: the largest of 1/2, 1/4, 1/8 that keeps the image at least the draft size, size rounded up.
+TEST_F(Fixtures, JpegDraftScalesAsPil) {
+  DecodeOptions d;
+  d.draft_width = d.draft_height = 128;
+  const std::string dir = fixtures() + "/images/";
+  const Image a = load_image(dir + "draft8_2301x1100.jpg", d), b = load_image(dir + "draft2_301x263.jpg", d);
+  EXPECT_EQ(std::make_pair(a.width, a.height), std::make_pair((2301 + 7) / 8, (1100 + 7) / 8));
+  EXPECT_EQ(std::make_pair(b.width, b.height), std::make_pair((301 + 1) / 2, (263 + 1) / 2));
+  const Image rotated = load_image(dir + "draft4_exif6_900x701.jpg", d);  // EXIF 6: stored 900x701, shown 701x900
+  EXPECT_EQ(std::make_pair(rotated.width, rotated.height), std::make_pair((701 + 3) / 4, (900 + 3) / 4));
+  const Image full = load_image(dir + "draft8_2301x1100.jpg");
+  EXPECT_EQ(full.width, 2301);
+}
+
 TEST_F(Fixtures, BrokenImagesRaiseImageErrorNamingTheFile) {
   const std::map<std::string, std::string> cases{{"truncated.jpg", "truncated"},
                                                  {"empty.jpg", "empty file (0 bytes)"},

@@ -18,6 +18,7 @@ namespace {
 
 const char* const kManifest = "manifest.json";
 const char* const kClassesFile = "classes.safetensors";
+const char* const kManifestDigest = "manifest.sha256";  // "<sha256 hex>  manifest.json" (sha256sum -c format)
 const char* const kRequired[] = {"schema_version", "model", "class_names", "embed_dim",
                                  "preprocess",     "inputs", "outputs",     "files"};
 
@@ -124,7 +125,12 @@ void parse_engines(const json& engines, Manifest& m, const std::function<void(co
     m.engines.push_back(entry);
   };
   if (engines.is_array()) {
-    for (const auto& e : engines) add(e.is_object() ? e.value("name", std::string()) : std::string(), e);
+    for (const auto& e : engines) {
+      std::string name;
+      if (e.is_object()) name = e.value("name", json()).is_string() ? e["name"].get<std::string>()
+                              : e.value("engine", json()).is_string() ? e["engine"].get<std::string>() : "";
+      add(name, e);
+    }
   } else if (engines.is_object()) {
     for (const auto& [name, e] : engines.items()) add(name, e);
   } else if (!engines.is_null()) {
@@ -220,6 +226,18 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
     }
     m.files[name] = fe;
   }
+  // schema_version 2 (export/bundle/manifest.schema.json) bounds more: classes.safetensors listed, every file
+  // with its byte count, fill_color a grey level, no bundle meta file listed in files.
+  if (m.schema_version >= 2) {
+    if (!m.files.count(kClassesFile)) bad("files must list 'classes.safetensors'");
+    for (const auto& [name, fe] : m.files) {
+      if (fe.bytes < 0) bad("files['" + name + "'] has no bytes");
+      if (name == kManifest || name == kManifestDigest || name == "bundle.sig")
+        bad("files lists '" + name + "', which the bundle manages itself");
+    }
+    if (m.preprocess.fill_color < 0 || m.preprocess.fill_color > 255) bad("preprocess fill_color must be 0..255");
+    if (m.preprocess.height > 16384 || m.preprocess.width > 16384) bad("preprocess size must be at most 16384");
+  }
   // variants: name -> a listed file
   const json variants = j.value("variants", json::object());
   if (!variants.is_object()) bad("variants must map variant names to files listed in files");
@@ -267,6 +285,32 @@ std::string sha256_file(const std::string& path) {
   return sha256_hex(ctx.get());
 }
 
+namespace {
+// manifest.sha256 beside manifest.json (schema 2 requires it; a version-1 bundle is checked when it has one).
+void check_manifest_digest(const fs::path& root, const std::string& manifest_text, int schema_version) {
+  const fs::path digest_path = root / kManifestDigest;
+  std::error_code ec;
+  if (!fs::is_regular_file(digest_path, ec)) {
+    if (schema_version >= 2)
+      throw BundleError(root.string() + ": missing file '" + kManifestDigest + "' (schema_version 2 requires it)");
+    return;
+  }
+  std::ifstream f(digest_path);
+  std::string want, name;
+  f >> want >> name;
+  DigestCtx ctx = sha256_start();
+  EVP_DigestUpdate(ctx.get(), manifest_text.data(), manifest_text.size());
+  const std::string actual = sha256_hex(ctx.get());
+  if (!is_hex64(want) || (!name.empty() && name != kManifest && name != std::string("*") + kManifest))
+    throw BundleError(root.string() + ": '" + kManifestDigest + "' is not '<sha256>  manifest.json'");
+  for (auto& ch : want) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (actual != want)
+    throw BundleError(root.string() + ": '" + std::string(kManifest) + "' was modified: its sha256 " +
+                      actual.substr(0, 16) + "... does not match '" + kManifestDigest + "' (" + want.substr(0, 16) +
+                      "...)");
+}
+}  // namespace
+
 std::shared_ptr<Bundle> Bundle::open(const std::string& dir) {
   const fs::path root(dir);
   std::error_code ec;
@@ -281,7 +325,9 @@ std::shared_ptr<Bundle> Bundle::open(const std::string& dir) {
   std::ifstream f(manifest_path);
   std::stringstream text;
   text << f.rdbuf();
-  Manifest m = parse_manifest(text.str(), manifest_path.string());
+  const std::string manifest_text = text.str();
+  Manifest m = parse_manifest(manifest_text, manifest_path.string());
+  check_manifest_digest(root, manifest_text, m.schema_version);
   std::shared_ptr<Bundle> bundle(new Bundle(dir, std::move(m)));
   if (bundle->has_file(kClassesFile)) bundle->file(kClassesFile);  // as Bundle.open(verify=True) in Python
   return bundle;
