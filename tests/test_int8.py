@@ -140,7 +140,7 @@ def test_openvino_int8_weights_are_checked(int8_bundle, tmp_path):
 @pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
 def test_drift_in_manifest_equals_an_independent_recount(int8_bundle, toy_data):
     from clap_edge.core.images import load_image
-    from clap_edge.runtime.preprocess import PreprocessConfig, Preprocessor
+    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
 
     bundle = Bundle.open(int8_bundle)
     drift = bundle.manifest["drift"]

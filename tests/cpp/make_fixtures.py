@@ -6,7 +6,7 @@ Writes OUT_DIR/images/*.{jpg,png} (RGB, large JPEGs that the runtime decodes at 
 EXIF orientations, grey, CMYK, 16-bit, alpha, palette with transparency, 1- and 4-bit), OUT_DIR/broken/
 (truncated, empty, not an image), OUT_DIR/bundle (random-init clap-edge-tiny export) and OUT_DIR/tampered
 (the bundle with model.onnx modified), and the references the C++ tests compare with, all from the Python
-runtime (runtime/preprocess.py + Pillow, ONNX Runtime):
+runtime (clap_edge/core/preprocess.py + Pillow, ONNX Runtime):
   ref/pre_<image>.npy     Classifier.preprocess(path): float32 [3, H, W]
   ref/geom_<cfg>_<image>.npy  resize_and_crop(load_image(path), cfg): uint8 [h, w, 3], for the configs in GEOMETRIES
   ref/logits.npy, ref/embedding.npy  ONNX Runtime outputs for the stacked pre_ tensors (ref/order.txt)
@@ -122,7 +122,7 @@ def make_bundle(out: Path) -> Path:
 def main(out: Path) -> None:
     from clap_edge.core.images import load_image
     from clap_edge.runtime.classifier import Classifier
-    from clap_edge.runtime.preprocess import PreprocessConfig, resize_and_crop
+    from clap_edge.core.preprocess import PreprocessConfig, resize_and_crop
 
     images, ref = out / "images", out / "ref"
     if out.exists():

@@ -185,6 +185,16 @@ TEST(Engines, SidecarParsingAndSelection) {
   EXPECT_EQ(select_engine(all, "NVIDIA A100", "10.3.0", "auto", &why), nullptr);
   EXPECT_NE(why.find("built for NVIDIA H100"), std::string::npos) << why;
   EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.5.0", "auto", &why), nullptr);
+  // the sidecar exactly as the Python builder writes it (export/builders/engines/sidecar.py)
+  EngineInfo py = parse_engine_sidecar(
+      R"({"engine": "tensorrt", "file": "engines/e.plan", "precision": "fp16", "batch": [1, 8, 64],
+          "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+          "library": "tensorrt", "library_version": "10.3.0", "source_model": "model.fp16.onnx"})", "py.json");
+  EXPECT_EQ(py.gpu, "NVIDIA H100 80GB HBM3");
+  EXPECT_EQ(py.library_version, "10.3.0");
+  EXPECT_EQ(py.min_batch, 1);
+  EXPECT_EQ(py.opt_batch, 8);
+  EXPECT_EQ(py.max_batch, 64);
   EXPECT_THROW(parse_engine_sidecar(R"({"gpu": "x"})", "s.json"), BundleError);
   EXPECT_THROW(parse_engine_sidecar(R"({"gpu": "x", "tensorrt_version": "10.0", "precision": "fp16",
                                          "batch_profile": {"min": 8, "opt": 4, "max": 16}})", "s.json"),

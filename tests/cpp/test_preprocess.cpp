@@ -82,7 +82,7 @@ TEST_F(Fixtures, PreprocessMatchesPythonRuntimeWithinOneGreyLevel) {
 }
 
 // Every geometry open_clip's eval transform has (square and non-square shortest side, longest with padding,
-// squash, bilinear), on full-resolution decodes, against runtime/preprocess.py resize_and_crop.
+// squash, bilinear), on full-resolution decodes, against clap_edge/core/preprocess.py resize_and_crop.
 TEST_F(Fixtures, ResizeAndCropMatchesPillow) {
   for (const char* cfg_name : {"sq224", "rect96x128", "longest100x80", "squash50x70", "bilinear80"}) {
     const PreprocessConfig cfg = config(cfg_name);

@@ -40,6 +40,9 @@ EngineInfo parse_engine_sidecar(const std::string& text, const std::string& wher
   if (!j.is_object()) throw BundleError(where + ": engine sidecar must be a JSON object");
   EngineInfo info;
   info.gpu = first_string(j, {"gpu", "gpu_name"});
+  // The Python builder (export/builders/engines/sidecar.py) writes {"device": {"name": ...}, "batch": [min, opt, max]}.
+  if (info.gpu.empty() && j.contains("device") && j["device"].is_object())
+    info.gpu = first_string(j["device"], {"name"});
   info.library_version = first_string(j, {"tensorrt_version", "library_version", "version"});
   info.precision = first_string(j, {"precision"});
   if (info.gpu.empty() || info.library_version.empty() || info.precision.empty())
@@ -47,7 +50,12 @@ EngineInfo parse_engine_sidecar(const std::string& text, const std::string& wher
   auto get_int = [&](const nlohmann::json& o, const char* k, int fallback) {
     return o.contains(k) && o[k].is_number_integer() ? o[k].get<int>() : fallback;
   };
-  if (j.contains("batch_profile") && j["batch_profile"].is_object()) {
+  if (j.contains("batch") && j["batch"].is_array() && j["batch"].size() == 3 && j["batch"][0].is_number_integer() &&
+      j["batch"][1].is_number_integer() && j["batch"][2].is_number_integer()) {
+    info.min_batch = j["batch"][0].get<int>();
+    info.opt_batch = j["batch"][1].get<int>();
+    info.max_batch = j["batch"][2].get<int>();
+  } else if (j.contains("batch_profile") && j["batch_profile"].is_object()) {
     const auto& p = j["batch_profile"];
     info.min_batch = get_int(p, "min", 1);
     info.max_batch = get_int(p, "max", info.min_batch);

@@ -1,4 +1,4 @@
-// open_clip's eval transform on 8-bit RGB, matching runtime/preprocess.py (which runs Pillow).
+// open_clip's eval transform on 8-bit RGB, matching clap_edge/core/preprocess.py (which runs Pillow).
 //
 // The resize is Pillow's ImagingResample written from its maths: a separable two-pass filter (horizontal
 // pass first, over only the rows the vertical pass reads), the kernel's support scaled by the downscale

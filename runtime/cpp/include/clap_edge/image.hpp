@@ -1,7 +1,7 @@
 // Decoding image files into 8-bit RGB and preprocessing them as open_clip's eval transform.
 //
 // Mirrors clap_edge/core/images.py (decoding: EXIF orientation, grey, CMYK, 16-bit, alpha composited on white)
-// and runtime/preprocess.py (shortest-side resize with Pillow's antialiasing bicubic filter, centre crop,
+// and clap_edge/core/preprocess.py (shortest-side resize with Pillow's antialiasing bicubic filter, centre crop,
 // normalise), so a tensor made here is within one grey level of the Python runtime's.
 #pragma once
 
