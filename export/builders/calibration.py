@@ -7,6 +7,7 @@ open_clip's torch transform. :func:`preprocessor_for` is the one place that impo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +22,13 @@ DEFAULT_CALIBRATION_COUNT = 64
 __all__ = ["DEFAULT_CALIBRATION_COUNT", "preprocessor_for", "calibration_images", "EvalSet", "load_eval_set"]
 
 
-def preprocessor_for(preprocess: dict[str, Any]):
-    """The runtime's Preprocessor (the one preprocessing path, in core) for a manifest ``preprocess`` block."""
+def preprocessor_for(preprocess: Any):
+    """The runtime's Preprocessor (the one preprocessing path, in core) for a manifest ``preprocess`` block
+    (a dict, or the manifest's ``PreprocessCfg`` dataclass)."""
     from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
 
+    if dataclasses.is_dataclass(preprocess):  # the manifest's PreprocessCfg, as the exporter holds it
+        preprocess = dataclasses.asdict(preprocess)
     return Preprocessor(PreprocessConfig.from_dict(preprocess))
 
 
