@@ -52,7 +52,7 @@ class BenchConfig:
     agreement: np.ndarray | None = None  # preprocessed [n,3,H,W]; default: the bundle's calibration.npy
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> RunnerOptions.extra
     ceiling: bool = True  # measure each library's GEMM ceiling first (a few seconds at 1 thread)
-    ceiling_seconds: float = 0.4  # timed seconds per ceiling row
+    ceiling_seconds: float = 0.3  # timed seconds per ceiling row
 
 
 # ---- workers --------------------------------------------------------------------------
