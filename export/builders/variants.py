@@ -73,7 +73,7 @@ def output_matmuls(src: str | os.PathLike) -> list[str]:
 
 
 def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray,
-                 method: str = DEFAULT_CALIBRATION_METHOD) -> Path:
+                 method: str = DEFAULT_CALIBRATION_METHOD, batch: int = CALIBRATION_BATCH) -> Path:
     """Write a statically quantised QDQ copy of ``src`` to ``dst``, calibrated on ``images``.
 
     ``images``: preprocessed float32 [n, 3, H, W] (the runtime's own preprocessing, so the
@@ -89,11 +89,11 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
     logging.getLogger().addFilter(advice)
     tmp = tempfile.TemporaryDirectory(prefix="clap-edge-calib-")
     try:
-        cache = _entropy_ranges(src, images, Path(tmp.name)) if method == "entropy" else None
+        cache = _entropy_ranges(src, images, Path(tmp.name), batch) if method == "entropy" else None
         quantize_static(
             str(src),
             str(dst),
-            _CalibrationReader(images, _input_name(src)),
+            _CalibrationReader(images, _input_name(src), batch),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(INT8_OP_TYPES),
             per_channel=True,
@@ -117,7 +117,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
     return Path(dst)
 
 
-def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, tmp: Path) -> Path | None:
+def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, tmp: Path, batch: int) -> Path | None:
     """Entropy (KL) ranges from a 2048-bin histogram, as a calibration cache for quantize_static.
 
     quantize_static builds its entropy calibrator with 128 histogram bins and 128 quantised bins,
@@ -132,7 +132,7 @@ def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, tmp: Path) -> Pa
     calibrator = create_calibrator(Path(src), list(INT8_OP_TYPES), augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=CalibrationMethod.Entropy,
                                    extra_options={"num_bins": 2048, "num_quantized_bins": 128})
-    calibrator.collect_data(_CalibrationReader(images, _input_name(src)))
+    calibrator.collect_data(_CalibrationReader(images, _input_name(src), batch))
     save_tensors_data(calibrator.compute_data(), tmp / "entropy.json")
     return tmp / "entropy.json"
 
