@@ -210,3 +210,16 @@ def test_end_to_end_fraction_by_hand():
     worker = _FakeWorker([], e2e={"n_images": 60, "seconds": 0.5, "failed": 0})
     [row] = _bench_end_to_end({"onnxruntime": worker}, ["a.jpg"] * 30, 4, 1, [model_row], lambda label: None, {})
     assert (row["images_per_s"], row["model_only_images_per_s"], row["fraction_of_model_only"]) == (120.0, 240.0, 0.5)
+def test_ceiling_is_sampled_interleaved_and_every_row_has_its_fraction(report):
+    """(issue 10) One GEMM sample per backend per timed round; fraction = the row's GFLOP/s / its ceiling."""
+    ceiling = report["env"]["ceiling"]
+    assert ceiling["interleaved"] is True and len(ceiling["shape"]) == 3
+    model_rows = [r for r in report["results"] if r["mode"] == "model"]
+    for r in model_rows:
+        assert r["ceiling"] in ceiling["ceilings"], r
+        peak = ceiling["ceilings"][r["ceiling"]]
+        assert peak["iters"] == 4 * len(BATCHES)  # iters=4 timed rounds per batch size, one sample each
+        m, k, n = ceiling["shape"]
+        assert peak["gflops_per_s"] == pytest.approx(2 * m * k * n / (peak["ms"] / 1e3) / 1e9, rel=0.01)
+        assert r["ceiling_gflops_per_s"] == peak["gflops_per_s"]
+        assert r["fraction_of_ceiling"] == pytest.approx(r["gflops_per_s"] / peak["gflops_per_s"], abs=1e-3)

@@ -268,3 +268,41 @@ def test_bench_plot_shows_ceilings(tmp_path):
     path = plot_report(report, tmp_path / "p.png")
     assert path.stat().st_size > 1000
     assert "| 50 | 80% |" in markdown_table(report)
+
+
+def _one_gemm_model(path, k=32, n=16):
+    """x[M,k] @ W -> Identity -> y: one inner weight GEMM (graph-output GEMMs are kept float by design)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"], name="gemm"),
+                               helper.make_node("Identity", ["h"], ["y"], name="out")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return w
+
+
+@pytest.mark.parametrize("method", ["minmax", pytest.param("entropy", marks=pytest.mark.slow), "percentile"])
+def test_calibration_methods_set_the_activation_range(tmp_path, method):
+    """Heavy-tailed activations: min-max spans the outliers exactly; entropy and percentile clip them."""
+    import onnx
+    from onnx import numpy_helper
+
+    from clap_edge.export.builders.variants import quantize_qdq
+
+    _one_gemm_model(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((4096, 32)).astype(np.float32)
+    x[0, 0] = 40.0  # one outlier among 131,072 values (percentile clips the top 0.001% of |x|)
+    quantize_qdq(tmp_path / "m.onnx", tmp_path / "q.onnx", x, method)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    init = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "x")
+    scale = float(init[q.input[1]])
+    minmax_scale = (x.max() - x.min()) / 255  # uint8 activations, asymmetric
+    if method == "minmax":
+        assert scale == pytest.approx(minmax_scale, rel=1e-4)
+    else:
+        assert scale < 0.5 * minmax_scale  # the outliers no longer set the step

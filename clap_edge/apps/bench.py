@@ -7,10 +7,11 @@ a shared machine hits all backends equally. Results have the shape the bench iss
 "p99_ms", "images_per_s", "speedup_vs_torch", "gflops_per_s", "peak_rss_mb",
 "top1_agreement_vs_fp32", "ceiling_gflops_per_s", "fraction_of_ceiling", ...}]}``.
 
-Before and after the backends, a short micro-benchmark (:mod:`clap_edge.apps.ceiling`) measures each
-library's large-GEMM ceiling at each precision (the higher of the two runs counts); every model row is
-reported as a fraction of its own ceiling (``env["ceiling"]`` holds the ceilings, both runs, the shape
-and the CPU's instruction-set flags).
+A ceiling process (:mod:`clap_edge.apps.ceiling`) holds one large GEMM per library and precision
+benchmarked; in every timed round, right after each backend's call, it times that backend's GEMM once,
+so each ceiling is sampled in the same moments as the rows compared with it (on a shared machine the
+load moves within seconds). Every model row is reported as a fraction of its own ceiling
+(``env["ceiling"]``: the ceilings, the shape and the CPU's instruction-set flags).
 
 ``record_bench`` stores a report in the user cache so that ``backend="auto"`` can pick the
 fastest backend measured on this machine for this model (:func:`recorded_fastest_backend`).
@@ -50,8 +51,7 @@ class BenchConfig:
     end_to_end: str | None = None  # image folder: also time files -> predictions at each batch size
     agreement: np.ndarray | None = None  # preprocessed [n,3,H,W]; default: the bundle's calibration.npy
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> RunnerOptions.extra
-    ceiling: bool = True  # measure each library's GEMM ceiling first (a few seconds at 1 thread)
-    ceiling_seconds: float = 0.4  # timed seconds per ceiling row
+    ceiling: bool = True  # sample each library's GEMM ceiling, interleaved with the timed rounds
     device: str = "cpu"  # RunnerOptions.device for every backend: "cpu", "cuda[:i]" (torch, aoti, tensorrt)
 
 
@@ -99,6 +99,47 @@ class _WorkerHandle:
             self.process.join()
 
 
+class _CeilingHandle(_WorkerHandle):
+    """Parent side of the ceiling process: one GEMM per (library, precision) of the benchmarked backends."""
+
+    @classmethod
+    def start(cls, ctx: Any, threads: int | None, workers: dict[str, _WorkerHandle],
+              errors: dict[str, str]) -> "_CeilingHandle | None":
+        from clap_edge.apps.ceiling import CeilingConfig, ceiling_key, ceiling_worker_main
+
+        key_of = {name: ceiling_key(name, w.info["precision"]) for name, w in workers.items()}
+        keys = sorted({k for k in key_of.values() if k})
+        libraries = tuple(dict.fromkeys(k.split(":")[0] for k in keys))
+        handle = cls.__new__(cls)
+        handle.backend, handle.key_of = "ceiling", key_of
+        handle.conn, child = ctx.Pipe()
+        handle.process = ctx.Process(target=ceiling_worker_main, daemon=True, name="clap-edge-bench-ceiling",
+                                     args=(child, CeilingConfig(threads=threads, libraries=libraries), keys))
+        handle.process.start()
+        child.close()
+        try:
+            handle.info = handle._reply()
+        except RuntimeError as e:  # the ceiling is context for the figures; never lose the bench over it
+            errors["ceiling"] = str(e)
+            handle.stop()
+            return None
+        handle.samples = {k: [] for k in handle.info["keys"]}
+        return handle
+
+    def sample(self, backend: str) -> None:
+        key = self.key_of.get(backend)
+        if key in self.samples:
+            self.samples[key].append(self.call("time", key))
+
+    def report(self) -> dict[str, Any]:
+        from clap_edge.apps.ceiling import ceiling_row, flops
+
+        work = flops(tuple(self.info["shape"]))
+        ceilings = {k: ceiling_row(self.info["keys"][k], work, t) for k, t in self.samples.items() if t}
+        return {"shape": self.info["shape"], "threads": self.info["threads"], "cpu_flags": self.info["cpu_flags"],
+                "ceilings": ceilings, "errors": self.info["errors"], "interleaved": True}
+
+
 # ---- the run ------------------------------------------------------------------------
 
 
@@ -114,11 +155,10 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     env["bundle"] = {"path": str(cfg.bundle), "model_name": bundle.manifest["model"].get("model_name"),
                      "flops_per_image": bundle.manifest.get("flops_per_image"),
                      "input_shape": list(bundle.input_shape), "n_classes": len(bundle.class_names)}
-    if cfg.ceiling:
-        env["ceiling"] = _measure_ceiling(backends, cfg)
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited thread pools or allocations
     steps = len(backends) * (1 + len(cfg.batch_sizes) * (cfg.warmup + cfg.iters + (1 if files else 0)))
     workers: dict[str, _WorkerHandle] = {}
+    ceiling: _CeilingHandle | None = None
     errors: dict[str, str] = {}
     results: list[dict[str, Any]] = []
     with _progress(progress, steps) as advance:
@@ -128,9 +168,12 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
                 workers[name] = _WorkerHandle(ctx, cfg, name)
             except RuntimeError as e:
                 errors[name] = str(e)
+        if cfg.ceiling and workers:
+            advance("loading the GEMM ceiling")
+            ceiling = _CeilingHandle.start(ctx, cfg.threads, workers, errors)
         try:
             for batch_size in cfg.batch_sizes:
-                results += _bench_batch(workers, cfg, batch_size, advance, errors)
+                results += _bench_batch(workers, cfg, batch_size, advance, errors, ceiling)
             drift = _agreement(workers, bundle, cfg)
             for row in results:
                 row.update(drift.get(row["backend"], {"top1_agreement_vs_fp32": None}))
@@ -140,8 +183,9 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
         finally:
             for worker in workers.values():
                 worker.stop()
-    if cfg.ceiling:  # again after the backends, so a busy moment on a shared machine does not lower the ceiling
-        env["ceiling"] = _best_ceiling(env["ceiling"], _measure_ceiling(backends, cfg))
+            if ceiling is not None:
+                env["ceiling"] = ceiling.report()
+                ceiling.stop()
     _add_ratios(results, env["bundle"]["flops_per_image"])
     _add_ceiling_fractions(results, env.get("ceiling"))
     env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -155,7 +199,8 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
 
 
 def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size: int,
-                 advance: Callable[[str], None], errors: dict[str, str]) -> list[dict[str, Any]]:
+                 advance: Callable[[str], None], errors: dict[str, str],
+                 ceiling: "_CeilingHandle | None" = None) -> list[dict[str, Any]]:
     live = dict(workers)
     times: dict[str, list[float]] = {name: [] for name in live}
 
@@ -170,6 +215,8 @@ def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size
                 continue
             if record:
                 times[name] += t
+                if ceiling is not None:
+                    ceiling.sample(name)
 
     for worker in live.values():
         worker.call("start_batch", batch_size)
@@ -244,29 +291,6 @@ def _add_ratios(results: list[dict[str, Any]], flops_per_image: float | None) ->
         base = torch_ips.get(row["batch_size"])
         row["speedup_vs_torch"] = _r(row["images_per_s"] / base, 3) if base else None
         row["gflops_per_s"] = _r(flops_per_image * row["images_per_s"] / 1e9) if flops_per_image else None
-
-
-def _measure_ceiling(backends: list[str], cfg: BenchConfig) -> dict[str, Any]:
-    """The GEMM ceilings of the libraries these backends run on (see :mod:`clap_edge.apps.ceiling`)."""
-    from clap_edge.apps.ceiling import CeilingConfig, run_ceilings
-
-    library_of = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch"}
-    libraries = tuple(dict.fromkeys(lib for b in backends for prefix, lib in library_of.items()
-                                    if b.startswith(prefix)))
-    try:
-        return run_ceilings(CeilingConfig(threads=cfg.threads, seconds=cfg.ceiling_seconds, libraries=libraries))
-    except Exception as e:  # the ceiling is context for the figures; never lose the bench over it
-        return {"ceilings": {}, "errors": {"ceiling": f"{type(e).__name__}: {e}"}}
-
-
-def _best_ceiling(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """Per key the higher of the two measurements (a ceiling is a peak), with both kept for the record."""
-    best = dict(after, ceilings={}, runs=[before, after])
-    for key in set(before.get("ceilings", {})) | set(after.get("ceilings", {})):
-        rows = [r["ceilings"][key] for r in (before, after) if key in r.get("ceilings", {})]
-        best["ceilings"][key] = max(rows, key=lambda r: r["gflops_per_s"])
-    best["errors"] = {**before.get("errors", {}), **after.get("errors", {})}
-    return best
 
 
 def _add_ceiling_fractions(results: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> None:

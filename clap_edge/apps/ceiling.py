@@ -36,7 +36,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
              "amx_bf16", "avx512_fp16", "neon", "asimd")
 
 __all__ = ["DEFAULT_SHAPE", "ISA_FLAGS", "CeilingConfig", "measure_ceilings", "run_ceilings", "ceiling_key",
-           "cpu_isa_flags"]
+           "cpu_isa_flags", "build_runs", "ceiling_worker_main", "flops", "ceiling_row"]
 
 
 @dataclass
@@ -85,54 +85,109 @@ def run_ceilings(cfg: CeilingConfig) -> dict[str, Any]:
 def measure_ceilings(cfg: CeilingConfig) -> dict[str, Any]:
     """``{"shape", "threads", "cpu_flags", "ceilings": {key: {"gflops_per_s", "ms", "iters", "library"}},
     "errors": {key: message}}`` for every library installed here."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="clap-edge-ceiling-") as tmp:
+        runs, out = build_runs(cfg, Path(tmp))
+        for key, (library, run) in runs.items():
+            try:
+                ms = _time(run, cfg.seconds)
+            except Exception as e:  # a library without this kernel: say so, keep the others
+                out["errors"][key] = _error(e)
+                continue
+            out["ceilings"][key] = ceiling_row(library, flops(cfg.shape), [t / 1e3 for t in ms["times_ms"]])
+    out["seconds"] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def flops(shape: tuple[int, int, int]) -> float:
+    m, k, n = shape
+    return 2.0 * m * k * n
+
+
+def ceiling_row(library: str, work: float, seconds: list[float]) -> dict[str, Any]:
+    median = float(np.median(seconds))
+    return {"library": library, "gflops_per_s": round(work / median / 1e9, 2), "ms": round(median * 1e3, 6),
+            "iters": len(seconds)}
+
+
+def _error(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def build_runs(cfg: CeilingConfig, tmp: Path, keys: set[str] | None = None
+               ) -> tuple[dict[str, tuple[str, Callable[[], Any]]], dict[str, Any]]:
+    """key -> (library, a callable running one product), warmed up; plus the report skeleton with errors."""
     import importlib.util
 
     m, k, n = cfg.shape
-    flops = 2.0 * m * k * n
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(np.float32)
     w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     flags = cpu_isa_flags()
     out: dict[str, Any] = {"shape": [m, k, n], "threads": cfg.threads, "cpu_flags": flags, "ceilings": {},
                            "errors": {}}
-    start = time.perf_counter()
+    models = _onnx_models(tmp, a, w)
+    plan: list[tuple[str, str, Callable[[], Callable[[], Any]]]] = []
+    if "onnxruntime" in cfg.libraries and importlib.util.find_spec("onnxruntime"):
+        for key, model in (("fp32", "fp32"), ("int8", "dynamic"), ("int8-static", "qdq")):
+            plan.append((f"onnxruntime:{key}", "onnxruntime", lambda p=models[model]: _ort(p, a, cfg.threads)))
+    if "openvino" in cfg.libraries and importlib.util.find_spec("openvino"):
+        precisions = ["fp32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(flags) else [])
+        for p in precisions:
+            plan.append((f"openvino:{p}", "openvino", lambda p=p: _ov(models["fp32"], a, cfg.threads, p)))
+        plan.append(("openvino:int8", "openvino", lambda: _ov(models["qdq"], a, cfg.threads, "f32")))
+    if "torch" in cfg.libraries and importlib.util.find_spec("torch"):
+        plan.append(("torch:fp32", "torch", lambda: _torch(a, w, cfg.threads)))
+    runs = {}
+    for key, library, build in plan:
+        if keys is not None and key not in keys:
+            continue
+        try:
+            run = build()
+            run()  # warm-up: allocation, weight packing, JIT
+            runs[key] = (library, run)
+        except Exception as e:
+            out["errors"][key] = _error(e)
+    return runs, out
+
+
+def ceiling_worker_main(conn: Any, cfg: CeilingConfig, keys: list[str] | None) -> None:
+    """A process that holds one product per ceiling key and times it on request: ``("time", key)`` -> seconds.
+
+    The bench calls it right after each backend's timed call, so each ceiling is measured in the same
+    moments as the rows compared with it (on a shared machine the load moves within seconds)."""
     with tempfile.TemporaryDirectory(prefix="clap-edge-ceiling-") as tmp:
-        models = _onnx_models(Path(tmp), a, w)
-        plan: list[tuple[str, str, Callable[[], Callable[[], Any]]]] = []
-        if "onnxruntime" in cfg.libraries and importlib.util.find_spec("onnxruntime"):
-            for key, model in (("fp32", "fp32"), ("int8", "dynamic"), ("int8-static", "qdq")):
-                plan.append((f"onnxruntime:{key}", "onnxruntime", lambda p=models[model]: _ort(p, a, cfg.threads)))
-        if "openvino" in cfg.libraries and importlib.util.find_spec("openvino"):
-            precisions = ["fp32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(flags) else [])
-            for p in precisions:
-                plan.append((f"openvino:{p}", "openvino", lambda p=p: _ov(models["fp32"], a, cfg.threads, p)))
-            plan.append(("openvino:int8", "openvino", lambda: _ov(models["qdq"], a, cfg.threads, "f32")))
-        if "torch" in cfg.libraries and importlib.util.find_spec("torch"):
-            plan.append(("torch:fp32", "torch", lambda: _torch(a, w, cfg.threads)))
-        for key, library, build in plan:
+        try:
+            runs, out = build_runs(cfg, Path(tmp), set(keys) if keys is not None else None)
+            conn.send(("ok", {**out, "keys": {k: lib for k, (lib, _) in runs.items()}}))
+        except BaseException as e:
+            conn.send(("error", _error(e)))
+            return
+        while True:
+            command, *args = conn.recv()
+            if command == "stop":
+                conn.send(("ok", None))
+                return
             try:
-                run = build()
-                ms = _time(run, cfg.seconds)
-            except Exception as e:  # a library without this kernel: say so, keep the others
-                out["errors"][key] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                continue
-            out["ceilings"][key] = {"library": library, "gflops_per_s": round(flops / (ms["median"] / 1e3) / 1e9, 2),
-                                    "ms": round(ms["median"], 6), "iters": ms["iters"]}
-    out["seconds"] = round(time.perf_counter() - start, 2)
-    return out
+                _, run = runs[args[0]]
+                t = time.perf_counter()
+                run()
+                conn.send(("ok", time.perf_counter() - t))
+            except BaseException as e:
+                conn.send(("error", _error(e)))
 
 
 def _time(run: Callable[[], Any], seconds: float) -> dict[str, Any]:
-    run()  # warm-up: allocation, weight packing, JIT
     times = []
     deadline = time.perf_counter() + seconds
     while len(times) < 3 or time.perf_counter() < deadline:
         t = time.perf_counter()
         run()
-        times.append(time.perf_counter() - t)
+        times.append((time.perf_counter() - t) * 1e3)
         if len(times) >= 200:
             break
-    return {"median": float(np.median(times)) * 1e3, "iters": len(times)}
+    return {"median": float(np.median(times)), "iters": len(times), "times_ms": times}
 
 
 def _onnx_models(tmp: Path, a: np.ndarray, w: np.ndarray) -> dict[str, Path]:
@@ -140,8 +195,9 @@ def _onnx_models(tmp: Path, a: np.ndarray, w: np.ndarray) -> dict[str, Path]:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", a.shape[1]])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", w.shape[1]])
+    # static shapes: OpenVINO's CPU plugin runs a dynamic dimension through slower generic kernels
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(a.shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [a.shape[0], w.shape[1]])
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="gemm")], "ceiling", [x], [y],
                               [numpy_helper.from_array(w, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -156,7 +212,7 @@ def _onnx_models(tmp: Path, a: np.ndarray, w: np.ndarray) -> dict[str, Path]:
     from clap_edge.export.builders.variants import quantize_int8, quantize_qdq
 
     quantize_int8(paths["inner"], paths["dynamic"])
-    quantize_qdq(paths["inner"], paths["qdq"], a[:64], "minmax")
+    quantize_qdq(paths["inner"], paths["qdq"], a, "minmax", batch=len(a))  # the static input shape
     return paths
 
 

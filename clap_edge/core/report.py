@@ -122,7 +122,7 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike) -> Path:
     GFLOP/s panel draws each measured ceiling as a dashed line in its backend's colour."""
     plt = _pyplot()
     rows = [r for r in report["results"] if r["mode"] == "model"]
-    fig, (ax_lat, ax_ips, ax_gf) = plt.subplots(1, 3, figsize=(16, 4.6))
+    fig, (ax_lat, ax_ips, ax_gf) = plt.subplots(1, 3, figsize=(19, 4.8))
     ceilings = (report["env"].get("ceiling") or {}).get("ceilings", {})
     drawn: set[str] = set()
     for i, backend in enumerate(dict.fromkeys(r["backend"] for r in rows)):
@@ -149,7 +149,7 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike) -> Path:
     ax_lat.set_yscale("log")
     ax_ips.legend(fontsize=8)
     ax_gf.set_yscale("log")
-    ax_gf.legend(fontsize=7)
+    ax_gf.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the lines stay visible
     flags = ", ".join((env.get("ceiling") or {}).get("cpu_flags") or env.get("cpu_flags") or [])
     fig.suptitle(f"{env['bundle']['model_name']} - {env['cpu_model']} [{flags}], {env['threads']} thread(s), "
                  f"load {_load(env)}", fontsize=9)

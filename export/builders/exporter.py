@@ -49,7 +49,7 @@ class ExportConfig:
     overwrite: bool = False
     calibration: Any = None  # folder of images, or a float32 array [n,3,H,W] already preprocessed
     calibration_count: int = 64  # images the static quantisers calibrate on (evenly spaced over the folder)
-    calibration_method: str = "percentile"  # ONNX Runtime static int8: minmax, entropy or percentile (measured best)
+    calibration_method: str = "minmax"  # ONNX Runtime static int8: minmax (measured best), entropy or percentile
     eval: str | os.PathLike | None = None  # labelled dataset (toy world layout): drift of every variant vs fp32
     eval_split: str = "test"
     eval_per_class: int | None = None  # at most this many images per class and domain (None: all)

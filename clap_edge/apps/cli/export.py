@@ -28,7 +28,7 @@ from clap_edge.apps.cli.exitcodes import BAD_INPUT
                    "(default: seeded synthetic images; --int8-static / --openvino-int8 need a folder).")
 @click.option("--calibration-count", type=click.IntRange(min=1), default=64, show_default=True,
               help="images --int8-static / --openvino-int8 calibrate on (evenly spaced over the folder).")
-@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="percentile",
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="activation range calibration of --int8-static (ONNX Runtime).")
 @click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True, help="ONNX opset.")
 @click.option("--int8", is_flag=True, help="add model.int8.onnx (dynamic int8, CPU).")
