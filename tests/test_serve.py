@@ -270,3 +270,19 @@ def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corp
             assert out["labels"] == reference[k].labels
     finally:
         server.close()
+
+
+def test_serve_refuses_a_bad_bundle_in_one_line_before_starting_ray(runtime_bundle, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    bad = shutil.copytree(runtime_bundle, tmp_path / "bad")
+    with open(bad / "model.onnx", "ab") as f:
+        f.write(b"tampered")
+    result = CliRunner().invoke(main, ["serve", str(bad), "--backend", "onnxruntime", "--port", str(_free_port())])
+    assert result.exit_code == 2
+    assert "model.onnx" in result.stderr and "sha256" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1

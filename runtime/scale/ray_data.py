@@ -129,9 +129,10 @@ def classify(paths_or_dataset: Iterable[str | os.PathLike] | Any, bundle: str | 
     """Classify every image of ``paths_or_dataset`` with ``actors`` classifier actors on Ray Data."""
     if actors < 1 or batch_size < 1 or top_k < 1:
         raise ClapEdgeError("actors, batch_size and top_k must be >= 1")
+    from clap_edge.runtime.scale.serve import check_bundle
+
     bundle = os.path.abspath(bundle)
-    if not os.path.exists(bundle):
-        raise ClapEdgeError(f"{bundle}: no such bundle")
+    check_bundle(bundle, backend)  # a bad bundle or backend: one line here, not a failed actor pool
     ray, data = _ray()
     started_here = _connect(ray, address, num_cpus or max(2, int(np.ceil(actors * actor_cpus))), object_store_mb)
     t0 = time.perf_counter()

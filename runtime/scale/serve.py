@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -32,7 +33,7 @@ import numpy as np
 from clap_edge.core.errors import ClapEdgeError, ImageError
 from clap_edge.runtime.scale.decode import decode_bytes, error_message
 
-__all__ = ["ServeConfig", "serve", "build_app", "start", "stop", "APP_NAME", "TRUE_WORDS"]
+__all__ = ["ServeConfig", "serve", "build_app", "start", "stop", "check_bundle", "APP_NAME", "TRUE_WORDS"]
 
 APP_NAME = "clap-edge"
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -151,8 +152,7 @@ def start(config: ServeConfig) -> None:
         from ray import serve as ray_serve
     except ImportError as e:
         raise ClapEdgeError(f"serving needs Ray Serve: pip install 'clap-edge[serve]' ({e})") from None
-    if not os.path.exists(config.bundle):
-        raise ClapEdgeError(f"{config.bundle}: no such bundle")
+    check_bundle(config.bundle, config.backend)
     if config.address:
         ray.init(address=config.address, ignore_reinit_error=True)
     else:
@@ -165,13 +165,25 @@ def start(config: ServeConfig) -> None:
                   logging_config={"enable_access_log": config.access_log})
 
 
+def check_bundle(bundle: str, backend: str) -> None:
+    """Open the bundle here first, so a bad bundle or backend is one clear line before any Ray process
+    starts (a replica that fails in its constructor is retried by Serve and ends in a deep traceback)."""
+    from clap_edge.runtime.classifier import Classifier
+
+    if not os.path.exists(bundle):
+        raise ClapEdgeError(f"{bundle}: no such bundle")
+    Classifier.open(bundle, backend=backend, threads=1).close()
+
+
 def stop() -> None:
     """Graceful: Serve lets replicas finish accepted requests before it stops them, then Ray disconnects."""
     import ray
-    from ray import serve as ray_serve
 
-    ray_serve.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():
+        from ray import serve as ray_serve
+
+        ray_serve.shutdown()
+        ray.shutdown()
 
 
 def serve(config: ServeConfig, on_ready: Callable[[ServeConfig], None] | None = None,
@@ -182,8 +194,10 @@ def serve(config: ServeConfig, on_ready: Callable[[ServeConfig], None] | None = 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop_event.set())
+    started = False
     try:
         start(config)
+        started = True
         if on_ready is not None:
             on_ready(config)
         while not stop_event.wait(0.5):
@@ -191,7 +205,8 @@ def serve(config: ServeConfig, on_ready: Callable[[ServeConfig], None] | None = 
     finally:
         for sig, handler in previous.items():  # a second Ctrl-C during shutdown interrupts as usual
             signal.signal(sig, handler)
-        stop()
+        if started or "ray" in sys.modules:
+            stop()
 
 
 def describe(config: ServeConfig) -> dict[str, Any]:

@@ -36,11 +36,11 @@ def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batc
                                              422 {"error"} for an image that cannot be decoded
     GET  /v1/health                          200 once the bundle is loaded
     Ctrl-C / SIGTERM stops it gracefully: accepted requests are answered first.
+    Try it: curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/v1/classify?top_k=3'
 
     \b
     Example:
       clap-edge serve bundle/ --replicas 2 --max-batch-size 32 --port 8000
-      curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/v1/classify?top_k=3'
     """
     from clap_edge.runtime.scale.serve import ServeConfig, serve as run
 
@@ -81,11 +81,11 @@ def export_triton(bundle, repo, backend, precision, engine, max_batch_size, inst
     REPO/<model-name>/ gets config.pbtxt (from the manifest), labels.txt (class names, so Triton's
     classification extension answers labels), preprocess.json and 1/model.onnx (or model.plan).
     Clients send the preprocessed float32 tensor [N, 3, H, W] (see preprocess.json).
+    Then: tritonserver --model-repository=REPO
 
     \b
     Example:
       clap-edge export-triton bundle/ model_repository --instances 2 --max-batch-size 64
-      tritonserver --model-repository=model_repository
     """
     from clap_edge.export.builders.triton import TritonConfig, export_triton as run
 
