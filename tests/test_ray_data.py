@@ -82,8 +82,9 @@ def test_actor_batch_keeps_errors_as_rows(runtime_bundle, clf, tmp_path):
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="ray[data] not installed (pip install 'clap-edge[serve]')")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    pythonpath = os.environ.get("PYTHONPATH")  # a source checkout: the actors import clap_edge from it too
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 << 20,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None)
     yield ray
     ray.shutdown()
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from clap_edge.core.errors import ClapEdgeError, ImageError
+from clap_edge.runtime.scale.cluster import check_bundle, connect, import_ray
 from clap_edge.runtime.scale.decode import decode_bytes, error_message
 
 __all__ = ["ServeConfig", "serve", "build_app", "start", "stop", "check_bundle", "APP_NAME", "TRUE_WORDS"]
@@ -147,32 +148,18 @@ def build_app(config: ServeConfig):
 
 def start(config: ServeConfig) -> None:
     """Connect to (or start) Ray, start Serve's HTTP proxy and deploy; returns once replicas are ready."""
+    check_bundle(config.bundle, config.backend)
+    import_ray("serving")
     try:
-        import ray
         from ray import serve as ray_serve
     except ImportError as e:
         raise ClapEdgeError(f"serving needs Ray Serve: pip install 'clap-edge[serve]' ({e})") from None
-    check_bundle(config.bundle, config.backend)
-    if config.address:
-        ray.init(address=config.address, ignore_reinit_error=True)
-    else:
-        cpus = config.num_cpus or max(2, int(np.ceil(config.replicas * config.replica_cpus)))
-        extra = {"_metrics_export_port": config.metrics_port} if config.metrics_port else {}
-        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=config.object_store_mb << 20,
-                 ignore_reinit_error=True, **extra)
+
+    cpus = config.num_cpus or max(2, int(np.ceil(config.replicas * config.replica_cpus)))
+    connect(config.address, cpus, config.object_store_mb, config.metrics_port)
     ray_serve.start(http_options={"host": config.host, "port": config.port})
     ray_serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False,
                   logging_config={"enable_access_log": config.access_log})
-
-
-def check_bundle(bundle: str, backend: str) -> None:
-    """Open the bundle here first, so a bad bundle or backend is one clear line before any Ray process
-    starts (a replica that fails in its constructor is retried by Serve and ends in a deep traceback)."""
-    from clap_edge.runtime.classifier import Classifier
-
-    if not os.path.exists(bundle):
-        raise ClapEdgeError(f"{bundle}: no such bundle")
-    Classifier.open(bundle, backend=backend, threads=1).close()
 
 
 def stop() -> None:
