@@ -12,6 +12,7 @@ HTTP contract (also in the README):
          200 {"labels": [...], "scores": [...], ["embedding": [...]]}   (a ``classify --json`` line)
          422 {"error": "..."}    the body is not an image the decoder can read
          400 {"error": "..."}    a bad query parameter
+         413 {"error": "..."}    a body over ``max_body_mb``
     GET  /v1/health             200 {"status": "ok", ...} once the bundle is loaded
 
 SIGINT / SIGTERM: Serve shuts down gracefully (replicas finish the requests they accepted) and
@@ -59,6 +60,7 @@ class ServeConfig:
     metrics_port: int | None = None     # Prometheus endpoint of the local node (Ray Serve metrics)
     graceful_shutdown_s: float = 20.0   # how long a stopping replica waits for accepted requests
     access_log: bool = False            # one log line per request (costly at thousands of requests/s)
+    max_body_mb: float = 64.0           # larger request bodies answer 413 without being read whole
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.max_batch_size < 1 or self.batch_wait_ms < 0:
@@ -74,13 +76,14 @@ def _deployment_class():
     @serve.deployment(name="ClapEdgeClassifier")
     class ClassifierDeployment:
         def __init__(self, bundle: str, backend: str, threads: int | None, max_batch_size: int,
-                     batch_wait_s: float):
+                     batch_wait_s: float, max_body_bytes: int):
             from clap_edge.runtime.classifier import Classifier
 
             self.classifier = Classifier.open(bundle, backend=backend, threads=threads)  # one load per replica
             self.n_classes = len(self.classifier.class_names)
             self.info = {"bundle": os.path.basename(os.path.normpath(bundle)),
                          "backend": self.classifier.runner.name, "classes": self.n_classes}
+            self.max_body_bytes = max_body_bytes
             self.predict.set_max_batch_size(max_batch_size)
             self.predict.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -102,7 +105,9 @@ def _deployment_class():
                 top_k, with_embedding = _parse_query(request.query_params)
             except ValueError as e:
                 return JSONResponse({"error": str(e)}, 400)
-            body = await request.body()
+            body = await _read_body(request, self.max_body_bytes)
+            if body is None:
+                return JSONResponse({"error": f"request body over {self.max_body_bytes} bytes"}, 413)
             try:
                 array = await asyncio.to_thread(decode_bytes, self.classifier, body, REQUEST_LABEL)
             except ImageError as e:
@@ -111,6 +116,20 @@ def _deployment_class():
             return JSONResponse(prediction_record(prediction, top_k, with_embedding))
 
     return ClassifierDeployment
+
+
+async def _read_body(request, limit: int) -> bytes | None:
+    """The body, or None once it is known to exceed ``limit`` (from Content-Length, or while streaming it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_query(params) -> tuple[int, bool]:
@@ -143,7 +162,7 @@ def build_app(config: ServeConfig):
         ray_actor_options={"num_cpus": config.replica_cpus},
     )
     return deployment.bind(os.path.abspath(config.bundle), config.backend, config.threads, config.max_batch_size,
-                           config.batch_wait_ms / 1000.0)
+                           config.batch_wait_ms / 1000.0, int(config.max_body_mb * (1 << 20)))
 
 
 def start(config: ServeConfig) -> None:
@@ -169,8 +188,15 @@ def stop() -> None:
     if ray.is_initialized():
         from ray import serve as ray_serve
 
-        ray_serve.shutdown()
-        ray.shutdown()
+        # Delete the application first, with the HTTP proxy still up: Serve stops routing to its replicas
+        # (later requests answer 404 / 503 instead of being dropped) and each replica finishes the
+        # requests it holds (graceful_shutdown_s) whose answers still flow back through the proxy. Only
+        # then do the proxy and controller go (serve.shutdown alone stops them together and drops those).
+        try:
+            ray_serve.delete(APP_NAME, _blocking=True)
+        finally:
+            ray_serve.shutdown()
+            ray.shutdown()
 
 
 def serve(config: ServeConfig, on_ready: Callable[[ServeConfig], None] | None = None,
