@@ -302,3 +302,19 @@ def test_serve_refuses_a_bad_bundle_in_one_line_before_starting_ray(runtime_bund
     assert result.exit_code == 2
     assert "model.onnx" in result.stderr and "sha256" in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sigint_and_sigterm_both_lead_to_the_graceful_stop(monkeypatch):
+    """serve() turns either signal into one orderly stop() and gives the previous handlers back."""
+    import clap_edge.runtime.scale.serve as serve_module
+    from clap_edge.runtime.scale.serve import ServeConfig
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        calls: list[str] = []
+        before = signal.getsignal(sig)
+        monkeypatch.setattr(serve_module, "start", lambda config: calls.append("start"))
+        monkeypatch.setattr(serve_module, "stop", lambda: calls.append("stop"))
+        threading.Timer(0.3, os.kill, (os.getpid(), sig)).start()
+        serve_module.serve(ServeConfig(bundle="unused"), on_ready=lambda config: calls.append("ready"))
+        assert calls == ["start", "ready", "stop"]
+        assert signal.getsignal(sig) is before

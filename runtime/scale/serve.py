@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -220,7 +220,3 @@ def serve(config: ServeConfig, on_ready: Callable[[ServeConfig], None] | None = 
             signal.signal(sig, handler)
         if started or "ray" in sys.modules:
             stop()
-
-
-def describe(config: ServeConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if v is not None}
