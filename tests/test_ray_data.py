@@ -82,8 +82,9 @@ def test_actor_batch_keeps_errors_as_rows(runtime_bundle, clf, tmp_path):
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="ray[data] not installed (pip install 'clap-edge[serve]')")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    pythonpath = os.environ.get("PYTHONPATH")  # a source checkout: the actors import clap_edge from it too
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 << 20,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None)
     yield ray
     ray.shutdown()
 
@@ -160,3 +161,22 @@ def test_dataset_input_and_cli(ray_cluster, runtime_bundle, clf, tmp_path):
     _check_rows(pq.read_table(out).to_pylist(), _reference(clf, sorted(paths)))
     no_out = CliRunner().invoke(main, ["classify", str(runtime_bundle), paths[0], "--ray"])
     assert no_out.exit_code == 2 and "--out" in no_out.output
+
+
+def test_classify_ray_refuses_a_bad_bundle_and_stray_options(runtime_bundle, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    paths = _make_images(tmp_path / "imgs", 2)
+    bad = shutil.copytree(runtime_bundle, tmp_path / "bad")
+    with open(bad / "model.onnx", "ab") as f:
+        f.write(b"tampered")
+    result = CliRunner().invoke(main, ["classify", str(bad), *paths, "--ray", "--backend", "onnxruntime",
+                                       "--out", str(tmp_path / "r.parquet")])
+    assert result.exit_code == 2 and "sha256" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r.parquet").exists()
+    stray = CliRunner().invoke(main, ["classify", str(runtime_bundle), *paths, "--out", str(tmp_path / "r.parquet")])
+    assert stray.exit_code == 2 and "--ray" in stray.stderr

@@ -105,22 +105,30 @@ def test_client_reports_an_unreachable_server():
 # ---- slow: the real server ---------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(n: int = 1):
+    """n distinct free ports (held open together, so two calls cannot hand out the same one)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    return ports[0] if n == 1 else ports
 
 
 class _Server:
     """`clap-edge serve` in a subprocess on 127.0.0.1 (a local 2-CPU Ray cluster)."""
 
-    def __init__(self, bundle: Path, port: int, tmp: Path, metrics_port: int):
+    def __init__(self, bundle: Path, port: int, metrics_port: int, tmp: Path):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log = open(tmp / "serve.log", "wb")
         cmd = [sys.executable, "-c", "from clap_edge.apps.cli import main; main()", "serve", str(bundle),
                "--backend", "onnxruntime", "--threads", "1", "--port", str(port), "--num-cpus", "2",
-               "--max-batch-size", "16", "--batch-wait-ms", "2", "--metrics-port", str(metrics_port)]
+               "--max-batch-size", "16", "--batch-wait-ms", "2", "--metrics-port", str(metrics_port),
+               "--max-body-mb", "1"]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.log_path = tmp / "serve.log"
@@ -184,12 +192,16 @@ def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corp
     good, broken = corpus
     reference = clf.predict([Image.open(io.BytesIO(b)) for b in good], top_k=3)
     pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install 'clap-edge[serve]')")
-    server = _Server(runtime_bundle, _free_port(), tmp_path, _free_port())
+    server = _Server(runtime_bundle, *_free_port(2), tmp_path)
     try:
         server.wait_ready()
         client = Client(server.url)
         health = client.health()
         assert health["status"] == "ok" and health["classes"] == len(clf.class_names)
+        with pytest.raises(ServeError, match="HTTP 413"):
+            client.classify(b"\xff\xd8" + bytes(3 << 19))  # 1.5 MB over the 1 MB limit
+        with pytest.raises(ServeError, match="HTTP 400.*top_k"):
+            client.classify(good[0], top_k=0)
 
         # 8 concurrent clients, 2,000 requests, every 25th one broken
         n_clients, per_client = 8, 250
@@ -268,5 +280,41 @@ def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corp
         assert not failed, f"{len(failed)} requests sent before SIGINT were not answered: {failed[:3]}"
         for k, out in sent_before:
             assert out["labels"] == reference[k].labels
+        after = [str(out).split(": ", 1)[-1][:40] if not isinstance(out, dict) else "200"
+                 for started, _, out in results if started >= signalled_at[0]]
+        print(f"SIGINT: {len(sent_before)} requests in flight or before it all answered; after it: "
+              f"{ {k: after.count(k) for k in set(after)} }")
     finally:
         server.close()
+
+
+def test_serve_refuses_a_bad_bundle_in_one_line_before_starting_ray(runtime_bundle, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    bad = shutil.copytree(runtime_bundle, tmp_path / "bad")
+    with open(bad / "model.onnx", "ab") as f:
+        f.write(b"tampered")
+    result = CliRunner().invoke(main, ["serve", str(bad), "--backend", "onnxruntime", "--port", str(_free_port())])
+    assert result.exit_code == 2
+    assert "model.onnx" in result.stderr and "sha256" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sigint_and_sigterm_both_lead_to_the_graceful_stop(monkeypatch):
+    """serve() turns either signal into one orderly stop() and gives the previous handlers back."""
+    import clap_edge.runtime.scale.serve as serve_module
+    from clap_edge.runtime.scale.serve import ServeConfig
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        calls: list[str] = []
+        before = signal.getsignal(sig)
+        monkeypatch.setattr(serve_module, "start", lambda config: calls.append("start"))
+        monkeypatch.setattr(serve_module, "stop", lambda: calls.append("stop"))
+        threading.Timer(0.3, os.kill, (os.getpid(), sig)).start()
+        serve_module.serve(ServeConfig(bundle="unused"), on_ready=lambda config: calls.append("ready"))
+        assert calls == ["start", "ready", "stop"]
+        assert signal.getsignal(sig) is before

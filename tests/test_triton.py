@@ -83,28 +83,37 @@ def test_openvino_and_int8(runtime_bundle, tmp_path):
 
 @pytest.fixture
 def engine_bundle(runtime_bundle, tmp_path):
-    """A copy of the bundle with an 'engines' section listing two (fake, opaque) TensorRT plans."""
+    """A copy of the bundle whose 'engines' section (as `clap-edge build-engine` writes it: file, sidecar, engine,
+    precision, batch [min, opt, max], device, gpu) lists two opaque TensorRT plans and a CPU AOTInductor package."""
     from clap_edge.export.bundle.writer import add_to_bundle
 
     root = shutil.copytree(runtime_bundle, tmp_path / "with-engines")
-    add_to_bundle(root, {"engines/h100.fp16.plan": b"plan-a", "engines/l4.fp16.plan": b"plan-b"},
-                  {"engines": [{"file": "engines/h100.fp16.plan", "engine": "tensorrt", "precision": "fp16",
-                                "batch": [1, 8, 16]},
-                               {"file": "engines/l4.fp16.plan", "engine": "tensorrt", "precision": "fp16",
-                                "batch": [1, 4, 8]}]})
+    files, entries = {}, []
+    for name, kind, ext, gpu, batch in (("h100", "tensorrt", "plan", "NVIDIA H100", [1, 8, 16]),
+                                        ("l4", "tensorrt", "plan", "NVIDIA L4", [1, 4, 8]),
+                                        ("cpu", "aoti", "pt2", None, [1, 8, 32])):
+        stem = f"engines/{kind}-{name}-fp16-b{batch[0]}-{batch[2]}"
+        files[f"{stem}.{ext}"] = f"{name}-engine".encode()
+        files[f"{stem}.json"] = json.dumps({"engine": kind, "gpu": gpu, "batch": batch}).encode()
+        entries.append({"file": f"{stem}.{ext}", "sidecar": f"{stem}.json", "engine": kind, "precision": "fp16",
+                        "batch": batch, "device": name, "gpu": gpu, "library_version": "10.0"})
+    add_to_bundle(root, files, {"engines": entries})
     return root
 
 
 def test_tensorrt_plan_from_engines_section(engine_bundle, tmp_path):
-    with pytest.raises(ClapEdgeError, match="2 TensorRT engines"):
+    with pytest.raises(ClapEdgeError, match="2 TensorRT engines .*NVIDIA H100.*NVIDIA L4"):  # aoti is not one
         export_triton(engine_bundle, tmp_path / "repo", TritonConfig(backend="tensorrt"))
+    with pytest.raises(BundleError, match="no TensorRT engine 'a100.plan'"):
+        export_triton(engine_bundle, tmp_path / "repo", TritonConfig(backend="tensorrt", engine="a100.plan"))
     dest = export_triton(engine_bundle, tmp_path / "repo",
-                         TritonConfig(backend="tensorrt", engine="h100.fp16.plan", max_batch_size=64))
+                         TritonConfig(backend="tensorrt", engine="tensorrt-h100-fp16-b1-16.plan", max_batch_size=64))
     cfg = _parse(dest)
     assert cfg.platform == "tensorrt_plan"
     assert cfg.max_batch_size == 16  # capped at the engine's optimisation profile
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
-    assert (dest / "1" / "model.plan").read_bytes() == b"plan-a"
+    assert (dest / "1" / "model.plan").read_bytes() == b"h100-engine"
+    assert json.loads((dest / "engine.json").read_text())["gpu"] == "NVIDIA H100"
 
 
 def test_tensorrt_without_engine_and_tampered_model(runtime_bundle, tmp_path):

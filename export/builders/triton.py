@@ -40,6 +40,7 @@ TRITON_BACKENDS = {
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 LABELS_FILE = "labels.txt"
 PREPROCESS_FILE = "preprocess.json"
+ENGINE_SIDECAR = "engine.json"  # tensorrt: the engine's sidecar (GPU, TensorRT version, precision, batch profile)
 
 
 @dataclass
@@ -83,6 +84,8 @@ def export_triton(bundle: str | os.PathLike | Bundle, repo: str | os.PathLike, c
         (tmp / PREPROCESS_FILE).write_text(json.dumps(_preprocess_doc(bundle), indent=2) + "\n", encoding="utf-8")
         (tmp / "1").mkdir()
         shutil.copyfile(model_file, tmp / "1" / TRITON_BACKENDS[config.backend][2])
+        if engine is not None and isinstance(engine.get("sidecar"), str):  # what GPU / TensorRT the plan needs
+            shutil.copyfile(bundle.file(engine["sidecar"]), tmp / ENGINE_SIDECAR)
     return dest
 
 
@@ -127,14 +130,14 @@ def _model_source(bundle: Bundle, config: TritonConfig) -> tuple[Path, dict[str,
     if not engines:
         raise BundleError(f"{bundle.root}: no TensorRT engine in this bundle; build one on the target GPU first "
                           "(clap-edge build-engine BUNDLE --engine tensorrt), or export with --backend onnxruntime")
+    listing = "; ".join(_describe(e) for e in engines)
     if config.engine is not None:
         chosen = [e for e in engines if config.engine in (e["file"], Path(e["file"]).name)]
         if not chosen:
-            raise BundleError(f"{bundle.root}: no TensorRT engine {config.engine!r} "
-                              f"(it has: {', '.join(e['file'] for e in engines)})")
+            raise BundleError(f"{bundle.root}: no TensorRT engine {config.engine!r} (it has: {listing})")
     elif len(engines) > 1:
-        raise ClapEdgeError(f"{bundle.root} has {len(engines)} TensorRT engines "
-                            f"({', '.join(e['file'] for e in engines)}); pick one with --engine")
+        raise ClapEdgeError(f"{bundle.root} has {len(engines)} TensorRT engines ({listing}); "
+                            "pick the one built for the Triton server's GPU with --engine")
     else:
         chosen = engines
     engine = chosen[0]
@@ -161,6 +164,11 @@ def tensorrt_engines(manifest: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         found.append({**entry, "file": file, "max_batch": _profile_max(entry)})
     return found
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    about = ", ".join(str(entry[k]) for k in ("gpu", "precision") if entry.get(k))
+    return f"{entry['file']} ({about})" if about else entry["file"]
 
 
 def _profile_max(entry: dict[str, Any]) -> int | None:

@@ -3,7 +3,9 @@
 Ray is imported inside the functions that need it, never at import: ``pip install clap-edge[serve]``
 brings it. ``Client`` (stdlib only) talks to a running ``clap-edge serve``.
 
-    from clap_edge.runtime.scale import Client, ServeConfig, serve, classify_dataset
+    from clap_edge.runtime.scale import Client, ServeConfig, classify_dataset
+    from clap_edge.runtime.scale.serve import serve            # run a server (what `clap-edge serve` calls)
+    from clap_edge.runtime.scale.ray_data import classify      # = classify_dataset
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ from typing import Any
 _EXPORTS = {
     "Client": "clap_edge.runtime.scale.client",
     "ServeConfig": "clap_edge.runtime.scale.serve",
-    "serve": "clap_edge.runtime.scale.serve",
-    "build_app": "clap_edge.runtime.scale.serve",
     "classify_dataset": "clap_edge.runtime.scale.ray_data",
-    "RayDataConfig": "clap_edge.runtime.scale.ray_data",
+    "RayDataResult": "clap_edge.runtime.scale.ray_data",
     "decode_bytes": "clap_edge.runtime.scale.decode",
 }
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from clap_edge.core.errors import ClapEdgeError, ImageError
 from clap_edge.core.io import atomic_path
+from clap_edge.runtime.scale.cluster import check_bundle, connect, import_ray
 from clap_edge.runtime.scale.decode import decode_bytes, error_message
 
 __all__ = ["classify", "RayDataResult", "ClassifierActor", "result_schema", "FAULT_ENV"]
@@ -130,10 +131,11 @@ def classify(paths_or_dataset: Iterable[str | os.PathLike] | Any, bundle: str | 
     if actors < 1 or batch_size < 1 or top_k < 1:
         raise ClapEdgeError("actors, batch_size and top_k must be >= 1")
     bundle = os.path.abspath(bundle)
-    if not os.path.exists(bundle):
-        raise ClapEdgeError(f"{bundle}: no such bundle")
-    ray, data = _ray()
-    started_here = _connect(ray, address, num_cpus or max(2, int(np.ceil(actors * actor_cpus))), object_store_mb)
+    check_bundle(bundle, backend)  # a bad bundle or backend: one line here, not a failed actor pool
+    ray = import_ray("Ray Data classification")
+    import ray.data as data
+
+    started_here = connect(address, num_cpus or max(2, int(np.ceil(actors * actor_cpus))), object_store_mb)
     t0 = time.perf_counter()
     try:
         previous = _read_previous(out, embeddings)
@@ -159,26 +161,6 @@ def classify(paths_or_dataset: Iterable[str | os.PathLike] | Any, bundle: str | 
     return RayDataResult(rows=summary["rows"], classified=summary["new"] - summary["errors"],
                          errors=summary["errors"], skipped=skipped, seconds=time.perf_counter() - t0,
                          out=str(out) if out is not None else None, table=summary["table"])
-
-
-def _ray():
-    try:
-        import ray
-        import ray.data
-    except ImportError as e:
-        raise ClapEdgeError(f"Ray Data classification needs Ray: pip install 'clap-edge[serve]' ({e})") from None
-    return ray, ray.data
-
-
-def _connect(ray, address: str | None, num_cpus: int, object_store_mb: int) -> bool:
-    """Use a running Ray (this process's, or ``address``'s); else start a small local one. True if started here."""
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb << 20)
-    return True
 
 
 def _dataset(data, source: Any, done: set[str], actors: int):

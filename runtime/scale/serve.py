@@ -12,6 +12,7 @@ HTTP contract (also in the README):
          200 {"labels": [...], "scores": [...], ["embedding": [...]]}   (a ``classify --json`` line)
          422 {"error": "..."}    the body is not an image the decoder can read
          400 {"error": "..."}    a bad query parameter
+         413 {"error": "..."}    a body over ``max_body_mb``
     GET  /v1/health             200 {"status": "ok", ...} once the bundle is loaded
 
 SIGINT / SIGTERM: Serve shuts down gracefully (replicas finish the requests they accepted) and
@@ -23,16 +24,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from clap_edge.core.errors import ClapEdgeError, ImageError
+from clap_edge.runtime.scale.cluster import check_bundle, connect, import_ray
 from clap_edge.runtime.scale.decode import decode_bytes, error_message
 
-__all__ = ["ServeConfig", "serve", "build_app", "start", "stop", "APP_NAME", "TRUE_WORDS"]
+__all__ = ["ServeConfig", "serve", "build_app", "start", "stop", "check_bundle", "APP_NAME", "TRUE_WORDS"]
 
 APP_NAME = "clap-edge"
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -57,6 +60,7 @@ class ServeConfig:
     metrics_port: int | None = None     # Prometheus endpoint of the local node (Ray Serve metrics)
     graceful_shutdown_s: float = 20.0   # how long a stopping replica waits for accepted requests
     access_log: bool = False            # one log line per request (costly at thousands of requests/s)
+    max_body_mb: float = 64.0           # larger request bodies answer 413 without being read whole
 
     def __post_init__(self) -> None:
         if self.replicas < 1 or self.max_batch_size < 1 or self.batch_wait_ms < 0:
@@ -72,13 +76,14 @@ def _deployment_class():
     @serve.deployment(name="ClapEdgeClassifier")
     class ClassifierDeployment:
         def __init__(self, bundle: str, backend: str, threads: int | None, max_batch_size: int,
-                     batch_wait_s: float):
+                     batch_wait_s: float, max_body_bytes: int):
             from clap_edge.runtime.classifier import Classifier
 
             self.classifier = Classifier.open(bundle, backend=backend, threads=threads)  # one load per replica
             self.n_classes = len(self.classifier.class_names)
             self.info = {"bundle": os.path.basename(os.path.normpath(bundle)),
                          "backend": self.classifier.runner.name, "classes": self.n_classes}
+            self.max_body_bytes = max_body_bytes
             self.predict.set_max_batch_size(max_batch_size)
             self.predict.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -100,7 +105,9 @@ def _deployment_class():
                 top_k, with_embedding = _parse_query(request.query_params)
             except ValueError as e:
                 return JSONResponse({"error": str(e)}, 400)
-            body = await request.body()
+            body = await _read_body(request, self.max_body_bytes)
+            if body is None:
+                return JSONResponse({"error": f"request body over {self.max_body_bytes} bytes"}, 413)
             try:
                 array = await asyncio.to_thread(decode_bytes, self.classifier, body, REQUEST_LABEL)
             except ImageError as e:
@@ -109,6 +116,20 @@ def _deployment_class():
             return JSONResponse(prediction_record(prediction, top_k, with_embedding))
 
     return ClassifierDeployment
+
+
+async def _read_body(request, limit: int) -> bytes | None:
+    """The body, or None once it is known to exceed ``limit`` (from Content-Length, or while streaming it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse_query(params) -> tuple[int, bool]:
@@ -141,25 +162,20 @@ def build_app(config: ServeConfig):
         ray_actor_options={"num_cpus": config.replica_cpus},
     )
     return deployment.bind(os.path.abspath(config.bundle), config.backend, config.threads, config.max_batch_size,
-                           config.batch_wait_ms / 1000.0)
+                           config.batch_wait_ms / 1000.0, int(config.max_body_mb * (1 << 20)))
 
 
 def start(config: ServeConfig) -> None:
     """Connect to (or start) Ray, start Serve's HTTP proxy and deploy; returns once replicas are ready."""
+    check_bundle(config.bundle, config.backend)
+    import_ray("serving")
     try:
-        import ray
         from ray import serve as ray_serve
     except ImportError as e:
         raise ClapEdgeError(f"serving needs Ray Serve: pip install 'clap-edge[serve]' ({e})") from None
-    if not os.path.exists(config.bundle):
-        raise ClapEdgeError(f"{config.bundle}: no such bundle")
-    if config.address:
-        ray.init(address=config.address, ignore_reinit_error=True)
-    else:
-        cpus = config.num_cpus or max(2, int(np.ceil(config.replicas * config.replica_cpus)))
-        extra = {"_metrics_export_port": config.metrics_port} if config.metrics_port else {}
-        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=config.object_store_mb << 20,
-                 ignore_reinit_error=True, **extra)
+
+    cpus = config.num_cpus or max(2, int(np.ceil(config.replicas * config.replica_cpus)))
+    connect(config.address, cpus, config.object_store_mb, config.metrics_port)
     ray_serve.start(http_options={"host": config.host, "port": config.port})
     ray_serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False,
                   logging_config={"enable_access_log": config.access_log})
@@ -168,10 +184,19 @@ def start(config: ServeConfig) -> None:
 def stop() -> None:
     """Graceful: Serve lets replicas finish accepted requests before it stops them, then Ray disconnects."""
     import ray
-    from ray import serve as ray_serve
 
-    ray_serve.shutdown()
-    ray.shutdown()
+    if ray.is_initialized():
+        from ray import serve as ray_serve
+
+        # Delete the application first, with the HTTP proxy still up: Serve stops routing to its replicas
+        # (later requests answer 404 / 503 instead of being dropped) and each replica finishes the
+        # requests it holds (graceful_shutdown_s) whose answers still flow back through the proxy. Only
+        # then do the proxy and controller go (serve.shutdown alone stops them together and drops those).
+        try:
+            ray_serve.delete(APP_NAME, _blocking=True)
+        finally:
+            ray_serve.shutdown()
+            ray.shutdown()
 
 
 def serve(config: ServeConfig, on_ready: Callable[[ServeConfig], None] | None = None,
@@ -182,8 +207,10 @@ def serve(config: ServeConfig, on_ready: Callable[[ServeConfig], None] | None = 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop_event.set())
+    started = False
     try:
         start(config)
+        started = True
         if on_ready is not None:
             on_ready(config)
         while not stop_event.wait(0.5):
@@ -191,8 +218,5 @@ def serve(config: ServeConfig, on_ready: Callable[[ServeConfig], None] | None = 
     finally:
         for sig, handler in previous.items():  # a second Ctrl-C during shutdown interrupts as usual
             signal.signal(sig, handler)
-        stop()
-
-
-def describe(config: ServeConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if v is not None}
+        if started or "ray" in sys.modules:
+            stop()

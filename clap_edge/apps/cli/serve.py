@@ -27,8 +27,10 @@ import click
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Prometheus port of the local Ray node (Ray Serve's metrics).")
 @click.option("--access-log", is_flag=True, help="log one line per request.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,
+              help="larger request bodies answer 413.")
 def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batch_wait_ms, host, port, address,
-          num_cpus, metrics_port, access_log):
+          num_cpus, metrics_port, access_log, max_body_mb):
     """Serve BUNDLE over HTTP on Ray Serve, batching concurrent requests into one model call.
 
     \b
@@ -36,18 +38,18 @@ def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batc
                                              422 {"error"} for an image that cannot be decoded
     GET  /v1/health                          200 once the bundle is loaded
     Ctrl-C / SIGTERM stops it gracefully: accepted requests are answered first.
+    Try it: curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/v1/classify?top_k=3'
 
     \b
     Example:
       clap-edge serve bundle/ --replicas 2 --max-batch-size 32 --port 8000
-      curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/v1/classify?top_k=3'
     """
     from clap_edge.runtime.scale.serve import ServeConfig, serve as run
 
     config = ServeConfig(bundle=bundle, backend=backend, threads=threads, replicas=replicas,
                          replica_cpus=replica_cpus, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                          host=host, port=port, address=address, num_cpus=num_cpus, metrics_port=metrics_port,
-                         access_log=access_log)
+                         access_log=access_log, max_body_mb=max_body_mb)
 
     def ready(c) -> None:
         metrics = f", metrics on :{c.metrics_port}/metrics" if c.metrics_port else ""
@@ -81,11 +83,11 @@ def export_triton(bundle, repo, backend, precision, engine, max_batch_size, inst
     REPO/<model-name>/ gets config.pbtxt (from the manifest), labels.txt (class names, so Triton's
     classification extension answers labels), preprocess.json and 1/model.onnx (or model.plan).
     Clients send the preprocessed float32 tensor [N, 3, H, W] (see preprocess.json).
+    Then: tritonserver --model-repository=REPO
 
     \b
     Example:
       clap-edge export-triton bundle/ model_repository --instances 2 --max-batch-size 64
-      tritonserver --model-repository=model_repository
     """
     from clap_edge.export.builders.triton import TritonConfig, export_triton as run
 
