@@ -7,7 +7,8 @@ every image and of every class prompt are computed a single time; each head and 
 is then a cheap matrix operation on them. That is what makes a whole alpha grid affordable.
 
 Prompt families: ``C`` "dog", ``CP`` "a dog in a photo", ``PC`` "a photo of a dog", ``NC``
-the class name with noise context (CLAP.md), and ``S``, style-laden prompts: for each class,
+the class name with noise context (CLAP.md; as in the authors' evaluation, one draw shared by
+every class, right after the start token), and ``S``, style-laden prompts: for each class,
 ``style_draws`` seeded prompts with a random word in every style slot of the vocabulary
 ("an impressionistic cartoon of a small orange dog on a gray background"). ``S`` is scored
 per draw (each draw is one classifier with one random style prompt per class; an image's
@@ -164,10 +165,12 @@ def encode_class_prompts(loaded: LoadedModel, class_names: Sequence[str], prompt
     texts = [format_template(PROMPT_FORMATS[prompt_format], c) for c in class_names]
     if prompt_format != "NC":
         return [_encode_texts(loaded, texts)]
-    noise_cfg = NoiseConfig(n_ctx=config.noise_ctx, std=config.noise_std)
+    # As the authors' evaluation does: one noise draw shared by every class prompt, right after SOT.
+    noise_cfg = NoiseConfig(n_ctx=config.noise_ctx, std=config.noise_std, positions=("front",))
     tokens = tokenize_checked(loaded.tokenizer, texts, reserve=noise_cfg.n_ctx)
     encoder = NoiseTextEncoder(loaded.model)
-    noise, where = draw_noise([f"eval-NC:{t}" for t in texts], noise_cfg, encoder.width, config.seed)
+    noise, where = draw_noise([f"eval-NC:{t}" for t in texts], noise_cfg, encoder.width, config.seed,
+                              draw_keys=["eval-NC"] * len(texts))
     return [encoder.encode(tokens, noise, encoder.insert_positions(tokens, where)).float().cpu()]
 
 

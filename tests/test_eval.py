@@ -179,6 +179,26 @@ def test_nc_prompts_differ_from_c_but_are_seeded(tiny):
     assert torch.equal(nc1, nc2) and not torch.allclose(c, nc1)
 
 
+def test_nc_shares_one_noise_draw_after_sot_as_the_authors_evaluate(tiny):
+    """Every class prompt gets the same 4 noise vectors right after SOT: [SOT, n0..n3, words, EOT]."""
+    import clap_edge.zeroshot as ev
+    from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
+
+    nc = ev.encode_class_prompts(tiny, CLASSES, "NC")[0]
+    model = tiny.model
+    shared, _ = draw_noise(["eval-NC"], NoiseConfig(n_ctx=4, std=0.02), NoiseTextEncoder(model).width, seed=0)
+    for i, name in enumerate(CLASSES):
+        tokens = tiny.tokenizer([name])
+        eot = int(tokens.argmax())
+        with torch.no_grad():
+            emb = model.token_embedding(tokens[:, : eot + 1])
+            x = torch.cat([emb[:, :1], shared, emb[:, 1:]], dim=1)
+            n = x.shape[1]
+            x = model.transformer(x + model.positional_embedding[:n], attn_mask=model.attn_mask[:n, :n])
+            expected = model.ln_final(x)[:, eot + 4] @ model.text_projection
+        torch.testing.assert_close(nc[i:i + 1], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_style_prompts_are_seeded_and_style_laden():
     from clap_edge.prompts import PromptVocab
     from clap_edge.zeroshot import style_prompts

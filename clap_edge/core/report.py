@@ -215,9 +215,10 @@ def plot_alpha_curves(grids: Mapping[str, AlphaGrid], path: str | Path, chosen: 
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("top-1 (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncols=min(8, max(1, len(labels))))
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
