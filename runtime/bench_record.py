@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
 from clap_edge.core.io import atomic_write_text
+from clap_edge.core.machine import cpu_info
 from clap_edge.export.bundle import Bundle
 
 AUTO_MIN_AGREEMENT = 0.99  # auto never picks a backend that flips more top-1s than this vs fp32
 
-__all__ = ["AUTO_MIN_AGREEMENT", "record_bench", "load_bench_record", "recorded_fastest_backend", "cpu_info",
+__all__ = ["AUTO_MIN_AGREEMENT", "record_bench", "load_bench_record", "recorded_fastest_backend",
            "recorded_agreement", "agreement_ok"]
 
 
@@ -82,18 +82,3 @@ def agreement_ok(bundle: Bundle, variant: str | None) -> bool:
     """Whether ``auto`` may pick ``variant``: no recorded agreement below AUTO_MIN_AGREEMENT."""
     agreement = recorded_agreement(bundle, variant)
     return agreement is None or agreement >= AUTO_MIN_AGREEMENT
-
-
-def cpu_info() -> tuple[str, list[str]]:
-    cpu_model, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")):
-                flags = line.split(":", 1)[1].split()
-                break
-    except OSError:
-        pass
-    return cpu_model, flags
-

@@ -170,7 +170,7 @@ def test_drift_in_manifest_equals_an_independent_recount(int8_bundle, toy_data):
 def _with_drift_and_record(src, dst, agreement: float):
     """A copy of ``src`` whose manifest records ``agreement`` for int8 and whose bench.json says int8 is fastest."""
     from clap_edge.export.bundle.writer import write_manifest
-    from clap_edge.runtime.bench_record import cpu_info
+    from clap_edge.core.machine import cpu_info
 
     shutil.copytree(src, dst)
     manifest = json.loads((dst / "manifest.json").read_text())

@@ -30,8 +30,9 @@ from typing import Any, Callable
 import numpy as np
 
 from clap_edge.core.errors import BundleError
+from clap_edge.core.machine import cpu_info
 from clap_edge.export.bundle import Bundle
-from clap_edge.runtime.bench_record import (AUTO_MIN_AGREEMENT, cpu_info, load_bench_record, record_bench,
+from clap_edge.runtime.bench_record import (AUTO_MIN_AGREEMENT, load_bench_record, record_bench,
                                            recorded_fastest_backend)
 
 __all__ = ["BenchConfig", "run_bench", "preprocess_folder", "record_bench", "load_bench_record",

@@ -49,7 +49,7 @@ class CeilingConfig:
 
 def cpu_isa_flags() -> list[str]:
     """The instruction-set flags that decide the ceilings, from /proc/cpuinfo (empty where unreadable)."""
-    from clap_edge.runtime.bench_record import cpu_info
+    from clap_edge.core.machine import cpu_info
 
     flags = set(cpu_info()[1])
     return [f for f in ISA_FLAGS if f in flags]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clap_edge.core.errors import BundleError
+from clap_edge.core.machine import cpu_info
 
 ENGINES_DIR = "engines"
 # engine kind -> (the library whose version must match, file extension)
@@ -160,16 +161,7 @@ def engine_basename(engine: str, device: DeviceInfo, precision: str, batch: tupl
 
 def host_cpu() -> DeviceInfo:
     """This machine's CPU (model, architecture, flags), read without torch."""
-    name, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")):
-                flags = line.split(":", 1)[1].split()
-                break
-    except OSError:
-        pass
+    name, flags = cpu_info()
     return DeviceInfo(type="cpu", name=name, arch=platform.machine(), flags=tuple(flags))
 
 
