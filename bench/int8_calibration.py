@@ -72,6 +72,7 @@ def main() -> None:
     from clap_edge.apps.bench import environment
     from clap_edge.core.io import atomic_write_text
     from clap_edge.export.builders.exporter import ExportConfig, export_bundle
+    from clap_edge.toyworld.world import CLASSES
 
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="int8-calibration-") as tmp:
@@ -84,7 +85,7 @@ def main() -> None:
             for i, method in enumerate(METHODS):
                 start = time.perf_counter()
                 out = export_bundle(ExportConfig(
-                    out=work / f"{name}-{method}", model_name=MODEL, pretrained=PRETRAINED,
+                    out=work / f"{name}-{method}", model_name=MODEL, pretrained=PRETRAINED, classes=list(CLASSES),
                     head=str(head_path) if head_path else None, alpha=head_alpha, int8=i == 0, int8_static=True,
                     openvino_int8=i == 0, torch_program=False, calibration=str(data / "val"),
                     calibration_count=args.calibration_count, calibration_method=method, eval=str(data)))
@@ -103,7 +104,10 @@ def main() -> None:
                                                    "calibration_count": args.calibration_count,
                                                    "calibration_folder": "val (all domains)"},
               "results": results, "worst_domain_agreement_by_method": worst,
-              "mean_agreement_by_method": {m: round(v, 6) for m, v in mean.items()}, "best_method": best}
+              "mean_agreement_by_method": {m: round(v, 6) for m, v in mean.items()}, "best_method": best,
+              "note": ("ONNX Runtime's own entropy calibrator in quantize_static uses 128 histogram bins = 128 "
+                       "quantised bins (one KL candidate: the min-max range); clap-edge collects a 2048-bin "
+                       "histogram itself (these entropy rows). One image is 0.21 points of a 480-image domain.")}
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print("best:", best, worst)
     os._exit(0)  # skip slow interpreter teardown of the loaded libraries

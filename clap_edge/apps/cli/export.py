@@ -59,7 +59,7 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
     Example:
       clap-edge export --head head.safetensors --out bundle --int8
       clap-edge export --model ViT-B-32 --classes cat,dog --no-head --out clip-bundle
-      clap-edge export --head head.safetensors --out bundle --int8 --int8-static --openvino-int8 \
+      clap-edge export --head head.safetensors --out bundle --int8 --int8-static --openvino-int8 \\
           --calibration toy-data/val --eval toy-data
     """
     from clap_edge.core.errors import ClapEdgeError
