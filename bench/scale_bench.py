@@ -1,5 +1,8 @@
 """Scale-out overheads: `clap-edge serve` vs the in-process BatchingClassifier, Ray Data vs predict_files.
 
+Both comparisons alternate the two sides for --rounds rounds and report each side's median round
+(a shared machine's load drifts; alternation spreads the drift over both).
+
 1. serve: C closed-loop clients (threads) each send the bytes of a JPEG and wait for the answer,
    against `clap-edge serve` (a subprocess, local 2-CPU Ray, loopback HTTP) and against an in-process
    BatchingClassifier fed the same files, with the same max batch size, batch wait and backend threads.
@@ -75,20 +78,18 @@ def closed_loop(call, bodies: list, clients: int, requests: int) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
+def _median_round(rounds: list[dict], key: str) -> dict:
+    return sorted(rounds, key=lambda r: r[key])[len(rounds) // 2]
+
+
 def bench_serve(bundle: str, paths: list[str], args) -> dict:
+    """Rounds alternate in-process and serve (both kept up), so load drift on a shared machine hits both."""
     from clap_edge.runtime import BatchingClassifier, Classifier
     from clap_edge.runtime.scale.client import Client
 
     bodies = [open(p, "rb").read() for p in paths]
     settings = {"max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
-                "threads": args.threads, "clients": args.clients, "requests": args.requests}
-    # in-process: the same files, decoded by the BatchingClassifier's worker
-    with Classifier.open(bundle, backend=args.backend, threads=args.threads) as clf:
-        with BatchingClassifier(clf, max_batch_size=args.max_batch_size, max_delay_ms=args.batch_wait_ms,
-                                top_k=5) as bc:
-            closed_loop(lambda p: bc.submit(p).result(), paths, args.clients, min(args.requests, 4 * args.clients))
-            in_process = closed_loop(lambda p: bc.submit(p).result(), paths, args.clients, args.requests)
-            in_process["mean_batch"] = round(float(np.mean(bc.batch_sizes)), 2)
+                "threads": args.threads, "clients": args.clients, "requests": args.requests, "rounds": args.rounds}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -97,6 +98,7 @@ def bench_serve(bundle: str, paths: list[str], args) -> dict:
            "--max-batch-size", str(args.max_batch_size), "--batch-wait-ms", str(args.batch_wait_ms)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    in_rounds, serve_rounds = [], []
     try:
         client = Client(f"http://127.0.0.1:{port}", timeout=120)
         deadline = time.monotonic() + 180
@@ -108,41 +110,61 @@ def bench_serve(bundle: str, paths: list[str], args) -> dict:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("serve did not start")
                 time.sleep(0.5)
-        closed_loop(client.classify, bodies, args.clients, min(args.requests, 4 * args.clients))  # warm-up
-        served = closed_loop(client.classify, bodies, args.clients, args.requests)
+        warm = min(args.requests, 4 * args.clients)
+        closed_loop(client.classify, bodies, args.clients, warm)
+        with Classifier.open(bundle, backend=args.backend, threads=args.threads) as clf, \
+                BatchingClassifier(clf, max_batch_size=args.max_batch_size, max_delay_ms=args.batch_wait_ms,
+                                   top_k=5) as bc:
+            closed_loop(lambda p: bc.submit(p).result(), paths, args.clients, warm)
+            for _ in range(args.rounds):
+                n0 = len(bc.batch_sizes)
+                r = closed_loop(lambda p: bc.submit(p).result(), paths, args.clients, args.requests)
+                r["mean_batch"] = round(float(np.mean(bc.batch_sizes[n0:])), 2)
+                in_rounds.append(r)
+                serve_rounds.append(closed_loop(client.classify, bodies, args.clients, args.requests))
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(120)
+    in_process, served = _median_round(in_rounds, "requests_per_s"), _median_round(serve_rounds, "requests_per_s")
     return {"settings": settings, "in_process_batching": in_process, "serve": served,
-            "serve_vs_in_process": round(served["requests_per_s"] / in_process["requests_per_s"], 3)}
+            "serve_vs_in_process": round(served["requests_per_s"] / in_process["requests_per_s"], 3),
+            "rounds": {"in_process_requests_per_s": [r["requests_per_s"] for r in in_rounds],
+                       "serve_requests_per_s": [r["requests_per_s"] for r in serve_rounds]}}
 
 
 def bench_ray_data(bundle: str, paths: list[str], args) -> dict:
+    """Rounds alternate predict_files and Ray Data; the median round of each is reported."""
     import ray
 
     from clap_edge.runtime import Classifier
     from clap_edge.runtime.scale.ray_data import classify
 
-    t0 = time.perf_counter()
-    with Classifier.open(bundle, backend=args.backend, threads=args.actors * args.threads) as clf:
-        n = sum(1 for _ in clf.predict_files(paths, batch_size=32, workers=1))
-    local = time.perf_counter() - t0
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 << 20,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    local_s, ray_s = [], []
     try:
         classify(paths[: 4 * 32 * args.actors], bundle, backend=args.backend, threads=args.threads,
                  actors=args.actors)  # warm-up: workers started, modules imported
-        t0 = time.perf_counter()
-        result = classify(paths, bundle, backend=args.backend, threads=args.threads, actors=args.actors,
-                          batch_size=32)
-        ray_s = time.perf_counter() - t0
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            with Classifier.open(bundle, backend=args.backend, threads=args.actors * args.threads) as clf:
+                n = sum(1 for _ in clf.predict_files(paths, batch_size=32, workers=1))
+            local_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            result = classify(paths, bundle, backend=args.backend, threads=args.threads, actors=args.actors,
+                              batch_size=32)
+            ray_s.append(time.perf_counter() - t0)
+            assert result.rows == n == len(paths)
     finally:
         ray.shutdown()
+    local, ray_t = float(np.median(local_s)), float(np.median(ray_s))
+    n = len(paths)
     return {"images": n, "predict_files": {"threads": args.actors * args.threads, "decode_workers": 1,
                                            "wall_s": round(local, 2), "images_per_s": round(n / local, 1)},
-            "ray_data": {"actors": args.actors, "threads_per_actor": args.threads, "wall_s": round(ray_s, 2),
-                         "images_per_s": round(result.rows / ray_s, 1), "rows": result.rows},
-            "ray_vs_predict_files": round((result.rows / ray_s) / (n / local), 3)}
+            "ray_data": {"actors": args.actors, "threads_per_actor": args.threads, "wall_s": round(ray_t, 2),
+                         "images_per_s": round(n / ray_t, 1)},
+            "ray_vs_predict_files": round(local / ray_t, 3),
+            "rounds": {"predict_files_s": [round(x, 2) for x in local_s], "ray_data_s": [round(x, 2) for x in ray_s]}}
 
 
 def env() -> dict:
@@ -170,6 +192,7 @@ def main() -> None:
     parser.add_argument("--image-size", default="320x240")
     parser.add_argument("--image-dir", default="/tmp/clap-edge-scale-bench")
     parser.add_argument("--skip", choices=["serve", "ray"], default=None)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per side; medians reported")
     args = parser.parse_args()
     w, h = map(int, args.image_size.split("x"))
     paths = make_images(Path(args.image_dir) / args.image_size, args.images, (w, h))

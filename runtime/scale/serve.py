@@ -121,9 +121,9 @@ def _deployment_class():
 async def _read_body(request, limit: int) -> bytes | None:
     """The body, or None once it is known to exceed ``limit`` (from Content-Length, or while streaming it)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size = [], 0
+    if declared is not None and declared.isdigit():
+        return None if int(declared) > limit else await request.body()
+    chunks, size = [], 0  # chunked upload: count while reading
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
