@@ -127,7 +127,11 @@ def build_runs(cfg: CeilingConfig, tmp: Path, keys: set[str] | None = None
     flags = cpu_isa_flags()
     out: dict[str, Any] = {"shape": [m, k, n], "threads": cfg.threads, "cpu_flags": flags, "ceilings": {},
                            "errors": {}}
-    models = _onnx_models(tmp, a, w)
+    try:
+        models = _onnx_models(tmp, a, w)
+    except ModuleNotFoundError as e:  # an edge install has onnxruntime but not onnx, which builds the GEMMs
+        raise RuntimeError(f"the GEMM ceiling needs {e.name} to build its models: pip install 'clap-edge[train]'"
+                           ) from None
     plan: list[tuple[str, str, Callable[[], Callable[[], Any]]]] = []
     if "onnxruntime" in cfg.libraries and importlib.util.find_spec("onnxruntime"):
         for key, model in (("fp32", "fp32"), ("int8", "dynamic"), ("int8-static", "qdq")):
