@@ -195,7 +195,7 @@ def headline(zero_shot, config: DemoConfig) -> dict[str, Any]:
     for key, gains in zero_shot.gains.items():
         family = key.split("/", 1)[1]
         verdicts[family] = {"helps": [], "costs": [], "no_distinguishable_effect": []}
-        for domain, (points, (lo, hi)) in gains.items():
+        for domain, (points, (lo, hi)) in _in_world_order(gains).items():
             kind = "helps" if lo > 0 else "costs" if hi < 0 else "no_distinguishable_effect"
             verdicts[family][kind].append(domain)
     out["per_family"] = verdicts
