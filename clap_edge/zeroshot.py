@@ -110,10 +110,14 @@ class EvalResult:
 
 @torch.no_grad()
 def encode_images(loaded: LoadedModel, images: DomainImages, batch_size: int = 128) -> Features:
-    """Raw image features for every readable file; unreadable ones are listed, not fatal."""
-    from open_clip.transform import image_transform_v2
+    """Raw image features for every readable file; unreadable ones are listed, not fatal.
 
-    transform = image_transform_v2(loaded.preprocess_cfg, is_train=False)
+    Images go through the runtime's preprocessing (``clap_edge.core.preprocess``, equal to open_clip's
+    eval transform), so evaluation sees exactly what a deployed bundle sees."""
+    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+
+    preprocess = Preprocessor(PreprocessConfig.from_open_clip(loaded.preprocess_cfg))
+    transform = lambda image: torch.from_numpy(preprocess(image))  # noqa: E731
     device = next(loaded.model.parameters()).device
     feats, labels, failed = [], [], []
     for start in range(0, len(images), batch_size):
