@@ -13,6 +13,7 @@ from PIL import Image
 
 from clap_edge.apps.cli import main
 from clap_edge.export.bundle import MANIFEST
+from clap_edge.runtime.classifier import Classifier
 
 CLASSES = {"cat", "dog", "car", "tree", "boat"}
 
@@ -179,3 +180,21 @@ def test_a_missing_module_no_extra_provides_is_not_disguised(monkeypatch):
     finally:
         main.commands.pop("needs-lib")
     assert result.exit_code == 1 and isinstance(result.exception, ModuleNotFoundError)
+
+
+def test_precision_option_runs_that_variant(runtime_bundle, tmp_path):
+    """--backend onnxruntime --precision int8 runs model.int8.onnx (same answer as the int8 Classifier)."""
+    img = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(img)
+    ok = CliRunner().invoke(main, ["classify", str(runtime_bundle), str(img), "--backend", "onnxruntime",
+                                   "--precision", "int8", "--json", "--top-k", "5"])
+    assert ok.exit_code == 0, ok.output
+    with Classifier.open(runtime_bundle, backend="onnxruntime:int8") as clf:
+        [want] = clf.predict([img], top_k=5)
+    got = json.loads(ok.stdout.strip())
+    assert got["labels"] == want.labels and got["scores"] == pytest.approx(want.scores, abs=1e-6)
+    missing = CliRunner().invoke(main, ["classify", str(runtime_bundle), str(img), "--backend", "onnxruntime",
+                                        "--precision", "fp16"])
+    assert missing.exit_code == 2 and "'fp16' model" in missing.output
+    auto = CliRunner().invoke(main, ["classify", str(runtime_bundle), str(img), "--precision", "int8"])
+    assert auto.exit_code == 2 and "named --backend" in auto.output

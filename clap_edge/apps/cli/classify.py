@@ -16,7 +16,11 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.argument("bundle", type=click.Path(exists=True))
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--backend", default="auto", show_default=True,
-              help="auto, onnxruntime, onnxruntime-int8, torch, ... (see `clap-edge bench`).")
+              help="auto, onnxruntime, openvino, torch, aoti, tensorrt, ...; name:precision also works "
+                   "(onnxruntime:int8).")
+@click.option("--precision", default=None,
+              help="the backend's precision / model variant: fp32, int8, int8-static, fp16, bf16 (openvino: "
+                   "auto, int8). Default: the backend's own.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="images per model call.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="classes reported per image (at most the bundle's class count).")
@@ -35,8 +39,8 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
               help="--ray: classifier actors (one bundle load each).")
 @click.option("--embeddings", is_flag=True, help="--ray: add an embedding column.")
-def classify(bundle, paths, backend, batch_size, top_k, threads, workers, device, as_json, trusted_keys, use_ray,
-             address, out, actors, embeddings):
+def classify(bundle, paths, backend, precision, batch_size, top_k, threads, workers, device, as_json, trusted_keys,
+             use_ray, address, out, actors, embeddings):
     """Classify images (files, or folders walked recursively) with BUNDLE.
 
     Exit code 0 when every image was classified, 1 when some could not be (each is reported with
@@ -55,6 +59,10 @@ def classify(bundle, paths, backend, batch_size, top_k, threads, workers, device
     from clap_edge.core.images import scan_images
     from clap_edge.runtime.classifier import Classifier
 
+    if precision:
+        if backend == "auto":
+            raise ClapEdgeError("--precision needs a named --backend (auto picks its own precision)")
+        backend = f"{backend.partition(':')[0]}:{precision}"
     scan = scan_images(list(paths))
     files = scan.files
     if not files and not scan.skipped:
