@@ -89,6 +89,10 @@ def _deployment_class():
             self.predict.set_batch_wait_timeout_s(batch_wait_s)
             self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
             self.model_task: asyncio.Task | None = None
+            from ray.serve.metrics import Histogram  # on the Prometheus port beside Serve's own metrics
+
+            self.model_batch_sizes = Histogram("clap_edge_model_batch_size", description="images per model call",
+                                               boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256])
 
         # Serve forms a batch every batch_wait_s even while the model is busy (its max_concurrent_batches
         # semaphore is taken after the batch is formed), so with one model call at a time the batches it
@@ -109,6 +113,7 @@ def _deployment_class():
                 chunk = self.pending[: self.max_batch_size]
                 del self.pending[: self.max_batch_size]
                 batch = np.stack([array for array, _ in chunk])
+                self.model_batch_sizes.observe(len(chunk))
                 try:
                     # Full class order per image; each request keeps its own top_k (a prefix of that order).
                     predictions = await asyncio.to_thread(self.classifier.predict_batch, batch, self.n_classes)
