@@ -84,14 +84,45 @@ def _deployment_class():
             self.info = {"bundle": os.path.basename(os.path.normpath(bundle)),
                          "backend": self.classifier.runner.name, "classes": self.n_classes}
             self.max_body_bytes = max_body_bytes
+            self.max_batch_size = max_batch_size
             self.predict.set_max_batch_size(max_batch_size)
             self.predict.set_batch_wait_timeout_s(batch_wait_s)
+            self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+            self.model_task: asyncio.Task | None = None
+            from ray.serve.metrics import Histogram  # on the Prometheus port beside Serve's own metrics
 
-        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+            self.model_batch_sizes = Histogram("clap_edge_model_batch_size", description="images per model call",
+                                               boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+
+        # Serve forms a batch every batch_wait_s even while the model is busy (its max_concurrent_batches
+        # semaphore is taken after the batch is formed), so with one model call at a time the batches it
+        # hands over are tiny (mean 1.4 images measured with 8 clients on ViT-B-32, against 8 in-process).
+        # So its batches are let through at once and merged here: the next model call takes everything
+        # that arrived while the last one ran, up to max_batch_size.
+        @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, max_concurrent_batches=1024)
         async def predict(self, arrays: list[np.ndarray]) -> list[Any]:
-            # Full class order per image; each request keeps its own top_k (a prefix of the same order).
-            batch = np.stack(arrays)
-            return await asyncio.to_thread(self.classifier.predict_batch, batch, self.n_classes)
+            loop = asyncio.get_running_loop()
+            futures = [loop.create_future() for _ in arrays]
+            self.pending.extend(zip(arrays, futures))
+            if self.model_task is None or self.model_task.done():
+                self.model_task = asyncio.ensure_future(self._run_model())
+            return list(await asyncio.gather(*futures))
+
+        async def _run_model(self) -> None:
+            while self.pending:
+                chunk = self.pending[: self.max_batch_size]
+                del self.pending[: self.max_batch_size]
+                batch = np.stack([array for array, _ in chunk])
+                self.model_batch_sizes.observe(len(chunk))
+                try:
+                    # Full class order per image; each request keeps its own top_k (a prefix of that order).
+                    predictions = await asyncio.to_thread(self.classifier.predict_batch, batch, self.n_classes)
+                except Exception as e:
+                    for _, future in chunk:
+                        future.set_exception(e)
+                    continue
+                for (_, future), prediction in zip(chunk, predictions):
+                    future.set_result(prediction)
 
         async def __call__(self, request) -> JSONResponse:
             path = request.url.path.rstrip("/")
