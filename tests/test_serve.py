@@ -319,3 +319,18 @@ def test_sigint_and_sigterm_both_lead_to_the_graceful_stop(monkeypatch):
         serve_module.serve(ServeConfig(bundle="unused"), on_ready=lambda config: calls.append("ready"))
         assert calls == ["start", "ready", "stop"]
         assert signal.getsignal(sig) is before
+
+
+def test_serve_refuses_an_unsigned_bundle_when_keys_are_trusted(runtime_bundle, tmp_path):
+    """--trusted-key: the bundle is verified in the driver, before any Ray process starts."""
+    pytest.importorskip("model_signing", reason="signing needs the [sign] extra")
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    assert CliRunner().invoke(main, ["keygen", str(tmp_path / "alice")]).exit_code == 0
+    result = CliRunner().invoke(main, ["serve", str(runtime_bundle), "--backend", "onnxruntime",
+                                       "--trusted-key", str(tmp_path / "alice.pub"), "--port", str(_free_port())])
+    assert result.exit_code == 2, result.output
+    assert "sign" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -9,14 +9,14 @@ from clap_edge.core.errors import ClapEdgeError, first_line
 __all__ = ["check_bundle", "connect", "import_ray"]
 
 
-def check_bundle(bundle: str, backend: str) -> None:
+def check_bundle(bundle: str, backend: str, trusted_keys: tuple[str, ...] = ()) -> None:
     """Open the bundle here first, so a bad bundle or backend is one clear line before any Ray process
     starts (a replica or actor that fails in its constructor is retried by Ray and ends in a deep traceback)."""
     from clap_edge.runtime.classifier import Classifier
 
     if not os.path.exists(bundle):
         raise ClapEdgeError(f"{bundle}: no such bundle")
-    Classifier.open(bundle, backend=backend, threads=1).close()
+    Classifier.open(bundle, backend=backend, threads=1, trusted_keys=list(trusted_keys) or None).close()
 
 
 def import_ray(what: str):

@@ -47,6 +47,7 @@ class ServeConfig:
     bundle: str
     backend: str = "auto"
     threads: int | None = None          # backend intra-op threads per replica
+    trusted_keys: tuple[str, ...] = ()  # public keys; when given, the bundle must be signed by one of them
     replicas: int = 1
     replica_cpus: float = 1.0           # Ray CPUs reserved per replica
     max_batch_size: int = 32
@@ -76,10 +77,11 @@ def _deployment_class():
     @serve.deployment(name="ClapEdgeClassifier")
     class ClassifierDeployment:
         def __init__(self, bundle: str, backend: str, threads: int | None, max_batch_size: int,
-                     batch_wait_s: float, max_body_bytes: int):
+                     batch_wait_s: float, max_body_bytes: int, trusted_keys: tuple[str, ...] = ()):
             from clap_edge.runtime.classifier import Classifier
 
-            self.classifier = Classifier.open(bundle, backend=backend, threads=threads)  # one load per replica
+            self.classifier = Classifier.open(bundle, backend=backend, threads=threads,  # one load per replica
+                                              trusted_keys=list(trusted_keys) or None)
             self.n_classes = len(self.classifier.class_names)
             self.info = {"bundle": os.path.basename(os.path.normpath(bundle)),
                          "backend": self.classifier.runner.name, "classes": self.n_classes}
@@ -193,12 +195,13 @@ def build_app(config: ServeConfig):
         ray_actor_options={"num_cpus": config.replica_cpus},
     )
     return deployment.bind(os.path.abspath(config.bundle), config.backend, config.threads, config.max_batch_size,
-                           config.batch_wait_ms / 1000.0, int(config.max_body_mb * (1 << 20)))
+                           config.batch_wait_ms / 1000.0, int(config.max_body_mb * (1 << 20)),
+                           tuple(os.path.abspath(k) for k in config.trusted_keys))
 
 
 def start(config: ServeConfig) -> None:
     """Connect to (or start) Ray, start Serve's HTTP proxy and deploy; returns once replicas are ready."""
-    check_bundle(config.bundle, config.backend)
+    check_bundle(config.bundle, config.backend, config.trusted_keys)
     import_ray("serving")
     try:
         from ray import serve as ray_serve

@@ -70,6 +70,10 @@ def classify(bundle, paths, backend, precision, batch_size, top_k, threads, work
     if use_ray or address or out or embeddings:
         from clap_edge.apps.cli.ray_classify import classify_on_ray
 
+        if trusted_keys:  # checked once here, in the driver; the actors open the bundle just verified
+            from clap_edge.export.bundle.signing import verify_bundle
+
+            verify_bundle(bundle, list(trusted_keys))
         for skipped in scan.skipped:
             _report_error(str(skipped.path), Exception(skipped.reason), as_json)
         return classify_on_ray(bundle, files, use_ray, address, out, backend, threads, actors, batch_size, top_k,

@@ -27,10 +27,12 @@ import click
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Prometheus port of the local Ray node (Ray Serve's metrics).")
 @click.option("--access-log", is_flag=True, help="log one line per request.")
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="public key PEM; the bundle must be signed by one of these (repeatable; `clap-edge sign`).")
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=64.0, show_default=True,
               help="larger request bodies answer 413.")
 def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batch_wait_ms, host, port, address,
-          num_cpus, metrics_port, access_log, max_body_mb):
+          num_cpus, metrics_port, access_log, trusted_keys, max_body_mb):
     """Serve BUNDLE over HTTP on Ray Serve, batching concurrent requests into one model call.
 
     \b
@@ -49,7 +51,7 @@ def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batc
     config = ServeConfig(bundle=bundle, backend=backend, threads=threads, replicas=replicas,
                          replica_cpus=replica_cpus, max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
                          host=host, port=port, address=address, num_cpus=num_cpus, metrics_port=metrics_port,
-                         access_log=access_log, max_body_mb=max_body_mb)
+                         access_log=access_log, max_body_mb=max_body_mb, trusted_keys=tuple(trusted_keys))
 
     def ready(c) -> None:
         metrics = f", metrics on :{c.metrics_port}/metrics" if c.metrics_port else ""
