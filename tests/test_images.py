@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -83,13 +82,10 @@ def test_very_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path):
     # over the pixel budget at full size; the DCT draft reduces it before anything is allocated
     with pytest.raises(ImageError, match="too large"):
         load_image(path, max_pixels=4_000_000)
-    start = time.perf_counter()
-    img = load_image(path, draft_size=(448, 448), max_pixels=4_000_000)
-    elapsed = time.perf_counter() - start
+    img = load_image(path, draft_size=(448, 448), max_pixels=4_000_000)  # the size below proves the draft
     assert img.mode == "RGB"
     assert img.size == (750, 500)  # scale 1/8: the smallest DCT scale that still covers 448 x 448
     assert np.abs(np.asarray(img, dtype=int)[250, 375] - (200, 120, 40)).max() <= 3
-    assert elapsed < 2.0
 
 
 def test_cmyk_jpeg_becomes_correct_rgb(tmp_path):
