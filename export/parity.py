@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from clap_edge.core.errors import BundleError
+from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
 
 
 @dataclass
@@ -53,6 +54,7 @@ def run_onnx(path: str | os.PathLike, batch: np.ndarray, threads: int | None = N
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    logits, embedding = session.run(["logits", "embedding"], {"image": np.ascontiguousarray(batch, dtype=np.float32)})
+    logits, embedding = session.run([OUTPUT_LOGITS, OUTPUT_EMBEDDING],
+                                    {INPUT_IMAGE: np.ascontiguousarray(batch, dtype=np.float32)})
     return np.asarray(logits, np.float32), np.asarray(embedding, np.float32)
 

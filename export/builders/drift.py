@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from clap_edge.export.builders.calibration import EvalSet
+from clap_edge.export.bundle.names import OUTPUT_LOGITS
 
 BATCH = 32
 Predict = Callable[[np.ndarray], np.ndarray]  # preprocessed batch -> logits
@@ -64,7 +65,7 @@ def onnx_predictor(path: str | os.PathLike) -> Predict:
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda batch: session.run(["logits"], {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    return lambda batch: session.run([OUTPUT_LOGITS], {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
 def openvino_predictor(path: str | os.PathLike) -> Predict:
@@ -73,7 +74,7 @@ def openvino_predictor(path: str | os.PathLike) -> Predict:
 
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
-    index = next(i for i, out in enumerate(compiled.outputs) if "logits" in out.get_names())
+    index = next(i for i, out in enumerate(compiled.outputs) if OUTPUT_LOGITS in out.get_names())
     return lambda batch: np.array(list(request.infer({0: np.ascontiguousarray(batch, np.float32)}).values())[index])
 
 

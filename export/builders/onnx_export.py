@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from clap_edge.core.errors import BundleError, first_line
+from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "embedding")
+INPUT_NAME = INPUT_IMAGE
+OUTPUT_NAMES = (OUTPUT_LOGITS, OUTPUT_EMBEDDING)
 MIN_DYNAMO_OPSET = 18  # the dynamo exporter's lowest native opset; lower ones are version-converted
 MAX_BATCH = 4096
 

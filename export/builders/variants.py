@@ -25,6 +25,8 @@ from typing import Iterator
 
 import numpy as np
 
+from clap_edge.export.bundle.names import OUTPUT_LOGITS
+
 log = logging.getLogger(__name__)
 
 INT8_OP_TYPES = ("MatMul", "Gemm")
@@ -209,7 +211,7 @@ def _openvino_output_matmuls(model) -> list[str]:
     """Names of the MatMul ops that feed the ``logits`` output directly (after at most one Multiply)."""
     names = []
     for output in model.outputs:
-        if "logits" not in output.get_names():
+        if OUTPUT_LOGITS not in output.get_names():
             continue
         node = output.get_node()
         for _ in range(3):  # Result <- [Multiply / Convert] <- MatMul

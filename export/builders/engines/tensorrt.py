@@ -26,6 +26,7 @@ from clap_edge.core.errors import BackendUnavailableError, BundleError, ClapEdge
 from clap_edge.core.io import atomic_path
 from clap_edge.export.builders.engines import BuiltEngine
 from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle.names import INPUT_IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ TENSORRT_MISSING = ("TensorRT is not installed here (Python module 'tensorrt' no
 # Layer types kept in fp32 in reduced-precision builds: CLIP's fp16 failures are in LayerNorm and Softmax,
 # and the reductions behind the embedding's L2 norm (as the fp16 ONNX variant keeps them).
 KEEP_FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
-INPUT_NAME = "image"
 
 __all__ = ["TENSORRT_MISSING", "KEEP_FP32_LAYER_TYPES", "TrtPlan", "plan_build", "fp32_layer_indices",
            "import_tensorrt", "build_tensorrt"]
@@ -152,7 +152,7 @@ def _pin_fp32(trt: Any, network: Any) -> int:
 def _add_profile(builder: Any, config: Any, input_shape: tuple[int, int, int], batch: tuple[int, int, int]) -> None:
     profile = builder.create_optimization_profile()
     lo, opt, hi = (tuple([n, *input_shape]) for n in batch)
-    profile.set_shape(INPUT_NAME, lo, opt, hi)
+    profile.set_shape(INPUT_IMAGE, lo, opt, hi)
     config.add_optimization_profile(profile)
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle.names import OUTPUT_EMBEDDING, OUTPUT_LOGITS
 from clap_edge.runtime.backends.base import Runner, RunnerOptions, RunnerOutput
 from clap_edge.runtime.backends.openvino.loader import compile_bundle_model, compile_config, compiled_precision
-from clap_edge.export.bundle import Bundle
 
 __all__ = ["OpenVINORunner"]
 
@@ -44,8 +45,8 @@ class OpenVINORunner(Runner):
 
     def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
         outs = list(self._request.infer({0: batch}, share_inputs=True).values())
-        logits = np.asarray(outs[self._out_index["logits"]], dtype=np.float32)
-        embedding = np.asarray(outs[self._out_index["embedding"]], dtype=np.float32)
+        logits = np.asarray(outs[self._out_index[OUTPUT_LOGITS]], dtype=np.float32)
+        embedding = np.asarray(outs[self._out_index[OUTPUT_EMBEDDING]], dtype=np.float32)
         # copies: the request reuses its output tensors on the next call
         return RunnerOutput(logits=logits.copy(), embedding=embedding.copy())
 

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from clap_edge.core.errors import BackendUnavailableError, BundleError
+from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
 
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "embedding")
+INPUT_NAME = INPUT_IMAGE
+OUTPUT_NAMES = (OUTPUT_LOGITS, OUTPUT_EMBEDDING)
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "check_cuda", "TrtBuffers", "deserialize"]
 

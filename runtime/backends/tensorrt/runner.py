@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from clap_edge.export.bundle.names import OUTPUT_EMBEDDING, OUTPUT_LOGITS
 from clap_edge.runtime.backends.base import RunnerOutput
 from clap_edge.runtime.backends.engines import EngineRunner, run_in_chunks
 from clap_edge.runtime.backends.tensorrt.loader import (INPUT_NAME, OUTPUT_NAMES, TrtBuffers, check_cuda, deserialize,
@@ -72,7 +73,7 @@ class TensorRTRunner(EngineRunner):
             check_cuda(cudart.cudaMemcpyAsync(b.host_ptr[name], b.device[name], n * b.nbytes_per_row[name], d2h,
                                               self.stream), "copy to host")
         check_cuda(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return b.host["logits"][:n].copy(), b.host["embedding"][:n].copy()
+        return b.host[OUTPUT_LOGITS][:n].copy(), b.host[OUTPUT_EMBEDDING][:n].copy()
 
     def deactivate_impl(self) -> None:
         if getattr(self, "buffers", None) is not None:
