@@ -19,7 +19,6 @@ fastest backend measured on this machine for this model (:func:`recorded_fastest
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -32,8 +31,7 @@ import numpy as np
 from clap_edge.core.errors import BundleError
 from clap_edge.core.machine import cpu_info
 from clap_edge.export.bundle import Bundle
-from clap_edge.runtime.bench_record import (AUTO_MIN_AGREEMENT, load_bench_record, record_bench,
-                                           recorded_fastest_backend)
+from clap_edge.runtime.bench_record import load_bench_record, record_bench, recorded_fastest_backend
 
 __all__ = ["BenchConfig", "run_bench", "preprocess_folder", "record_bench", "load_bench_record",
            "recorded_fastest_backend", "environment"]
@@ -192,7 +190,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
                 ceiling.stop()
     _add_ratios(results, env["bundle"]["flops_per_image"])
     _add_ceiling_fractions(results, env.get("ceiling"))
-    env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    env["load_average_after"] = _load_average()
     env["load_s"] = {name: w.info["load_s"] for name, w in workers.items()}
     report = {"env": env, "config": {"backends": backends, "batch_sizes": cfg.batch_sizes, "threads": cfg.threads,
                                      "warmup": cfg.warmup, "iters": cfg.iters, "end_to_end": cfg.end_to_end},
@@ -245,7 +243,7 @@ def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size
 
 def _agreement(workers: dict[str, _WorkerHandle], bundle: Bundle, cfg: BenchConfig) -> dict[str, dict[str, Any]]:
     """Top-1 agreement and max |dlogit| of every backend against the fp32 reference backend."""
-    batch = cfg.agreement if cfg.agreement is not None else _calibration(bundle)
+    batch = cfg.agreement if cfg.agreement is not None else bundle.calibration()
     reference = next((name for name in REFERENCE_BACKENDS if name in workers), None)
     if batch is None or reference is None:
         return {}
@@ -325,12 +323,6 @@ def _check_backends(bundle: Bundle, names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _calibration(bundle: Bundle) -> np.ndarray | None:
-    if "calibration.npy" not in bundle.manifest["files"]:
-        return None
-    return np.load(bundle.file("calibration.npy"), allow_pickle=False).astype(np.float32)
-
-
 def preprocess_folder(bundle: Bundle, folder: str, limit: int = 256) -> np.ndarray:
     """Up to ``limit`` images of ``folder``, preprocessed for ``bundle``: a batch for the agreement columns."""
     from clap_edge.core.images import load_image
@@ -355,9 +347,8 @@ def environment(threads: int | None) -> dict[str, Any]:
     """CPU, cores, threads, library versions, GPU and machine load: what a number depends on."""
     from importlib import metadata
 
-    cpu_model, flags = cpu_info()
-    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16",
-              "amx_int8", "avx512_fp16", "neon", "asimd")
+    from clap_edge.apps.ceiling import cpu_isa_flags
+
     versions = {}
     for lib in ("numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "torch", "open_clip_torch", "pillow"):
         try:
@@ -365,26 +356,23 @@ def environment(threads: int | None) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     return {
-        "cpu_model": cpu_model, "cpu_flags": [f for f in wanted if f in flags], "machine": platform.machine(),
+        "cpu_model": cpu_info()[0], "cpu_flags": cpu_isa_flags(), "machine": platform.machine(),
         "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads": threads, "python": platform.python_version(), "libraries": versions, "gpu": _gpu_name(),
-        "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_before": _load_average(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
 def _gpu_name() -> str | None:
-    import shutil
-    import subprocess
+    from clap_edge.export.builders.engines.devices import visible_gpus
 
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    gpus = visible_gpus()
+    return gpus[0].name if gpus else None
+
+
+def _load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
 # ---- helpers ------------------------------------------------------------------

@@ -94,9 +94,9 @@ def build_engine(cfg: EngineBuildConfig) -> EngineSidecar:
 def _reference(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     from clap_edge.export.parity import run_onnx
 
-    if "calibration.npy" not in bundle.manifest["files"]:
+    calibration = bundle.calibration()
+    if calibration is None:
         raise BundleError(f"{bundle.root}: no calibration.npy to check the engine's parity on (re-export the bundle)")
-    calibration = np.load(bundle.file("calibration.npy"), allow_pickle=False).astype(np.float32)
     logits, _ = run_onnx(bundle.variant_file("fp32"), calibration)
     return calibration, logits
 

@@ -21,9 +21,10 @@ import numpy as np
 
 from clap_edge.core.errors import BundleError, CheckpointError, ClapEdgeError, PromptError
 from clap_edge.core.io import staging_tempdir
+from clap_edge.export.builders.calibration import preprocessor_for
 from clap_edge.export.bundle import BundleWriter
 from clap_edge.export.bundle.manifest import HeadInfo, ModelInfo, PreprocessCfg, TensorSpec, to_json
-from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
+from clap_edge.export.bundle.names import CALIBRATION_FILE, INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
     say(f"embedding {len(class_names)} classes x {len(templates)} templates")
     fused = build_fused(loaded, class_names, head, alpha, templates)
     pre = PreprocessCfg.from_open_clip(loaded.preprocess_cfg)
-    calib = _calibration_batch(cfg.calibration, loaded.preprocess_cfg)
+    calib = _calibration_batch(cfg.calibration, pre)
     image_shape = tuple(int(s) for s in calib.shape[1:])
 
     from clap_edge.export.builders.flops import flops_per_image
@@ -122,7 +123,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 _save_head(head, alpha, writer.staging / "head.safetensors")
                 writer.add_file("head.safetensors")
             writer.add_class_embeddings(fused.classes.T.numpy())
-            writer.add_file("calibration.npy", _npy_bytes(calib))
+            writer.add_file(CALIBRATION_FILE, _npy_bytes(calib))
             writer.manifest.update(to_json(dict(
                 model=ModelInfo(model_name, pretrained, _head_manifest(head, alpha)),
                 embed_dim=fused.embed_dim,
@@ -244,9 +245,9 @@ def _score_drift(cfg, fp32_path: Path, variants: dict[str, Path], class_names, p
     return score_drift(eval_set, predictor_for(fp32_path), {k: predictor_for(p) for k, p in by_variant.items()})
 
 
-def _calibration_batch(source: Any, preprocess_cfg) -> np.ndarray:
+def _calibration_batch(source: Any, pre: PreprocessCfg) -> np.ndarray:
     """The fixed batch used for parity: given array, images from a folder, or seeded synthetic images."""
-    size = _size_hw(preprocess_cfg)
+    size = pre.size
     if isinstance(source, np.ndarray):
         batch = np.asarray(source, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (3, *size):
@@ -256,9 +257,7 @@ def _calibration_batch(source: Any, preprocess_cfg) -> np.ndarray:
         images = _folder_images(Path(source))
     else:
         images = _synthetic_images(CALIBRATION_IMAGES, size)
-    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
-
-    preprocess = Preprocessor(PreprocessConfig.from_open_clip(preprocess_cfg))  # what the runtime does
+    preprocess = preprocessor_for(pre)  # what the runtime does
     return np.stack([preprocess(img) for img in images]).astype(np.float32)
 
 
@@ -286,12 +285,6 @@ def _synthetic_images(n: int, size: tuple[int, int]) -> list:
         img = Image.fromarray(low).resize((size[1] + 32, size[0] + 16), Image.BICUBIC)
         images.append(img)
     return images
-
-
-def _size_hw(pcfg) -> tuple[int, int]:
-    """open_clip's PreprocessCfg.size (an int or (H, W)) as (H, W)."""
-    size = pcfg.size
-    return (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
 
 
 def _head_manifest(head, alpha: float) -> HeadInfo | None:

@@ -25,8 +25,8 @@ import numpy as np
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import read_regular, staging_tempdir
 from clap_edge.export.bundle.manifest import LIMITS, Manifest, ManifestFieldError, check_version, loads
-from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST,
-                                             sha256_file)
+from clap_edge.export.bundle.names import (CALIBRATION_FILE, CLASSES_FILE, CLASSES_TENSOR, MANIFEST,
+                                             MANIFEST_DIGEST, sha256_file)
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,12 @@ class Bundle:
             except BundleError as e:
                 report[name] = str(e)[len(self.label) + 2:] if str(e).startswith(self.label) else str(e)
         return report
+
+    def calibration(self) -> np.ndarray | None:
+        """The preprocessed parity batch [n, 3, H, W] the export recorded (sha256-checked), or None if absent."""
+        if CALIBRATION_FILE not in self.manifest["files"]:
+            return None
+        return np.load(self.file(CALIBRATION_FILE), allow_pickle=False).astype(np.float32)
 
     def class_embeddings(self) -> np.ndarray:
         """The class embeddings [C, d] (float32, finite), checked against the manifest."""
