@@ -32,7 +32,7 @@ import numpy as np
 
 # A ViT-B MLP product over a batch of tokens: big enough for every library's peak kernel, short to run.
 DEFAULT_SHAPE = (512, 768, 3072)
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
              "amx_bf16", "avx512_fp16", "neon", "asimd")
 
 __all__ = ["DEFAULT_SHAPE", "ISA_FLAGS", "CeilingConfig", "measure_ceilings", "run_ceilings", "ceiling_key",
