@@ -229,12 +229,17 @@ def choose_alpha(val: Mapping[str, Mapping[float, np.ndarray]], objective: str =
     return best_alpha(values), values
 
 
-def grid_cells(scores: Mapping[float, np.ndarray], n_boot: int, seed: int) -> dict[float, dict]:
-    """Per alpha: top-1 with CI, and minus CLIP (alpha 0, computed if absent) with its paired CI."""
+def minus_clip(scores: Mapping[float, np.ndarray], n_boot: int, seed: int) -> dict[float, tuple]:
+    """Per alpha: top-1 minus CLIP's (alpha 0) in points with its paired-bootstrap CI, unrounded."""
+    return {a: paired_difference_ci(s, scores[0.0], n_boot, seed) for a, s in scores.items()}
+
+
+def grid_cells(scores: Mapping[float, np.ndarray], n_boot: int, seed: int,
+               differences: Mapping[float, tuple] | None = None) -> dict[float, dict]:
+    """Per alpha: top-1 with CI, and minus CLIP (alpha 0) with its paired CI (``differences``: already computed)."""
     tops = paired_bootstrap({str(a): s for a, s in scores.items()}, n_boot, seed)
-    clip = scores[0.0]
-    return {a: {**tops[str(a)].as_dict(), "minus_clip": _diff_dict(paired_difference_ci(s, clip, n_boot, seed))}
-            for a, s in scores.items()}
+    differences = differences if differences is not None else minus_clip(scores, n_boot, seed)
+    return {a: {**tops[str(a)].as_dict(), "minus_clip": _diff_dict(differences[a])} for a in scores}
 
 
 def evaluate(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPHead],
@@ -256,9 +261,9 @@ def evaluate(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPH
                 val_scores = alpha_scores(val or {}, texts, head, config.alphas)
                 result.alphas[key], result.val_scores[key] = choose_alpha(val_scores, config.alpha_objective)
             test_scores = result.scores[key] = alpha_scores(test, texts, head, grid_alphas)
-            result.grid[key] = {d: grid_cells(s, config.n_boot, config.seed) for d, s in test_scores.items()}
-            result.gains[key] = {d: paired_difference_ci(s[result.alphas[key]], s[0.0], config.n_boot, config.seed)
-                                 for d, s in test_scores.items()}
+            diffs = {d: minus_clip(s, config.n_boot, config.seed) for d, s in test_scores.items()}  # once each
+            result.grid[key] = {d: grid_cells(s, config.n_boot, config.seed, diffs[d]) for d, s in test_scores.items()}
+            result.gains[key] = {d: diffs[d][result.alphas[key]] for d in test_scores}
             for d, s in test_scores.items():
                 chosen.setdefault(d, {})[clip_key] = s[0.0]
                 chosen[d][key] = s[result.alphas[key]]
