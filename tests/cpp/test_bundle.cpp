@@ -10,6 +10,7 @@
 #include "clap_edge/bundle.hpp"
 #include "clap_edge/classifier.hpp"
 #include "clap_edge/errors.hpp"
+#include "fixtures.hpp"
 
 using namespace clap_edge;
 using json = nlohmann::json;
@@ -40,11 +41,6 @@ std::string problem(const json& m) {
   } catch (const BundleError& e) {
     return e.what();
   }
-}
-
-std::string fixtures() {
-  const char* dir = std::getenv("CLAP_EDGE_FIXTURES");
-  return dir ? dir : "";
 }
 
 }  // namespace

@@ -9,22 +9,16 @@
 #include <thread>
 
 #include "clap_edge/classifier.hpp"
+#include "fixtures.hpp"
 #include "npy.hpp"
 
 using namespace clap_edge;
 
 namespace {
 
-std::string fixtures() {
-  const char* dir = std::getenv("CLAP_EDGE_FIXTURES");
-  return dir ? dir : "";
-}
-
 std::vector<std::string> image_paths() {
-  std::ifstream f(fixtures() + "/ref/order.txt");
   std::vector<std::string> paths;
-  for (std::string line; std::getline(f, line);)
-    if (!line.empty()) paths.push_back(fixtures() + "/images/" + line);
+  for (const auto& name : image_names()) paths.push_back(fixtures() + "/images/" + name);
   return paths;
 }
 

@@ -13,24 +13,12 @@
 #include "clap_edge/classifier.hpp"
 #include "clap_edge/errors.hpp"
 #include "clap_edge/image.hpp"
+#include "fixtures.hpp"
 #include "npy.hpp"
 
 using namespace clap_edge;
 
 namespace {
-
-std::string fixtures() {
-  const char* dir = std::getenv("CLAP_EDGE_FIXTURES");
-  return dir ? dir : "";
-}
-
-std::vector<std::string> image_names() {
-  std::ifstream f(fixtures() + "/ref/order.txt");
-  std::vector<std::string> names;
-  for (std::string line; std::getline(f, line);)
-    if (!line.empty()) names.push_back(line);
-  return names;
-}
 
 PreprocessConfig config(const std::string& name) {
   PreprocessConfig c;

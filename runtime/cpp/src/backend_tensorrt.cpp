@@ -47,7 +47,7 @@ struct Context {
 
 class TensorRTBackend : public Backend {
  public:
-  TensorRTBackend(const Bundle& bundle, const Options& options) : bundle_(bundle) {
+  TensorRTBackend(const Bundle& bundle, const Options& options) {
     const Manifest& m = bundle.manifest();
     device_ = options.device == "CPU" ? 0 : std::stoi(options.device);
     cuda_check(cudaSetDevice(device_), "cudaSetDevice");
@@ -149,7 +149,6 @@ class TensorRTBackend : public Backend {
     idle_.push_back(std::move(c));
   }
 
-  const Bundle& bundle_;
   Logger logger_;
   int device_ = 0;
   EngineInfo info_;

@@ -271,6 +271,18 @@ std::string sha256_hex(EVP_MD_CTX* ctx) {
   }
   return out;
 }
+
+std::string sha256_bytes(const void* data, size_t size) {
+  DigestCtx ctx = sha256_start();
+  EVP_DigestUpdate(ctx.get(), data, size);
+  return sha256_hex(ctx.get());
+}
+
+[[noreturn]] void throw_modified(const std::string& root, const std::string& name, const std::string& actual,
+                                 const std::string& want) {
+  throw BundleError(root + ": '" + name + "' is corrupt or was modified: sha256 " + actual.substr(0, 16) +
+                    "... does not match the manifest's " + want.substr(0, 16) + "...");
+}
 }  // namespace
 
 std::string sha256_file(const std::string& path) {
@@ -298,9 +310,7 @@ void check_manifest_digest(const fs::path& root, const std::string& manifest_tex
   std::ifstream f(digest_path);
   std::string want, name;
   f >> want >> name;
-  DigestCtx ctx = sha256_start();
-  EVP_DigestUpdate(ctx.get(), manifest_text.data(), manifest_text.size());
-  const std::string actual = sha256_hex(ctx.get());
+  const std::string actual = sha256_bytes(manifest_text.data(), manifest_text.size());
   if (!is_hex64(want) || (!name.empty() && name != kManifest && name != std::string("*") + kManifest))
     throw BundleError(root.string() + ": '" + kManifestDigest + "' is not '<sha256>  manifest.json'");
   for (auto& ch : want) ch = char(std::tolower(static_cast<unsigned char>(ch)));
@@ -347,9 +357,7 @@ std::string Bundle::file(const std::string& name) const {
   if (!verified_.count(name)) {
     const std::string& want = manifest_.files.at(name).sha256;
     const std::string actual = sha256_file(path);
-    if (actual != want)
-      throw BundleError(root_ + ": '" + name + "' is corrupt or was modified: sha256 " + actual.substr(0, 16) +
-                        "... does not match the manifest's " + want.substr(0, 16) + "...");
+    if (actual != want) throw_modified(root_, name, actual, want);
     verified_.insert(name);
   }
   return path;
@@ -359,12 +367,8 @@ std::vector<char> Bundle::read_file(const std::string& name) const {
   check_listed(name);
   std::ifstream f(fs::path(root_) / name, std::ios::binary);
   std::vector<char> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  DigestCtx ctx = sha256_start();
-  EVP_DigestUpdate(ctx.get(), data.data(), data.size());
-  const std::string actual = sha256_hex(ctx.get()), &want = manifest_.files.at(name).sha256;
-  if (actual != want)  // hashed in memory: the bytes checked are the bytes used
-    throw BundleError(root_ + ": '" + name + "' is corrupt or was modified: sha256 " + actual.substr(0, 16) +
-                      "... does not match the manifest's " + want.substr(0, 16) + "...");
+  const std::string actual = sha256_bytes(data.data(), data.size()), &want = manifest_.files.at(name).sha256;
+  if (actual != want) throw_modified(root_, name, actual, want);  // hashed in memory: the bytes checked are used
   return data;
 }
 

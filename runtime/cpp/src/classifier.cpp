@@ -168,11 +168,10 @@ void Classifier::predict_files(const std::vector<std::string>& paths, int batch_
   auto prepare = [this, &paths, pixels](size_t start, size_t n) {
     Prepared p;
     p.errors.assign(n, "");
-    std::vector<std::vector<float>> tensors(n);
+    p.batch.resize(n * pixels);  // each image straight into its slot; failed slots are closed up below
     parallel_for(n, impl_->options.workers, [&](size_t i) {
       try {
-        tensors[i].resize(pixels);
-        clap_edge::preprocess(load(paths[start + i]), impl_->cfg, tensors[i].data());
+        clap_edge::preprocess(load(paths[start + i]), impl_->cfg, p.batch.data() + i * pixels);
       } catch (const ImageError& e) {
         p.errors[i] = e.what();
       } catch (const std::exception& e) {  // an unexpected decoder failure still fails only this file
@@ -181,9 +180,10 @@ void Classifier::predict_files(const std::vector<std::string>& paths, int batch_
     });
     for (size_t i = 0; i < n; ++i)
       if (p.errors[i].empty()) p.good.push_back(i);
+    for (size_t j = 0; j < p.good.size(); ++j)  // good[j] >= j: moving forward in place is safe
+      if (p.good[j] != j)
+        std::copy_n(p.batch.begin() + p.good[j] * pixels, pixels, p.batch.begin() + j * pixels);
     p.batch.resize(p.good.size() * pixels);
-    for (size_t j = 0; j < p.good.size(); ++j)
-      std::copy(tensors[p.good[j]].begin(), tensors[p.good[j]].end(), p.batch.begin() + j * pixels);
     return p;
   };
   const size_t bs = size_t(batch_size);
