@@ -195,11 +195,7 @@ def alpha_grid_markdown(grid: AlphaGrid, chosen: float | None = None) -> str:
 def plot_alpha_curves(grids: Mapping[str, AlphaGrid], path: str | Path, chosen: Mapping[str, float] | None = None,
                       title: str = "zero-shot top-1 vs alpha (alpha 0 = CLIP)") -> Path:
     """One panel per grid (e.g. per prompt family), one line per domain, 95% CI band; the chosen alpha dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(grids)
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
@@ -219,7 +215,4 @@ def plot_alpha_curves(grids: Mapping[str, AlphaGrid], path: str | Path, chosen: 
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncols=min(8, max(1, len(labels))))
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.09, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
