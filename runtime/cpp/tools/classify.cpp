@@ -70,7 +70,8 @@ bool exists(const std::string& p) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   std::vector<std::string> positional;
   std::string backend = "auto";
   Options options;
@@ -129,3 +130,6 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+}  // namespace
+
+int main(int argc, char** argv) { return guarded_main(run, argc, argv); }
