@@ -34,7 +34,7 @@ struct Fd {
 
 std::string file_kind(mode_t mode) {
   if (S_ISDIR(mode)) return "directory";
-  if (S_ISFIFO(mode)) return "fifo";
+  if (S_ISFIFO(mode)) return "named pipe (FIFO)";  // clap_edge.core.io.file_kind's words
   if (S_ISSOCK(mode)) return "socket";
   if (S_ISCHR(mode)) return "character device";
   if (S_ISBLK(mode)) return "block device";
@@ -196,12 +196,14 @@ void Bundle::check_classes() const {
   try {
     const auto header = nlohmann::json::parse(data.begin() + 8, data.begin() + 8 + std::ptrdiff_t(len));
     const auto& t = header.at("class_embeddings");
-    shape = t.at("shape").dump();
+    shape.clear();
+    for (const auto& d : t.at("shape")) shape += (shape.empty() ? "[" : ", ") + d.dump();
+    shape += "]";
     dtype = t.at("dtype").get<std::string>();
   } catch (const std::exception& e) {
     throw BundleError(root_ + ": " + kClassesFile + " is unreadable (" + e.what() + ")");
   }
-  const std::string want = "[" + std::to_string(manifest_.class_names.size()) + "," + std::to_string(manifest_.embed_dim) + "]";
+  const std::string want = "[" + std::to_string(manifest_.class_names.size()) + ", " + std::to_string(manifest_.embed_dim) + "]";
   if (shape != want)
     throw BundleError(root_ + ": " + kClassesFile + " has shape " + shape + " but the manifest lists " +
                       std::to_string(manifest_.class_names.size()) + " classes of dimension " +

@@ -60,6 +60,7 @@ std::string quote(const std::string& s) {
 std::string kind(const ojson& v) {
   if (v.is_null()) return "null";
   if (v.is_string() && code_points(v.get_ref<const std::string&>()).size() <= 40) return quote(v.get<std::string>());
+  if (v.is_boolean()) return v.get<bool>() ? "True" : "False";  // Python's repr
   if (v.is_primitive()) return v.dump();
   return v.is_array() ? "list" : "dict";
 }
@@ -252,6 +253,7 @@ PreprocessConfig preprocess(const Checker& ck, const ojson& v) {
 struct Tensor {
   std::string name;
   std::vector<int64_t> shape;  // -1: a symbolic dim
+  std::string repr;            // the shape as Python prints the list: ['N', 3, 64, 64]
 };
 
 std::vector<Tensor> tensors(const Checker& ck, const ojson& v, const std::string& path) {
@@ -265,14 +267,18 @@ std::vector<Tensor> tensors(const Checker& ck, const ojson& v, const std::string
     if (extra || !o.contains("name") || !o.contains("shape")) ck.bad(p, "must be {name, shape, dtype}");
     const ojson& shape = list(ck, o["shape"], p + ".shape", 1, 8);
     Tensor t;
+    t.repr = "";
     for (size_t j = 0; j < shape.size(); ++j) {
       const ojson& d = shape[j];
       if (d.is_string() && !d.get<std::string>().empty() && code_points(d.get<std::string>()).size() <= 64) {
         t.shape.push_back(-1);
+        t.repr += (j ? ", " : "[") + quote(d.get<std::string>());
       } else {
         t.shape.push_back(integer(ck, d, p + ".shape[" + std::to_string(j) + "]", 1, kMaxDim));
+        t.repr += (j ? ", " : "[") + std::to_string(t.shape.back());
       }
     }
+    t.repr += "]";
     t.name = str(ck, o["name"], p + ".name");
     const ojson float32 = "float32";
     one_of(ck, o.contains("dtype") ? o["dtype"] : float32, p + ".dtype",
@@ -324,8 +330,9 @@ void check_shapes(const Checker& ck, Manifest& m, const std::vector<Tensor>& inp
   if (image.name != "image") ck.bad("inputs[0].name", "must be 'image', got " + quote(image.name));
   const std::vector<int64_t> want{3, m.preprocess.height, m.preprocess.width};
   if (image.shape.size() != 4 || std::vector<int64_t>(image.shape.begin() + 1, image.shape.end()) != want)
-    ck.bad("inputs[0].shape", "does not match [N, 3, " + std::to_string(want[1]) + ", " + std::to_string(want[2]) +
-                                  "] (preprocess.size)");
+    ck.bad("inputs[0].shape", image.repr + " does not match [N, 3, " + std::to_string(want[1]) + ", " +
+                                  std::to_string(want[2]) + "] (preprocess.size [" + std::to_string(want[1]) + ", " +
+                                  std::to_string(want[2]) + "])");
   m.input_name = image.name;
   m.input_height = m.preprocess.height;
   m.input_width = m.preprocess.width;
@@ -335,7 +342,7 @@ void check_shapes(const Checker& ck, Manifest& m, const std::vector<Tensor>& inp
     while (i < outputs.size() && outputs[i].name != name) ++i;
     if (i == outputs.size()) ck.bad("outputs", std::string("lists no '") + name + "' output");
     const std::string p = "outputs[" + std::to_string(i) + "].shape";
-    if (outputs[i].shape.size() != 2) ck.bad(p, std::string("'") + name + "' must be 2-D [N, width]");
+    if (outputs[i].shape.size() != 2) ck.bad(p, std::string("'") + name + "' must be 2-D [N, width], got " + outputs[i].repr);
     if (outputs[i].shape[1] != -1 && outputs[i].shape[1] != width)
       ck.bad(p, std::string("'") + name + "' has width " + std::to_string(outputs[i].shape[1]) + " but the bundle has " +
                     std::to_string(width) + (name[0] == 'l' ? " classes" : " embedding dims"));
