@@ -83,7 +83,7 @@ TEST(Manifest, RefusesEachBrokenRuleNamingTheField) {
       {[](json& m) { m["preprocess"]["interpolation"] = "lanczos"; }, "preprocess.interpolation: must be one of"},
       {[](json& m) { m["preprocess"]["fill_color"] = 300; }, "preprocess.fill_color: must be an integer in [0, 255]"},
       {[](json& m) { m["preprocess"]["size"] = {4294967328ULL, 32}; }, "preprocess.size[0]: must be an integer"},
-      {[](json& m) { m["inputs"][0]["shape"] = {"N", 3, 48, 48}; }, "inputs[0].shape: does not match [N, 3, 32, 32]"},
+      {[](json& m) { m["inputs"][0]["shape"] = {"N", 3, 48, 48}; }, "inputs[0].shape: ['N', 3, 48, 48] does not match [N, 3, 32, 32]"},
       {[](json& m) { m["outputs"][0]["shape"] = {"N", 4}; }, "'logits' has width 4 but the bundle has 3 classes"},
       {[](json& m) { m["outputs"].erase(1); }, "outputs: lists no 'embedding' output"},
       {[](json& m) { m["files"]["../escape.onnx"] = {{"sha256", kHash}, {"bytes", 1}}; }, "outside the bundle"},
