@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -298,4 +299,32 @@ def test_copy_changed_after_the_check_is_refused(runtime_bundle, tmp_path, monke
     monkeypatch.setattr(triton.shutil, "copyfile", copy_then_tamper)
     with pytest.raises(BundleError, match="changed while it was copied"):
         export_triton(runtime_bundle, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "clap_edge").exists()
+
+
+def test_full_temp_disk_while_copying_for_the_check_is_one_line(runtime_bundle, keys, tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+    from clap_edge.export.bundle import snapshot
+
+    made = []
+    real = snapshot.staging_tempdir
+
+    def tracked(name):
+        made.append(real(name))
+        return made[-1]
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(snapshot, "staging_tempdir", tracked)
+    monkeypatch.setattr(snapshot.shutil, "copyfileobj", full)
+    result = CliRunner().invoke(main, ["export-triton", str(runtime_bundle), str(tmp_path / "repo"), "--trusted-key",
+                                       str(_pub(keys, "alice"))])
+    assert result.exit_code == 2 and "cannot make a private copy" in result.output, result.output
+    assert "No space left on device" in result.output and len(result.output.strip().splitlines()) == 1
+    assert made and not any(os.path.exists(t.name) for t in made)  # the partial copy is gone
     assert not (tmp_path / "repo" / "clap_edge").exists()
