@@ -292,6 +292,12 @@ def test_bad_out_refused_before_a_cluster_starts(runtime_bundle, tmp_path, monke
 
 
 def test_second_run_on_the_same_out_gets_one_line_and_loses_nothing(runtime_bundle, tmp_path, monkeypatch):
+    """A first run (another process) holds --out: the second gets one line and exit 2, starts no cluster and
+    leaves the first run's file alone."""
+    import subprocess
+    import sys
+    import time
+
     import pyarrow.parquet as pq
 
     from clap_edge.runtime.scale import ray_data
@@ -299,15 +305,22 @@ def test_second_run_on_the_same_out_gets_one_line_and_loses_nothing(runtime_bund
 
     monkeypatch.setattr(ray_data, "connect", lambda *a, **kw: pytest.fail("the loser started a cluster"))
     out = tmp_path / "r.parquet"
-    first_rows = result_schema(False).empty_table()
-    pq.write_table(first_rows, out)
+    pq.write_table(result_schema(False).empty_table(), out)
     before = out.read_bytes()
     img = _make_images(tmp_path / "imgs", 1)[0]
-    with claim_out(out):  # the first run, still writing
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from clap_edge.runtime.scale.cluster import claim_out\n"
+                               "with claim_out(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         result = _cli("classify", runtime_bundle, img, "--ray", "--backend", "onnxruntime", "--out", out)
-    assert result.exit_code == 2 and "another clap-edge process" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and out.read_bytes() == before
-    with claim_out(out):  # released: it can be claimed again
+        assert result.exit_code == 2 and f"another clap-edge process (pid {holder.pid})" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and out.read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_out(out):  # the holder is gone: its lock is stale and the next run may claim --out
         pass
 
 
@@ -407,3 +420,43 @@ def test_dataset_resume_retries_errors(ray_cluster, runtime_bundle, clf, tmp_pat
     rows = {r["path"]: r for r in pq.read_table(out).to_pylist()}
     assert set(rows) == set(paths) and len(pq.read_table(out)) == 30
     _check_rows([rows[p] for p in paths], _reference(clf, paths))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB tmpfs (root in a container that allows mounts); skipped where it cannot be mounted."""
+    import subprocess
+
+    mnt = tmp_path / "tiny-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched full-disk test covers the logic")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_really_full_disk_is_one_line_and_keeps_the_previous_rows(ray_cluster, runtime_bundle, tiny_disk, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tiny_disk / "r.parquet"
+    pq.write_table(pa.Table.from_pydict({"path": ["kept"], "labels": [["cat"]], "scores": [[0.9]], "error": [None],
+                                         "embedding": [[0.5]]}, schema=result_schema(True)), out)
+    before = out.read_bytes()
+    filler = tiny_disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # fill the disk, then free two pages: room for the lock file, not the results
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - 8192))
+    paths = _make_images(tmp_path / "imgs", 20, seed=7)
+    result = _cli("classify", runtime_bundle, *paths, "--ray", "--actors", "1", "--backend", "onnxruntime",
+                  "--embeddings", "--out", out)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    ours = [line for line in result.stderr.splitlines() if "r.parquet" in line]  # (Ray logs its own warnings)
+    assert len(ours) == 1 and "cannot write the results" in ours[0] and "No space left on device" in ours[0]
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler", "r.parquet"]  # no temp file, no lock

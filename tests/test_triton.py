@@ -328,3 +328,27 @@ def test_full_temp_disk_while_copying_for_the_check_is_one_line(runtime_bundle, 
     assert "No space left on device" in result.output and len(result.output.strip().splitlines()) == 1
     assert made and not any(os.path.exists(t.name) for t in made)  # the partial copy is gone
     assert not (tmp_path / "repo" / "clap_edge").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB tmpfs (root in a container that allows mounts); skipped where it cannot be mounted."""
+    import subprocess
+
+    mnt = tmp_path / "tiny-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched full-disk test covers the logic")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_export_to_a_really_full_disk(runtime_bundle, tiny_disk):
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    result = CliRunner().invoke(main, ["export-triton", str(runtime_bundle), str(tiny_disk / "repo")])
+    assert result.exit_code == 2 and "No space left on device" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert list((tiny_disk / "repo").iterdir()) == []  # no half-written model dir, no staging folder, no lock
