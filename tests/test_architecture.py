@@ -188,6 +188,40 @@ def _core_and_runtime(exempt) -> list[tuple[str, Module]]:
     return [(n, m) for n, m in modules().items() if room(n) in ("core", "runtime") and not exempt(n)]
 
 
+EXPORT_CONTRACT = "clap_edge.export.bundle"  # the one part of export the runtime may import: the bundle contract
+
+
+def _outside_contract(target: str) -> bool:
+    """An export module other than the bundle package (``clap_edge.export`` itself is only a parent package)."""
+    return (room(target) == "export" and target != "clap_edge.export"
+            and not (target == EXPORT_CONTRACT or target.startswith(EXPORT_CONTRACT + ".")))
+
+
+def runtime_export_violations(mods: dict[str, Module]) -> list[str]:
+    """Runtime modules importing (or naming) anything from export but ``clap_edge.export.bundle``."""
+    return [f"{m.rel} imports {t}" for n, m in mods.items() if room(n) == "runtime"
+            for t in sorted(m.imports | m.named) if _outside_contract(t)]
+
+
+def test_runtime_imports_only_the_bundle_from_export():
+    bad = runtime_export_violations(modules())
+    assert not bad, "the runtime imports only clap_edge.export.bundle from export:\n" + "\n".join(bad)
+
+
+def test_runtime_export_rule_catches_a_planted_violation(tmp_path):
+    """The rule itself: a lazy import of a builder from a runtime module is reported, the bundle is not."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("from clap_edge.export.bundle import Bundle\n\n"
+                       "def f():\n    from clap_edge.export.builders.engines import aoti\n")
+    known = set(modules()) | {"clap_edge.runtime.planted"}
+    mod = _parse("clap_edge.runtime.planted", planted, known)
+    mod.path = ROOT / "runtime" / "planted.py"  # rel() is relative to the repository
+    bad = runtime_export_violations({**modules(), mod.name: mod})
+    assert bad == ["runtime/planted.py imports clap_edge.export.builders",
+                   "runtime/planted.py imports clap_edge.export.builders.engines",
+                   "runtime/planted.py imports clap_edge.export.builders.engines.aoti"]
+
+
 def test_core_and_runtime_never_reach_torch():
     bad = []
     for name, mod in _core_and_runtime(exempt=_torch_backend):

@@ -32,12 +32,15 @@ _RESAMPLE = {
 }
 RESIZE_MODES = ("shortest", "longest", "squash")
 
-__all__ = ["PreprocessConfig", "Preprocessor", "resize_and_crop", "OPENAI_DATASET_MEAN", "OPENAI_DATASET_STD"]
+__all__ = ["PreprocessCfg", "PreprocessConfig", "Preprocessor", "resize_and_crop", "OPENAI_DATASET_MEAN",
+           "OPENAI_DATASET_STD"]
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
-    """The fields of open_clip's ``PreprocessCfg`` (``size`` always as (H, W))."""
+class PreprocessCfg:
+    """The fields of open_clip's ``PreprocessCfg`` (``size`` always as (H, W)): the one preprocess config.
+
+    The bundle's manifest holds one (``Manifest.preprocess``); the runtime, export and eval preprocess by it."""
 
     size: tuple[int, int] = (224, 224)
     mode: str = "RGB"
@@ -65,15 +68,20 @@ class PreprocessConfig:
             raise ValueError(f"unknown resize_mode {self.resize_mode!r}; expected one of {RESIZE_MODES}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
-        """From a manifest's ``preprocess`` block (unknown keys ignored, None means default)."""
+    def from_dict(cls, d: "dict[str, Any] | PreprocessCfg") -> "PreprocessCfg":
+        """From a ``preprocess`` block (unknown keys ignored, None means default); a config is returned as is."""
+        if isinstance(d, PreprocessCfg):
+            return d
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None}
         return cls(**known)
 
     @classmethod
-    def from_open_clip(cls, pcfg: Any) -> "PreprocessConfig":
+    def from_open_clip(cls, pcfg: Any) -> "PreprocessCfg":
         """From open_clip's ``PreprocessCfg`` (a model's ``LoadedModel.preprocess_cfg``)."""
         return cls.from_dict({name: getattr(pcfg, name, None) for name in cls.__dataclass_fields__})
+
+
+PreprocessConfig = PreprocessCfg  # the name this module used before the manifest shared the class
 
 
 def _three(values: float | Sequence[float], name: str) -> tuple[float, float, float]:
@@ -83,7 +91,7 @@ def _three(values: float | Sequence[float], name: str) -> tuple[float, float, fl
     return values  # type: ignore[return-value]
 
 
-def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+def resize_and_crop(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
     """The geometric part of open_clip's eval transform, on a PIL image; returns exactly cfg.size."""
     th, tw = cfg.size
     resample = _RESAMPLE[cfg.interpolation]
@@ -140,7 +148,7 @@ def _center_crop_or_pad(img: Image.Image, size_hw: tuple[int, int], fill: int) -
 class Preprocessor:
     """Image (PIL or uint8 HxWx3 array) -> normalised float32 [3, H, W], as open_clip's eval transform."""
 
-    def __init__(self, cfg: PreprocessConfig):
+    def __init__(self, cfg: PreprocessCfg):
         self.cfg = cfg
         # ToTensor + Normalize on uint8 input is a per-channel function of 256 values: tabulate it,
         # computed in float32 in the same order as torch ((v / 255 - mean) / std), so it is exact.

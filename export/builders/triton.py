@@ -28,6 +28,7 @@ from typing import Any
 from clap_edge.core.errors import BundleError, ClapEdgeError
 from clap_edge.core.io import atomic_directory
 from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle.manifest import Manifest, TensorSpec, to_json
 
 __all__ = ["TritonConfig", "export_triton", "model_config_text", "TRITON_BACKENDS"]
 
@@ -89,7 +90,7 @@ def export_triton(bundle: str | os.PathLike | Bundle, repo: str | os.PathLike, c
     return dest
 
 
-def model_config_text(manifest: dict[str, Any], config: TritonConfig, max_batch_size: int | None = None) -> str:
+def model_config_text(manifest: Manifest, config: TritonConfig, max_batch_size: int | None = None) -> str:
     """``config.pbtxt`` (protobuf text format of Triton's ModelConfig) for a bundle manifest."""
     key, value, filename, kind = TRITON_BACKENDS[config.backend]
     kind = config.instance_kind or kind
@@ -98,19 +99,19 @@ def model_config_text(manifest: dict[str, Any], config: TritonConfig, max_batch_
     if config.backend == "openvino":
         lines.append(f'default_model_filename: "{filename}"')  # the OpenVINO backend reads ONNX when named
     lines.append("input [")
-    lines.append(",\n".join(_tensor(t, "input") for t in manifest["inputs"]))
+    lines.append(",\n".join(_tensor(t, "input") for t in manifest.inputs))
     lines.append("]")
     lines.append("output [")
-    lines.append(",\n".join(_tensor(t, "output", label=t.get("name") == "logits") for t in manifest["outputs"]))
+    lines.append(",\n".join(_tensor(t, "output", label=t.name == "logits") for t in manifest.outputs))
     lines.append("]")
     lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}")
     lines.append(f"instance_group [\n  {{\n    count: {config.instances}\n    kind: {kind}\n  }}\n]")
     return "\n".join(lines) + "\n"
 
 
-def _tensor(t: dict[str, Any], role: str, label: bool = False) -> str:
-    name, shape, dtype = t.get("name"), t.get("shape"), t.get("dtype", "float32")
-    if not isinstance(name, str) or not isinstance(shape, list) or len(shape) < 2:
+def _tensor(t: TensorSpec, role: str, label: bool = False) -> str:
+    name, shape, dtype = t.name, list(t.shape), t.dtype
+    if not isinstance(name, str) or len(shape) < 2:
         raise BundleError(f"manifest {role} {t!r} needs a name and a shape [N, ...]")
     dims = shape[1:]  # Triton's dims leave out the batch axis when max_batch_size > 0
     if not all(isinstance(d, int) and d > 0 for d in dims):
@@ -144,25 +145,15 @@ def _model_source(bundle: Bundle, config: TritonConfig) -> tuple[Path, dict[str,
     return bundle.file(engine["file"]), engine
 
 
-def tensorrt_engines(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The TensorRT engines a manifest lists, as ``{"file", "max_batch", ...}`` (none when it has no section).
-
-    The ``engines`` section may be a list of entries or a mapping name -> entry; an entry names its file
-    (``file`` or ``path``; a mapping key is the file when neither is given), its kind (``engine``, ``kind``
-    or ``format``: ``tensorrt``) and its batch profile (``batch`` [min, opt, max] or ``profile`` {max})."""
-    section = manifest.get("engines") or []
-    items = list(section.items()) if isinstance(section, dict) else [(None, e) for e in section]
+def tensorrt_engines(manifest: Manifest) -> list[dict[str, Any]]:
+    """The TensorRT engines a manifest lists, as ``{"file", "max_batch", ...}`` (none when it has no section);
+    an entry's batch profile is its ``batch`` [min, opt, max] (or ``profile`` {max})."""
     found = []
-    for key, entry in items:
-        if not isinstance(entry, dict):
+    for entry in manifest.engines or ():
+        if entry.engine.lower() != "tensorrt" and not entry.file.endswith((".plan", ".engine")):
             continue
-        kind = str(entry.get("engine") or entry.get("kind") or entry.get("format") or "").lower()
-        file = entry.get("file") or entry.get("path") or key
-        if "tensorrt" not in kind and not str(file or "").endswith((".plan", ".engine")):
-            continue
-        if not isinstance(file, str):
-            continue
-        found.append({**entry, "file": file, "max_batch": _profile_max(entry)})
+        flat = to_json(entry)
+        found.append({**flat, "max_batch": _profile_max(flat)})
     return found
 
 
@@ -182,12 +173,11 @@ def _profile_max(entry: dict[str, Any]) -> int | None:
 
 def _preprocess_doc(bundle: Bundle) -> dict[str, Any]:
     """What a client must do before sending a tensor: the manifest's preprocess block, spelled out."""
-    inp = bundle.manifest["inputs"][0]
     return {
-        "input": inp["name"],
+        "input": bundle.manifest.inputs[0].name,
         "shape": ["N", *bundle.input_shape],
         "dtype": "float32",
-        "preprocess": bundle.preprocess,
+        "preprocess": to_json(bundle.preprocess),
         "steps": "decode to RGB; resize (resize_mode, interpolation) and center-crop to size [H, W]; "
                  "scale to [0, 1]; subtract mean and divide by std per channel; lay out as [3, H, W] "
                  "(clap_edge.runtime.Classifier.preprocess does exactly this)",

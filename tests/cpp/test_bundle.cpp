@@ -22,7 +22,7 @@ const std::string kHash(64, 'a');
 
 json valid_manifest() {
   return json::parse(R"({
-    "schema_version": 1, "model": {"model_name": "clap-edge-tiny", "pretrained": null},
+    "schema_version": 3, "model": {"model_name": "clap-edge-tiny", "pretrained": null},
     "class_names": ["cat", "dog", "car"], "embed_dim": 8,
     "preprocess": {"size": [32, 32], "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
                    "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
@@ -30,7 +30,8 @@ json valid_manifest() {
     "outputs": [{"name": "logits", "shape": ["N", 3], "dtype": "float32"},
                 {"name": "embedding", "shape": ["N", 8], "dtype": "float32"}],
     "variants": {"fp32": "model.onnx"},
-    "files": {"model.onnx": {"sha256": ")" + kHash + R"(", "bytes": 10}}})");
+    "files": {"model.onnx": {"sha256": ")" + kHash + R"(", "bytes": 10},
+              "classes.safetensors": {"sha256": ")" + kHash + R"(", "bytes": 100}}})");
 }
 
 // The BundleError message for a manifest, or "" if it is accepted.
@@ -60,8 +61,10 @@ TEST(Manifest, RefusesEachBrokenRuleWithAMessage) {
     std::string expect;
   };
   const std::vector<Case> cases{
-      {[](json& m) { m["schema_version"] = 3; }, "schema_version 3 is newer"},
-      {[](json& m) { m["schema_version"] = 0; }, "schema_version 0 is not supported"},
+      {[](json& m) { m["schema_version"] = 4; }, "schema_version 4 is newer"},
+      {[](json& m) { m["schema_version"] = 2; },
+       "schema_version: 2 is older than this clap-edge reads (>= 3); re-export the bundle with clap-edge >= 0.2"},
+      {[](json& m) { m["schema_version"] = 0; }, "schema_version: 0 is older"},
       {[](json& m) { m["schema_version"] = "1"; }, "non-integer schema_version"},
       {[](json& m) { m.erase("files"); }, "missing fields ['files']"},
       {[](json& m) { m["class_names"] = json::array(); }, "class_names must be a non-empty list"},
@@ -92,13 +95,8 @@ TEST(Manifest, RefusesEachBrokenRuleWithAMessage) {
   EXPECT_NE(problem(json::array()).find("must be a JSON object"), std::string::npos);
 }
 
-TEST(Manifest, SchemaVersion2Rules) {
-  auto v2 = [] {
-    json m = valid_manifest();
-    m["schema_version"] = 2;
-    m["files"]["classes.safetensors"] = {{"sha256", kHash}, {"bytes", 100}};
-    return m;
-  };
+TEST(Manifest, SchemaVersion3Rules) {
+  auto v2 = [] { return valid_manifest(); };
   EXPECT_EQ(problem(v2()), "");
   json m = v2();
   m["files"].erase("classes.safetensors");

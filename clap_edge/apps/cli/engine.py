@@ -10,7 +10,7 @@ from clap_edge.core.errors import ClapEdgeError
 
 
 def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
-    from clap_edge.export.builders.engines.sidecar import parse_batch_profile
+    from clap_edge.export.bundle.engines import parse_batch_profile
 
     try:
         return parse_batch_profile(value)
