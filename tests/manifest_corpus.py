@@ -12,7 +12,7 @@ SHA = "ab" * 32
 
 
 def base_manifest() -> dict[str, Any]:
-    """A valid schema-2 manifest written by hand from the spec (not by the exporter)."""
+    """A valid schema-3 manifest written by hand from the spec (not by the exporter)."""
     return {
         "schema_version": 3,
         "clap_edge_version": "0.2.0",

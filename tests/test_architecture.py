@@ -222,6 +222,36 @@ def test_runtime_export_rule_catches_a_planted_violation(tmp_path):
                    "runtime/planted.py imports clap_edge.export.builders.engines.aoti"]
 
 
+def manifest_dict_walks(path: Path) -> list[str]:
+    """``manifest[...]`` / ``manifest.get(...)`` (also ``x.manifest[...]``): walking the manifest as raw JSON."""
+    def is_manifest(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "manifest") or (
+            isinstance(node, ast.Attribute) and node.attr == "manifest")
+
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Subscript) and is_manifest(node.value):
+            hits.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and is_manifest(node.func.value)):
+            hits.append(node.lineno)
+    return [f"{path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path}:{n}" for n in sorted(hits)]
+
+
+def test_no_manifest_dict_walks_outside_the_bundle():
+    """Bundle.manifest is a typed Manifest; only export/bundle/ reads or writes the JSON form."""
+    bad = [hit for name, mod in modules().items() if not name.startswith(EXPORT_CONTRACT)
+           for hit in manifest_dict_walks(mod.path)]
+    assert not bad, "manifest walked as a dict outside export/bundle (use the typed Manifest):\n" + "\n".join(bad)
+
+
+def test_manifest_walk_rule_catches_a_planted_walk(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f(bundle, manifest):\n    a = bundle.manifest['files']\n"
+                       "    b = manifest.get('engines')\n    return bundle.manifest.files, a, b\n")
+    assert [h.rsplit(":", 1)[1] for h in manifest_dict_walks(planted)] == ["2", "3"]
+
+
 def test_core_and_runtime_never_reach_torch():
     bad = []
     for name, mod in _core_and_runtime(exempt=_torch_backend):

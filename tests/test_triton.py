@@ -97,7 +97,7 @@ def engine_bundle(runtime_bundle, tmp_path):
         files[f"{stem}.json"] = json.dumps({"engine": kind, "gpu": gpu, "batch": batch}).encode()
         entries.append({"file": f"{stem}.{ext}", "sidecar": f"{stem}.json", "engine": kind, "precision": "fp16",
                         "batch": batch, "device": name, "gpu": gpu, "library_version": "10.0"})
-    add_to_bundle(root, files, {"engines": entries})
+    add_to_bundle(root, files, engines=entries)
     return root
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from clap_edge.core.errors import BundleError
 from clap_edge.core.machine import cpu_info
-from clap_edge.export.bundle.manifest import SHA256, EngineEntry
+from clap_edge.export.bundle.manifest import SHA256, EngineEntry, ManifestFieldError, _check_file_name
 
 ENGINES_DIR = "engines"
 # engine kind -> (the library whose version must match, file extension)
@@ -119,6 +119,8 @@ class EngineSidecar:
 
     @classmethod
     def from_json(cls, d: Any, where: str) -> "EngineSidecar":
+        """Check ``d`` by the rules of ``sidecar.schema.json`` (plus batch order); one-line BundleError naming
+        ``where`` and the field."""
         if not isinstance(d, dict):
             raise BundleError(f"{where}: an engine sidecar must be a JSON object")
         missing = [k for k in SIDECAR_FIELDS if k not in d]
@@ -126,24 +128,18 @@ class EngineSidecar:
             hint = "; rebuild the engine with clap-edge build-engine" if missing == ["engine_sha256"] else ""
             raise BundleError(f"{where}: engine sidecar is missing fields {missing}{hint}")
         try:
-            batch = tuple(_int(b) for b in d["batch"])
-            device = DeviceInfo.from_json(d["device"])
-        except (TypeError, ValueError, KeyError) as e:
-            raise BundleError(f"{where}: engine sidecar has a malformed batch or device ({e})") from e
-        if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
-            raise BundleError(f"{where}: engine sidecar batch must be [min, opt, max] with 1 <= min <= opt <= max")
-        for key in ("source_sha256", "engine_sha256"):
-            if not isinstance(d[key], str) or not SHA256.match(d[key]):
-                raise BundleError(f"{where}: engine sidecar {key} must be 64 lower-case hex digits")
-        if d["engine"] not in ENGINE_KINDS or d["precision"] not in PRECISIONS:
-            raise BundleError(f"{where}: engine sidecar names engine {d['engine']!r} at precision "
-                              f"{d['precision']!r} (known: {', '.join(ENGINE_KINDS)}; {', '.join(PRECISIONS)})")
-        return cls(engine=str(d["engine"]), file=str(d["file"]), precision=str(d["precision"]), batch=batch,
-                   device=device, library=str(d["library"]), library_version=str(d["library_version"]),
-                   source_model=str(d["source_model"]), source_sha256=d["source_sha256"],
-                   engine_sha256=d["engine_sha256"], built_utc=str(d.get("built_utc", "")),
-                   build_seconds=float(d.get("build_seconds", 0.0)), parity=dict(d.get("parity") or {}),
-                   options=dict(d.get("options") or {}), clap_edge_version=str(d.get("clap_edge_version", "")))
+            _check_sidecar(d)
+        except ManifestFieldError as e:
+            raise BundleError(f"{where}: engine sidecar field {e.field}: {e.problem}") from None
+        except ValueError as e:
+            raise BundleError(f"{where}: engine sidecar {e}") from None
+        return cls(engine=d["engine"], file=d["file"], precision=d["precision"], batch=tuple(d["batch"]),
+                   device=DeviceInfo.from_json(d["device"]), library=d["library"],
+                   library_version=d["library_version"], source_model=d["source_model"],
+                   source_sha256=d["source_sha256"], engine_sha256=d["engine_sha256"],
+                   built_utc=d.get("built_utc", ""), build_seconds=float(d.get("build_seconds", 0.0)),
+                   parity=dict(d.get("parity") or {}), options=dict(d.get("options") or {}),
+                   clap_edge_version=d.get("clap_edge_version", ""))
 
     def manifest_entry(self, sidecar_file: str | None) -> EngineEntry:
         """The manifest's ``engines`` entry for this engine (an index; the sidecar is the full record)."""
@@ -152,10 +148,44 @@ class EngineSidecar:
                                   if self.device.type == "cuda" else None, "library_version": self.library_version})
 
 
-def _int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"{v!r} is not an integer")
-    return v
+def _check_sidecar(d: dict[str, Any]) -> None:
+    """The sidecar's fields, as ``sidecar.schema.json`` states them (raises ValueError naming the field)."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"field {key} must be {what}, got {_short(d.get(key))}")
+
+    need(d["engine"] in ENGINE_KINDS, "engine", f"one of {list(ENGINE_KINDS)}")
+    need(d["precision"] in PRECISIONS, "precision", f"one of {list(PRECISIONS)}")
+    batch = d["batch"]
+    need(isinstance(batch, list) and len(batch) == 3 and all(_is_int(b) for b in batch)
+         and 1 <= batch[0] <= batch[1] <= batch[2], "batch", "[min, opt, max] with 1 <= min <= opt <= max")
+    for key in ("file", "source_model"):
+        need(isinstance(d[key], str), key, "a file name")
+        _check_file_name(d[key], key)
+    for key in ("library", "library_version"):
+        need(isinstance(d[key], str) and 0 < len(d[key]) <= 1024, key, "a non-empty string")
+    for key in ("source_sha256", "engine_sha256"):
+        need(isinstance(d[key], str) and SHA256.match(d[key]) is not None, key, "64 lower-case hex digits")
+    device = d["device"]
+    need(isinstance(device, dict) and device.get("type") in ("cpu", "cuda"), "device", "{type: cpu|cuda, ...}")
+    for key in ("name", "compute_capability", "arch", "isa"):
+        need(device.get(key) is None or isinstance(device[key], str), f"device.{key}", "a string")
+    for key in ("built_utc", "clap_edge_version"):
+        need(isinstance(d.get(key, ""), str), key, "a string")
+    for key in ("parity", "options"):
+        need(isinstance(d.get(key, {}), dict), key, "an object")
+    seconds = d.get("build_seconds", 0.0)
+    need(isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0, "build_seconds",
+         "a number >= 0")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass(frozen=True)
