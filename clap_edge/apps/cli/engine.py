@@ -64,7 +64,7 @@ def build_engine(bundle, engine, precision, batch, workspace_mb, timing_cache, d
     else:
         parity = sidecar.parity
         click.echo(f"{sidecar.file}: {sidecar.device.describe()}, {sidecar.library} {sidecar.library_version}, "
-                   f"{sidecar.precision}, batch {sidecar.batch}, built in {sidecar.build_seconds:g} s; max |dlogit| "
+                   f"{sidecar.precision}, batch {list(sidecar.batch)}, built in {sidecar.build_seconds:g} s; max |dlogit| "
                    f"{parity['max_abs_logit_diff_vs_onnxruntime']:.3g}, top-1 agreement "
                    f"{parity['top1_agreement_vs_onnxruntime']:.1%} vs ONNX Runtime", file=sys.stdout)
 
