@@ -167,6 +167,19 @@ def test_sidecar_disagreeing_with_manifest_is_refused(engine_bundle):
         select_engine(Bundle.open(engine_bundle), "tensorrt", "int8", [A100], "10.8.0")
 
 
+@pytest.mark.parametrize("text, why", [(b"{not json", "Expecting property name"),
+                                       (b'{"engine": NaN}', "NaN is not a finite number"),
+                                       (b"\xff\xfe{}", "Expecting value"),
+                                       (b"[" * 100_000 + b"]" * 100_000, "recursion")])
+def test_unreadable_sidecar_is_one_line(engine_bundle, text, why):
+    side = sidecar(A100).file.removesuffix(".plan") + ".json"
+    add_to_bundle(engine_bundle, {side: text})  # listed with its digest: the content is what is tested
+    with pytest.raises(BundleError) as e:
+        select_engine(Bundle.open(engine_bundle), "tensorrt", "fp16", [A100], "10.8.0")
+    message = str(e.value)
+    assert f"{side}: engine sidecar is not valid JSON (" in message and why in message and "\n" not in message
+
+
 def test_stale_engine_is_refused(engine_bundle):
     """An engine built from another model.onnx than the one the bundle lists now is never run."""
     manifest = json.loads((engine_bundle / "manifest.json").read_text())

@@ -170,6 +170,8 @@ SIDECAR_EDITS = [
     ("engine_sha256 short", _put("engine_sha256", "ef" * 31), "schema"),
     ("source_sha256 not a string", _put("source_sha256", 1), "schema"),
     ("unknown engine", _put("engine", "onnx"), "schema"),
+    ("engine a list", _put("engine", ["aoti"]), "schema"),
+    ("precision an object", _put("precision", {"fp32": 1}), "schema"),
     ("unknown precision", _put("precision", "fp8"), "schema"),
     ("batch of two", _put("batch", [1, 2]), "schema"),
     ("batch zero", _put("batch", [0, 1, 2]), "schema"),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from clap_edge.core.errors import BundleError
+from clap_edge.core.io import read_regular
 from clap_edge.core.machine import cpu_info
 from clap_edge.export.bundle.manifest import SHA256, EngineEntry, ManifestFieldError, _check_file_name
 
@@ -34,6 +35,7 @@ ENGINE_KINDS: dict[str, tuple[str, str]] = {"tensorrt": ("tensorrt", ".plan"), "
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TENSORRT_MISSING = ("TensorRT is not installed here (Python module 'tensorrt' not importable); install the [gpu] "
                     "extra from NVIDIA's index: pip install 'clap-edge[gpu]' --extra-index-url https://pypi.nvidia.com")
+SIDECAR_MAX_BYTES = 1 << 20  # a sidecar is a few hundred bytes
 SIDECAR_FIELDS = ("engine", "file", "precision", "batch", "device", "library", "library_version", "source_model",
                   "source_sha256", "engine_sha256")  # required (sidecar.schema.json)
 
@@ -154,8 +156,8 @@ def _check_sidecar(d: dict[str, Any]) -> None:
         if not ok:
             raise ValueError(f"field {key} must be {what}, got {_short(d.get(key))}")
 
-    need(d["engine"] in ENGINE_KINDS, "engine", f"one of {list(ENGINE_KINDS)}")
-    need(d["precision"] in PRECISIONS, "precision", f"one of {list(PRECISIONS)}")
+    need(isinstance(d["engine"], str) and d["engine"] in ENGINE_KINDS, "engine", f"one of {list(ENGINE_KINDS)}")
+    need(isinstance(d["precision"], str) and d["precision"] in PRECISIONS, "precision", f"one of {list(PRECISIONS)}")
     batch = d["batch"]
     need(isinstance(batch, list) and len(batch) == 3 and all(_is_int(b) for b in batch)
          and 1 <= batch[0] <= batch[1] <= batch[2], "batch", "[min, opt, max] with 1 <= min <= opt <= max")
@@ -299,14 +301,23 @@ def load_sidecar(bundle: Any, entry: EngineEntry) -> EngineSidecar:
     path = bundle.file(entry.sidecar)
     where = f"{bundle.label}/{entry.sidecar}"
     try:
-        sidecar = EngineSidecar.from_json(json.loads(path.read_text(encoding="utf-8")), where)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise BundleError(f"{where}: not valid JSON ({e})") from None
+        raw = read_regular(path, SIDECAR_MAX_BYTES)
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{where}: cannot read the engine sidecar ({e})") from None
+    try:
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise BundleError(f"{where}: engine sidecar is not valid JSON ({str(e).splitlines()[0][:200]})") from None
+    sidecar = EngineSidecar.from_json(data, where)
     for key in ("file", "engine", "precision"):
         if getattr(sidecar, key) != getattr(entry, key):
             raise BundleError(f"{where}: sidecar says {key} {getattr(sidecar, key)!r}, "
                               f"the manifest {getattr(entry, key)!r}")
     return sidecar
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
 
 
 def stale_reason(bundle: Any, sidecar: EngineSidecar) -> str | None:
