@@ -32,8 +32,7 @@ _RESAMPLE = {
 }
 RESIZE_MODES = ("shortest", "longest", "squash")
 
-__all__ = ["PreprocessCfg", "PreprocessConfig", "Preprocessor", "resize_and_crop", "OPENAI_DATASET_MEAN",
-           "OPENAI_DATASET_STD"]
+__all__ = ["PreprocessConfig", "Preprocessor", "resize_and_crop", "OPENAI_DATASET_MEAN", "OPENAI_DATASET_STD"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,7 @@ class PreprocessCfg:
 
 
 PreprocessConfig = PreprocessCfg  # the name this module used before the manifest shared the class
+__all__ += ["PreprocessCfg"]
 
 
 def _three(values: float | Sequence[float], name: str) -> tuple[float, float, float]:
@@ -91,7 +91,7 @@ def _three(values: float | Sequence[float], name: str) -> tuple[float, float, fl
     return values  # type: ignore[return-value]
 
 
-def resize_and_crop(img: Image.Image, cfg: PreprocessCfg) -> Image.Image:
+def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """The geometric part of open_clip's eval transform, on a PIL image; returns exactly cfg.size."""
     th, tw = cfg.size
     resample = _RESAMPLE[cfg.interpolation]
@@ -148,7 +148,7 @@ def _center_crop_or_pad(img: Image.Image, size_hw: tuple[int, int], fill: int) -
 class Preprocessor:
     """Image (PIL or uint8 HxWx3 array) -> normalised float32 [3, H, W], as open_clip's eval transform."""
 
-    def __init__(self, cfg: PreprocessCfg):
+    def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
         # ToTensor + Normalize on uint8 input is a per-channel function of 256 values: tabulate it,
         # computed in float32 in the same order as torch ((v / 255 - mean) / std), so it is exact.
