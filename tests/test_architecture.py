@@ -198,9 +198,24 @@ def _outside_contract(target: str) -> bool:
 
 
 def runtime_export_violations(mods: dict[str, Module]) -> list[str]:
-    """Runtime modules importing (or naming) anything from export but ``clap_edge.export.bundle``."""
-    return [f"{m.rel} imports {t}" for n, m in mods.items() if room(n) == "runtime"
-            for t in sorted(m.imports | m.named) if _outside_contract(t)]
+    """Runtime modules importing (or naming) anything from export but ``clap_edge.export.bundle``, directly or
+    through what they import (e.g. an eager import in ``clap_edge.export``'s ``__init__``)."""
+    bad = []
+    for name, mod in mods.items():
+        if room(name) != "runtime":
+            continue
+        direct = {t for t in mod.imports | mod.named if _outside_contract(t)}
+        bad += [f"{mod.rel} imports {t}" for t in sorted(direct)]
+        seen, todo = set(), [t for t in mod.imports if ours(t) and room(t) == "export"]
+        while todo:  # through export's own modules (the bundle, clap_edge.export itself)
+            t = todo.pop()
+            if t in seen or t not in mods:
+                continue
+            seen.add(t)
+            todo += [u for u in mods[t].imports if ours(u)]
+            bad += [f"{mod.rel} reaches {u} through {t}" for u in sorted(mods[t].imports)
+                    if _outside_contract(u) and u not in direct]
+    return sorted(set(bad))
 
 
 def test_runtime_imports_only_the_bundle_from_export():
@@ -220,6 +235,15 @@ def test_runtime_export_rule_catches_a_planted_violation(tmp_path):
     assert bad == ["runtime/planted.py imports clap_edge.export.builders",
                    "runtime/planted.py imports clap_edge.export.builders.engines",
                    "runtime/planted.py imports clap_edge.export.builders.engines.aoti"]
+    # and through the bundle: an eager builder import there reaches the runtime too
+    bundle_init = _parse("clap_edge.export.bundle", ROOT / "export" / "bundle" / "__init__.py", known)
+    bundle_init.imports.add("clap_edge.export.parity")
+    clean = tmp_path / "clean.py"
+    clean.write_text("from clap_edge.export.bundle import Bundle\n")
+    only = _parse("clap_edge.runtime.clean", clean, known | {"clap_edge.runtime.clean"})
+    only.path = ROOT / "runtime" / "clean.py"
+    bad = runtime_export_violations({**modules(), bundle_init.name: bundle_init, only.name: only})
+    assert "runtime/clean.py reaches clap_edge.export.parity through clap_edge.export.bundle" in bad
 
 
 def manifest_dict_walks(path: Path) -> list[str]:
