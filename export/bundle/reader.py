@@ -24,6 +24,7 @@ import numpy as np
 
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import read_regular, staging_tempdir
+from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.bundle.manifest import LIMITS, Manifest, ManifestFieldError, check_version, loads
 from clap_edge.export.bundle.names import (CALIBRATION_FILE, CLASSES_FILE, CLASSES_TENSOR, MANIFEST,
                                              MANIFEST_DIGEST, sha256_file)
@@ -44,8 +45,7 @@ class Bundle:
     """An opened, verified bundle. Use :meth:`open`; files are checked before they are handed out."""
 
     root: Path
-    manifest: dict[str, Any]
-    spec: Manifest | None = None
+    manifest: Manifest | None  # None only while :meth:`open` reads it
     source: Path | None = None  # what the user named (the .tar for a tar bundle)
     signature: Any = None  # a SignatureCheck when opened with trusted keys
     _verified: set[str] = field(default_factory=set, repr=False)
@@ -76,13 +76,13 @@ class Bundle:
             problem = "a file, but not a tar archive" if path.is_file() else \
                 "not a regular file or folder" if path.exists() else "no such file or directory"
             raise BundleError(f"{path}: not a bundle directory or .tar ({problem})")
-        bundle = cls(root, {}, source=path, _tmpdir=tmp)
+        bundle = cls(root, None, source=path, _tmpdir=tmp)
         try:
             if trusted_keys is not None:
                 from clap_edge.export.bundle.signing import verify_signature
 
                 bundle.signature = verify_signature(root, list(trusted_keys), label=bundle.label)
-            bundle.spec, bundle.manifest = _read_manifest(root, bundle.label)
+            bundle.manifest = _read_manifest(root, bundle.label)
             if bundle.signature is not None:
                 bundle._trust_signed_digests()
             if verify:
@@ -100,38 +100,42 @@ class Bundle:
     def _trust_signed_digests(self) -> None:
         """The signature verified every file's sha256: take those (no second hash), checking they agree."""
         digests = self.signature.digests
-        for name, entry in self.manifest["files"].items():
+        for name, entry in self.manifest.files.items():
             if name not in digests:
                 raise BundleError(f"{self.label}: {name!r} is listed in {MANIFEST} but missing from the bundle")
-            if digests[name] != entry["sha256"]:
+            if digests[name] != entry.sha256:
                 raise BundleError(f"{self.label}: {name!r} was signed with sha256 {digests[name][:16]}... but the "
-                                  f"manifest lists {entry['sha256'][:16]}...; re-export and sign again")
+                                  f"manifest lists {entry.sha256[:16]}...; re-export and sign again")
             self._verified.add(name)
 
     # ---- manifest views -----------------------------------------------------------
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
+        return list(self.manifest.class_names)
 
     @property
     def embed_dim(self) -> int:
-        return int(self.manifest["embed_dim"])
+        return self.manifest.embed_dim
 
     @property
-    def preprocess(self) -> dict[str, Any]:
-        return dict(self.manifest["preprocess"])
+    def preprocess(self) -> PreprocessCfg:
+        return self.manifest.preprocess
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(3, H, W) of the model input."""
-        shape = self.manifest["inputs"][0]["shape"]
-        return tuple(int(s) for s in shape[1:])  # type: ignore[return-value]
+        return self.manifest.input_shape
 
     @property
     def variants(self) -> dict[str, str]:
         """Variant name -> file name, for the variants present in this bundle."""
-        return dict(self.manifest.get("variants", {}))
+        return dict(self.manifest.variants)
+
+    @property
+    def file_names(self) -> list[str]:
+        """Every file the manifest lists (bundle-relative)."""
+        return list(self.manifest.files)
 
     def has_variant(self, name: str) -> bool:
         return name in self.variants
@@ -140,7 +144,7 @@ class Bundle:
 
     def file(self, name: str, verify: bool = True) -> Path:
         """Path of a bundle file after checking it exists and matches its sha256."""
-        entry = self.manifest["files"].get(name)
+        entry = self.manifest.files.get(name)
         if entry is None:
             raise BundleError(f"{self.label}: {name!r} is not listed in {MANIFEST}")
         path = self.root / name
@@ -150,10 +154,10 @@ class Bundle:
                                                     f"missing file {name!r} (listed in {MANIFEST})"))
         if verify and name not in self._verified:
             actual = sha256_file(path)
-            if actual != entry["sha256"]:
+            if actual != entry.sha256:
                 raise BundleError(
                     f"{self.label}: {name!r} is corrupt or was modified: sha256 {actual[:16]}... "
-                    f"does not match the manifest's {entry['sha256'][:16]}..."
+                    f"does not match the manifest's {entry.sha256[:16]}..."
                 )
             self._verified.add(name)
         return path
@@ -167,7 +171,7 @@ class Bundle:
     def verify_all(self) -> dict[str, str]:
         """Check every listed file; returns name -> 'ok' or the problem (never raises for a bad file)."""
         report = {}
-        for name in self.manifest["files"]:
+        for name in self.manifest.files:
             try:
                 self.file(name)
                 report[name] = "ok"
@@ -177,7 +181,7 @@ class Bundle:
 
     def calibration(self) -> np.ndarray | None:
         """The preprocessed parity batch [n, 3, H, W] the export recorded (sha256-checked), or None if absent."""
-        if CALIBRATION_FILE not in self.manifest["files"]:
+        if CALIBRATION_FILE not in self.manifest.files:
             return None
         return np.load(self.file(CALIBRATION_FILE), allow_pickle=False).astype(np.float32)
 
@@ -213,7 +217,7 @@ class Bundle:
         self.close()
 
 
-def _read_manifest(root: Path, label: str) -> tuple[Manifest, dict[str, Any]]:
+def _read_manifest(root: Path, label: str) -> Manifest:
     """The manifest, parsed and checked completely: version, digest, then every field."""
     where = f"{label}: {MANIFEST}"
     try:
@@ -229,10 +233,9 @@ def _read_manifest(root: Path, label: str) -> tuple[Manifest, dict[str, Any]]:
         raise BundleError(f"{where}: {e}") from None
     _check_digest(root, raw, label)
     try:
-        spec = Manifest.from_dict(data)
+        return Manifest.from_dict(data)
     except ManifestFieldError as e:
         raise BundleError(f"{where}: {e}") from None
-    return spec, spec.to_dict()  # the checked values, normalised (2.0 -> 2, tuples -> lists)
 
 
 def _check_digest(root: Path, raw: bytes, label: str) -> None:
