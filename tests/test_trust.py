@@ -606,3 +606,32 @@ def test_a_killed_writer_leaves_debris_that_the_next_export_removes(tmp_path):
             time.sleep(0.1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (target / "model.onnx").read_bytes() == b"whole"
+
+
+def test_manifest_swapped_after_the_signature_check_is_refused(signed, keys, tmp_path, monkeypatch):
+    """The check and the load are two reads: a manifest (with its digest) rewritten between them is refused,
+    and a model file swapped after the check is caught when it is loaded."""
+    import clap_edge.export.bundle.signing as signing
+
+    bundle = _copy(signed, tmp_path)
+    data = json.loads((bundle / MANIFEST).read_text())
+    data["class_names"] = list(reversed(data["class_names"]))  # forged labels, with a matching digest
+    real_verify = signing.verify_signature
+
+    def verify_then_swap(*args, **kwargs):
+        check = real_verify(*args, **kwargs)
+        write_manifest(bundle, data)
+        return check
+
+    monkeypatch.setattr(signing, "verify_signature", verify_then_swap)
+    with pytest.raises(BundleError, match="changed after its signature was checked"):
+        Bundle.open(bundle, trusted_keys=[keys / "alice.pub"])
+    monkeypatch.undo()
+
+    model = _copy(signed, tmp_path, "model-swap")
+    opened = Bundle.open(model, trusted_keys=[keys / "alice.pub"])
+    with open(model / "model.onnx", "r+b") as f:
+        f.seek(-3, 2)
+        f.write(b"zzz")
+    with pytest.raises(BundleError, match="'model.onnx' is corrupt or was modified"):
+        opened.file("model.onnx")

@@ -82,9 +82,9 @@ class Bundle:
                 from clap_edge.export.bundle.signing import verify_signature
 
                 bundle.signature = verify_signature(root, list(trusted_keys), label=bundle.label)
-            bundle.manifest = _read_manifest(root, bundle.label)
+            bundle.manifest, manifest_sha256 = _read_manifest(root, bundle.label)
             if bundle.signature is not None:
-                bundle._trust_signed_digests()
+                bundle._check_signed_digests(manifest_sha256)
             if verify:
                 bundle.class_embeddings()  # checks sha256, dtype, finiteness and [C, d] against the manifest
         except BaseException:
@@ -97,16 +97,20 @@ class Bundle:
         """The bundle as the user named it, for messages."""
         return str(self.source if self.source is not None else self.root)
 
-    def _trust_signed_digests(self) -> None:
-        """The signature verified every file's sha256: take those (no second hash), checking they agree."""
+    def _check_signed_digests(self, manifest_sha256: str) -> None:
+        """The manifest read after the signature check must be the signed one, and every file it lists must
+        have been signed with the digest it lists. Files are still hashed again when loaded (:meth:`file`):
+        the signature must cover the bytes that are loaded, not the bytes that were there at the check."""
         digests = self.signature.digests
+        if digests.get(MANIFEST) != manifest_sha256:
+            raise BundleError(f"{self.label}: {MANIFEST} changed after its signature was checked (sha256 "
+                              f"{manifest_sha256[:16]}... is not the signed one); nothing was loaded")
         for name, entry in self.manifest.files.items():
             if name not in digests:
                 raise BundleError(f"{self.label}: {name!r} is listed in {MANIFEST} but missing from the bundle")
             if digests[name] != entry.sha256:
                 raise BundleError(f"{self.label}: {name!r} was signed with sha256 {digests[name][:16]}... but the "
                                   f"manifest lists {entry.sha256[:16]}...; re-export and sign again")
-            self._verified.add(name)
 
     # ---- manifest views -----------------------------------------------------------
 
@@ -217,8 +221,9 @@ class Bundle:
         self.close()
 
 
-def _read_manifest(root: Path, label: str) -> Manifest:
-    """The manifest, parsed and checked completely: version, digest, then every field."""
+def _read_manifest(root: Path, label: str) -> tuple[Manifest, str]:
+    """The manifest, parsed and checked completely (version, digest, then every field), and the sha256 of
+    the bytes it was parsed from."""
     where = f"{label}: {MANIFEST}"
     try:
         raw = read_regular(root / MANIFEST, LIMITS["manifest_bytes"])
@@ -231,14 +236,14 @@ def _read_manifest(root: Path, label: str) -> Manifest:
         check_version(data)  # before the digest: a newer layout may keep its digest elsewhere
     except ManifestFieldError as e:
         raise BundleError(f"{where}: {e}") from None
-    _check_digest(root, raw, label)
+    digest = _check_digest(root, raw, label)
     try:
-        return Manifest.from_dict(data)
+        return Manifest.from_dict(data), digest
     except ManifestFieldError as e:
         raise BundleError(f"{where}: {e}") from None
 
 
-def _check_digest(root: Path, raw: bytes, label: str) -> None:
+def _check_digest(root: Path, raw: bytes, label: str) -> str:
     try:
         line = read_regular(root / MANIFEST_DIGEST, 4096).decode("ascii", "replace").split()
     except FileNotFoundError:
@@ -250,6 +255,7 @@ def _check_digest(root: Path, raw: bytes, label: str) -> None:
     if len(line) != 2 or line[0].lower() != actual or line[1].lstrip("*") != MANIFEST:
         raise BundleError(f"{label}: {MANIFEST} was modified after export: its sha256 {actual[:16]}... does not "
                           f"match {MANIFEST_DIGEST}")
+    return actual
 
 
 def _is_tar(path: Path) -> bool:
