@@ -387,8 +387,8 @@ ojson parse_manifest_json(const std::string& text, const std::string& where) {
     ck.bad("schema_version", v.dump() + " is newer than this runtime reads (<= " + std::to_string(kMaxSchemaVersion) +
                                  "); upgrade clap-edge");
   if (v.get<double>() < kMinSchemaVersion)
-    ck.bad("schema_version", v.dump() + " is older than this runtime reads (>= " + std::to_string(kMinSchemaVersion) +
-                                 "); re-export the bundle with `clap-edge export`");
+    ck.bad("schema_version", v.dump() + " is older than this clap-edge reads (>= " + std::to_string(kMinSchemaVersion) +
+                                 "); re-export the bundle with clap-edge >= 0.2 (`clap-edge export`)");
   return j;
 }
 
