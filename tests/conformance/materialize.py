@@ -41,10 +41,21 @@ def _scene(w: int, h: int, seed: int):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _base_key() -> str:
+    """What the cached base depends on: this builder and the bundle writer's schema version."""
+    import inspect
+
+    from clap_edge.export.bundle.names import SCHEMA_VERSION
+
+    src = inspect.getsource(build_base) + inspect.getsource(_reference) + repr((CLASSES, IMAGES, SCHEMA_VERSION))
+    return hashlib.sha256(src.encode()).hexdigest() + "\n"
+
+
 def build_base(out: Path) -> Path:
     """OUT/_base: bundle, images, reference.json (skipped when OUT/_base/done exists)."""
     base = out / "_base"
-    if (base / "done").is_file():
+    key = _base_key()
+    if (base / "done").is_file() and (base / "done").read_text() == key:
         return base
     if base.exists():
         shutil.rmtree(base)
@@ -60,7 +71,7 @@ def build_base(out: Path) -> Path:
     torch.manual_seed(0)
     export_bundle(ExportConfig(out=base / "bundle", model_name="clap-edge-tiny", classes=CLASSES, torch_program=False))
     (base / "reference.json").write_text(json.dumps(_reference(base), indent=1))
-    (base / "done").write_text("ok\n")
+    (base / "done").write_text(key)
     return base
 
 
