@@ -137,7 +137,8 @@ def table(out: Path, tool: str | None) -> str:
             row[runtime] += bool(problems(case, run_case(case, runtime, tool)))
     lines = ["| kind | cases | accepted | refused | Python failures | C++ failures |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for kind, r in sorted(rows.items()):
-        native = f"{r['native']} (of {r['n_native']})" if r["n_native"] != r["cases"] else str(r["native"])
+        native = ("n/a (Python only)" if not r["n_native"] else str(r["native"]) if r["n_native"] == r["cases"]
+                  else f"{r['native']} (of {r['n_native']})")
         lines.append(f"| {kind} | {r['cases']} | {r['accepted']} | {r['refused']} | {r['python']} | {native} |")
     return "\n".join(lines)
 
