@@ -6,7 +6,7 @@ U+2028/U+2029, no (lone) surrogate, and whose Unicode NFC quick check answers YE
 with NFC_Quick_Check No or Maybe, and canonical combining classes never decreasing between non-zero
 classes. (Quick-check YES implies NFC; it also refuses a few NFC strings such as "q" + U+0303 that
 could compose: write the precomposed form where one exists.) The decision uses committed tables
-(``unicode_tables.py``, ``runtime/cpp/src/unicode_tables.hpp``, the schema's ``name`` pattern) made
+(``unicode_tables.py``, ``runtime/cpp/src/unicode_tables.hpp``, the schemas' ``name`` pattern) made
 from one Unicode version by ``python -m clap_edge.export.bundle.textrules`` (regenerates all three),
 so every reader decides the same whatever its own Unicode library.
 
@@ -142,11 +142,13 @@ def generate(root: Path) -> None:
         "struct Range { uint32_t lo, hi; int value; };\n"
         f"inline constexpr Range kNfcQcNoMaybe[] = {{\n{rows(qc)}}};\n"
         f"inline constexpr Range kCombiningClass[] = {{\n{rows(cc)}}};\n}}  // namespace clap_edge::unicode\n")
-    schema_path = root / "export" / "bundle" / "manifest.schema.json"
-    text = schema_path.read_text()  # replace only the name pattern (the file is hand-formatted)
     line = re.compile(r'("name": \{"type": "string", "minLength": 1, "maxLength": 1024)(, "pattern": "[^"]*")?\}')
-    assert line.search(text), "manifest.schema.json: $defs.name not found"
-    schema_path.write_text(line.sub(lambda m: m.group(1) + ', "pattern": ' + json.dumps(name_pattern(qc)) + "}", text))
+    for schema in ("manifest.schema.json", "sidecar.schema.json"):  # both schemas' $defs.name
+        schema_path = root / "export" / "bundle" / schema
+        text = schema_path.read_text()  # replace only the name pattern (the files are hand-formatted)
+        assert line.search(text), f"{schema}: $defs.name not found"
+        schema_path.write_text(line.sub(lambda m: m.group(1) + ', "pattern": ' + json.dumps(name_pattern(qc)) + "}",
+                                        text))
 
 if __name__ == "__main__":
     generate(Path(sys.argv[1]) if len(sys.argv) > 1 else Path.cwd())

@@ -285,6 +285,7 @@ def resolve(spec: dict[str, Any], base: Path, reference: dict[str, Any], where: 
             "bundle": str(bundle), "images": images, "top_k": spec.get("top_k", TOP_K),
             "runtimes": spec.get("runtimes", ["python", "native"]), "schema": spec.get("schema"),
             "schema_manifest_verdict": spec.get("schema_manifest_verdict"), "error_line": spec.get("error_line"),
+            "sidecar": spec.get("sidecar"),
             "holdout": spec["id"].startswith("holdout/"), "expect": expect}
 
 
