@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -19,7 +20,8 @@ from PIL import Image
 from clap_edge.core.errors import ImageError
 from clap_edge.runtime.scale.client import Client, ServeError
 from clap_edge.runtime.scale.decode import decode_bytes, error_message
-from clap_edge.runtime.scale.serve import _parse_query, prediction_record
+from clap_edge.runtime.scale.serve import ReplicaCore, _parse_query, prediction_record
+from serving_stubs import nan_for_white, white_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +56,21 @@ def test_decode_bytes_equals_file_decoding(clf, tmp_path):
         path = tmp_path / f"img.{fmt.lower()}"
         path.write_bytes(data)
         np.testing.assert_array_equal(decode_bytes(clf, data), clf.preprocess(path))
+        np.testing.assert_array_equal(clf.preprocess(io.BytesIO(data)), clf.preprocess(path))  # a file object
+
+
+def test_decode_bytes_writes_no_temporary_file(clf, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decode_bytes made a temporary file")
+
+    for name in ("mkstemp", "NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    data = _image_bytes(np.random.default_rng(3))
+    assert decode_bytes(clf, data).shape == clf.input_shape
+    with pytest.raises(ImageError, match="^request body: cannot decode image"):
+        decode_bytes(clf, b"GIF89a not really")
 
 
 def test_decode_bytes_errors_name_the_request_not_a_temp_file(clf, tmp_path):
@@ -92,6 +109,72 @@ def test_query_parsing():
     for bad in ("0", "x", "-3"):
         with pytest.raises(ValueError, match="top_k"):
             _parse_query({"top_k": bad})
+
+
+def _png_bytes(path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _respond(core, body: bytes, query=None, method="POST", path="/v1/classify"):
+    async def read_body(limit):
+        return None if len(body) > limit else body
+
+    return core.respond(method, path, query or {}, read_body)
+
+
+def test_replica_core_gives_each_image_its_own_answer_in_a_shared_model_call(clf, tmp_path):
+    """The replica's serving core (what the Serve deployment runs): the model gives NaN for the white image
+    only; in one model call with two neighbours, the white one answers 422 with the shared non-finite error,
+    the neighbours answer 200 with their real scores. Bad bodies and queries are 4xx JSON, never a 500."""
+    import asyncio
+
+    from clap_edge.runtime.batching import NON_FINITE
+
+    nan_clf = nan_for_white(clf)
+    core = ReplicaCore(nan_clf, max_batch_size=8, max_body_bytes=1 << 20, info={"classes": 5})
+    rng = np.random.default_rng(4)
+    good = [_image_bytes(rng) for _ in range(2)]
+    white = _png_bytes(white_png(tmp_path / "white.png"))
+    reference = clf.predict([Image.open(io.BytesIO(b)) for b in good], top_k=3)
+
+    async def scenario():
+        arrays = [decode_bytes(clf, b) for b in (good[0], white, good[1])]
+        outcomes = await core.predict_many(arrays)
+        answers = await asyncio.gather(*[_respond(core, b, {"top_k": "3"}) for b in (good[0], white, good[1])])
+        return outcomes, answers
+
+    outcomes, answers = asyncio.run(scenario())
+    assert nan_clf.runner.batch_sizes[0] == 3  # the three shared one model call
+    assert isinstance(outcomes[1], ImageError) and str(outcomes[1]) == f"request body: {NON_FINITE}"
+    assert answers[1] == (422, {"error": NON_FINITE})
+    for (status, body), ref in zip((answers[0], answers[2]), reference):
+        assert status == 200 and body["labels"] == ref.labels
+        np.testing.assert_allclose(body["scores"], ref.scores, rtol=1e-5, atol=1e-6)
+
+    status, body = asyncio.run(_respond(core, b"not an image"))
+    assert status == 422 and body["error"].startswith("cannot decode image")
+    assert asyncio.run(_respond(core, good[0], {"top_k": "0"}))[0] == 400
+    assert asyncio.run(_respond(core, bytes(2 << 20)))[0] == 413
+    assert asyncio.run(_respond(core, good[0], method="GET"))[0] == 405
+    assert asyncio.run(_respond(core, good[0], path="/nope"))[0] == 404
+    assert asyncio.run(_respond(core, b"", method="GET", path="/v1/health")) == (200, {"status": "ok", "classes": 5})
+
+
+def test_replica_core_answers_500_json_when_the_model_fails_on_every_image(clf):
+    import asyncio
+
+    class Broken:
+        class_names = clf.class_names
+
+        def preprocess(self, image, label=None):
+            return clf.preprocess(image, label)
+
+        def predict_batch(self, batch, top_k=5):
+            raise RuntimeError("backend exploded")
+
+    core = ReplicaCore(Broken(), max_batch_size=8, max_body_bytes=1 << 20)
+    status, body = asyncio.run(_respond(core, _image_bytes(np.random.default_rng(5))))
+    assert status == 500 and body == {"error": "the model failed: RuntimeError: backend exploded"}
 
 
 def test_client_reports_an_unreachable_server():
@@ -313,7 +396,8 @@ def test_sigint_and_sigterm_both_lead_to_the_graceful_stop(monkeypatch):
     for sig in (signal.SIGTERM, signal.SIGINT):
         calls: list[str] = []
         before = signal.getsignal(sig)
-        monkeypatch.setattr(serve_module, "start", lambda config: calls.append("start"))
+        monkeypatch.setattr(serve_module, "pin_bundle", lambda *a, **k: contextlib.nullcontext("pin"))
+        monkeypatch.setattr(serve_module, "start", lambda config, pin, on_connect: calls.append("start"))
         monkeypatch.setattr(serve_module, "stop", lambda: calls.append("stop"))
         threading.Timer(0.3, os.kill, (os.getpid(), sig)).start()
         serve_module.serve(ServeConfig(bundle="unused"), on_ready=lambda config: calls.append("ready"))
