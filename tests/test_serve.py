@@ -204,15 +204,17 @@ def _free_port(n: int = 1):
 class _Server:
     """`clap-edge serve` in a subprocess on 127.0.0.1 (a local 2-CPU Ray cluster)."""
 
-    def __init__(self, bundle: Path, port: int, metrics_port: int, tmp: Path):
+    def __init__(self, bundle: Path, port: int, metrics_port: int, tmp: Path, extra: tuple[str, ...] = (),
+                 script: tuple[str, ...] = ("from clap_edge.apps.cli import main; main()",)):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log = open(tmp / "serve.log", "wb")
-        cmd = [sys.executable, "-c", "from clap_edge.apps.cli import main; main()", "serve", str(bundle),
+        cmd = [sys.executable, "-c", *script, "serve", str(bundle),
                "--backend", "onnxruntime", "--threads", "1", "--port", str(port), "--num-cpus", "2",
                "--max-batch-size", "16", "--batch-wait-ms", "2", "--metrics-port", str(metrics_port),
-               "--max-body-mb", "1"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+               "--max-body-mb", "1", *extra]
+        pythonpath = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+        env = {**os.environ, "PYTHONPATH": pythonpath, "RAY_USAGE_STATS_ENABLED": "0"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.log_path = tmp / "serve.log"
 
@@ -368,6 +370,72 @@ def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corp
                  for started, _, out in results if started >= signalled_at[0]]
         print(f"SIGINT: {len(sent_before)} requests in flight or before it all answered; after it: "
               f"{ {k: after.count(k) for k in set(after)} }")
+    finally:
+        server.close()
+
+
+# `clap-edge serve` with its bundle swapped for a forged one right after the driver's check, before any
+# replica exists (argv[1] is the forged bundle's folder).
+SWAP_AFTER_THE_CHECK = """
+import contextlib, shutil, sys
+import clap_edge.runtime.scale.serve as serve_module
+forged, checked = sys.argv.pop(1), serve_module.pin_bundle
+
+@contextlib.contextmanager
+def swapping(bundle, *args, **kwargs):
+    with checked(bundle, *args, **kwargs) as pin:
+        shutil.rmtree(bundle)
+        shutil.copytree(forged, bundle)
+        print("swapped", bundle, flush=True)
+        yield pin
+
+serve_module.pin_bundle = swapping
+from clap_edge.apps.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_serve_replicas_load_the_checked_bytes_and_sigterm_exits_0(runtime_bundle, clf, tmp_path):
+    """--trusted-key: the bundle is swapped for a forged one (two class names exchanged, manifest digest
+    recomputed, so only the signature tells) after the driver's check, before the replicas load: they serve
+    the checked bundle's labels, never the forged ones. A bad body is a 422 JSON error. SIGTERM stops it as
+    cleanly as SIGINT: exit 0 (Ray's own SIGTERM handler made it exit -6 before)."""
+    import json
+    import shutil
+
+    pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install 'clap-edge[serve]')")
+    pytest.importorskip("model_signing", reason="signing needs the [sign] extra")
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+    from clap_edge.export.bundle.writer import write_manifest
+
+    assert CliRunner().invoke(main, ["keygen", str(tmp_path / "alice")]).exit_code == 0
+    bundle = shutil.copytree(runtime_bundle, tmp_path / "bundle")
+    assert CliRunner().invoke(main, ["sign", str(bundle), "--key", str(tmp_path / "alice.pem")]).exit_code == 0
+    forged = shutil.copytree(bundle, tmp_path / "forged")
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest["class_names"][0], manifest["class_names"][1] = manifest["class_names"][1], manifest["class_names"][0]
+    write_manifest(forged, manifest)
+
+    data = [_image_bytes(np.random.default_rng(seed)) for seed in range(4)]
+    reference = clf.predict([Image.open(io.BytesIO(b)) for b in data], top_k=5)
+    server = _Server(bundle, *_free_port(2), tmp_path, extra=("--trusted-key", str(tmp_path / "alice.pub")),
+                     script=(SWAP_AFTER_THE_CHECK, str(forged)))
+    try:
+        server.wait_ready()
+        assert "swapped" in server.log_path.read_text()
+        assert json.loads((bundle / "manifest.json").read_text())["class_names"] == manifest["class_names"]
+        client = Client(server.url)
+        assert client.health()["signed"] is True
+        for body, ref in zip(data, reference):  # all five labels in order: the forged order differs in every one
+            assert client.classify(body, top_k=5)["labels"] == ref.labels
+        with pytest.raises(ImageError, match="cannot decode image"):  # HTTP 422 {"error": ...}
+            client.classify(b"GIF89a not really")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(90) == 0, server.log_path.read_text()[-3000:]
+        assert server.log_path.read_text().rstrip().endswith("stopped")
     finally:
         server.close()
 
