@@ -37,9 +37,13 @@ def open_snapshot(path: str | os.PathLike, trusted_keys: Iterable[str | os.PathL
         keys = list(trusted_keys or ())
         for i, pem in enumerate(trusted_pems):
             key = root / f"key{i}.pem"
-            key.write_bytes(pem)
+            key.write_bytes(pem)  # the key bytes the driver read: a key file swapped later changes nothing
             keys.append(key)
-        copy = copy_bundle(Path(path), root / "bundle")
+        try:
+            copy = copy_bundle(Path(path), root / "bundle")
+        except OSError as e:  # a full temp disk, an unreadable file: one line, the partial copy is removed
+            raise BundleError(f"{path}: cannot make a private copy to check ({e.strerror or e}; in {root.parent})") \
+                from None
         bundle = Bundle.open(copy, trusted_keys=keys or None)
         bundle.source = Path(path)  # messages name what the user gave
         actual = manifest_digest(bundle)
