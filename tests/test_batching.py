@@ -214,6 +214,30 @@ def test_predict_files_and_batching_report_nan_with_the_same_record(clf, images,
         _same(results[p], clf.predict([p], top_k=3)[0])
 
 
+def test_ray_data_actor_rows_follow_the_same_policy(clf, images, tmp_path):
+    """Ray Data's actor (called directly, no cluster): the NaN image is an error row with the same message,
+    its neighbours in the same model call are classified, an undecodable file is its own error row."""
+    pytest.importorskip("pyarrow")
+    from clap_edge.runtime.scale.ray_data import ClassifierActor
+
+    paths, _, broken = images
+    white = white_png(tmp_path / "white.png")
+    actor = ClassifierActor(str(clf.bundle.root), backend="onnxruntime", threads=1, top_k=3)
+    own = actor.classifier
+    try:
+        actor.classifier = nan_for_white(own)
+        files = [paths[4], white, broken, paths[5]]
+        rows = actor({"path": np.array(files)}).to_pylist()
+    finally:
+        own.close()
+    assert actor.classifier.runner.batch_sizes == [3]
+    assert [r["path"] for r in rows] == files
+    assert rows[1]["error"] == NON_FINITE and rows[1]["labels"] is None
+    assert rows[2]["error"].startswith("cannot decode image")
+    for row, p in ((rows[0], paths[4]), (rows[3], paths[5])):
+        assert row["error"] is None and row["labels"] == clf.predict([p], top_k=3)[0].labels
+
+
 class _FailsOn:
     """predict_batch raises for any batch holding a NaN row (a model that breaks on one input)."""
 
