@@ -374,19 +374,21 @@ def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corp
         server.close()
 
 
-# `clap-edge serve` with its bundle swapped for a forged one right after the driver's check, before any
-# replica exists (argv[1] is the forged bundle's folder).
+# `clap-edge serve` with a bundle swapped for a forged one right after the driver's check, before any
+# replica exists: argv[1] is the forged bundle's folder, argv[2] what is swapped ("bundle": the user's
+# folder; "snapshot": the driver's pinned private copy itself, which replicas then refuse).
 SWAP_AFTER_THE_CHECK = """
 import contextlib, shutil, sys
 import clap_edge.runtime.scale.serve as serve_module
-forged, checked = sys.argv.pop(1), serve_module.pin_bundle
+forged, target, checked = sys.argv.pop(1), sys.argv.pop(1), serve_module.pin_bundle
 
 @contextlib.contextmanager
 def swapping(bundle, *args, **kwargs):
     with checked(bundle, *args, **kwargs) as pin:
-        shutil.rmtree(bundle)
-        shutil.copytree(forged, bundle)
-        print("swapped", bundle, flush=True)
+        where = bundle if target == "bundle" else pin.source
+        for name in ("manifest.json", "manifest.sha256"):
+            shutil.copy(f"{forged}/{name}", f"{where}/{name}")
+        print("swapped", where, flush=True)
         yield pin
 
 serve_module.pin_bundle = swapping
@@ -422,7 +424,7 @@ def test_serve_replicas_load_the_checked_bytes_and_sigterm_exits_0(runtime_bundl
     data = [_image_bytes(np.random.default_rng(seed)) for seed in range(4)]
     reference = clf.predict([Image.open(io.BytesIO(b)) for b in data], top_k=5)
     server = _Server(bundle, *_free_port(2), tmp_path, extra=("--trusted-key", str(tmp_path / "alice.pub")),
-                     script=(SWAP_AFTER_THE_CHECK, str(forged)))
+                     script=(SWAP_AFTER_THE_CHECK, str(forged), "bundle"))
     try:
         server.wait_ready()
         assert "swapped" in server.log_path.read_text()
@@ -438,6 +440,34 @@ def test_serve_replicas_load_the_checked_bytes_and_sigterm_exits_0(runtime_bundl
         assert server.log_path.read_text().rstrip().endswith("stopped")
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_serve_replicas_that_refuse_their_copy_end_in_one_line(runtime_bundle, tmp_path):
+    """The pinned snapshot itself is changed after the driver's check: every replica refuses its copy
+    (manifest sha256 not the checked one); Serve gives up and serve exits 2 with one line, no traceback."""
+    import json
+    import shutil
+
+    pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install 'clap-edge[serve]')")
+    from clap_edge.export.bundle.writer import write_manifest
+
+    forged = shutil.copytree(runtime_bundle, tmp_path / "forged")
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest["class_names"][0], manifest["class_names"][1] = manifest["class_names"][1], manifest["class_names"][0]
+    write_manifest(forged, manifest)
+    port, metrics_port = _free_port(2)
+    server = _Server(runtime_bundle, port, metrics_port, tmp_path, script=(SWAP_AFTER_THE_CHECK, str(forged),
+                                                                         "snapshot"))
+    try:
+        assert server.proc.wait(240) == 2, server.log_path.read_text()[-3000:]
+    finally:
+        server.close()
+    log = server.log_path.read_text()
+    last = log.strip().splitlines()[-1]  # (Ray forwards the replicas' own logs above it)
+    assert "swapped" in log
+    assert f"{runtime_bundle}: the replicas could not load the bundle: " in last, log[-3000:]
+    assert "changed since it was checked" in last, log[-3000:]
 
 
 def test_serve_refuses_a_bad_bundle_in_one_line_before_starting_ray(runtime_bundle, tmp_path):

@@ -273,10 +273,17 @@ def start(config: ServeConfig, pin: PinnedBundle, on_connect: Callable[[], None]
 
 
 def _replica_cause(error: BaseException) -> str:
-    """The replica's own error line out of Serve's deployment failure report (which holds its traceback)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    ours = [line for line in lines if "Error: " in line and "ray." not in line.split("Error: ")[0]]
-    return ours[-1] if ours else (lines[0] if lines else type(error).__name__)
+    """The replica's own error line (ours, e.g. a BundleError), from Serve's deployment status: the
+    application's failure message only says that the deployment failed."""
+    try:
+        from ray import serve as ray_serve
+
+        app = ray_serve.status().applications.get(APP_NAME)
+        text = "\n".join(d.message for d in app.deployments.values() if d.message) if app else ""
+    except Exception:  # no status to read: Serve's own message
+        text = ""
+    ours = [line.strip() for line in text.splitlines() if line.strip().startswith("clap_edge.") and ": " in line]
+    return ours[-1].split(": ", 1)[1] if ours else first_line(error)
 
 
 def stop() -> None:
