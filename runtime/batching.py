@@ -50,7 +50,7 @@ class QueueFullError(RuntimeError):
 
 
 class _ClassifierLike(Protocol):
-    def preprocess(self, image: Any) -> np.ndarray: ...
+    def preprocess(self, image: Any) -> np.ndarray: ...  # with label=... for bytes / file objects
 
     def predict_batch(self, batch: np.ndarray, top_k: int = 5) -> list: ...
 
@@ -98,7 +98,8 @@ class BatchingClassifier:
     # ---- public API ---------------------------------------------------------------
 
     def submit(self, image: Any) -> Future:
-        """Queue one image (path, PIL image, uint8 array or preprocessed [3, H, W]); returns its Future.
+        """Queue one image (path, image bytes, binary file object, PIL image, uint8 array or preprocessed
+        [3, H, W]); returns its Future.
 
         An empty array is refused here (ValueError); other bad images fail their own Future."""
         if isinstance(image, np.ndarray) and image.size == 0:

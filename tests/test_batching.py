@@ -260,3 +260,15 @@ def test_predict_each_isolates_the_image_that_breaks_the_model_and_raises_for_a_
         _same(outcome, ref)
     with pytest.raises(RuntimeError, match="exploded"):  # fails on every image alone too: the model is broken
         predict_each(_FailsOn(clf, always=True), good, 2, ["a", "b", "c"])
+
+
+def test_bytes_and_file_objects_are_decoded_like_files(clf, images):
+    paths, _, _ = images
+    data = open(paths[6], "rb").read()
+    with BatchingClassifier(clf, max_batch_size=4, max_delay_ms=1e8) as bc, open(paths[7], "rb") as f:
+        futures = [bc.submit(data), bc.submit(f), bc.submit(b"junk")]
+        bc.close()  # flush while the file is still open
+    _same(futures[0].result(timeout=0), clf.predict([paths[6]])[0])
+    _same(futures[1].result(timeout=0), clf.predict([paths[7]])[0])
+    with pytest.raises(ImageError, match="^image bytes: cannot decode image"):
+        futures[2].result(timeout=0)
