@@ -98,7 +98,7 @@ def engine_bundle(runtime_bundle, tmp_path):
         files[f"{stem}.json"] = json.dumps({"engine": kind, "gpu": gpu, "batch": batch}).encode()
         entries.append({"file": f"{stem}.{ext}", "sidecar": f"{stem}.json", "engine": kind, "precision": "fp16",
                         "batch": batch, "device": name, "gpu": gpu, "library_version": "10.0"})
-    add_to_bundle(root, files, {"engines": entries})
+    add_to_bundle(root, files, engines=entries)
     return root
 
 
@@ -165,8 +165,12 @@ def _edited(runtime_bundle, tmp_path, edit):
 def test_crafted_output_name_cannot_inject_a_model_filename(runtime_bundle, tmp_path, monkeypatch):
     from clap_edge.export.builders import triton
 
-    m = _manifest(runtime_bundle)
-    m["outputs"][0]["name"] = INJECTION
+    from dataclasses import replace
+
+    from clap_edge.export.bundle import Bundle
+
+    m = Bundle.open(runtime_bundle).manifest
+    m = replace(m, outputs=(replace(m.outputs[0], name=INJECTION), *m.outputs[1:]))
     with pytest.raises(BundleError, match="manifest output name .* not allowed in a Triton config"):
         triton.model_config_text(m, TritonConfig())
     bad = _edited(runtime_bundle, tmp_path, lambda d: d["outputs"][0].__setitem__("name", INJECTION))
@@ -178,7 +182,7 @@ def test_crafted_output_name_cannot_inject_a_model_filename(runtime_bundle, tmp_
     intended = triton.model_config(m, TritonConfig())
     cfg = text_format.Parse(triton.model_config_text(m, TritonConfig()), model_config_pb2.ModelConfig())
     assert cfg == intended and cfg.default_model_filename == "" and cfg.output[0].name == INJECTION
-    assert len(cfg.output) == len(m["outputs"])
+    assert len(cfg.output) == len(m.outputs)
 
 
 @pytest.mark.parametrize("name", ["../escape", ".", "..", "a/b", "name\n", "", "-x", "x" * 129])

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 from clap_edge.core.errors import BundleError, ClapEdgeError, OutputError, first_line
 from clap_edge.core.io import atomic_directory
 from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle.manifest import Manifest, TensorSpec, to_json
 from clap_edge.export.bundle.names import OUTPUT_LOGITS, sha256_file
 
 __all__ = ["TritonConfig", "export_triton", "model_config", "model_config_text", "labels_text", "TRITON_BACKENDS"]
@@ -120,7 +121,7 @@ def export_triton(bundle: str | os.PathLike | Bundle, repo: str | os.PathLike, c
 def _copy_checked(bundle: Bundle, name: str, dest: Path) -> None:
     """Copy a bundle file, then check the copy's sha256: the digest covers the bytes Triton will load."""
     shutil.copyfile(bundle.file(name), dest)
-    want = bundle.manifest["files"][name]["sha256"]
+    want = bundle.manifest.sha256(name)
     if sha256_file(dest) != want:
         raise BundleError(f"{bundle.label}: {name!r} changed while it was copied (sha256 no longer "
                           f"{want[:16]}...); nothing was written")
@@ -142,7 +143,7 @@ def _char(c: str) -> str:
     return f"the character U+{ord(c):04X} ({unicodedata.name(c, unicodedata.category(c))})"
 
 
-def model_config(manifest: dict[str, Any], config: TritonConfig, max_batch_size: int | None = None):
+def model_config(manifest: Manifest, config: TritonConfig, max_batch_size: int | None = None):
     """Triton's ``ModelConfig`` message (tritonclient's model_config_pb2) for a bundle manifest."""
     pb = _model_config_pb2()
     key, value, filename, kind = TRITON_BACKENDS[config.backend]
@@ -164,7 +165,7 @@ def model_config(manifest: dict[str, Any], config: TritonConfig, max_batch_size:
     return cfg
 
 
-def model_config_text(manifest: dict[str, Any], config: TritonConfig, max_batch_size: int | None = None) -> str:
+def model_config_text(manifest: Manifest, config: TritonConfig, max_batch_size: int | None = None) -> str:
     """``config.pbtxt``: the protobuf text format of :func:`model_config`, checked to parse back to it."""
     from google.protobuf import text_format
 
@@ -183,9 +184,9 @@ def _model_config_pb2():
     return model_config_pb2
 
 
-def _tensors(manifest: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    tensors = manifest.get(key)
-    if not isinstance(tensors, list) or not tensors or not all(isinstance(t, dict) for t in tensors):
+def _tensors(manifest: Manifest, key: str) -> tuple[TensorSpec, ...]:
+    tensors = getattr(manifest, key)
+    if not tensors:
         raise BundleError(f"manifest {key!r} must be a non-empty list of tensors")
     return tensors
 
@@ -196,10 +197,10 @@ def _checked_name(name: Any, what: str, rule: re.Pattern) -> str:
     return name
 
 
-def _tensor(message, t: dict[str, Any], role: str):
-    name, shape, dtype = t.get("name"), t.get("shape"), t.get("dtype", "float32")
+def _tensor(message, t: TensorSpec, role: str):
+    name, shape, dtype = t.name, list(t.shape), t.dtype
     name = _checked_name(name, f"manifest {role} name", _TENSOR_NAME)
-    if not isinstance(shape, list) or len(shape) < 2:
+    if len(shape) < 2:
         raise BundleError(f"manifest {role} {name!r} needs a shape [N, ...]")
     dims = shape[1:]  # Triton's dims leave out the batch axis when max_batch_size > 0
     if not all(type(d) is int and 0 < d < 2**31 for d in dims):
@@ -233,25 +234,15 @@ def _model_source(bundle: Bundle, config: TritonConfig) -> tuple[str, dict[str, 
     return engine["file"], engine
 
 
-def tensorrt_engines(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The TensorRT engines a manifest lists, as ``{"file", "max_batch", ...}`` (none when it has no section).
-
-    The ``engines`` section may be a list of entries or a mapping name -> entry; an entry names its file
-    (``file`` or ``path``; a mapping key is the file when neither is given), its kind (``engine``, ``kind``
-    or ``format``: ``tensorrt``) and its batch profile (``batch`` [min, opt, max] or ``profile`` {max})."""
-    section = manifest.get("engines") or []
-    items = list(section.items()) if isinstance(section, dict) else [(None, e) for e in section]
+def tensorrt_engines(manifest: Manifest) -> list[dict[str, Any]]:
+    """The TensorRT engines a manifest lists, as ``{"file", "max_batch", ...}`` (none when it has no section);
+    an entry's batch profile is its ``batch`` [min, opt, max] (or ``profile`` {max})."""
     found = []
-    for key, entry in items:
-        if not isinstance(entry, dict):
+    for entry in manifest.engines or ():
+        if entry.engine.lower() != "tensorrt" and not entry.file.endswith((".plan", ".engine")):
             continue
-        kind = str(entry.get("engine") or entry.get("kind") or entry.get("format") or "").lower()
-        file = entry.get("file") or entry.get("path") or key
-        if "tensorrt" not in kind and not str(file or "").endswith((".plan", ".engine")):
-            continue
-        if not isinstance(file, str):
-            continue
-        found.append({**entry, "file": file, "max_batch": _profile_max(entry)})
+        flat = to_json(entry)
+        found.append({**flat, "max_batch": _profile_max(flat)})
     return found
 
 
@@ -271,12 +262,11 @@ def _profile_max(entry: dict[str, Any]) -> int | None:
 
 def _preprocess_doc(bundle: Bundle) -> dict[str, Any]:
     """What a client must do before sending a tensor: the manifest's preprocess block, spelled out."""
-    inp = bundle.manifest["inputs"][0]
     return {
-        "input": inp["name"],
+        "input": bundle.manifest.inputs[0].name,
         "shape": ["N", *bundle.input_shape],
         "dtype": "float32",
-        "preprocess": bundle.preprocess,
+        "preprocess": to_json(bundle.preprocess),
         "steps": "decode to RGB; resize (resize_mode, interpolation) and center-crop to size [H, W]; "
                  "scale to [0, 1]; subtract mean and divide by std per channel; lay out as [3, H, W] "
                  "(clap_edge.runtime.Classifier.preprocess does exactly this)",
