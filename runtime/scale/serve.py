@@ -145,7 +145,10 @@ class ReplicaCore:
             array = await asyncio.to_thread(decode_bytes, self.classifier, body, REQUEST_LABEL)
         except ImageError as e:
             return 422, {"error": error_message(e, REQUEST_LABEL)}
-        outcome = await (predict(array) if predict else self._predict_one(array))
+        try:
+            outcome = await (predict(array) if predict else self._predict_one(array))
+        except Exception as e:  # outcomes are returned, not raised; anything raised still gets a JSON answer
+            outcome = e
         if isinstance(outcome, ImageError):  # NaN / inf scores for this image: its own error
             return 422, {"error": error_message(outcome, REQUEST_LABEL)}
         if isinstance(outcome, BaseException):
