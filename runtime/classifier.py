@@ -145,7 +145,11 @@ class Classifier:
         open_clip's eval transform. A float array already preprocessed ([3, H, W] of the model's size,
         finite) is passed through."""
         if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(image, "read"):
-            image = self.load(image, label)
+            where, image = _source_label(image, label), self.load(image, label)
+            try:
+                return self.preprocessor(image)
+            except ImageError as e:  # a bound in core/preprocess.py does not know the file
+                raise ImageError(f"{where}: {e}") from e
         elif isinstance(image, np.ndarray):
             if image.size == 0:
                 raise ValueError(f"empty image array (shape {list(image.shape)})")
@@ -251,6 +255,17 @@ class Classifier:
                        embedding=out.embedding[n], logits=out.logits[n], path=paths[n])
             for n, idx in enumerate(order)
         ]
+
+
+def _source_label(image: Any, label: str | None) -> str:
+    """What load_image's errors name for ``image``: the label, the path, a file object's name."""
+    if label:
+        return label
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "image bytes"
+    return str(getattr(image, "name", None) or "image file object")
 
 
 def _relabel(error: BundleError, bundle: Bundle) -> BundleError:
