@@ -111,7 +111,8 @@ def _keep_ratio_size(img: Image.Image, target: tuple[int, int], longest: bool) -
     w, h = img.size
     ratio_h, ratio_w = h / target[0], w / target[1]
     ratio = max(ratio_h, ratio_w) if longest else min(ratio_h, ratio_w)
-    return round(h / ratio), round(w / ratio)
+    # open_clip would ask for a 0-pixel side (and fail) on a 1xN image in "longest" mode: keep >= 1 pixel
+    return max(1, round(h / ratio)), max(1, round(w / ratio))
 
 
 def _resize(img: Image.Image, size_hw: tuple[int, int], resample: Image.Resampling) -> Image.Image:

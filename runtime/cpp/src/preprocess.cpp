@@ -120,16 +120,23 @@ void vertical(const Image& in, const Coeffs& c, int row_shift, Image& out, int y
   }
 }
 
-// Pillow's NEAREST resize (an affine transform sampling pixel centres).
+// Pillow's NEAREST resize (ImagingScaleAffine): source positions accumulated by repeated addition from half a
+// step, truncated; a position that falls outside the source leaves the pixel 0, as Pillow's fill does.
 Image resize_nearest(const Image& in, int w, int h) {
   Image out(w, h, in.channels);
   const double sx = double(in.width) / w, sy = double(in.height) / h;
-  for (int y = 0; y < h; ++y) {
-    const int yi = std::min(in.height - 1, int((y + 0.5) * sy));
-    for (int x = 0; x < w; ++x) {
-      const int xi = std::min(in.width - 1, int((x + 0.5) * sx));
-      std::memcpy(out.row(y) + size_t(x) * in.channels, in.row(yi) + size_t(xi) * in.channels, in.channels);
-    }
+  std::vector<int> xin(size_t(w), -1);
+  double xo = sx * 0.5;
+  for (int x = 0; x < w; ++x, xo += sx) {
+    const int xi = xo < 0.0 ? -1 : int(xo);
+    if (xi >= 0 && xi < in.width) xin[x] = xi;
+  }
+  double yo = sy * 0.5;
+  for (int y = 0; y < h; ++y, yo += sy) {
+    const int yi = yo < 0.0 ? -1 : int(yo);
+    if (yi < 0 || yi >= in.height) continue;
+    for (int x = 0; x < w; ++x)
+      if (xin[x] >= 0) std::memcpy(out.row(y) + size_t(x) * in.channels, in.row(yi) + size_t(xin[x]) * in.channels, in.channels);
   }
   return out;
 }
@@ -175,7 +182,8 @@ Image center_crop_or_pad(const Image& img, int crop_h, int crop_w, int fill) {
 std::pair<int, int> keep_ratio_size(const Image& img, int th, int tw, bool longest) {
   const double rh = double(img.height) / th, rw = double(img.width) / tw;
   const double ratio = longest ? std::max(rh, rw) : std::min(rh, rw);
-  return {round_half_even(img.height / ratio), round_half_even(img.width / ratio)};
+  // At least one pixel per side (open_clip would ask for 0 on a 1xN image in "longest" mode), as preprocess.py.
+  return {std::max(1, round_half_even(img.height / ratio)), std::max(1, round_half_even(img.width / ratio))};
 }
 
 }  // namespace
@@ -201,9 +209,10 @@ Image resize_window(const Image& in, int w, int h, const std::string& interpolat
     return out;
   }
   const Coeffs cv = precompute(in.height, h, filter, support);
-  if (w > in.width && h < in.height) {
-    // The Pillow build this was matched against (13.0.0) runs the vertical pass first when the width grows
-    // and the height shrinks (observed on every such case; upstream Pillow is always horizontal first).
+  // Pillow 13 (ImagingResampleInner) runs the vertical pass first when the height shrinks by more than twice
+  // as many pixels as the width does (a growing width counts as a negative shrink); horizontal first otherwise.
+  const bool horizontal_first = !(in.height - h > 0 && in.height - h > (in.width - w) * 2);
+  if (!horizontal_first) {
     const int last = x0 + cw - 1;
     const int cx0 = chz.bounds[2 * x0], cx1 = chz.bounds[2 * last] + chz.bounds[2 * last + 1];
     Image tmp(cx1 - cx0, ch, in.channels);
