@@ -9,6 +9,7 @@
 #include <cstring>
 #include <tuple>
 
+#include "clap_edge/errors.hpp"
 #include "clap_edge/image.hpp"
 
 namespace clap_edge {
@@ -178,14 +179,6 @@ Image center_crop_or_pad(const Image& img, int crop_h, int crop_w, int fill) {
   return out;
 }
 
-// timm / open_clip ResizeKeepRatio.get_params without the random parts: (h, w).
-std::pair<int, int> keep_ratio_size(const Image& img, int th, int tw, bool longest) {
-  const double rh = double(img.height) / th, rw = double(img.width) / tw;
-  const double ratio = longest ? std::max(rh, rw) : std::min(rh, rw);
-  // At least one pixel per side (open_clip would ask for 0 on a 1xN image in "longest" mode), as preprocess.py.
-  return {std::max(1, round_half_even(img.height / ratio)), std::max(1, round_half_even(img.width / ratio))};
-}
-
 }  // namespace
 
 // The window [x0, x0 + cw) x [y0, y0 + ch) of Pillow's resize of `in` to w x h, computing only what the window
@@ -233,26 +226,36 @@ Image resize(const Image& in, int w, int h, const std::string& interpolation) {
   return resize_window(in, w, h, interpolation, 0, 0, w, h);
 }
 
+std::pair<int64_t, int64_t> resize_target(int width, int height, const PreprocessConfig& cfg) {
+  const int th = cfg.height, tw = cfg.width;
+  if (cfg.resize_mode == "squash") return {th, tw};
+  if (cfg.resize_mode == "longest" || th != tw) {
+    const double rh = double(height) / th, rw = double(width) / tw;
+    const double ratio = cfg.resize_mode == "longest" ? std::max(rh, rw) : std::min(rh, rw);
+    // At least one pixel per side (open_clip would ask for 0 on a 1xN image in "longest" mode), as preprocess.py.
+    return {std::max<int64_t>(1, std::llround(std::nearbyint(height / ratio))),
+            std::max<int64_t>(1, std::llround(std::nearbyint(width / ratio)))};
+  }
+  // torchvision Resize(int): short edge -> size, long edge int()-truncated
+  const bool portrait = width <= height;
+  const int shorter = portrait ? width : height, longer = portrait ? height : width;
+  const auto new_long = int64_t(double(th) * longer / shorter);
+  return portrait ? std::make_pair(new_long, int64_t(th)) : std::make_pair(int64_t(th), new_long);
+}
+
 Image resize_and_crop(const Image& img, const PreprocessConfig& cfg) {
   const int th = cfg.height, tw = cfg.width;
+  const auto [rh64, rw64] = resize_target(img.width, img.height, cfg);
+  if (rh64 * rw64 > std::max<int64_t>(kMaxResizePixels, int64_t(th) * tw))
+    throw ImageError("image is too large to resize: " + std::to_string(img.width) + "x" + std::to_string(img.height) +
+                     " would be resized to " + std::to_string(rw64) + "x" + std::to_string(rh64) +
+                     " pixels before the crop (limit " + std::to_string(kMaxResizePixels) + ")");
+  const int rh = int(rh64), rw = int(rw64);
   const std::string& interp = cfg.interpolation == "random" ? std::string("bicubic") : cfg.interpolation;
   if (cfg.resize_mode == "squash") return resize(img, tw, th, interp);
-  if (cfg.resize_mode == "longest") {
-    const auto [h, w] = keep_ratio_size(img, th, tw, true);
-    return center_crop_or_pad(resize(img, w, h, interp), th, tw, cfg.fill_color);
-  }
-  int rw, rh;
-  std::string how = interp;
-  if (th == tw) {  // torchvision Resize(int): short edge -> size, long edge int()-truncated
-    const bool portrait = img.width <= img.height;
-    const int shorter = portrait ? img.width : img.height, longer = portrait ? img.height : img.width;
-    const int new_long = int(double(int64_t(th) * longer) / shorter);
-    rw = portrait ? th : new_long;
-    rh = portrait ? new_long : th;
-  } else {  // open_clip builds ResizeKeepRatio here without its interpolation: always bicubic
-    std::tie(rh, rw) = keep_ratio_size(img, th, tw, false);
-    how = "bicubic";
-  }
+  if (cfg.resize_mode == "longest") return center_crop_or_pad(resize(img, rw, rh, interp), th, tw, cfg.fill_color);
+  // open_clip builds ResizeKeepRatio for a non-square shortest size without its interpolation: always bicubic
+  const std::string how = th == tw ? interp : std::string("bicubic");
   if (rw >= tw && rh >= th && (rw != img.width || rh != img.height)) {
     // Resize only the pixels the centre crop keeps.
     const auto [left, top] = crop_offsets(rw, rh, tw, th);
