@@ -83,7 +83,7 @@ def load_image(
     except PermissionError as e:
         raise ImageError(f"{path}: permission denied") from e
     except UnidentifiedImageError as e:
-        kind = "empty file (0 bytes)" if _is_empty(path) else "not an image file PIL can read"
+        kind = "empty file (0 bytes)" if _is_empty(path) else "not an image file the runtime can read"
         raise ImageError(f"{path}: cannot decode image: {kind}") from e
     except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: image is too large to decode ({_bomb_detail(e)})") from e

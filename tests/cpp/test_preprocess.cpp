@@ -114,7 +114,7 @@ TEST_F(Fixtures, JpegDraftScalesAsPil) {
 TEST_F(Fixtures, BrokenImagesRaiseImageErrorNamingTheFile) {
   const std::map<std::string, std::string> cases{{"truncated.jpg", "truncated"},
                                                  {"empty.jpg", "empty file (0 bytes)"},
-                                                 {"not_an_image.png", "not a JPEG or PNG file"},
+                                                 {"not_an_image.png", "not an image file the runtime can read"},
                                                  {"truncated.png", "truncated"},
                                                  {"missing.jpg", "no such file"}};
   for (const auto& [file, problem] : cases) {

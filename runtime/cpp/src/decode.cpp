@@ -83,7 +83,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
   };
   read_into(0);
   if (!is_jpeg(data.data(), data.size()) && !is_png(data.data(), data.size()))
-    fail(path, "cannot decode image: not an image file the native runtime reads (JPEG or PNG)");
+    fail(path, "cannot decode image: not an image file the runtime can read");
   const size_t head = data.size();
   data.resize(size_t(st.st_size));
   read_into(head);
