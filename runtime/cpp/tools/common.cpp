@@ -1,5 +1,7 @@
 #include "common.hpp"
 
+#include "json_line.hpp"
+
 #include <dirent.h>
 #include <sys/stat.h>
 
@@ -41,6 +43,24 @@ std::string pathlib_str(const std::string& path) {
 }
 
 namespace {
+
+// Python's order of str: by code point, a file-name byte that is not UTF-8 being U+DC80..U+DCFF (surrogateescape),
+// which is not the byte order (U+E000..U+10FFFF sort after such a byte in Python, before it in bytes).
+std::vector<uint32_t> code_points(const std::string& s) {
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < s.size();) out.push_back(next_code_point(s, i));
+  return out;
+}
+
+bool python_less(const std::string& a, const std::string& b) { return code_points(a) < code_points(b); }
+
+// sorted() on pathlib paths: part by part, each part as a Python str.
+bool path_less(const std::string& a, const std::string& b) {
+  std::vector<std::vector<uint32_t>> pa, pb;
+  for (const auto& part : fs::path(a)) pa.push_back(code_points(part.string()));
+  for (const auto& part : fs::path(b)) pb.push_back(code_points(part.string()));
+  return pa < pb;
+}
 
 // Python's Path(folder) / name spelling.
 std::string join(const std::string& folder, const std::string& name) {
@@ -114,7 +134,8 @@ struct Walker {
       entries.emplace_back(name, ::lstat(join(folder, name).c_str(), &lst) == 0 && S_ISLNK(lst.st_mode));
     }
     ::closedir(dir);
-    std::sort(entries.begin(), entries.end());  // by name, as sorted(os.scandir(...), key=name)
+    std::sort(entries.begin(), entries.end(),  // by name, as sorted(os.scandir(...), key=name)
+              [](const auto& x, const auto& y) { return python_less(x.first, y.first); });
     std::vector<Key> inner = ancestors;
     inner.push_back(key);
     for (const auto& [name, is_link] : entries) {
@@ -145,9 +166,8 @@ ScanResult scan_images(const std::vector<std::string>& paths) {
         w.links.pop_front();
         w.walk(link, ancestors);
       }
-      std::vector<fs::path> sorted(w.found.begin(), w.found.end());
-      std::sort(sorted.begin(), sorted.end());  // element-wise, as sorted() on pathlib paths
-      for (const auto& f : sorted) result.files.push_back(f.string());
+      std::sort(w.found.begin(), w.found.end(), path_less);
+      result.files.insert(result.files.end(), w.found.begin(), w.found.end());
     } else if (kind == Kind::kFile) {
       result.files.push_back(p);
     } else {
