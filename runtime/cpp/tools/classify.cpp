@@ -19,9 +19,11 @@ const char* const kHelp = R"(Usage: clap-edge-classify [OPTIONS] BUNDLE PATHS...
 
   Classify images (files, or folders walked recursively) with BUNDLE.
 
-  Exit code 0 when every image was classified, 1 when some could not be decoded (they are
-  reported, the others still classified), 2 for a bad bundle or bad arguments.
-  Decodes JPEG and PNG files.
+  Exit code 0 when every image was classified, 1 when some could not be (each is reported with
+  the reason: undecodable, too large, missing, broken link, symlink loop, not a regular file;
+  the others are still classified), 2 for a bad bundle or bad arguments. Folders are walked as
+  `clap-edge classify` walks them. Decodes JPEG and PNG files. Text output escapes control
+  characters in paths and labels (\n, \t, \x1b); --json output is exact.
 
 Options:
   --backend TEXT         auto, openvino, tensorrt (when built with it)  [default: auto]
