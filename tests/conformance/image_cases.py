@@ -4,6 +4,7 @@ A case with a ``files`` block gets OUT/<id>/files/ built from it (in order; pare
   {"scene": [w, h], "seed": 0, "quality": 90, "mode": "RGB", "exif": {"orientation": 6, "order": "MM", "long": false},
    "claim": [w, h], "truncate": 0.5}   a generated photo (PNG or JPEG by extension); "claim" patches the header
                                        to say w x h, "truncate" keeps that fraction of the bytes
+  {"solid": [w, h, [r, g, b]]}         one colour (PNG)
   {"text": "..."} / {"hex": "..."} / {"empty": true}   a file with these bytes
   {"sparse": size, "head_hex": "89504e47"}             a sparse file of size bytes (no disk used)
   {"fifo": true} / {"dir": true} / {"symlink": "target"}
@@ -77,6 +78,11 @@ def build_files(root: Path, files: dict[str, dict[str, Any]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if "scene" in spec:
             path.write_bytes(_photo(path, spec))
+        elif "solid" in spec:
+            from PIL import Image
+
+            w, h, rgb = spec["solid"]
+            Image.new("RGB", (w, h), tuple(rgb)).save(path, "PNG")
         elif "text" in spec:
             path.write_text(spec["text"])
         elif "hex" in spec or spec.get("empty"):
