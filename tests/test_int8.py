@@ -86,7 +86,7 @@ def test_qdq_variant_is_static_int8_with_float_layernorm_and_logits(int8_bundle)
                        and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
                                for i in n.input)]
     assert len(quantised_gemms) >= 4
-    assert bundle.manifest["parity"]["qdq"]["calibration_images"] == 16
+    assert bundle.manifest.parity["qdq"]["calibration_images"] == 16
 
 
 @pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
@@ -111,7 +111,7 @@ def test_openvino_int8_variant_runs_at_precision_int8(int8_bundle, toy_data):
     import openvino as ov
 
     bundle = Bundle.open(int8_bundle)
-    assert bundle.variants["openvino-int8"] == "model.int8.xml" and "model.int8.bin" in bundle.manifest["files"]
+    assert bundle.variants["openvino-int8"] == "model.int8.xml" and "model.int8.bin" in bundle.file_names
     ops = [op.get_type_name() for op in ov.Core().read_model(str(bundle.variant_file("openvino-int8"))).get_ops()]
     assert ops.count("FakeQuantize") >= 4  # NNCF's int8 quantisers
     images = _test_images(toy_data)
@@ -141,12 +141,12 @@ def test_openvino_int8_weights_are_checked(int8_bundle, tmp_path):
 @pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
 def test_drift_in_manifest_equals_an_independent_recount(int8_bundle, toy_data):
     from clap_edge.core.images import load_image
-    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+    from clap_edge.core.preprocess import Preprocessor
 
     bundle = Bundle.open(int8_bundle)
-    drift = bundle.manifest["drift"]
+    drift = bundle.manifest.drift
     assert set(drift) == {"int8", "qdq", "openvino-int8"}
-    pre = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
+    pre = Preprocessor(bundle.preprocess)
     specs = {"int8": "onnxruntime:int8", "qdq": "onnxruntime:int8-static", "openvino-int8": "openvino:int8"}
     total = {v: [0, 0] for v in specs}
     for domain, (paths, labels) in _test_images(toy_data).items():

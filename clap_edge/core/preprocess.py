@@ -41,8 +41,10 @@ __all__ = ["PreprocessConfig", "Preprocessor", "resize_and_crop", "resize_target
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
-    """The fields of open_clip's ``PreprocessCfg`` (``size`` always as (H, W))."""
+class PreprocessCfg:
+    """The fields of open_clip's ``PreprocessCfg`` (``size`` always as (H, W)): the one preprocess config.
+
+    The bundle's manifest holds one (``Manifest.preprocess``); the runtime, export and eval preprocess by it."""
 
     size: tuple[int, int] = (224, 224)
     mode: str = "RGB"
@@ -70,15 +72,21 @@ class PreprocessConfig:
             raise ValueError(f"unknown resize_mode {self.resize_mode!r}; expected one of {RESIZE_MODES}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
-        """From a manifest's ``preprocess`` block (unknown keys ignored, None means default)."""
+    def from_dict(cls, d: "dict[str, Any] | PreprocessCfg") -> "PreprocessCfg":
+        """From a ``preprocess`` block (unknown keys ignored, None means default); a config is returned as is."""
+        if isinstance(d, PreprocessCfg):
+            return d
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None}
         return cls(**known)
 
     @classmethod
-    def from_open_clip(cls, pcfg: Any) -> "PreprocessConfig":
+    def from_open_clip(cls, pcfg: Any) -> "PreprocessCfg":
         """From open_clip's ``PreprocessCfg`` (a model's ``LoadedModel.preprocess_cfg``)."""
         return cls.from_dict({name: getattr(pcfg, name, None) for name in cls.__dataclass_fields__})
+
+
+PreprocessConfig = PreprocessCfg  # the name this module used before the manifest shared the class
+__all__ += ["PreprocessCfg"]
 
 
 def _three(values: float | Sequence[float], name: str) -> tuple[float, float, float]:

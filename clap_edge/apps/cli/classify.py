@@ -39,8 +39,9 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
               help="--ray: classifier actors (one bundle load each).")
 @click.option("--embeddings", is_flag=True, help="--ray: add an embedding column.")
+@click.option("--keep-errors", is_flag=True, help="--ray: keep error rows already in --out (default: retry them).")
 def classify(bundle, paths, backend, precision, batch_size, top_k, threads, workers, device, as_json, trusted_keys,
-             use_ray, address, out, actors, embeddings):
+             use_ray, address, out, actors, embeddings, keep_errors):
     """Classify images (files, or folders walked recursively) with BUNDLE.
 
     Exit code 0 when every image was classified, 1 when some could not be (each is reported with
@@ -67,17 +68,14 @@ def classify(bundle, paths, backend, precision, batch_size, top_k, threads, work
     files = scan.files
     if not files and not scan.skipped:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
-    if use_ray or address or out or embeddings:
+    if use_ray or address or out or embeddings or keep_errors:
         from clap_edge.apps.cli.ray_classify import classify_on_ray
 
-        if trusted_keys:  # checked once here, in the driver; the actors open the bundle just verified
-            from clap_edge.export.bundle.signing import verify_bundle
-
-            verify_bundle(bundle, list(trusted_keys))
         for skipped in scan.skipped:
             _report_error(str(skipped.path), Exception(skipped.reason), as_json)
         return classify_on_ray(bundle, files, use_ray, address, out, backend, threads, actors, batch_size, top_k,
-                               workers, embeddings, as_json, skipped=scan.skipped)
+                               workers, embeddings, as_json, skipped=scan.skipped, trusted_keys=trusted_keys,
+                               keep_errors=keep_errors)
     failed = 0
     with Classifier.open(bundle, backend=backend, threads=threads, device=device,
                          trusted_keys=list(trusted_keys) or None) as clf, \
