@@ -142,7 +142,11 @@ class Classifier:
 
         A float array already preprocessed ([3, H, W] of the model's size, finite) is passed through."""
         if isinstance(image, (str, os.PathLike)):
-            image = self.load(image)
+            path, image = image, self.load(image)
+            try:
+                return self.preprocessor(image)
+            except ImageError as e:  # the resize bound (core/preprocess.py) does not know the file
+                raise ImageError(f"{path}: {e}") from e
         elif isinstance(image, np.ndarray):
             if image.size == 0:
                 raise ValueError(f"empty image array (shape {list(image.shape)})")
