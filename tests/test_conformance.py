@@ -37,6 +37,8 @@ def test_python_cli(conformance, cid):
     if "python" not in case["runtimes"]:
         pytest.skip("native-only case")
     bad = check.problems(case, check.run_case(case, "python"))
+    if case["expect"].get("text"):
+        bad += check.text_problems(case, check.run_case(case, "python", text_mode=True).stdout)
     assert not bad, f"{cid}: " + "; ".join(bad)
 
 

@@ -9,12 +9,15 @@ grayscale and 1-bit. Broken files (truncated, empty, not an image, too large) ra
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -39,20 +42,27 @@ DEFAULT_MAX_DECODE_BYTES = 1 << 30
 _PEAK_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 11, "RGB": 3, "RGBA": 11, "LA": 9, "PA": 11, "CMYK": 7, "YCbCr": 6,
                          "LAB": 6, "HSV": 6, "I;16": 6, "I;16B": 6, "I;16L": 6, "I;16N": 6, "I": 8, "F": 8}
 STRIPE_PIXELS = 1 << 20  # high-depth images are converted this many pixels at a time
+# Files larger than this are refused from their size alone, before a byte is read (the C++ runtime's
+# decode.cpp has the same limit): no photo or scan within the pixel limit needs more.
+MAX_FILE_BYTES = 1 << 28
 
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as image viewers do
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_DECODE_BYTES", "load_image", "to_rgb",
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_DECODE_BYTES", "MAX_FILE_BYTES", "load_image", "to_rgb",
            "is_image_file", "list_images", "scan_images", "ScanResult", "Skipped"]
 
 
 def load_image(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes | BinaryIO,
     draft_size: tuple[int, int] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+    label: str | None = None,
 ) -> Image.Image:
     """Decode ``path`` into an RGB image with its EXIF orientation applied.
+
+    ``path`` may also be the image's bytes or an open binary file object (an HTTP body, a Ray Data
+    column): the same checks run on it, with no temporary file, and errors name ``label``.
 
     ``draft_size`` (w, h): let the JPEG decoder downscale by 2/4/8 in the DCT while the result
     still covers this size. It makes large photos cheap to decode (time and memory) and is what
@@ -61,9 +71,9 @@ def load_image(
     pixels or in the memory decoding and converting them would take (estimated from the header).
     Only regular files are opened (a FIFO or a device is an error, never a hang).
     """
-    path = Path(path)
+    path, opener = _source(path, label)
     try:
-        with _open_regular(path) as f, Image.open(f) as img:
+        with opener() as f, Image.open(f) as img:
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", _oriented_draft_size(img, draft_size))
             _check_size(path, img, max_pixels, max_bytes)
@@ -80,10 +90,10 @@ def load_image(
     except PermissionError as e:
         raise ImageError(f"{path}: permission denied") from e
     except UnidentifiedImageError as e:
-        kind = "empty file (0 bytes)" if _is_empty(path) else "not an image file PIL can read"
+        kind = "empty file (0 bytes)" if _is_empty(path) else "not an image file the runtime can read"
         raise ImageError(f"{path}: cannot decode image: {kind}") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image is too large to decode ({e})") from e
+        raise ImageError(f"{path}: image is too large to decode ({_bomb_detail(e)})") from e
     except MemoryError as e:
         raise ImageError(f"{path}: out of memory decoding it") from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
@@ -94,15 +104,31 @@ def load_image(
 
 
 def _open_regular(path: Path):
-    """Open for reading without blocking (a FIFO would hang a plain open) and only if a regular file."""
+    """Open for reading without blocking (a FIFO would hang a plain open), only if a regular file of a sane size."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    st = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(st.st_mode):
         os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(path)
-        raise ImageError(f"{path}: not a regular file ({file_kind(mode)}); not opened")
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"not a regular file ({file_kind(st.st_mode)}); not opened"
+    elif st.st_size == 0:
+        problem = "cannot decode image: empty file (0 bytes)"
+    elif st.st_size > MAX_FILE_BYTES:
+        problem = f"file is too large to decode ({st.st_size} bytes, limit {MAX_FILE_BYTES})"
+    if problem:
+        os.close(fd)
+        raise ImageError(f"{path}: {problem}")
     return os.fdopen(fd, "rb")
+
+
+def _bomb_detail(error: Exception) -> str:
+    """'N pixels, limit L' from PIL's decompression-bomb message (the header's size, refused before decoding)."""
+    import re
+
+    numbers = re.findall(r"\d+", str(error))
+    return f"{numbers[0]} pixels, limit {numbers[1]}" if len(numbers) >= 2 else str(error)
 
 
 def _check_size(path: Path, img: Image.Image, max_pixels: int | None, max_bytes: int | None) -> None:
@@ -174,6 +200,32 @@ def _oriented_draft_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, 
     except Exception:  # a broken EXIF block is not our problem here; exif_transpose copes
         orientation = 1
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+class _Named(str):
+    """The label of in-memory image data, standing where load_image's messages name a path."""
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def stat(self):
+        raise FileNotFoundError(self)  # no file behind it: _is_empty says no
+
+
+def _source(source, label: str | None):
+    """(what errors name, a callable opening it as a binary file): a path opens as a regular file only."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = _Named(label or "image bytes")
+        if not len(source):
+            raise ImageError(f"{name}: cannot decode image: empty (0 bytes)")
+        if len(source) > MAX_FILE_BYTES:  # the same bound as a file's size
+            raise ImageError(f"{name}: file is too large to decode ({len(source)} bytes, limit {MAX_FILE_BYTES})")
+        return name, lambda: io.BytesIO(source)
+    if hasattr(source, "read"):
+        name = _Named(label or getattr(source, "name", None) or "image file object")
+        return name, lambda: contextlib.nullcontext(source)  # the caller's to close
+    path = Path(source)
+    return path, lambda: _open_regular(path)
 
 
 def _is_empty(path: Path) -> bool:

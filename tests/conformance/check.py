@@ -42,10 +42,13 @@ def command(case: dict[str, Any], runtime: str, tool: str | os.PathLike | None =
     return [str(tool), *args, "--precision", "fp32"]
 
 
-def run_case(case: dict[str, Any], runtime: str, tool: str | os.PathLike | None = None) -> Outcome:
+def run_case(case: dict[str, Any], runtime: str, tool: str | os.PathLike | None = None,
+             text_mode: bool = False) -> Outcome:
+    cmd = command(case, runtime, tool)
+    if text_mode:
+        cmd.remove("--json")
     try:
-        p = subprocess.run(command(case, runtime, tool), capture_output=True, text=True, timeout=TIMEOUT_S,
-                           errors="replace")
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, errors="replace")
     except subprocess.TimeoutExpired:
         return Outcome(-999, "", f"TIMEOUT after {TIMEOUT_S}s (a hang)")
     out = Outcome(p.returncode, p.stdout, p.stderr)
@@ -62,6 +65,10 @@ def problems(case: dict[str, Any], o: Outcome) -> list[str]:
     """What is wrong with outcome `o` for `case` (empty list: as expected)."""
     want = case["expect"]
     bad = []
+    if want["verdict"] == "per_image":  # image / folder / geometry cases (image_cases.py)
+        import image_cases
+
+        bad = image_cases.problems(case, o)
     if o.exit != want["exit"]:
         bad.append(f"exit {o.exit}, expected {want['exit']} (stderr: {o.stderr.strip()[-300:]!r})")
     if "Traceback" in o.stderr or o.exit < 0:
@@ -76,6 +83,8 @@ def problems(case: dict[str, Any], o: Outcome) -> list[str]:
                 bad.append(f"message {last!r} does not contain {s!r}")
         if o.records:
             bad.append(f"refused but printed {len(o.records)} records")
+        return bad
+    if want["verdict"] == "per_image":
         return bad
     for image, exp in want["outputs"].items():
         rec = o.records.get(image)
@@ -117,6 +126,12 @@ def manifest_verdicts(case: dict[str, Any]) -> tuple[str, str]:
         return py, f"refused: {type(e).__name__}"
 
 
+def text_problems(case: dict[str, Any], stdout: str) -> list[str]:
+    import image_cases
+
+    return image_cases.text_problems(case, stdout)
+
+
 def load_cases(out: Path) -> list[dict[str, Any]]:
     ids = json.loads((out / "cases.json").read_text())
     return [json.loads((out / cid / "case.json").read_text()) for cid in ids]
@@ -155,6 +170,8 @@ def main(argv: list[str]) -> int:
     failed = 0
     for case in cases:
         bad = problems(case, run_case(case, "native", tool))
+        if case["expect"].get("text"):
+            bad += text_problems(case, run_case(case, "native", tool, text_mode=True).stdout)
         if bad:
             failed += 1
             print(f"FAIL {case['id']}: " + "; ".join(bad))
@@ -163,4 +180,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     sys.exit(main(sys.argv[1:]))

@@ -269,7 +269,11 @@ def resolve(spec: dict[str, Any], base: Path, reference: dict[str, Any], where: 
     """The case.json a runner reads: bundle path, image paths, args, and the expectation with labels filled in."""
     images = [str(base / "images" / n) for n in spec.get("images", list(IMAGES))]
     expect = dict(spec["expect"])
-    if expect["verdict"] == "accepted":
+    if "files" in spec:  # image / folder / geometry cases: generated files, per-image records (image_cases.py)
+        import image_cases
+
+        images, expect = image_cases.resolve(spec, where, spec.get("top_k", TOP_K))
+    elif expect["verdict"] == "accepted":
         rename = spec.get("rename", {})
         top_k = spec.get("top_k", TOP_K)
         expect.setdefault("exit", 0)
@@ -311,6 +315,10 @@ def materialize(out: Path, only: str | None = None) -> list[dict[str, Any]]:
         for edit in spec.get("edits", []):
             case.apply(edit)
         case.finish()
+        if "files" in spec:
+            import image_cases
+
+            image_cases.build_files(where / "files", spec["files"])
         if spec.get("tar"):
             _tar(where / "bundle", spec["tar"])
         resolved = resolve(spec, base, reference, where)
@@ -332,4 +340,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parents[1]))
+    sys.path.insert(0, str(HERE))
     sys.exit(main(sys.argv[1:]))

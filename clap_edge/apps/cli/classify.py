@@ -93,7 +93,7 @@ def classify(bundle, paths, backend, precision, batch_size, top_k, threads, work
             progress("classifying")
     if scan.other_files:
         click.echo(f"note: {len(scan.other_files)} file(s) without an image extension were not read "
-                   f"(e.g. {scan.other_files[0]}); name a file directly to classify it", err=True)
+                   f"(e.g. {escape_text(str(scan.other_files[0]))}); name a file directly to classify it", err=True)
     if failed:
         total = len(files) + len(scan.skipped)
         click.echo(f"{failed} of {total} images could not be classified", err=True)
@@ -104,8 +104,8 @@ def _report(pred, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(pred.to_dict(), allow_nan=False))  # predict_files turned NaN into an error
     else:
-        best = ", ".join(f"{label} {score:.3f}" for label, score in zip(pred.labels, pred.scores))
-        click.echo(f"{pred.path}\t{best}")
+        best = ", ".join(f"{escape_text(label)} {score:.3f}" for label, score in zip(pred.labels, pred.scores))
+        click.echo(f"{escape_text(str(pred.path))}\t{best}")
 
 
 def _report_error(path: str, error: Exception, as_json: bool) -> None:
@@ -115,7 +115,30 @@ def _report_error(path: str, error: Exception, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"path": path, "error": message}))
     else:
-        click.secho(f"{path}\terror: {message}", fg="red", err=True)
+        click.secho(f"{escape_text(path)}\terror: {escape_text(message)}", fg="red", err=True)
+
+
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text(text: str) -> str:
+    """A path, label or message for a text-mode line, as the C++ tool writes it (runtime/cpp/tools/json_line.hpp):
+    backslash, control characters (C0, DEL, C1), U+2028/U+2029 and undecodable file-name bytes (surrogateescape)
+    escaped, so a name holding a newline or a tab cannot forge a record or a column."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte of a file name that is not UTF-8
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o in (0x2028, 0x2029) or 0xD800 <= o <= 0xDFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 COMMANDS = [classify]
