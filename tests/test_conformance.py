@@ -58,6 +58,60 @@ def test_manifest_rules_and_schema_agree(conformance, cid):
         assert schema.split(":")[0] == manifest_verdict, f"JSON Schema: {schema} (Python: {py})"
 
 
+SIDECAR_CASES = [cid for cid in CASES if SPECS[cid].get("sidecar")]
+
+
+@pytest.mark.parametrize("cid", SIDECAR_CASES)
+def test_sidecar_rules_and_schema_agree(conformance, cid):
+    """A case's engine sidecar: EngineSidecar.from_json and sidecar.schema.json give the case's sidecar verdict."""
+    import jsonschema
+
+    from clap_edge.core.errors import BundleError
+    from clap_edge.export.bundle import engines
+
+    case = conformance[cid]
+    want = case["sidecar"]
+    raw = (Path(case["bundle"]) / want["file"]).read_bytes()
+    schema = json.loads((Path(engines.__file__).parent / "sidecar.schema.json").read_text())
+    try:
+        data = json.loads(raw)
+        engines.EngineSidecar.from_json(data, want["file"])
+        py = "accepted"
+    except (ValueError, BundleError) as e:
+        py, message = "refused", str(e)
+    assert py == want["verdict"], f"EngineSidecar.from_json: {py}"
+    if py == "refused":
+        assert want["message"] in message and "\n" not in message, message
+    try:
+        jsonschema.validate(json.loads(raw), schema)
+        verdict = "accepted"
+    except (ValueError, jsonschema.ValidationError):
+        verdict = "refused"
+    assert verdict == want["verdict"], f"sidecar.schema.json: {verdict}"
+
+
 def test_holdout_set_is_present():
     holdout = [c for c in CASES if c.startswith("holdout/")]
     assert len(holdout) >= 10 and {c.split("/")[1] for c in holdout} >= {"manifest", "bundle"}
+
+
+def test_unicode_tables_are_the_generated_ones():
+    """unicode_tables.py, unicode_tables.hpp and the schema's name pattern come from one generation (textrules.py)."""
+    import unicodedata
+
+    from clap_edge.export.bundle import textrules, unicode_tables
+
+    if unicodedata.unidata_version != unicode_tables.UNICODE_VERSION:
+        pytest.skip(f"tables made from Unicode {unicode_tables.UNICODE_VERSION}, this Python has "
+                    f"{unicodedata.unidata_version}")
+    qc, ccc = textrules._tables()
+    assert (qc, ccc) == (unicode_tables.NFC_QC_NO_MAYBE, unicode_tables.CCC)
+    root = Path(__file__).resolve().parents[1]
+    for name in ("manifest.schema.json", "sidecar.schema.json"):
+        schema = json.loads((root / "export/bundle" / name).read_text())
+        assert schema["$defs"]["name"]["pattern"] == textrules.name_pattern(qc), name
+    hpp = (root / "runtime/cpp/src/unicode_tables.hpp").read_text()
+    assert all(f"{{0x{lo:X}, 0x{hi:X}, {v}}}" in hpp for lo, hi, v in qc + ccc)
+    # the rule: quick-check YES names are NFC, and a sample of refusals really is not NFC or is ordered wrongly
+    assert textrules.name_problem("K\u00e4tzchen", 1024) is None
+    assert not unicodedata.is_normalized("NFC", "cafe\u0301") and textrules.name_problem("cafe\u0301", 1024)

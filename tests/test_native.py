@@ -142,3 +142,34 @@ def test_native_bench_rows_have_the_python_bench_fields(native_tools, runtime_bu
         assert row["failed"] > 0  # the broken file is counted, the rest classified
         assert row["images_per_s"] > 0 and row["fraction_of_model_only"] > 0
     assert report["env"]["cpu_model"]
+
+
+def test_native_and_python_agree_on_every_conformance_case(native_tools, tmp_path_factory):
+    """tests/conformance/: both CLIs give the same verdict, exit code, top-k labels, scores (1e-4, fp32) and
+    error line on every case both run (each also meets the case's own expectation)."""
+    sys.path.insert(0, str(ROOT / "tests" / "conformance"))
+    import check
+    import materialize
+
+    out = Path(os.environ.get("CLAP_EDGE_CONFORMANCE_OUT") or tmp_path_factory.mktemp("conformance"))
+    cases = [c for c in materialize.materialize(out) if set(c["runtimes"]) >= {"python", "native"}]
+    disagree = []
+    for case in cases:
+        py, nat = check.run_case(case, "python"), check.run_case(case, "native", native_tools["clap-edge-classify"])
+        why = [f"python: {p}" for p in check.problems(case, py)] + [f"native: {p}" for p in check.problems(case, nat)]
+        if py.exit != nat.exit:
+            why.append(f"exit {py.exit} vs {nat.exit}")
+        for image in case["images"]:
+            p, n = py.records.get(image, {}), nat.records.get(image, {})
+            if p.get("labels") != n.get("labels"):
+                why.append(f"{image}: labels {p.get('labels')} vs {n.get('labels')}")
+            elif p.get("scores") and max(abs(a - b) for a, b in zip(p["scores"], n["scores"])) > check.SCORE_TOL:
+                why.append(f"{image}: scores {p['scores']} vs {n['scores']}")
+        both_json_errors = all("not valid JSON (" in o.last_line for o in (py, nat))  # each parser's own words
+        if case["expect"]["verdict"] == "refused" and py.last_line != nat.last_line and not (
+                both_json_errors or case.get("error_line")):
+            why.append(f"error lines differ:\n  python: {py.last_line}\n  native: {nat.last_line}")
+        if why:
+            disagree.append(f"{case['id']}: " + "; ".join(why))
+    assert len(cases) >= 100
+    assert not disagree, f"{len(disagree)} of {len(cases)} cases disagree:\n" + "\n".join(disagree)

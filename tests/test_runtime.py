@@ -235,7 +235,7 @@ def test_newer_schema_is_refused(runtime_bundle, tmp_path):
     ({"embed_dim": "64"}, r"field embed_dim: must be an integer in \[1, 65536\], got '64'"),
     ({"inputs": []}, "field inputs: must have 1..16 items, has 0"),
     ({"files": ["model.onnx"]}, "field files: must be an object"),
-    ({"files": {"../model.onnx": {"sha256": "0" * 64}}}, r"files\['../model.onnx'\]: is outside the bundle"),
+    ({"files": {"../model.onnx": {"sha256": "0" * 64}}}, r"files\['../model.onnx'\]: names a path outside the bundle"),
     ({"files": {"model.onnx": {}}}, r"files\['model.onnx'\]: must be exactly \{sha256, bytes\}"),
     ({"preprocess": {"size": [224, 224], "resize_mode": "stretch"}}, "field preprocess.fill_color: is missing"),
 ])
@@ -261,7 +261,8 @@ def test_model_output_width_is_checked_against_the_manifest(runtime_bundle, tmp_
     manifest = json.loads((bundle / MANIFEST).read_text())
     emb = np.vstack([Bundle.open(runtime_bundle).class_embeddings(), np.eye(1, 64, dtype=np.float32)])
     save_file({"class_embeddings": emb}, str(bundle / "classes.safetensors"))
-    manifest["files"]["classes.safetensors"]["sha256"] = sha256_file(bundle / "classes.safetensors")
+    manifest["files"]["classes.safetensors"] = {"sha256": sha256_file(bundle / "classes.safetensors"),
+                                                "bytes": (bundle / "classes.safetensors").stat().st_size}
     manifest["outputs"][0]["shape"] = ["N", 6]
     _rewrite_manifest(bundle, class_names=CLASSES + ["extra"], files=manifest["files"], outputs=manifest["outputs"])
     with pytest.raises(BundleError, match=r"model.onnx declares 'logits' with shape \['N', 5\]"):

@@ -250,6 +250,7 @@ def test_cli_trusted_key_checks_the_bytes_it_copies(runtime_bundle, keys, tmp_pa
 
     m = _manifest(forged)
     m["files"]["model.onnx"]["sha256"] = hashlib.sha256((forged / "model.onnx").read_bytes()).hexdigest()
+    m["files"]["model.onnx"]["bytes"] = (forged / "model.onnx").stat().st_size
     write_manifest(forged, m, validate=False)
     real_open = snapshot.Bundle.open
 

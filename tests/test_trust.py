@@ -227,7 +227,7 @@ def test_tar_errors_name_the_tar_not_the_temp_folder(runtime_bundle, tmp_path):
     tar = pack_tar(b, tmp_path / "x.tar")
     with Bundle.open(tar) as opened:
         report = opened.verify_all()
-    assert "corrupt or was modified" in report["model.onnx"]
+    assert "corrupt or was modified" in report["model.onnx"] or "bytes but the manifest lists" in report["model.onnx"]
     from clap_edge.runtime.classifier import Classifier
 
     with pytest.raises(BundleError) as e:

@@ -27,6 +27,7 @@ from typing import Any
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import read_regular
 from clap_edge.core.machine import cpu_info
+from clap_edge.export.bundle.textrules import name_problem
 from clap_edge.export.bundle.manifest import SHA256, EngineEntry, ManifestFieldError, _check_file_name
 
 ENGINES_DIR = "engines"
@@ -160,12 +161,14 @@ def _check_sidecar(d: dict[str, Any]) -> None:
     need(isinstance(d["precision"], str) and d["precision"] in PRECISIONS, "precision", f"one of {list(PRECISIONS)}")
     batch = d["batch"]
     need(isinstance(batch, list) and len(batch) == 3 and all(_is_int(b) for b in batch)
-         and 1 <= batch[0] <= batch[1] <= batch[2], "batch", "[min, opt, max] with 1 <= min <= opt <= max")
+         and 1 <= batch[0] <= batch[1] <= batch[2] <= 1 << 31, "batch",
+         "[min, opt, max] with 1 <= min <= opt <= max <= 2^31")
     for key in ("file", "source_model"):
         need(isinstance(d[key], str), key, "a file name")
         _check_file_name(d[key], key)
-    for key in ("library", "library_version"):
-        need(isinstance(d[key], str) and 0 < len(d[key]) <= 1024, key, "a non-empty string")
+    for key in ("library", "library_version"):  # names: the manifest's rule (textrules.py), as the schema says
+        need(isinstance(d[key], str) and name_problem(d[key], 1024) is None, key,
+             "a name (no control characters, NFC, 1..1024 characters)")
     for key in ("source_sha256", "engine_sha256"):
         need(isinstance(d[key], str) and SHA256.match(d[key]) is not None, key, "64 lower-case hex digits")
     device = d["device"]

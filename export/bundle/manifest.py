@@ -16,11 +16,11 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, fields
-from pathlib import PurePosixPath
 from typing import Any
 
 from clap_edge.core.classnames import describe_duplicate, nfc_duplicate
 from clap_edge.core.preprocess import PreprocessCfg
+from clap_edge.export.bundle.textrules import file_name_problem, name_problem
 from clap_edge.export.bundle.names import (CLASSES_FILE, INPUT_IMAGE, META_FILES, MIN_SCHEMA_VERSION,
                                              OUTPUT_EMBEDDING, OUTPUT_LOGITS, REEXPORT_HINT, SCHEMA_VERSION)
 
@@ -42,6 +42,7 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")
 RESIZE_MODES = ("shortest", "longest", "squash")
 DTYPES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ManifestFieldError(ValueError):
@@ -173,6 +174,8 @@ def loads(text: str | bytes) -> Any:
         raise ManifestFieldError("", f"nested more than {LIMITS['depth']} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestFieldError("", f"not valid JSON ({e})") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits (no JSON reader here holds it)
+        raise ManifestFieldError("", f"not valid JSON (a number too long to read: {str(e)[:60]})") from None
     _check_json(data, "", 0)
     return data
 
@@ -368,10 +371,11 @@ def _file_entry(name: str, v: Any) -> FileEntry:
 
 
 def _check_file_name(name: str, path: str) -> None:
-    parts = PurePosixPath(name).parts
-    if (not name or len(name) > 255 or name.startswith("/") or "\\" in name or "\x00" in name
-            or any(part in ("..", ".") for part in name.split("/")) or not parts):
-        raise ManifestFieldError(path, "is outside the bundle (a file name must be a relative path without '..')")
+    problem = file_name_problem(name)  # textrules: the same rule as the schema's file_name and the C++ reader
+    if problem:
+        raise ManifestFieldError(path, f"names a path outside the bundle or not a plain one ({problem}); a file "
+                                 "name is a relative POSIX path without empty, '.' or '..' parts, backslashes or "
+                                 "control characters")
     if name in META_FILES:
         raise ManifestFieldError(path, f"{name} is managed by the bundle itself and must not be listed")
 
@@ -380,6 +384,7 @@ def _variants(v: Any, files: dict[str, FileEntry]) -> dict[str, str]:
     out = {}
     for name, file in _obj(v, "variants").items():
         out[name] = _str(file, f"variants.{name}")
+        _check_file_name(file, f"variants.{name}")
         if file not in files:
             raise ManifestFieldError(f"variants.{name}", f"names {file!r}, which files does not list")
     return out
@@ -399,6 +404,8 @@ def _engines(v: Any, path: str, files: dict[str, FileEntry]) -> list[EngineEntry
                             extra={k: x for k, x in o.items() if k not in ("file", "engine", "precision", "sidecar")})
         for key in ("file", "sidecar"):
             name = getattr(entry, key)
+            if name is not None:
+                _check_file_name(name, f"{p}.{key}")
             if name is not None and name not in files:
                 raise ManifestFieldError(f"{p}.{key}", f"names {name!r}, which files does not list")
         out.append(entry)
@@ -424,9 +431,14 @@ def _check_json(v: Any, path: str, depth: int) -> None:
             for k, x in v.items():
                 if not isinstance(k, str):
                     raise ManifestFieldError(path, f"has a non-string key {k!r}")
+                if _SURROGATE.search(k):
+                    raise ManifestFieldError(path, "has a key with a lone surrogate (not valid Unicode)")
                 stack.append((x, f"{path}.{k}" if path else k, depth + 1))
         elif isinstance(v, list):
             stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v))
+        elif isinstance(v, str) and _SURROGATE.search(v):  # "\ud800" in JSON text: not valid Unicode
+            raise ManifestFieldError(path, f"contains a lone surrogate U+{ord(_SURROGATE.search(v)[0]):04X} "
+                                     "(not valid Unicode)")
         elif isinstance(v, float) and not math.isfinite(v):
             raise ManifestFieldError(path, f"{v} is not a finite number")
         elif not (v is None or isinstance(v, (str, int, float, bool))):
@@ -453,9 +465,13 @@ def _list(v: Any, path: str, lo: int, hi: int) -> list[Any]:
 
 
 def _str(v: Any, path: str) -> str:
-    if not isinstance(v, str) or not v or len(v) > LIMITS["name_chars"]:
+    """A name: textrules' rule (non-empty, bounded, no control characters or separators, NFC quick check YES)."""
+    if not isinstance(v, str):
         raise ManifestFieldError(path, f"must be a non-empty string of at most {LIMITS['name_chars']} "
                                  f"characters, got {_kind(v)}")
+    problem = name_problem(v, LIMITS["name_chars"])
+    if problem:
+        raise ManifestFieldError(path, problem)
     return v
 
 

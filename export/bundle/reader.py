@@ -25,6 +25,7 @@ import numpy as np
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import read_regular, staging_tempdir
 from clap_edge.core.preprocess import PreprocessCfg
+from clap_edge.export.bundle.filehead import check_file
 from clap_edge.export.bundle.manifest import LIMITS, Manifest, ManifestFieldError, check_version, loads
 from clap_edge.export.bundle.names import (CALIBRATION_FILE, CLASSES_FILE, CLASSES_TENSOR, MANIFEST,
                                              MANIFEST_DIGEST, sha256_file)
@@ -157,6 +158,9 @@ class Bundle:
             raise BundleError(f"{self.label}: " + (f"{name!r} is {what}" if what else
                                                     f"missing file {name!r} (listed in {MANIFEST})"))
         if verify and name not in self._verified:
+            problem = check_file(path, name, int(entry.bytes))  # size and magic bytes before hashing
+            if problem:
+                raise BundleError(f"{self.label}: {name!r} {problem}")
             actual = sha256_file(path)
             if actual != entry.sha256:
                 raise BundleError(

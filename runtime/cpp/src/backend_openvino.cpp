@@ -24,6 +24,19 @@ std::string precision_name(const ov::element::Type& t) {
   return t.get_type_name();
 }
 
+// The model's image input must be the manifest's [N, 3, H, W] (a manifest that lies about it is refused here,
+// not by an out-of-bounds read at inference time).
+void check_input(const Bundle& bundle, const std::string& file, const ov::PartialShape& shape) {
+  const Manifest& m = bundle.manifest();
+  const int64_t want[] = {3, m.input_height, m.input_width};
+  bool ok = shape.rank().is_static() && shape.rank().get_length() == 4;
+  for (int i = 0; ok && i < 3; ++i) ok = shape[i + 1].is_dynamic() || shape[i + 1].get_length() == want[i];
+  if (!ok)
+    throw BundleError(bundle.root() + ": " + file + " declares 'image' with shape " + shape.to_string() +
+                      ", the manifest says [N, 3, " + std::to_string(m.input_height) + ", " +
+                      std::to_string(m.input_width) + "]");
+}
+
 class OpenVINOBackend : public Backend {
  public:
   OpenVINOBackend(const Bundle& bundle, const Options& options) {
@@ -51,7 +64,11 @@ class OpenVINOBackend : public Backend {
       throw Error("openvino precision '" + p + "' is not one of auto, fp32, bf16, fp16, int8");
     try {
       ov::Core core;
-      compiled_ = core.compile_model(core.read_model(path), options.device, config);
+      const auto model = core.read_model(path);
+      check_input(bundle, file, model->input().get_partial_shape());
+      compiled_ = core.compile_model(model, options.device, config);
+    } catch (const BundleError&) {
+      throw;
     } catch (const std::exception& e) {
       throw BundleError(bundle.root() + ": OpenVINO cannot load " + file + ": " + first_line(e.what()));
     }

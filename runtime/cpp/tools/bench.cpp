@@ -81,7 +81,8 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   std::string bundle_dir, backend = "openvino", end_to_end, json_path;
   bool want_json = false;
   Options options;
@@ -217,3 +218,6 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+}  // namespace
+
+int main(int argc, char** argv) { return guarded_main(run, argc, argv); }

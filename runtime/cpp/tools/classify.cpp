@@ -78,7 +78,8 @@ std::string joined(const std::vector<std::string>& items) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   std::vector<std::string> positional;
   std::string backend = "auto";
   Options options;
@@ -140,3 +141,6 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+}  // namespace
+
+int main(int argc, char** argv) { return guarded_main(run, argc, argv); }

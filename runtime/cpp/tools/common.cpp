@@ -210,4 +210,19 @@ void usage_error(const std::string& usage, const std::string& message) {
   std::exit(kExitBadInput);
 }
 
+int guarded_main(int (*body)(int, char**), int argc, char** argv) {
+  try {
+    return body(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::cout.flush();
+    fail("out of memory");
+  } catch (const std::exception& e) {
+    std::cout.flush();
+    fail(e.what());
+  } catch (...) {
+    std::cout.flush();
+    fail("unexpected error");
+  }
+}
+
 }  // namespace clap_edge::tools

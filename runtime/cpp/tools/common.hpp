@@ -39,4 +39,8 @@ std::vector<int> parse_int_list(const std::string& flag, const std::string& valu
 // click's usage error: "Usage: ...\nError: <message>" and exit code 2.
 [[noreturn]] void usage_error(const std::string& usage, const std::string& message);
 
+// Runs a tool's body; any exception that escapes it (std::bad_alloc, a library's own) becomes one
+// "error: ..." line and exit code 2, never std::terminate / SIGABRT.
+int guarded_main(int (*body)(int, char**), int argc, char** argv);
+
 }  // namespace clap_edge::tools

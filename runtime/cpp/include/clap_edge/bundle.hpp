@@ -19,7 +19,7 @@ constexpr int kMaxSchemaVersion = 3;
 
 struct FileEntry {
   std::string sha256;  // lower-case hex
-  int64_t bytes = -1;  // -1 when the manifest does not say
+  int64_t bytes = 0;  // the file's size, checked (fstat) before it is read
 };
 
 // One compiled engine (e.g. a TensorRT plan) and the facts its JSON sidecar states.
@@ -42,12 +42,9 @@ struct Manifest {
   std::vector<EngineEntry> engines;
 };
 
-// Every rule the runtime checks on a manifest, in one place (aligned with export/bundle/manifest.schema.json):
-// schema_version in [kMinSchemaVersion, kMaxSchemaVersion]; required fields and their types; unique class names;
-// positive embed_dim; preprocess (size, 3 finite means, 3 finite positive stds, known interpolation and
-// resize_mode, RGB); inputs [N, 3, H, W] agreeing with preprocess size; outputs logits [N, C] and embedding
-// [N, d] agreeing with class_names and embed_dim; files inside the bundle with 64-hex sha256; variants and
-// engines naming listed files. Throws BundleError("<where>: manifest ...") on the first violation.
+// Every rule of export/bundle/manifest.py (and manifest.schema.json), in the same order with the same field paths
+// and limits (src/manifest.cpp): names and file names by export/bundle/textrules.py's rules, integers without
+// overflow or truncation, nesting at most 32 deep. Throws BundleError("<where>: manifest field <path>: ...").
 Manifest parse_manifest(const std::string& json_text, const std::string& where);
 
 // sha256 of a file as lower-case hex (OpenSSL EVP). Throws BundleError if unreadable.
@@ -68,7 +65,8 @@ class Bundle {
 
  private:
   Bundle(std::string root, Manifest m) : root_(std::move(root)), manifest_(std::move(m)) {}
-  void check_listed(const std::string& name) const;
+  int open_listed(const std::string& name) const;
+  void check_classes() const;  // an open fd of a checked, listed regular file
   std::string root_;
   Manifest manifest_;
   mutable std::mutex mutex_;
