@@ -213,6 +213,11 @@ MANIFEST_EDITS = {
     "embed_dim_str": _set(["embed_dim"], "64"),
     "parity_garbage": _set(["parity"], "yes"),
     "opset_5000_digits": _set(["opset"], int("9" * 4000)),
+    "out0_named_embedding": lambda m: (m["outputs"][0].__setitem__("name", "embedding"), m["outputs"][1].__setitem__("name", "logits")),
+    "out_name_bogus": _set(["outputs", 0, "name"], "zzz"),
+    "in_name_bogus": _set(["inputs", 0, "name"], "zzz"),
+    "one_output_only": lambda m: m.__setitem__("outputs", m["outputs"][:1]),
+    "no_outputs": _set(["outputs"], []),
 }
 
 
@@ -440,6 +445,32 @@ def _(b, inp):
     (inp / "readme.txt").write_text("hi")
 
 
+def arg_case(name, fn):
+    def build(b, inp):
+        (inp / "ok.png").write_bytes(pil_image(22, 20))
+        return fn(b, inp)
+
+    CASES["arg_" + name] = build
+
+
+def _fifo(b, inp):
+    os.mkfifo(inp / "f.png")
+    return [str(inp / "f.png"), str(inp / "ok.png")]
+
+
+arg_case("fifo_direct", _fifo)
+arg_case("dev_zero_direct", lambda b, inp: ["/dev/zero", str(inp / "ok.png")])
+arg_case("missing_direct", lambda b, inp: [str(inp / "nope.png"), str(inp / "ok.png")])
+arg_case("same_file_twice", lambda b, inp: [str(inp / "ok.png"), str(inp / "ok.png")])
+arg_case("file_and_its_dir", lambda b, inp: [str(inp / "ok.png"), str(inp)])
+arg_case("dir_and_dotdot_alias", lambda b, inp: [str(inp), str(inp / ".." / "input")])
+arg_case("txt_file_direct", lambda b, inp: ((inp / "x.txt").write_bytes(pil_image(22, 20)), [str(inp / "x.txt")])[1])
+arg_case("dash", lambda b, inp: ["-"])
+arg_case("empty_string", lambda b, inp: ["", str(inp / "ok.png")])
+arg_case("bundle_as_image", lambda b, inp: [str(b / "manifest.json"), str(inp / "ok.png")])
+arg_case("proc_self", lambda b, inp: ["/proc/self/status", str(inp / "ok.png")])
+
+
 # ---- bundle swaps ---------------------------------------------------------------------------
 
 
@@ -560,7 +591,13 @@ def main() -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("--native", default="build/native/runtime/cpp/clap-edge-classify")
     ap.add_argument("--only", default=None)
+    ap.add_argument("--signed", action="store_true", help="run the signed-bundle and export-triton attacks")
     a = ap.parse_args()
+    if a.signed:
+        res = signed_and_triton(a.base, a.out / "signed")
+        bad = [n for n, f in res.items() if f]
+        print(f"{len(res)} attacks, {len(bad)} flagged: {bad}")
+        return 1 if bad else 0
     results = {}
     sample = a.base.parent / "images" / "scene_a.png"
     for name, build in CASES.items():
@@ -572,12 +609,12 @@ def main() -> int:
             shutil.rmtree(d)
         shutil.copytree(a.base, d / "bundle", symlinks=True)
         (d / "input").mkdir(parents=True)
-        build(d / "bundle", d / "input")
         inp = d / "input"
-        if not any(inp.iterdir()) and not name.startswith("dir_"):
+        args = build(d / "bundle", inp) or [str(inp)]
+        if not any(inp.iterdir()) and not name.startswith(("dir_", "arg_")):
             shutil.copy(sample, inp / "scene_a.png")
-        py = run_one(["clap-edge", "classify", str(d / "bundle"), str(inp), "--json", "--backend", "onnxruntime", "--top-k", "3"])
-        cc = run_one([a.native, str(d / "bundle"), str(inp), "--json", "--precision", "fp32", "--top-k", "3"])
+        py = run_one(["clap-edge", "classify", str(d / "bundle"), *args, "--json", "--backend", "onnxruntime", "--top-k", "3"])
+        cc = run_one([a.native, str(d / "bundle"), *args, "--json", "--precision", "fp32", "--top-k", "3"])
         flags = judge(py, cc)
         results[name] = {"flags": flags, "py": py, "cc": cc}
         status = "FAIL " + "; ".join(flags) if flags else "ok"
@@ -589,6 +626,111 @@ def main() -> int:
     bad = [n for n, r in results.items() if r["flags"]]
     print(f"{len(results)} attacks, {len(bad)} flagged: {bad}")
     return 1 if bad else 0
+
+
+
+# ---- signed bundles and export-triton (Python CLI only: the native tool has neither) -------
+
+
+def _cli(*args) -> dict:
+    return run_one(["clap-edge", *map(str, args)])
+
+
+def _py_flags(r: dict, want_rc: int) -> list[str]:
+    f = []
+    if r["rc"] == "timeout":
+        return ["hang"]
+    if r["rc"] < 0:
+        f.append(f"signal {-r['rc']}")
+    if "Traceback" in r["err"]:
+        f.append("traceback")
+    if r["rc"] != want_rc:
+        f.append(f"exit {r['rc']} (want {want_rc}): {r['err'].strip()[-200:]!r}")
+    lines = [x for x in r["err"].splitlines() if x.strip() and "WARNING" not in x and "No pretrained" not in x]
+    if want_rc == 2 and len(lines) > 1:
+        f.append(f"multi-line refusal {lines!r}")
+    return f
+
+
+def signed_and_triton(base: Path, out: Path) -> dict[str, list[str]]:
+    res: dict[str, list[str]] = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for k in ("a", "b"):
+        if not (out / f"{k}.pem").exists():
+            subprocess.run(["clap-edge", "keygen", str(out / k)], capture_output=True, cwd=out)
+    keys = {k: (sorted(out.glob(f"{k}*.pub*")) or sorted(out.glob(f"{k}*pub*")))[0] for k in ("a", "b")}
+    priv = {k: out / f"{k}.pem" for k in ("a", "b")}
+    img = base.parent / "images" / "scene_a.png"
+
+    def fresh(name: str, key="a") -> Path:
+        d = out / name
+        if d.exists():
+            shutil.rmtree(d)
+        shutil.copytree(base, d, symlinks=True)
+        r = _cli("sign", d, "--key", priv[key])
+        assert r["rc"] == 0, r
+        return d
+
+    def classify(name, d, key="a", want=2):
+        res[name] = _py_flags(_cli("classify", d, img, "--json", "--backend", "onnxruntime", "--trusted-key", keys[key]), want)
+
+    classify("sig_ok", fresh("sig_ok"), want=0)
+    d = fresh("sig_manifest_edit")
+    m = _load(d); m["class_names"][0] = "forged"; write_manifest(d, m, validate=False)
+    classify("sig_manifest_edit", d)
+    d = fresh("sig_extra_file"); (d / "zz.onnx").write_bytes(b"\x08x")
+    classify("sig_extra_file", d)
+    classify("sig_wrong_key", fresh("sig_wrong_key"), key="b")
+    d1, d2 = fresh("sig_swap_1"), fresh("sig_swap_2")
+    m = _load(d2); m["class_names"][0] = "forged"; write_manifest(d2, m, validate=False)
+    shutil.copy(d1 / "bundle.sig", d2 / "bundle.sig")
+    classify("sig_swapped_sig", d2)
+    d = fresh("sig_sha_whitespace"); (d / "manifest.sha256").write_text((d / "manifest.sha256").read_text() + "\n")
+    classify("sig_sha_whitespace", d)
+    d = fresh("sig_removed_calib"); (d / "calibration.npy").unlink()
+    classify("sig_removed_calib", d)
+    d = fresh("sig_sig_empty"); (d / "bundle.sig").write_bytes(b"")
+    classify("sig_sig_empty", d)
+    d = fresh("sig_sig_garbage"); (d / "bundle.sig").write_bytes(b"{" * 100000)
+    classify("sig_sig_garbage", d)
+    for bad, content in (("empty", b""), ("private", priv["a"].read_bytes()), ("garbage", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")):
+        kf = out / f"key_{bad}.pem"; kf.write_bytes(content)
+        res[f"sig_key_{bad}"] = _py_flags(_cli("classify", fresh(f"sig_key_{bad}"), img, "--json", "--backend", "onnxruntime", "--trusted-key", kf), 2)
+    res["sig_key_dir"] = _py_flags(_cli("classify", fresh("sig_key_dir"), img, "--json", "--trusted-key", out), 2)
+
+    # export-triton: names that try to escape config.pbtxt or the repository
+    def triton(name, edit=None, model_name=None, want=2):
+        d = out / name
+        if d.exists():
+            shutil.rmtree(d)
+        shutil.copytree(base, d / "bundle")
+        if edit:
+            m = _load(d / "bundle"); edit(m); write_manifest(d / "bundle", m, validate=False)
+        args = ["export-triton", d / "bundle", d / "repo"] + (["--model-name", model_name] if model_name else [])
+        r = _cli(*args)
+        f = _py_flags(r, want)
+        outside = [p for p in d.rglob("*") if "evil" in p.name]
+        if outside:
+            f.append(f"wrote {outside}")
+        for cfg in (d / "repo").rglob("config.pbtxt"):
+            if "evil" in cfg.read_text() or "default_model_filename" in cfg.read_text():
+                f.append("config injection: " + cfg.read_text()[:200])
+        res[name] = f
+
+    triton("tri_ok", want=0)
+    triton("tri_outname_inject", _set(["outputs", 0, "name"], 'logits"\n  default_model_filename: "../../evil.onnx'))
+    triton("tri_inname_inject", _set(["inputs", 0, "name"], 'image" } ] default_model_filename: "evil.onnx" input [ { name: "x'))
+    triton("tri_model_name_dotdot", model_name="../evil")
+    triton("tri_model_name_slash", model_name="a/evil")
+    triton("tri_model_name_quote", model_name='m" default_model_filename: "evil.onnx')
+    triton("tri_model_name_empty", model_name="")
+    triton("tri_model_name_dot", model_name=".")
+    triton("tri_model_name_newline", model_name="m\nevil")
+    triton("tri_class_braces", _set(["class_names", 0], '} default_model_filename: "evil'), want=0)
+    triton("tri_class_backslash_n", _set(["class_names", 0], "a\\nb"), want=0)
+    for n, f in res.items():
+        print(f"{n}: {'ok' if not f else 'FAIL ' + '; '.join(f)}", flush=True)
+    return res
 
 
 if __name__ == "__main__":
