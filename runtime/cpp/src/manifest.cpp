@@ -371,13 +371,26 @@ ojson parse_manifest_json(const std::string& text, const std::string& where) {
   }
   if (text.find('\0') != std::string::npos) throw BundleError(where + ": manifest: not valid JSON (a NUL byte)");
   ojson j;
+  // a key given twice means one thing to a reader keeping the last and another to one keeping the first (as Python)
+  std::vector<std::set<std::string>> keys;
+  std::string duplicate;
+  const ojson::parser_callback_t unique_keys = [&](int, ojson::parse_event_t ev, ojson& parsed) {
+    if (ev == ojson::parse_event_t::object_start) keys.emplace_back();
+    else if (ev == ojson::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+    else if (ev == ojson::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
+             duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = ojson::parse(text);
+    j = ojson::parse(text, unique_keys);
   } catch (const ojson::out_of_range& e) {  // 406: a number too large for a double (1e400, 5000 digits)
     throw BundleError(where + ": manifest: not valid JSON (a number is not finite: " + std::string(e.what()) + ")");
   } catch (const ojson::exception& e) {
     throw BundleError(where + ": manifest: not valid JSON (" + std::string(e.what()) + ")");
   }
+  if (!duplicate.empty())
+    throw BundleError(where + ": manifest: not valid JSON (duplicate key " + ojson(duplicate).dump() + ")");
   json_values(ck, j, "", 0);
   obj(ck, j, "");
   const ojson v = j.contains("schema_version") ? j["schema_version"] : ojson();
