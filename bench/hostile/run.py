@@ -522,6 +522,10 @@ def _(b, inp):
     write_manifest(b, m, validate=False)
 
 
+# Disagreements the project documents (README: "The tools decode JPEG and PNG only"): reported, not flagged.
+DOCUMENTED_GAPS = {f"img_{k}": "the native tools decode JPEG and PNG only" for k in ("gif", "bmp", "webp", "tiff")}
+
+
 # ---- running --------------------------------------------------------------------------------
 
 
@@ -616,6 +620,9 @@ def main() -> int:
         py = run_one(["clap-edge", "classify", str(d / "bundle"), *args, "--json", "--backend", "onnxruntime", "--top-k", "3"])
         cc = run_one([a.native, str(d / "bundle"), *args, "--json", "--precision", "fp32", "--top-k", "3"])
         flags = judge(py, cc)
+        if name in DOCUMENTED_GAPS and flags:
+            flags = []
+            print(f"    (documented gap: {DOCUMENTED_GAPS[name]})")
         results[name] = {"flags": flags, "py": py, "cc": cc}
         status = "FAIL " + "; ".join(flags) if flags else "ok"
         print(f"{name}: py={py['rc']} cc={cc['rc']} {status}", flush=True)
