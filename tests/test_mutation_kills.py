@@ -8,6 +8,7 @@ written one way."""
 from __future__ import annotations
 
 import json
+import numpy as np
 import pytest
 
 from clap_edge.export.bundle import manifest as mf
@@ -181,3 +182,208 @@ def test_dumps_writes_one_format():
     m["alpha"] = float("nan")
     with pytest.raises(ValueError):
         mf.dumps(m)
+
+
+# ---- engine selection ---------------------------------------------------------------------
+
+
+def _engine_bundle(runtime_bundle, tmp_path, specs):
+    """A copy of the tiny bundle with placeholder engines: specs = [(device, precision, library_version)]."""
+    import shutil
+
+    from clap_edge.export.bundle import Bundle
+    from clap_edge.export.bundle.writer import add_to_bundle
+    from test_engines import sidecar
+
+    root = tmp_path / "bundle"
+    shutil.copytree(runtime_bundle, root)
+    sha = Bundle.open(root).manifest["files"]["model.onnx"]["sha256"]
+    entries, files = [], {}
+    for device, precision, version in specs:
+        s = sidecar(device, precision=precision, sha=sha, version=version)
+        side = s.file.removesuffix(".plan") + ".json"
+        files[s.file], files[side] = f"plan {device.name}".encode(), json.dumps(s.to_json()).encode()
+        entries.append(s.manifest_entry(side))
+    add_to_bundle(root, files, {"engines": entries})
+    return Bundle.open(root)
+
+
+def _runner_here(kind: str, hosts, version):
+    from clap_edge.runtime.backends.aoti.runner import AotiRunner
+    from clap_edge.runtime.backends.tensorrt.runner import TensorRTRunner
+
+    base = {"tensorrt": TensorRTRunner, "aoti": AotiRunner}[kind]
+
+    class Here(base):
+        @classmethod
+        def candidate_hosts(cls):
+            return list(hosts)
+
+        @classmethod
+        def library_version(cls):
+            return version
+
+    return Here
+
+
+def test_supports_checks_kind_version_and_skips_only_the_bad_sidecar(runtime_bundle, tmp_path):
+    from test_engines import A100, H100
+
+    bundle = _engine_bundle(runtime_bundle, tmp_path, [(A100, "fp16", "10.8.0"), (H100, "fp16", "10.8.0")])
+    assert _runner_here("tensorrt", [H100], "10.8.0").supports(bundle, "fp16")
+    assert not _runner_here("tensorrt", [H100], "10.9.0").supports(bundle, "fp16")  # built with another TensorRT
+    assert not _runner_here("aoti", [H100], "10.8.0").supports(bundle, "fp32")  # a TensorRT engine is not AOTI's
+    # the first engine's sidecar is damaged: the second still counts
+    first = bundle.manifest["engines"][0]["sidecar"]
+    (bundle.root / first).write_text("{}")
+    assert _runner_here("tensorrt", [H100], "10.8.0").supports(Bundle_reopen(bundle), "fp16")
+    with pytest.raises(Exception, match="has no precision 'fp64'"):
+        _runner_here("tensorrt", [H100], "10.8.0").supports(bundle, "fp64")
+
+
+def Bundle_reopen(bundle):
+    from clap_edge.export.bundle import Bundle
+
+    return Bundle.open(bundle.root)
+
+
+def test_selection_returns_the_entry_it_chose_and_explains_every_host(runtime_bundle, tmp_path):
+    from clap_edge.export.builders.engines.sidecar import EngineMismatchError, select_engine
+    from test_engines import A100, H100, ORIN
+
+    bundle = _engine_bundle(runtime_bundle, tmp_path, [(H100, "fp16", "10.8.0"), (H100, "int8", "10.8.0")])
+    choice = select_engine(bundle, "tensorrt", "fp16", [A100, H100], "10.8.0")
+    assert choice.entry == bundle.manifest["engines"][0] and choice.sidecar.precision == "fp16"
+    with pytest.raises(EngineMismatchError) as e:
+        select_engine(bundle, "tensorrt", "fp16", [A100, ORIN], "10.8.0")
+    fp16 = bundle.manifest["engines"][0]["file"]
+    int8 = bundle.manifest["engines"][1]["file"]
+    assert str(e.value) == (
+        f"{bundle.root}: no tensorrt fp16 engine fits this machine (NVIDIA A100-SXM4-40GB (compute capability 8.0)"
+        f" / Orin (compute capability 8.7), tensorrt 10.8.0); found: {fp16} (built for compute capability 9.0 "
+        f"(NVIDIA H100 80GB HBM3), this GPU is 8.0 (NVIDIA A100-SXM4-40GB); built for compute capability 9.0 "
+        f"(NVIDIA H100 80GB HBM3), this GPU is 8.7 (Orin)); {int8} (int8, not fp16)")
+    with pytest.raises(EngineMismatchError) as e:
+        select_engine(bundle, "tensorrt", "int8", [], None)
+    assert f"fits this machine (no device); found: {int8} ()" in str(e.value) or "(no device)" in str(e.value)
+    assert "(no device)" in str(e.value) and ", tensorrt" not in str(e.value)
+
+
+def test_stale_engine_message_quotes_12_hex_digits(runtime_bundle, tmp_path):
+    from clap_edge.export.builders.engines.sidecar import stale_reason
+    from test_engines import H100, sidecar
+
+    bundle = _engine_bundle(runtime_bundle, tmp_path, [])
+    s = sidecar(H100, sha="0123456789abcdef" * 4)
+    assert stale_reason(bundle, s) == "built from a different model.onnx (sha256 0123456789ab...)"
+
+
+def test_engine_entries_of_a_bundle_without_engines_and_of_a_malformed_list():
+    from types import SimpleNamespace
+
+    from clap_edge.core.errors import BundleError
+    from clap_edge.export.builders.engines.sidecar import engine_entries
+
+    assert engine_entries(SimpleNamespace(root="b", manifest={})) == []
+    for bad in ([1, 2], {"a": 1}, [{"file": "x"}]):
+        with pytest.raises(BundleError, match=r"^b: manifest"):
+            engine_entries(SimpleNamespace(root="b", manifest={"engines": bad}))
+
+
+def test_sidecar_that_is_not_json_names_its_file(runtime_bundle, tmp_path):
+    import hashlib
+
+    from clap_edge.core.errors import BundleError
+    from clap_edge.export.builders.engines.sidecar import load_sidecar
+    from clap_edge.export.bundle.writer import write_manifest
+    from test_engines import H100
+
+    bundle = _engine_bundle(runtime_bundle, tmp_path, [(H100, "fp16", "10.8.0")])
+    entry = bundle.manifest["engines"][0]
+    data = b"{not json"
+    (bundle.root / entry["sidecar"]).write_bytes(data)
+    manifest = json.loads((bundle.root / "manifest.json").read_text())
+    manifest["files"][entry["sidecar"]].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    write_manifest(bundle.root, manifest)
+    with pytest.raises(BundleError) as e:
+        load_sidecar(Bundle_reopen(bundle), entry)
+    assert str(e.value).startswith(f"{bundle.root}/{entry['sidecar']}: not valid JSON (")
+
+
+def test_cpu_engine_isa_matching():
+    from clap_edge.export.builders.engines.sidecar import DeviceInfo, mismatch
+    from test_engines import sidecar
+
+    host = DeviceInfo("cpu", "Xeon", arch="x86_64", flags=("avx2", "fma", "avx512_vnni"))
+    plain = sidecar(DeviceInfo("cpu", "Xeon", arch="x86_64", isa=None), engine="aoti", version="2.5.0")
+    assert mismatch(plain, host, "2.5.0") is None  # no ISA recorded: nothing to lack
+    vnni = sidecar(DeviceInfo("cpu", "Xeon", arch="x86_64", isa="avx2 avx512_vnni"), engine="aoti", version="2.5.0")
+    assert mismatch(vnni, host, "2.5.0") is None  # a token that is its own cpuinfo flag
+    lacking = DeviceInfo("cpu", "Core", arch="x86_64", flags=("avx2", "fma"))
+    assert mismatch(vnni, lacking, "2.5.0") == "compiled for avx2 avx512_vnni, this CPU lacks avx512_vnni"
+
+
+def test_device_round_trip_keeps_arch_and_isa_and_defaults_the_name():
+    from clap_edge.export.builders.engines.sidecar import DeviceInfo
+
+    cpu = DeviceInfo("cpu", "Xeon", arch="x86_64", isa="avx512 amx_tile")
+    assert DeviceInfo.from_json(cpu.to_json()) == cpu
+    assert DeviceInfo.from_json({"type": "cuda"}).name == ""
+
+
+def test_same_version_is_symmetric():
+    from clap_edge.export.builders.engines.sidecar import same_version
+
+    assert same_version("2.5.0", "2.5.0+cu124") and same_version("2.5.0+cu124", "2.5.0")
+    assert not same_version("2.5.0+cpu", "2.5.0+cu124")
+
+
+def test_run_in_chunks_pads_short_tails_and_keeps_float32():
+    from clap_edge.runtime.backends.engines import plan_chunks, run_in_chunks
+
+    assert plan_chunks(1, 1, 4) == [(0, 1, 1)]
+    with pytest.raises(ValueError, match=r"cannot plan a batch of 0 for an engine profile \[1, 4\]"):
+        plan_chunks(0, 1, 4)
+    seen = []
+
+    def engine(x):  # an engine for batch range [4, 8]: records what it was given; float64 out
+        seen.append((x.shape, x.dtype))
+        assert 4 <= len(x) <= 8
+        return x.reshape(len(x), -1).astype(np.float64)[:, :2] + 1, x.reshape(len(x), -1).astype(np.float64)
+
+    batch = np.arange(11 * 3, dtype=np.float32).reshape(11, 3)
+    out = run_in_chunks(batch, 4, 8, engine)
+    assert seen == [((8, 3), np.float32), ((4, 3), np.float32)]  # the 3-row tail padded to 4 with zeros
+    assert out.logits.dtype == np.float32 and out.embedding.dtype == np.float32
+    np.testing.assert_array_equal(out.embedding, batch)
+    np.testing.assert_array_equal(out.logits, batch[:, :2] + 1)
+
+
+# ---- signing ----------------------------------------------------------------------------------
+
+
+def test_password_protected_key_signs_with_its_password(runtime_bundle, tmp_path):
+    pytest.importorskip("model_signing")
+    import shutil
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from clap_edge.core.errors import BundleError
+    from clap_edge.export.bundle.signing import sign_bundle, verify_signature
+
+    root = tmp_path / "b"
+    shutil.copytree(runtime_bundle, root)
+    key = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.BestAvailableEncryption(b"s3cret")))
+    (tmp_path / "k.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    for wrong in (None, "nope"):
+        with pytest.raises(BundleError) as e:
+            sign_bundle(root, tmp_path / "k.pem", password=wrong)
+        assert str(e.value).startswith(f"{tmp_path / 'k.pem'}: not a usable elliptic-curve private key PEM (")
+    sign_bundle(root, tmp_path / "k.pem", password="s3cret")
+    assert verify_signature(root, [tmp_path / "k.pub"]).key_path == str(tmp_path / "k.pub")
+    with pytest.raises(BundleError, match=r"^.*: sign a bundle directory \(unpack a \.tar first"):
+        sign_bundle(root / "manifest.json", tmp_path / "k.pem", password="s3cret")

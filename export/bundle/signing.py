@@ -101,7 +101,8 @@ def sign_bundle(bundle_dir: str | os.PathLike, private_key: str | os.PathLike, p
     hashing, signing, _ = _model_signing()
     _check_private_key(private_key, password)
     try:
-        cfg = signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=password)
+        cfg = signing.Config().use_elliptic_key_signer(private_key=Path(private_key),  # model-signing takes bytes
+                                                        password=password.encode() if password else None)
     except (ValueError, TypeError, OSError) as e:
         raise BundleError(f"{private_key}: not a usable elliptic-curve private key PEM ({e})") from None
     cfg.set_hashing_config(_hashing_config(hashing))
