@@ -387,3 +387,19 @@ def test_password_protected_key_signs_with_its_password(runtime_bundle, tmp_path
     assert verify_signature(root, [tmp_path / "k.pub"]).key_path == str(tmp_path / "k.pub")
     with pytest.raises(BundleError, match=r"^.*: sign a bundle directory \(unpack a \.tar first"):
         sign_bundle(root / "manifest.json", tmp_path / "k.pem", password="s3cret")
+
+
+def test_every_optional_section_and_unknown_key_survives_a_round_trip():
+    """Fields the runtime does not interpret (drift, extra head / model keys, pretrained) are kept, not dropped:
+    re-writing a manifest must not lose what the exporter measured."""
+    m = base_manifest()
+    m["model"]["pretrained"] = "toyworld"
+    m["model"]["source"] = "hub"  # an unknown model key
+    m["model"]["head"]["dropout"] = 0.1  # an unknown head key
+    m["drift"] = {"int8": {"agreement": 0.99, "min_domain_agreement": 0.98}}
+    assert Manifest.from_dict(m).to_dict() == m
+    minimal = base_manifest()
+    for key in ("templates", "variants", "alpha", "clap_edge_version", "drift"):
+        minimal.pop(key, None)
+    spec = Manifest.from_dict(minimal)
+    assert spec.templates == [] and spec.variants == {} and spec.alpha == 0.0 and spec.drift is None
