@@ -5,7 +5,7 @@ modules that need them (``clap_edge.models``, ``clap_edge.head``, ...), never he
 so the runtime works on a device that has neither.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from clap_edge.core.errors import ClapEdgeError  # noqa: E402  (stdlib-only)
 

@@ -114,9 +114,9 @@ def encode_images(loaded: LoadedModel, images: DomainImages, batch_size: int = 1
 
     Images go through the runtime's preprocessing (``clap_edge.core.preprocess``, equal to open_clip's
     eval transform), so evaluation sees exactly what a deployed bundle sees."""
-    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+    from clap_edge.core.preprocess import PreprocessCfg, Preprocessor
 
-    preprocess = Preprocessor(PreprocessConfig.from_open_clip(loaded.preprocess_cfg))
+    preprocess = Preprocessor(PreprocessCfg.from_open_clip(loaded.preprocess_cfg))
     transform = lambda image: torch.from_numpy(preprocess(image))  # noqa: E731
     device = next(loaded.model.parameters()).device
     feats, labels, failed = [], [], []

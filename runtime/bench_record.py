@@ -28,7 +28,7 @@ def _cache_dir() -> Path:
 
 
 def _record_path(bundle: Bundle) -> Path:
-    model_sha = bundle.manifest["files"].get("model.onnx", {}).get("sha256") or "no-onnx"
+    model_sha = bundle.manifest.sha256("model.onnx") or "no-onnx"
     return _cache_dir() / "bench" / f"{model_sha[:32]}.json"
 
 
@@ -69,10 +69,10 @@ def recorded_agreement(bundle: Bundle, variant: str | None) -> float | None:
     ``parity`` entry's agreement on the calibration batch."""
     if variant in (None, "fp32"):
         return None
-    drift = (bundle.manifest.get("drift") or {}).get(variant)
+    drift = (bundle.manifest.drift or {}).get(variant)
     if isinstance(drift, dict) and drift.get("agreement") is not None:
         return min(float(drift["agreement"]), float(drift.get("min_domain_agreement", drift["agreement"])))
-    parity = (bundle.manifest.get("parity") or {}).get(variant)
+    parity = bundle.manifest.parity.get(variant)
     if isinstance(parity, dict) and parity.get("top1_agreement_vs_fp32") is not None:
         return float(parity["top1_agreement_vs_fp32"])
     return None

@@ -27,7 +27,7 @@ from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends import RunnerOptions, create_runner
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
 from clap_edge.core.images import load_image
-from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+from clap_edge.core.preprocess import Preprocessor
 
 # JPEGs are decoded at a DCT scale that keeps at least this many times the model input size.
 DRAFT_OVERSAMPLE = 2
@@ -75,7 +75,7 @@ class Classifier:
         self.runner = runner
         self.class_names = bundle.class_names
         # Bundle.open checked the preprocess block and that its size matches the model input.
-        self.preprocess_config = PreprocessConfig.from_dict(bundle.preprocess)
+        self.preprocess_config = bundle.preprocess
         self.preprocessor = Preprocessor(self.preprocess_config)
         h, w = self.preprocess_config.size
         self.draft_size = (DRAFT_OVERSAMPLE * max(h, w),) * 2
@@ -142,7 +142,11 @@ class Classifier:
 
         A float array already preprocessed ([3, H, W] of the model's size, finite) is passed through."""
         if isinstance(image, (str, os.PathLike)):
-            image = self.load(image)
+            path, image = image, self.load(image)
+            try:
+                return self.preprocessor(image)
+            except ImageError as e:  # the resize bound (core/preprocess.py) does not know the file
+                raise ImageError(f"{path}: {e}") from e
         elif isinstance(image, np.ndarray):
             if image.size == 0:
                 raise ValueError(f"empty image array (shape {list(image.shape)})")

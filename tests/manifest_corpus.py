@@ -12,10 +12,10 @@ SHA = "ab" * 32
 
 
 def base_manifest() -> dict[str, Any]:
-    """A valid schema-2 manifest written by hand from the spec (not by the exporter)."""
+    """A valid schema-3 manifest written by hand from the spec (not by the exporter)."""
     return {
-        "schema_version": 2,
-        "clap_edge_version": "0.1.0",
+        "schema_version": 3,
+        "clap_edge_version": "0.2.0",
         "model": {"model_name": "clap-edge-tiny", "pretrained": None,
                   "head": {"alpha": 0.3, "latent_dim": 32, "activation": "silu"}},
         "embed_dim": 64,
@@ -93,8 +93,9 @@ EDITS: list[tuple[str, Callable[[dict], None], str]] = [
     ("schema_version 0", _set("schema_version", 0), "schema"),
     ("schema_version -1", _set("schema_version", -1), "schema"),
     ("schema_version 1 (old)", _set("schema_version", 1), "schema"),
-    ("schema_version 3 (newer)", _set("schema_version", 3), "schema"),
-    ("schema_version string", _set("schema_version", "2"), "schema"),
+    ("schema_version 2 (old: re-export)", _set("schema_version", 2), "schema"),
+    ("schema_version 4 (newer)", _set("schema_version", 4), "schema"),
+    ("schema_version string", _set("schema_version", "3"), "schema"),
     ("schema_version missing", _del("schema_version"), "schema"),
     ("model missing", _del("model"), "schema"),
     ("model_name missing", _del("model/model_name"), "schema"),
@@ -157,7 +158,7 @@ EDITS: list[tuple[str, Callable[[dict], None], str]] = [
      "schema"),
     ("opset zero", _set("opset", 0), "schema"),
     ("flops negative", _set("flops_per_image", -5), "schema"),
-    ("manifest not an object", lambda m: (m.clear(), m.__setitem__("schema_version", [2])), "schema"),
+    ("manifest not an object", lambda m: (m.clear(), m.__setitem__("schema_version", [3])), "schema"),
     # --- only the Python checks catch these (cross-field or beyond the schema language)
     ("logits width != classes", _set("outputs/0/shape/1", 999), "semantic"),
     ("embedding width != embed_dim", _set("outputs/1/shape/1", 32), "semantic"),

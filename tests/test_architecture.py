@@ -188,6 +188,94 @@ def _core_and_runtime(exempt) -> list[tuple[str, Module]]:
     return [(n, m) for n, m in modules().items() if room(n) in ("core", "runtime") and not exempt(n)]
 
 
+EXPORT_CONTRACT = "clap_edge.export.bundle"  # the one part of export the runtime may import: the bundle contract
+
+
+def _outside_contract(target: str) -> bool:
+    """An export module other than the bundle package (``clap_edge.export`` itself is only a parent package)."""
+    return (room(target) == "export" and target != "clap_edge.export"
+            and not (target == EXPORT_CONTRACT or target.startswith(EXPORT_CONTRACT + ".")))
+
+
+def runtime_export_violations(mods: dict[str, Module]) -> list[str]:
+    """Runtime modules importing (or naming) anything from export but ``clap_edge.export.bundle``, directly or
+    through what they import (e.g. an eager import in ``clap_edge.export``'s ``__init__``)."""
+    bad = []
+    for name, mod in mods.items():
+        if room(name) != "runtime":
+            continue
+        direct = {t for t in mod.imports | mod.named if _outside_contract(t)}
+        bad += [f"{mod.rel} imports {t}" for t in sorted(direct)]
+        seen, todo = set(), [t for t in mod.imports if ours(t) and room(t) == "export"]
+        while todo:  # through export's own modules (the bundle, clap_edge.export itself)
+            t = todo.pop()
+            if t in seen or t not in mods:
+                continue
+            seen.add(t)
+            todo += [u for u in mods[t].imports if ours(u)]
+            bad += [f"{mod.rel} reaches {u} through {t}" for u in sorted(mods[t].imports)
+                    if _outside_contract(u) and u not in direct]
+    return sorted(set(bad))
+
+
+def test_runtime_imports_only_the_bundle_from_export():
+    bad = runtime_export_violations(modules())
+    assert not bad, "the runtime imports only clap_edge.export.bundle from export:\n" + "\n".join(bad)
+
+
+def test_runtime_export_rule_catches_a_planted_violation(tmp_path):
+    """The rule itself: a lazy import of a builder from a runtime module is reported, the bundle is not."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("from clap_edge.export.bundle import Bundle\n\n"
+                       "def f():\n    from clap_edge.export.builders.engines import aoti\n")
+    known = set(modules()) | {"clap_edge.runtime.planted"}
+    mod = _parse("clap_edge.runtime.planted", planted, known)
+    mod.path = ROOT / "runtime" / "planted.py"  # rel() is relative to the repository
+    bad = runtime_export_violations({**modules(), mod.name: mod})
+    assert bad == ["runtime/planted.py imports clap_edge.export.builders",
+                   "runtime/planted.py imports clap_edge.export.builders.engines",
+                   "runtime/planted.py imports clap_edge.export.builders.engines.aoti"]
+    # and through the bundle: an eager builder import there reaches the runtime too
+    bundle_init = _parse("clap_edge.export.bundle", ROOT / "export" / "bundle" / "__init__.py", known)
+    bundle_init.imports.add("clap_edge.export.parity")
+    clean = tmp_path / "clean.py"
+    clean.write_text("from clap_edge.export.bundle import Bundle\n")
+    only = _parse("clap_edge.runtime.clean", clean, known | {"clap_edge.runtime.clean"})
+    only.path = ROOT / "runtime" / "clean.py"
+    bad = runtime_export_violations({**modules(), bundle_init.name: bundle_init, only.name: only})
+    assert "runtime/clean.py reaches clap_edge.export.parity through clap_edge.export.bundle" in bad
+
+
+def manifest_dict_walks(path: Path) -> list[str]:
+    """``manifest[...]`` / ``manifest.get(...)`` (also ``x.manifest[...]``): walking the manifest as raw JSON."""
+    def is_manifest(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "manifest") or (
+            isinstance(node, ast.Attribute) and node.attr == "manifest")
+
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Subscript) and is_manifest(node.value):
+            hits.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and is_manifest(node.func.value)):
+            hits.append(node.lineno)
+    return [f"{path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path}:{n}" for n in sorted(hits)]
+
+
+def test_no_manifest_dict_walks_outside_the_bundle():
+    """Bundle.manifest is a typed Manifest; only export/bundle/ reads or writes the JSON form."""
+    bad = [hit for name, mod in modules().items() if not name.startswith(EXPORT_CONTRACT)
+           for hit in manifest_dict_walks(mod.path)]
+    assert not bad, "manifest walked as a dict outside export/bundle (use the typed Manifest):\n" + "\n".join(bad)
+
+
+def test_manifest_walk_rule_catches_a_planted_walk(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f(bundle, manifest):\n    a = bundle.manifest['files']\n"
+                       "    b = manifest.get('engines')\n    return bundle.manifest.files, a, b\n")
+    assert [h.rsplit(":", 1)[1] for h in manifest_dict_walks(planted)] == ["2", "3"]
+
+
 def test_core_and_runtime_never_reach_torch():
     bad = []
     for name, mod in _core_and_runtime(exempt=_torch_backend):

@@ -43,7 +43,7 @@ def test_report_has_every_backend_and_batch_with_sane_fields(report, runtime_bun
         assert r["threads"] == 1 and r["iters"] == 4
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
         # (images/s and GFLOP/s from known times: test_rows_from_known_times, test_speedup_is_relative_...)
-        assert r["gflops_per_s"] > 0 and manifest["flops_per_image"] > 0
+        assert r["gflops_per_s"] > 0 and manifest.flops_per_image > 0
         assert r["speedup_vs_torch"] is None  # torch was not benchmarked
         assert r["peak_rss_mb"] > 10
         assert r["precision"] in {"fp32", "bf16", "fp16"}
@@ -165,10 +165,10 @@ def _agreement_by_hand(bundle_path, folder) -> float:
     import onnxruntime as ort
 
     from clap_edge.core.images import list_images
-    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+    from clap_edge.core.preprocess import Preprocessor
 
     bundle = Bundle.open(bundle_path)
-    pre = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
+    pre = Preprocessor(bundle.preprocess)
     batch = np.stack([pre(Image.open(p)) for p in list_images([folder])])
     logits = [ort.InferenceSession(str(bundle.root / name), providers=["CPUExecutionProvider"])
               .run(["logits"], {"image": batch})[0] for name in ("model.onnx", "model.int8.onnx")]

@@ -198,3 +198,26 @@ def test_precision_option_runs_that_variant(runtime_bundle, tmp_path):
     assert missing.exit_code == 2 and "'fp16' model" in missing.output
     auto = CliRunner().invoke(main, ["classify", str(runtime_bundle), str(img), "--precision", "int8"])
     assert auto.exit_code == 2 and "named --backend" in auto.output
+
+
+def test_text_mode_escapes_control_characters_so_a_name_cannot_forge_a_record(runtime_bundle, tmp_path):
+    # a file named "x.png\nforged.png\tcat 1.000" would print as two records, the second one invented
+    forged = tmp_path / "x.png\nforged.png\tcat 1.000.png"
+    Image.new("RGB", (40, 30), (90, 20, 200)).save(forged, format="PNG")
+    (tmp_path / "bell\x07.png").write_bytes(b"")  # an error record names it on stderr, escaped too
+    result = _run(runtime_bundle, tmp_path)
+    assert result.exit_code == 1
+    out = result.stdout.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(str(tmp_path / "x.png\\nforged.png\\tcat 1.000.png") + "\t")
+    assert len(out[0].split("\t")) == 2
+    assert f"{tmp_path}/bell\\x07.png\terror: cannot decode image: empty file (0 bytes)" in result.stderr
+    as_json = _run(runtime_bundle, tmp_path, "--json")  # JSON escapes by itself: the path comes back exact
+    assert {record["path"] for record in _lines(as_json)} == {str(forged), str(tmp_path / "bell\x07.png")}
+
+
+def test_escape_text_is_reversible_enough_to_be_unambiguous():
+    from clap_edge.apps.cli.classify import escape_text
+
+    assert escape_text("a\\nb") != escape_text("a\nb")  # a literal backslash-n is not a newline
+    assert escape_text("tab\there\r\x1b[31m\x7f\x85\u2028ok é") == "tab\\there\\r\\x1b[31m\\x7f\\x85\\u2028ok é"
+    assert escape_text("bad\udcffbyte") == "bad\\xffbyte"  # a non-UTF-8 file-name byte (surrogateescape)

@@ -86,7 +86,7 @@ def test_demo_bundles_and_files_are_usable(demo_report):
         with Bundle.open(path) as bundle:
             assert bundle.has_variant("int8")
             assert all(v == "ok" for v in bundle.verify_all().values())
-    assert Bundle.open(report["bundles"]["clap"]).manifest["alpha"] == report["alpha"]
+    assert Bundle.open(report["bundles"]["clap"]).manifest.alpha == report["alpha"]
     md = (out / "report.md").read_text()
     assert "| id |" in md and "CLAP minus CLIP" in md and "Style-isolating domains" in md
     assert md.count("| domain \\ alpha |") == 4

@@ -5,6 +5,7 @@ runs them. Real builds are in test_engines_build.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -14,12 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from clap_edge.core.errors import BackendUnavailableError, BundleError, ClapEdgeError
-from clap_edge.export.bundle.writer import write_manifest
-from clap_edge.export.builders.engines.sidecar import (DeviceInfo, EngineMismatchError, EngineSidecar, engine_basename,
-                                                       mismatch, parse_batch_profile, same_version, select_engine)
 from clap_edge.export.builders.engines.tensorrt import fp32_layer_indices, plan_build
-from clap_edge.export.bundle import Bundle
-from clap_edge.export.bundle.writer import add_to_bundle
+from clap_edge.export.bundle import Bundle, sha256_file
+from clap_edge.export.bundle.engines import (DeviceInfo, EngineMismatchError, EngineSidecar, engine_basename,
+                                              mismatch, parse_batch_profile, same_version, select_engine)
+from clap_edge.export.bundle.writer import add_to_bundle, write_manifest
 from clap_edge.runtime.backends.engines import plan_chunks, run_in_chunks
 
 H100 = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", compute_capability="9.0")
@@ -32,13 +32,18 @@ HOST_AVX512 = DeviceInfo("cpu", "Xeon", arch="x86_64", flags=("avx2", "fma", "av
 
 
 def sidecar(device: DeviceInfo, engine="tensorrt", precision="fp16", version="10.8.0", source="model.onnx",
-            sha="0" * 64, batch=(1, 8, 64)) -> EngineSidecar:
+            sha="0" * 64, batch=(1, 8, 64), engine_sha="1" * 64) -> EngineSidecar:
     ext = ".plan" if engine == "tensorrt" else ".pt2"
     return EngineSidecar(engine=engine, file=engine_basename(engine, device, precision, batch) + ext,
-                         precision=precision, batch=list(batch), device=device,
+                         precision=precision, batch=batch, device=device,
                          library="tensorrt" if engine == "tensorrt" else "torch", library_version=version,
-                         source_model=source, source_sha256=sha, built_utc="2026-01-01T00:00:00Z", build_seconds=1.0,
+                         source_model=source, source_sha256=sha, engine_sha256=engine_sha,
+                         built_utc="2026-01-01T00:00:00Z", build_seconds=1.0,
                          parity={"max_abs_logit_diff_vs_onnxruntime": 0.01})
+
+
+def plan_bytes(device: DeviceInfo, precision: str) -> bytes:
+    return f"plan for {device.name} {precision}".encode()
 
 
 # ---- sidecars and matching -------------------------------------------------------------
@@ -51,10 +56,18 @@ def test_sidecar_json_round_trip_and_name():
     assert back == s
 
 
-@pytest.mark.parametrize("batch", [[8, 4, 64], [0, 1, 2], [1, 2]])
+@pytest.mark.parametrize("batch", [[8, 4, 64], [0, 1, 2], [1, 2], [1, 2.5, 4], [True, 1, 1], "1,8,64"])
 def test_sidecar_rejects_bad_batch_profile(batch):
     d = sidecar(H100).to_json() | {"batch": batch}
-    with pytest.raises(BundleError, match=r"x.json: engine sidecar batch"):
+    with pytest.raises(BundleError, match=r"x.json: engine sidecar field batch must be"):
+        EngineSidecar.from_json(d, "x.json")
+
+
+def test_sidecar_without_engine_digest_is_refused_with_a_rebuild_hint():
+    d = sidecar(H100).to_json()
+    del d["engine_sha256"]  # a sidecar written before schema_version 3
+    with pytest.raises(BundleError, match=r"^x.json: engine sidecar is missing fields \['engine_sha256'\]; rebuild "
+                                          r"the engine with clap-edge build-engine$"):
         EngineSidecar.from_json(d, "x.json")
 
 
@@ -93,15 +106,16 @@ def engine_bundle(runtime_bundle, tmp_path):
     """A copy of the tiny bundle with three placeholder TensorRT engines: fp16 for H100 and A100, int8 for H100."""
     root = tmp_path / "bundle"
     shutil.copytree(runtime_bundle, root)
-    sha = Bundle.open(root).manifest["files"]["model.onnx"]["sha256"]
+    sha = Bundle.open(root).manifest.sha256("model.onnx")
     entries, files = [], {}
     for device, precision in ((H100, "fp16"), (A100, "fp16"), (H100, "int8")):
-        s = sidecar(device, precision=precision, sha=sha)
+        plan = plan_bytes(device, precision)
+        s = sidecar(device, precision=precision, sha=sha, engine_sha=hashlib.sha256(plan).hexdigest())
         side = s.file.removesuffix(".plan") + ".json"
-        files[s.file] = f"plan for {device.name} {precision}".encode()
+        files[s.file] = plan
         files[side] = json.dumps(s.to_json()).encode()
         entries.append(s.manifest_entry(side))
-    add_to_bundle(root, files, {"engines": entries})
+    add_to_bundle(root, files, engines=entries)
     return root
 
 
@@ -153,6 +167,19 @@ def test_sidecar_disagreeing_with_manifest_is_refused(engine_bundle):
         select_engine(Bundle.open(engine_bundle), "tensorrt", "int8", [A100], "10.8.0")
 
 
+@pytest.mark.parametrize("text, why", [(b"{not json", "Expecting property name"),
+                                       (b'{"engine": NaN}', "NaN is not a finite number"),
+                                       (b"\xff\xfe{}", "Expecting value"),
+                                       (b"[" * 100_000 + b"]" * 100_000, "recursion")])
+def test_unreadable_sidecar_is_one_line(engine_bundle, text, why):
+    side = sidecar(A100).file.removesuffix(".plan") + ".json"
+    add_to_bundle(engine_bundle, {side: text})  # listed with its digest: the content is what is tested
+    with pytest.raises(BundleError) as e:
+        select_engine(Bundle.open(engine_bundle), "tensorrt", "fp16", [A100], "10.8.0")
+    message = str(e.value)
+    assert f"{side}: engine sidecar is not valid JSON (" in message and why in message and "\n" not in message
+
+
 def test_stale_engine_is_refused(engine_bundle):
     """An engine built from another model.onnx than the one the bundle lists now is never run."""
     manifest = json.loads((engine_bundle / "manifest.json").read_text())
@@ -160,6 +187,49 @@ def test_stale_engine_is_refused(engine_bundle):
     write_manifest(engine_bundle, manifest)
     with pytest.raises(EngineMismatchError, match=r"built from a different model.onnx"):
         select_engine(Bundle.open(engine_bundle, verify=False), "tensorrt", "fp16", [A100], "10.8.0")
+
+
+def test_swapped_engine_is_refused_even_when_relisted(engine_bundle):
+    """The A100 plan replaced by the H100 one *and* re-listed (manifest digest recomputed, as add_to_bundle does):
+    its bytes are not the engine its sidecar records, so it is refused; the H100 engine still runs."""
+    name = sidecar(A100).file
+    add_to_bundle(engine_bundle, {name: plan_bytes(H100, "fp16")})
+    bundle = Bundle.open(engine_bundle)
+    assert bundle.manifest.sha256(name) == sha256_file(engine_bundle / name)  # the listing agrees with the bytes
+    with pytest.raises(EngineMismatchError) as e:
+        select_engine(bundle, "tensorrt", "fp16", [A100], "10.8.0")
+    message = str(e.value)
+    assert "\n" not in message and f"{name} (its bytes (sha256 " in message
+    assert "are not the engine its sidecar records" in message and "rebuild it" in message
+    assert select_engine(bundle, "tensorrt", "fp16", [H100], "10.8.0").path.read_bytes() == plan_bytes(H100, "fp16")
+
+
+def test_engine_whose_source_model_is_gone_is_refused(engine_bundle):
+    """model.onnx dropped from the bundle and its listing: no engine built from it is run."""
+    manifest = json.loads((engine_bundle / "manifest.json").read_text())
+    del manifest["files"]["model.onnx"]
+    manifest["variants"].pop("fp32")
+    (engine_bundle / "model.onnx").unlink()
+    write_manifest(engine_bundle, manifest)
+    bundle = Bundle.open(engine_bundle)
+    with pytest.raises(EngineMismatchError, match=r"\(built from model.onnx, which this bundle no longer lists\)"):
+        select_engine(bundle, "tensorrt", "fp16", [A100], "10.8.0")
+
+
+def test_engine_whose_source_file_is_missing_is_refused(engine_bundle, monkeypatch):
+    """Still listed, but the file is gone from the folder: refused, and `supports` (what `auto` asks) says no."""
+    from clap_edge.runtime.backends.tensorrt.runner import TensorRTRunner
+
+    model = (engine_bundle / "model.onnx").read_bytes()
+    (engine_bundle / "model.onnx").unlink()
+    bundle = Bundle.open(engine_bundle)
+    with pytest.raises(EngineMismatchError, match=r"built from model.onnx, which is missing from the bundle"):
+        select_engine(bundle, "tensorrt", "fp16", [A100], "10.8.0")
+    monkeypatch.setattr(TensorRTRunner, "library_version", classmethod(lambda cls: "10.8.0"))
+    monkeypatch.setattr(TensorRTRunner, "candidate_hosts", classmethod(lambda cls: [A100]))
+    assert not TensorRTRunner.supports(bundle, "fp16")
+    (engine_bundle / "model.onnx").write_bytes(model)  # put back: the same engine is usable again
+    assert TensorRTRunner.supports(bundle, "fp16")
 
 
 def test_engine_backends_registered_and_explain(engine_bundle):
@@ -267,7 +337,7 @@ def test_build_engine_rejects_bad_batch_profile(runtime_bundle):
 def test_cast_pass_keeps_layernorm_fp32_and_stays_close(runtime_bundle):
     import torch
 
-    from clap_edge.export.builders.engines.casting import cast_program_module
+    from clap_edge.runtime.backends.torch.casting import cast_program_module
 
     program = torch.export.load(str(runtime_bundle / "model.pt2"))
     x = torch.from_numpy(np.load(runtime_bundle / "calibration.npy"))

@@ -63,6 +63,7 @@ def test_aoti_cpu_engines_are_stored_with_parity(cpu_engines):
     for sidecar in (fp32, bf16):
         assert sidecar["device"]["type"] == "cpu" and sidecar["library_version"] == torch.__version__
         assert sidecar["source_sha256"] == manifest["files"]["model.pt2"]["sha256"]
+        assert sidecar["engine_sha256"] == hashlib.sha256((root / sidecar["file"]).read_bytes()).hexdigest()
         assert sidecar["parity"]["n_images"] == 8
         for name in (sidecar["file"], sidecar["file"].removesuffix(".pt2") + ".json"):
             assert manifest["files"][name]["sha256"] == hashlib.sha256((root / name).read_bytes()).hexdigest()

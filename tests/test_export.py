@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from clap_edge import __version__
 from clap_edge.core.errors import BundleError
+from clap_edge.core.preprocess import PreprocessCfg
+from clap_edge.export.bundle import SCHEMA_VERSION, Bundle, HeadInfo, Manifest, ModelInfo, TensorSpec, sha256_file
 from clap_edge.export.bundle.writer import write_manifest
-from clap_edge.export.bundle import SCHEMA_VERSION, Bundle, sha256_file
 from clap_edge.export.builders.exporter import ExportConfig, export_bundle
 
 TINY_CLASSES = ["cat", "dog", "bird", "fish"]
@@ -57,27 +59,25 @@ def test_onnx_matches_torch_on_tiny_with_dynamic_batch(fused, tmp_path):
 
 def test_manifest_fields(tiny_bundle):
     m = Bundle.open(tiny_bundle).manifest
-    assert m["schema_version"] == SCHEMA_VERSION
-    assert m["model"] == {"model_name": "clap-edge-tiny", "pretrained": None,
-                          "head": {"alpha": 0.3, "latent_dim": 32, "activation": "silu"}}
-    assert m["class_names"] == TINY_CLASSES  # defaulted from the head's metadata
-    assert m["alpha"] == 0.3 and m["embed_dim"] == 64 and m["templates"] == ["a photo of a {c}."]
-    assert m["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
-    assert m["preprocess"]["size"] == [64, 64]
-    assert set(m["preprocess"]) == {"size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color"}
-    assert m["inputs"] == [{"name": "image", "shape": ["N", 3, 64, 64], "dtype": "float32"}]
-    assert m["outputs"][0] == {"name": "logits", "shape": ["N", 4], "dtype": "float32"}
-    assert m["outputs"][1] == {"name": "embedding", "shape": ["N", 64], "dtype": "float32"}
-    assert m["opset"] == 17 and m["flops_per_image"] > 1e6
-    assert m["variants"] == {"fp32": "model.onnx", "int8": "model.int8.onnx", "torch": "model.pt2"}
-    fp32 = m["parity"]["fp32"]
+    assert isinstance(m, Manifest)
+    assert m.schema_version == SCHEMA_VERSION and m.clap_edge_version == __version__
+    assert m.model == ModelInfo("clap-edge-tiny", None, HeadInfo(alpha=0.3, latent_dim=32, activation="silu"))
+    assert m.class_names == tuple(TINY_CLASSES)  # defaulted from the head's metadata
+    assert m.alpha == 0.3 and m.embed_dim == 64 and m.templates == ("a photo of a {c}.",)
+    assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+    assert isinstance(m.preprocess, PreprocessCfg) and m.preprocess.size == (64, 64)
+    assert m.inputs == (TensorSpec("image", ("N", 3, 64, 64), "float32"),)
+    assert m.outputs == (TensorSpec("logits", ("N", 4)), TensorSpec("embedding", ("N", 64)))
+    assert m.opset == 17 and m.flops_per_image > 1e6
+    assert m.variants == {"fp32": "model.onnx", "int8": "model.int8.onnx", "torch": "model.pt2"}
+    fp32 = m.parity["fp32"]
     assert fp32["max_abs_logit_diff"] <= 1e-4 and fp32["top1_agreement"] == 1.0 and fp32["tolerance"] == 1e-3
-    int8 = m["parity"]["int8"]
+    int8 = m.parity["int8"]
     agreement, diff = _variant_vs_fp32_by_hand(tiny_bundle, "model.int8.onnx")
     assert int8["top1_agreement_vs_fp32"] == pytest.approx(agreement, abs=1e-9)
     assert int8["max_abs_logit_diff_vs_fp32"] == pytest.approx(diff, rel=1e-4) and diff > 0
     assert int8["n_images"] == fp32["n_images"] == 8
-    assert set(m["files"]) == {"model.onnx", "model.int8.onnx", "model.pt2", "head.safetensors",
+    assert set(m.files) == {"model.onnx", "model.int8.onnx", "model.pt2", "head.safetensors",
                                "classes.safetensors", "calibration.npy"}
 
 
@@ -86,8 +86,8 @@ def test_bundle_round_trip(tiny_bundle, tiny_head_path):
     from clap_edge.head import CLAPHead
 
     bundle = Bundle.open(tiny_bundle)
-    for name, entry in bundle.manifest["files"].items():
-        assert sha256_file(bundle.file(name)) == entry["sha256"]
+    for name, entry in bundle.manifest.files.items():
+        assert sha256_file(bundle.file(name)) == entry.sha256
     emb = bundle.class_embeddings()
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     calib = np.load(bundle.file("calibration.npy"))
@@ -98,7 +98,7 @@ def test_bundle_round_trip(tiny_bundle, tiny_head_path):
     pt_logits, pt_emb = program.module()(torch.from_numpy(calib))
     assert compare_logits(pt_logits.detach().numpy(), logits).max_abs_logit_diff <= 1e-4
     # logits are logit_scale * embedding @ classes.T with the bundle's own class embeddings
-    np.testing.assert_allclose(logits, bundle.manifest["logit_scale"] * embedding @ emb.T, atol=1e-4)
+    np.testing.assert_allclose(logits, bundle.manifest.logit_scale * embedding @ emb.T, atol=1e-4)
     head = CLAPHead.load(bundle.file("head.safetensors"))
     original = CLAPHead.load(tiny_head_path)
     assert head.alpha == 0.3
@@ -112,7 +112,7 @@ def _copy(bundle, tmp_path):
 
 
 def test_flipped_byte_in_any_file_is_named(tiny_bundle, tmp_path):
-    names = list(Bundle.open(tiny_bundle).manifest["files"])
+    names = Bundle.open(tiny_bundle).file_names
     for name in names:
         copy = _copy(tiny_bundle, tmp_path / name.replace(".", "_"))
         path = copy / name
@@ -209,9 +209,9 @@ def test_fp16_variant_and_calibration_array(tmp_path, tiny_head_path):
                                      calibration=calib))
     bundle = Bundle.open(out)
     m = bundle.manifest
-    assert m["variants"] == {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
-    assert m["alpha"] == 0.1 and m["model"]["head"]["alpha"] == 0.1 and m["class_names"] == ["x", "y"]
-    fp16 = m["parity"]["fp16"]
+    assert m.variants == {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+    assert m.alpha == 0.1 and m.model.head.alpha == 0.1 and m.class_names == ("x", "y")
+    fp16 = m.parity["fp16"]
     agreement, diff = _variant_vs_fp32_by_hand(out, "model.fp16.onnx")
     assert fp16["n_images"] == 3 and fp16["top1_agreement_vs_fp32"] == pytest.approx(agreement, abs=1e-9)
     assert fp16["max_abs_logit_diff_vs_fp32"] == pytest.approx(diff, rel=1e-4)
@@ -235,7 +235,7 @@ def test_vit_b32_random_init_parity(tmp_path):
     torch.set_num_threads(1)
     out = export_bundle(ExportConfig(out=tmp_path / "b32", model_name="ViT-B-32", classes=["cat", "dog", "car"],
                                      torch_program=False, calibration=_b32_batch()))
-    fp32 = Bundle.open(out).manifest["parity"]["fp32"]
+    fp32 = Bundle.open(out).manifest.parity["fp32"]
     assert fp32["max_abs_logit_diff"] <= 1e-3 and fp32["top1_agreement"] == 1.0
 
 

@@ -198,3 +198,88 @@ def test_list_images_walks_folders_sorted_and_skips_other_files(tmp_path):
     found = list_images([tmp_path, explicit])
     rel = [p.relative_to(tmp_path).as_posix() for p in found]
     assert rel == ["a.jpeg", "b/1.JPG", "b/2.png", "notes.txt"]
+
+
+# ---- bounds and special files (the same verdicts as runtime/cpp/src/decode.cpp) ---------------
+
+
+def _claiming(data: bytes, w: int, h: int) -> bytes:
+    """A JPEG (SOF0) or PNG (IHDR, CRC recomputed) whose header claims w x h."""
+    d = bytearray(data)
+    if d[:2] == b"\xff\xd8":
+        i = d.index(b"\xff\xc0")
+        d[i + 5:i + 9] = struct.pack(">HH", h, w)
+    else:
+        d[16:24] = struct.pack(">II", w, h)
+        d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29])) & 0xFFFFFFFF)
+    return bytes(d)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_header_claiming_60000_squared_is_refused_with_the_pixel_count(tmp_path, fmt):
+    import io
+
+    buf = io.BytesIO()
+    _photo(16, 16).save(buf, fmt)
+    path = tmp_path / f"huge.{fmt.lower()}"
+    path.write_bytes(_claiming(buf.getvalue(), 60000, 60000))
+    with pytest.raises(ImageError, match=r"huge\.\w+: image is too large to decode \(3600000000 pixels, limit \d+\)"):
+        load_image(path, draft_size=(128, 128))  # the draft reduction does not get it past the header check
+
+
+def test_file_over_the_size_limit_is_refused_before_reading(tmp_path):
+    from clap_edge.core.images import MAX_FILE_BYTES
+
+    path = tmp_path / "sparse.png"
+    with open(path, "wb") as f:  # sparse: no disk used; reading it would take 300 MB
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(ImageError, match=rf"sparse\.png: file is too large to decode \({MAX_FILE_BYTES + 1} bytes"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "dangling", "loop", "folder"])
+def test_special_paths_are_refused_without_blocking(tmp_path, kind):
+    import os
+
+    path = tmp_path / "x.png"
+    expected = {"fifo": r"not a regular file \(named pipe \(FIFO\)\); not opened",
+                "dev_zero": r"not a regular file \(character device\); not opened",
+                "dangling": "broken symbolic link", "loop": "symbolic link loop", "folder": "is a directory"}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # a plain open() would block forever on it
+    elif kind == "dev_zero":
+        os.symlink("/dev/zero", path)  # a plain read would never end
+    elif kind == "dangling":
+        os.symlink(tmp_path / "nowhere.png", path)
+    elif kind == "loop":
+        os.symlink(path, path)
+    else:
+        path.mkdir()
+    with pytest.raises(ImageError, match=rf"x\.png: {expected}"):
+        load_image(path)
+
+
+def _exif_tiff(orientation: int, byte_order: str, long_type: bool = False) -> bytes:
+    e = "<" if byte_order == "II" else ">"
+    value = struct.pack(e + "I", orientation) if long_type else struct.pack(e + "HH", orientation, 0)
+    return (byte_order.encode() + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1)
+            + struct.pack(e + "HHI", 0x0112, 4 if long_type else 3, 1) + value + struct.pack(e + "I", 0))
+
+
+# Each orientation as the transpose that displays it (EXIF 2.3, as ImageOps.exif_transpose applies them).
+_DISPLAY = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+            7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+@pytest.mark.parametrize("byte_order", ["II", "MM"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_in_both_byte_orders(tmp_path, byte_order, orientation):
+    stored = _photo(7, 4, seed=orientation)  # lossless PNG: the pixels must land exactly
+    path = tmp_path / "o.png"
+    stored.save(path, exif=_exif_tiff(orientation, byte_order, long_type=orientation == 8))
+    expected = stored if _DISPLAY[orientation] is None else stored.transpose(_DISPLAY[orientation])
+    got = load_image(path)
+    assert got.size == expected.size
+    assert np.array_equal(np.asarray(got), np.asarray(expected))

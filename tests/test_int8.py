@@ -72,8 +72,8 @@ def _open_clip_batch(paths, bundle):
     from PIL import Image
 
     pre = bundle.preprocess
-    cfg = PreprocessCfg(size=tuple(pre["size"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                        interpolation=pre["interpolation"], resize_mode=pre["resize_mode"])
+    cfg = PreprocessCfg(size=tuple(pre.size), mean=tuple(pre.mean), std=tuple(pre.std),
+                        interpolation=pre.interpolation, resize_mode=pre.resize_mode)
     transform = image_transform_v2(cfg, is_train=False)
     return np.stack([transform(Image.open(p).convert("RGB")).numpy() for p in paths]).astype(np.float32)
 
@@ -108,7 +108,7 @@ def test_qdq_variant_is_static_int8_with_float_layernorm_and_logits(int8_bundle)
                        and any(producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
                                for i in n.input)]
     assert len(quantised_gemms) >= 4
-    assert bundle.manifest["parity"]["qdq"]["calibration_images"] == 16
+    assert bundle.manifest.parity["qdq"]["calibration_images"] == 16
 
 
 @pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
@@ -132,7 +132,7 @@ def test_openvino_int8_variant_runs_at_precision_int8(int8_bundle, toy_data):
     import openvino as ov
 
     bundle = Bundle.open(int8_bundle)
-    assert bundle.variants["openvino-int8"] == "model.int8.xml" and "model.int8.bin" in bundle.manifest["files"]
+    assert bundle.variants["openvino-int8"] == "model.int8.xml" and "model.int8.bin" in bundle.file_names
     ops = [op.get_type_name() for op in ov.Core().read_model(str(bundle.variant_file("openvino-int8"))).get_ops()]
     assert ops.count("FakeQuantize") >= 4  # NNCF's int8 quantisers
     images = _test_images(toy_data)
@@ -175,13 +175,13 @@ def test_drift_in_manifest_equals_an_independent_recount(int8_bundle, toy_data):
     used (default threads and hints): on the trained model a few images are near-ties whose argmax
     differs between thread counts and kernels, which the floors above allow for and this test must not."""
     from clap_edge.core.images import load_image
-    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+    from clap_edge.core.preprocess import Preprocessor
     from clap_edge.export.builders.drift import onnx_predictor, openvino_predictor
 
     bundle = Bundle.open(int8_bundle)
-    drift = bundle.manifest["drift"]
+    drift = bundle.manifest.drift
     assert set(drift) == {"int8", "qdq", "openvino-int8"}
-    pre = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
+    pre = Preprocessor(bundle.preprocess)
     reference = onnx_predictor(bundle.variant_file("fp32"))
     predictors = {"int8": onnx_predictor(bundle.variant_file("int8")), "qdq": onnx_predictor(bundle.variant_file("qdq")),
                   "openvino-int8": openvino_predictor(bundle.variant_file("openvino-int8"))}

@@ -123,3 +123,37 @@ def test_from_open_clip_config_keeps_every_field():
     reference = open_clip_transform.image_transform_v2(cfg, is_train=False)
     img = _photo(101, 77, seed=3)
     assert np.abs(Preprocessor(ours)(img) - reference(img).numpy()).max() <= 1e-6
+
+
+# Geometries users send beyond the usual photos: extreme aspect ratios (1:30, 30:1), one-pixel lines, primes,
+# images smaller than the model input (upscaled). Bicubic / bilinear against open_clip itself.
+@pytest.mark.parametrize("resize_mode", ["shortest", "longest", "squash"])
+@pytest.mark.parametrize("size", [64, (48, 80)], ids=str)
+def test_extreme_geometries_match_open_clip(resize_mode, size):
+    cfg = open_clip_transform.PreprocessCfg(size=size, resize_mode=resize_mode, fill_color=9)
+    reference = open_clip_transform.image_transform_v2(cfg, is_train=False)
+    ours = Preprocessor(PreprocessConfig(size=size, resize_mode=resize_mode, fill_color=9))
+    for i, (w, h) in enumerate([(9, 271), (271, 9), (2, 97), (97, 2), (127, 131), (7, 5), (31, 929), (929, 31)]):
+        img = _photo(w, h, seed=i)
+        assert np.abs(ours(img) - reference(img).numpy()).max() <= 1e-6, (w, h)
+
+
+def test_one_pixel_side_keeps_one_pixel_in_longest_mode():
+    # open_clip asks PIL for a 0-pixel width here (and fails); both runtimes keep 1 pixel and pad
+    out = resize_and_crop(Image.new("RGB", (1, 500), (9, 9, 9)), PreprocessConfig(size=64, resize_mode="longest"))
+    arr = np.asarray(out)
+    assert out.size == (64, 64) and (arr[:, 31] == 9).all() and (arr[:, 0] == 0).all()  # left pad: (64 - 1) // 2
+
+
+def test_resize_target_is_bounded():
+    from clap_edge.core.errors import ImageError
+    from clap_edge.core.preprocess import MAX_RESIZE_PIXELS, resize_target
+
+    cfg = PreprocessConfig(size=64)
+    assert resize_target(1, 100_000, cfg) == (6_400_000, 64)  # shortest side -> 64: 64 x 6.4M before the crop
+    with pytest.raises(ImageError, match=r"too large to resize: 1x300000 would be resized to 64x19200000"):
+        resize_and_crop(Image.new("RGB", (1, 300_000)), cfg)
+    assert 64 * 192_000 <= MAX_RESIZE_PIXELS
+    assert resize_and_crop(Image.new("RGB", (1, 3_000)), cfg).size == (64, 64)
+    # longest and squash never grow past the model input, whatever the source
+    assert resize_target(1, 300_000, PreprocessConfig(size=64, resize_mode="longest")) == (64, 1)

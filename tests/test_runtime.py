@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -171,7 +172,7 @@ def test_int8_runner(runtime_bundle, clf):
 def test_int8_not_supported_without_the_file(runtime_bundle, tmp_path):
     src = Bundle.open(runtime_bundle)
     variants = {k: v for k, v in src.variants.items() if k != "int8"}
-    bundle = Bundle(src.root, {**src.manifest, "variants": variants})
+    bundle = Bundle(src.root, dataclasses.replace(src.manifest, variants=variants))
     assert not OnnxRuntimeInt8Runner.supports(bundle)
     with pytest.raises(BackendUnavailableError, match="onnxruntime:int8.*lacks the .int8. model"):
         create_runner(bundle, "onnxruntime-int8")

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clap_edge.export.builders.engines.sidecar import DeviceInfo
-from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle import Bundle, sha256_file
+from clap_edge.export.bundle.engines import DeviceInfo
 
 GPU = DeviceInfo("cuda", "Stand-in GPU", compute_capability="9.0")
 
@@ -267,6 +267,8 @@ def test_tensorrt_build_and_run_plumbing(fake_gpu, runtime_bundle, tmp_path):
     assert log["cache_in"] == b"old" and cache.read_bytes() == b"old+timings" and log["monitor"] is not None
     assert sidecar["source_model"] == "model.onnx" and sidecar["device"]["name"] == "Stand-in GPU"
     assert sidecar["file"] == "engines/tensorrt-stand-in-gpu-sm90-fp16-b1-2-3.plan"
+    assert sidecar["engine_sha256"] == sha256_file(root / sidecar["file"])  # the engine's own digest
+    assert sidecar["source_sha256"] == sha256_file(root / "model.onnx")
     assert sidecar["parity"]["n_images"] == 8 and sidecar["parity"]["max_abs_logit_diff_vs_onnxruntime"] < 1e-4
     assert log["shapes"] == [3, 3, 2]  # 8 calibration images through a [1, 3] profile
 

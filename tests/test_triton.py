@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -97,7 +98,7 @@ def engine_bundle(runtime_bundle, tmp_path):
         files[f"{stem}.json"] = json.dumps({"engine": kind, "gpu": gpu, "batch": batch}).encode()
         entries.append({"file": f"{stem}.{ext}", "sidecar": f"{stem}.json", "engine": kind, "precision": "fp16",
                         "batch": batch, "device": name, "gpu": gpu, "library_version": "10.0"})
-    add_to_bundle(root, files, {"engines": entries})
+    add_to_bundle(root, files, engines=entries)
     return root
 
 
@@ -143,3 +144,215 @@ def test_cli_export_triton_and_refuses_overwrite(runtime_bundle, tmp_path):
     forced = CliRunner().invoke(main, ["export-triton", str(runtime_bundle), str(repo), "--force",
                                        "--max-batch-size", "4"])
     assert forced.exit_code == 0 and _parse(repo / "clap_edge").max_batch_size == 4
+
+
+# ---- generated, not templated (issue 17): names, labels, trust, full disk ------------------------------------
+
+INJECTION = 'logits"\n  label_filename: "labels.txt"\n}\ndefault_model_filename: "../../../../outside/evil.onnx"\n#'
+
+
+def _edited(runtime_bundle, tmp_path, edit):
+    """A copy of the bundle with the manifest edited and its digest recomputed (so the semantic checks decide)."""
+    from clap_edge.export.bundle.writer import write_manifest
+
+    b = shutil.copytree(runtime_bundle, tmp_path / "edited")
+    m = _manifest(b)
+    edit(m)
+    write_manifest(b, m, validate=False)
+    return b
+
+
+def test_crafted_output_name_cannot_inject_a_model_filename(runtime_bundle, tmp_path, monkeypatch):
+    from clap_edge.export.builders import triton
+
+    from dataclasses import replace
+
+    from clap_edge.export.bundle import Bundle
+
+    m = Bundle.open(runtime_bundle).manifest
+    m = replace(m, outputs=(replace(m.outputs[0], name=INJECTION), *m.outputs[1:]))
+    with pytest.raises(BundleError, match="manifest output name .* not allowed in a Triton config"):
+        triton.model_config_text(m, TritonConfig())
+    bad = _edited(runtime_bundle, tmp_path, lambda d: d["outputs"][0].__setitem__("name", INJECTION))
+    with pytest.raises(ClapEdgeError):  # refused by the manifest rules or the name rule: either way one line
+        export_triton(bad, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "clap_edge").exists() and not (tmp_path / "outside").exists()
+    # Even with the name rule switched off, text_format escapes: the text parses back to the intended config.
+    monkeypatch.setattr(triton, "_TENSOR_NAME", __import__("re").compile(r".*", __import__("re").DOTALL))
+    intended = triton.model_config(m, TritonConfig())
+    cfg = text_format.Parse(triton.model_config_text(m, TritonConfig()), model_config_pb2.ModelConfig())
+    assert cfg == intended and cfg.default_model_filename == "" and cfg.output[0].name == INJECTION
+    assert len(cfg.output) == len(m.outputs)
+
+
+@pytest.mark.parametrize("name", ["../escape", ".", "..", "a/b", "name\n", "", "-x", "x" * 129])
+def test_model_name_is_a_plain_directory_name(name, tmp_path):
+    with pytest.raises(ClapEdgeError, match="model name"):
+        TritonConfig(model_name=name)
+
+
+@pytest.mark.parametrize("name", ["dog\nfish", "dog\rfish", "dog\x1b[31m", "dog\u2028fish", "dog\x85", "", "\ud800"])
+def test_labels_refuse_names_that_break_a_line(name):
+    from clap_edge.export.builders.triton import labels_text
+
+    with pytest.raises(BundleError, match="class name 1 .* cannot be a line of labels.txt"):
+        labels_text(["cat", name, "car"], "b")
+    text = labels_text(["cat", "dög", "car"], "b").decode("utf-8")
+    assert text.split("\n") == ["cat", "dög", "car", ""]
+
+
+def test_newline_class_name_never_shifts_labels(runtime_bundle, tmp_path):
+    bad = _edited(runtime_bundle, tmp_path, lambda d: d["class_names"].__setitem__(1, "dog\ncar"))
+    with pytest.raises(ClapEdgeError, match="class name|control|newline"):
+        export_triton(bad, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "clap_edge").exists()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    pytest.importorskip("model_signing", reason="signing needs the [sign] extra")
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    root = tmp_path_factory.mktemp("keys")
+    for name in ("alice", "mallory"):
+        assert CliRunner().invoke(main, ["keygen", str(root / name)]).exit_code == 0
+    return root
+
+
+def _pub(keys, name):
+    (pub,) = [p for p in keys.iterdir() if p.name.startswith(name) and p.suffix == ".pub"]
+    return pub
+
+
+def test_cli_trusted_key_checks_the_bytes_it_copies(runtime_bundle, keys, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+    from clap_edge.export.bundle import snapshot
+
+    signed = shutil.copytree(runtime_bundle, tmp_path / "signed")
+    assert CliRunner().invoke(main, ["sign", str(signed), "--key", str(keys / "alice.pem")]).exit_code == 0
+    ok = CliRunner().invoke(main, ["export-triton", str(signed), str(tmp_path / "repo"), "--trusted-key",
+                                   str(_pub(keys, "alice"))])
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "repo" / "clap_edge" / "labels.txt").read_text().splitlines() == _manifest(signed)["class_names"]
+    wrong = CliRunner().invoke(main, ["export-triton", str(signed), str(tmp_path / "repo2"), "--trusted-key",
+                                      str(_pub(keys, "mallory"))])
+    assert wrong.exit_code == 2 and "signature check failed" in wrong.output and "Traceback" not in wrong.output
+    assert not (tmp_path / "repo2").exists()
+    # A swap right after the copy was checked: the repository is still written from the verified copy.
+    forged = _edited(signed, tmp_path, lambda d: d.__setitem__("class_names", d["class_names"][::-1]))
+    with open(forged / "model.onnx", "ab") as f:  # another model too, its digest recomputed: a consistent forgery
+        f.write(b"forged")
+    from clap_edge.export.bundle.writer import write_manifest
+
+    m = _manifest(forged)
+    m["files"]["model.onnx"]["sha256"] = hashlib.sha256((forged / "model.onnx").read_bytes()).hexdigest()
+    write_manifest(forged, m, validate=False)
+    real_open = snapshot.Bundle.open
+
+    def open_then_swap(path, *a, **kw):
+        opened = real_open(path, *a, **kw)
+        shutil.rmtree(signed)
+        shutil.copytree(forged, signed)
+        return opened
+
+    monkeypatch.setattr(snapshot.Bundle, "open", open_then_swap)
+    swapped = CliRunner().invoke(main, ["export-triton", str(signed), str(tmp_path / "repo3"), "--trusted-key",
+                                        str(_pub(keys, "alice"))])
+    assert swapped.exit_code == 0, swapped.output
+    labels = (tmp_path / "repo3" / "clap_edge" / "labels.txt").read_text().splitlines()
+    assert labels == _manifest(runtime_bundle)["class_names"] != _manifest(signed)["class_names"]
+    model = (tmp_path / "repo3" / "clap_edge" / "1" / "model.onnx").read_bytes()
+    assert model == (runtime_bundle / "model.onnx").read_bytes() != (signed / "model.onnx").read_bytes()
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(runtime_bundle, tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+    from clap_edge.export.builders import triton
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(triton.shutil, "copyfile", full)
+    result = CliRunner().invoke(main, ["export-triton", str(runtime_bundle), str(tmp_path / "repo")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().count("\n") == 0 and "No space left on device" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "repo" / "clap_edge").exists()
+    assert not [p for p in (tmp_path / "repo").iterdir() if "clap-edge" in p.name]  # no staging debris, no lock
+
+
+def test_copy_changed_after_the_check_is_refused(runtime_bundle, tmp_path, monkeypatch):
+    from clap_edge.export.builders import triton
+
+    real = shutil.copyfile
+
+    def copy_then_tamper(src, dst, *a, **kw):
+        out = real(src, dst, *a, **kw)
+        with open(dst, "ab") as f:
+            f.write(b"x")
+        return out
+
+    monkeypatch.setattr(triton.shutil, "copyfile", copy_then_tamper)
+    with pytest.raises(BundleError, match="changed while it was copied"):
+        export_triton(runtime_bundle, tmp_path / "repo")
+    assert not (tmp_path / "repo" / "clap_edge").exists()
+
+
+def test_full_temp_disk_while_copying_for_the_check_is_one_line(runtime_bundle, keys, tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+    from clap_edge.export.bundle import snapshot
+
+    made = []
+    real = snapshot.staging_tempdir
+
+    def tracked(name):
+        made.append(real(name))
+        return made[-1]
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(snapshot, "staging_tempdir", tracked)
+    monkeypatch.setattr(snapshot.shutil, "copyfileobj", full)
+    result = CliRunner().invoke(main, ["export-triton", str(runtime_bundle), str(tmp_path / "repo"), "--trusted-key",
+                                       str(_pub(keys, "alice"))])
+    assert result.exit_code == 2 and "cannot make a private copy" in result.output, result.output
+    assert "No space left on device" in result.output and len(result.output.strip().splitlines()) == 1
+    assert made and not any(os.path.exists(t.name) for t in made)  # the partial copy is gone
+    assert not (tmp_path / "repo" / "clap_edge").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB tmpfs (root in a container that allows mounts); skipped where it cannot be mounted."""
+    import subprocess
+
+    mnt = tmp_path / "tiny-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched full-disk test covers the logic")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_export_to_a_really_full_disk(runtime_bundle, tiny_disk):
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    result = CliRunner().invoke(main, ["export-triton", str(runtime_bundle), str(tiny_disk / "repo")])
+    assert result.exit_code == 2 and "No space left on device" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert list((tiny_disk / "repo").iterdir()) == []  # no half-written model dir, no staging folder, no lock

@@ -157,10 +157,10 @@ def test_add_to_bundle_drops_a_stale_signature(signed, tmp_path, caplog):
     from clap_edge.export.bundle import add_to_bundle
 
     b = _copy(signed, tmp_path)
-    add_to_bundle(b, {"engines/x.plan": b"plan"}, {"engines": [{"file": "engines/x.plan", "engine": "tensorrt",
-                                                                "precision": "fp16"}]})
+    add_to_bundle(b, {"engines/x.plan": b"plan"}, engines=[{"file": "engines/x.plan", "engine": "tensorrt",
+                                                           "precision": "fp16"}])
     assert not (b / SIGNATURE_FILE).exists() and "sign it again" in caplog.text
-    assert Bundle.open(b).manifest["engines"][0]["file"] == "engines/x.plan"
+    assert Bundle.open(b).manifest.engines[0].file == "engines/x.plan"
 
 
 # ---- the manifest digest (no keys) ------------------------------------------------------------
@@ -177,14 +177,23 @@ def test_manifest_edit_without_its_digest_is_refused(runtime_bundle, tmp_path):
         Bundle.open(b)
 
 
-def test_old_schema_is_one_line_saying_re_export(runtime_bundle, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_schema_is_one_line_saying_re_export(runtime_bundle, tmp_path, version):
+    from clap_edge.export.bundle.writer import write_manifest
+
     b = _copy(runtime_bundle, tmp_path)
     m = json.loads((b / MANIFEST).read_text())
-    m["schema_version"] = 1
-    (b / MANIFEST).write_text(json.dumps(m))  # a version-1 bundle had no manifest.sha256
-    (b / MANIFEST_DIGEST).unlink()
+    m["schema_version"] = version
+    if version == 1:
+        (b / MANIFEST).write_text(json.dumps(m))  # a version-1 bundle had no manifest.sha256
+        (b / MANIFEST_DIGEST).unlink()
+    else:
+        write_manifest(b, m, validate=False)  # a version-2 bundle: digest in step, everything else valid
     result = _cli("inspect", b)
-    assert result.exit_code == 2 and "re-export the bundle with `clap-edge export`" in result.stderr
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith(f"manifest.json: manifest field schema_version: {version} is older than "
+                                          "this clap-edge reads (>= 3); re-export the bundle with clap-edge >= 0.2 "
+                                          "(`clap-edge export`)")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -597,3 +606,32 @@ def test_a_killed_writer_leaves_debris_that_the_next_export_removes(tmp_path):
             time.sleep(0.1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (target / "model.onnx").read_bytes() == b"whole"
+
+
+def test_manifest_swapped_after_the_signature_check_is_refused(signed, keys, tmp_path, monkeypatch):
+    """The check and the load are two reads: a manifest (with its digest) rewritten between them is refused,
+    and a model file swapped after the check is caught when it is loaded."""
+    import clap_edge.export.bundle.signing as signing
+
+    bundle = _copy(signed, tmp_path)
+    data = json.loads((bundle / MANIFEST).read_text())
+    data["class_names"] = list(reversed(data["class_names"]))  # forged labels, with a matching digest
+    real_verify = signing.verify_signature
+
+    def verify_then_swap(*args, **kwargs):
+        check = real_verify(*args, **kwargs)
+        write_manifest(bundle, data)
+        return check
+
+    monkeypatch.setattr(signing, "verify_signature", verify_then_swap)
+    with pytest.raises(BundleError, match="changed after its signature was checked"):
+        Bundle.open(bundle, trusted_keys=[keys / "alice.pub"])
+    monkeypatch.undo()
+
+    model = _copy(signed, tmp_path, "model-swap")
+    opened = Bundle.open(model, trusted_keys=[keys / "alice.pub"])
+    with open(model / "model.onnx", "r+b") as f:
+        f.seek(-3, 2)
+        f.write(b"zzz")
+    with pytest.raises(BundleError, match="'model.onnx' is corrupt or was modified"):
+        opened.file("model.onnx")

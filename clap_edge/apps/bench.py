@@ -151,8 +151,8 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     files = _image_files(cfg.end_to_end) if cfg.end_to_end else []
     env = environment(cfg.threads)
     env["device"] = cfg.device
-    env["bundle"] = {"path": str(cfg.bundle), "model_name": bundle.manifest["model"].get("model_name"),
-                     "flops_per_image": bundle.manifest.get("flops_per_image"),
+    env["bundle"] = {"path": str(cfg.bundle), "model_name": bundle.manifest.model.model_name,
+                     "flops_per_image": bundle.manifest.flops_per_image,
                      "input_shape": list(bundle.input_shape), "n_classes": len(bundle.class_names)}
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited thread pools or allocations
     steps = len(backends) * (1 + len(cfg.batch_sizes) * (cfg.warmup + cfg.iters + (1 if files else 0)))
@@ -326,9 +326,9 @@ def _check_backends(bundle: Bundle, names: list[str] | None) -> list[str]:
 def preprocess_folder(bundle: Bundle, folder: str, limit: int = 256) -> np.ndarray:
     """Up to ``limit`` images of ``folder``, preprocessed for ``bundle``: a batch for the agreement columns."""
     from clap_edge.core.images import load_image
-    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+    from clap_edge.core.preprocess import Preprocessor
 
-    preprocessor = Preprocessor(PreprocessConfig.from_dict(bundle.preprocess))
+    preprocessor = Preprocessor(bundle.preprocess)
     return np.stack([preprocessor(load_image(path)) for path in _image_files(folder)[:limit]])
 
 
@@ -365,7 +365,7 @@ def environment(threads: int | None) -> dict[str, Any]:
 
 
 def _gpu_name() -> str | None:
-    from clap_edge.export.builders.engines.devices import visible_gpus
+    from clap_edge.export.bundle.engines import visible_gpus
 
     gpus = visible_gpus()
     return gpus[0].name if gpus else None

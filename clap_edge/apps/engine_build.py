@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -21,9 +21,9 @@ import numpy as np
 
 from clap_edge import __version__
 from clap_edge.core.errors import BundleError, ClapEdgeError
-from clap_edge.export.builders.engines.sidecar import (ENGINE_KINDS, PRECISIONS, EngineChoice, EngineSidecar,
-                                                       engine_basename, engine_entries)
-from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle import Bundle, sha256_file
+from clap_edge.export.bundle.engines import (ENGINE_KINDS, PRECISIONS, EngineChoice, EngineSidecar, engine_basename,
+                                              engine_entries)
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +73,20 @@ def build_engine(cfg: EngineBuildConfig) -> EngineSidecar:
         seconds = time.perf_counter() - start
         name = engine_basename(cfg.engine, built.device, cfg.precision, batch)
         sidecar = EngineSidecar(
-            engine=cfg.engine, file=name + ENGINE_KINDS[cfg.engine][1], precision=cfg.precision, batch=list(batch),
+            engine=cfg.engine, file=name + ENGINE_KINDS[cfg.engine][1], precision=cfg.precision, batch=batch,
             device=built.device, library=built.library, library_version=built.library_version,
-            source_model=built.source_model, source_sha256=bundle.manifest["files"][built.source_model]["sha256"],
+            source_model=built.source_model, source_sha256=bundle.manifest.sha256(built.source_model),
+            engine_sha256=sha256_file(built.path),  # the engine's own digest: a swapped engine is refused
             built_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), build_seconds=round(seconds, 1),
             parity={}, options=built.options, clap_edge_version=__version__)
         say("checking parity against ONNX Runtime on the calibration images")
-        sidecar.parity = _parity(cfg, bundle, sidecar, built.path, device, calibration, reference)
+        sidecar = replace(sidecar, parity=_parity(cfg, bundle, sidecar, built.path, device, calibration, reference))
         entry = sidecar.manifest_entry(name + ".json")
-        engines = [e for e in engine_entries(bundle) if e["file"] != entry["file"]] + [entry]
+        engines = [e for e in engine_entries(bundle) if e.file != entry.file] + [entry]
         from clap_edge.export.bundle.writer import add_to_bundle
 
         add_to_bundle(root, {sidecar.file: built.path,
-                             entry["sidecar"]: json.dumps(sidecar.to_json(), indent=2).encode()},
-                      {"engines": engines})
+                             entry.sidecar: json.dumps(sidecar.to_json(), indent=2).encode()}, engines=engines)
     say(f"wrote {root / sidecar.file}")
     return sidecar
 
@@ -114,8 +114,11 @@ def _device(cfg: EngineBuildConfig) -> str:
 def _build(cfg, bundle, batch, device, out: Path, say):
     if cfg.engine == "aoti":
         from clap_edge.export.builders.engines.aoti import build_aoti
+        from clap_edge.runtime.backends.aoti.devices import torch_device
+        from clap_edge.runtime.backends.torch.casting import cast_program_module
 
-        return build_aoti(bundle, cfg.precision, batch, device, out, say)
+        return build_aoti(bundle, cfg.precision, batch, device, out, say, describe=torch_device,
+                          cast=cast_program_module)
     from clap_edge.export.builders.engines.tensorrt import build_tensorrt
 
     if not device.startswith("cuda"):
@@ -129,7 +132,7 @@ def _parity(cfg, bundle, sidecar, path, device, calibration, reference) -> dict:
     from clap_edge.export.parity import compare_logits
     from clap_edge.runtime.backends import RunnerOptions, runner_class
 
-    choice = EngineChoice(entry=sidecar.manifest_entry(""), sidecar=sidecar, path=path)
+    choice = EngineChoice(entry=sidecar.manifest_entry(None), sidecar=sidecar, path=path)
     options = RunnerOptions(device=device, precision=cfg.precision, extra={"engine_choice": choice})
     with runner_class(cfg.engine)(bundle, options) as runner:
         logits = runner.infer(calibration).logits

@@ -39,10 +39,13 @@ DEFAULT_MAX_DECODE_BYTES = 1 << 30
 _PEAK_BYTES_PER_PIXEL = {"1": 4, "L": 4, "P": 11, "RGB": 3, "RGBA": 11, "LA": 9, "PA": 11, "CMYK": 7, "YCbCr": 6,
                          "LAB": 6, "HSV": 6, "I;16": 6, "I;16B": 6, "I;16L": 6, "I;16N": 6, "I": 8, "F": 8}
 STRIPE_PIXELS = 1 << 20  # high-depth images are converted this many pixels at a time
+# Files larger than this are refused from their size alone, before a byte is read (the C++ runtime's
+# decode.cpp has the same limit): no photo or scan within the pixel limit needs more.
+MAX_FILE_BYTES = 1 << 28
 
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as image viewers do
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_DECODE_BYTES", "load_image", "to_rgb",
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_DECODE_BYTES", "MAX_FILE_BYTES", "load_image", "to_rgb",
            "is_image_file", "list_images", "scan_images", "ScanResult", "Skipped"]
 
 
@@ -80,10 +83,10 @@ def load_image(
     except PermissionError as e:
         raise ImageError(f"{path}: permission denied") from e
     except UnidentifiedImageError as e:
-        kind = "empty file (0 bytes)" if _is_empty(path) else "not an image file PIL can read"
+        kind = "empty file (0 bytes)" if _is_empty(path) else "not an image file the runtime can read"
         raise ImageError(f"{path}: cannot decode image: {kind}") from e
     except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image is too large to decode ({e})") from e
+        raise ImageError(f"{path}: image is too large to decode ({_bomb_detail(e)})") from e
     except MemoryError as e:
         raise ImageError(f"{path}: out of memory decoding it") from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
@@ -94,15 +97,31 @@ def load_image(
 
 
 def _open_regular(path: Path):
-    """Open for reading without blocking (a FIFO would hang a plain open) and only if a regular file."""
+    """Open for reading without blocking (a FIFO would hang a plain open), only if a regular file of a sane size."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    st = os.fstat(fd)
+    problem = None
+    if stat.S_ISDIR(st.st_mode):
         os.close(fd)
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(path)
-        raise ImageError(f"{path}: not a regular file ({file_kind(mode)}); not opened")
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"not a regular file ({file_kind(st.st_mode)}); not opened"
+    elif st.st_size == 0:
+        problem = "cannot decode image: empty file (0 bytes)"
+    elif st.st_size > MAX_FILE_BYTES:
+        problem = f"file is too large to decode ({st.st_size} bytes, limit {MAX_FILE_BYTES})"
+    if problem:
+        os.close(fd)
+        raise ImageError(f"{path}: {problem}")
     return os.fdopen(fd, "rb")
+
+
+def _bomb_detail(error: Exception) -> str:
+    """'N pixels, limit L' from PIL's decompression-bomb message (the header's size, refused before decoding)."""
+    import re
+
+    numbers = re.findall(r"\d+", str(error))
+    return f"{numbers[0]} pixels, limit {numbers[1]}" if len(numbers) >= 2 else str(error)
 
 
 def _check_size(path: Path, img: Image.Image, max_pixels: int | None, max_bytes: int | None) -> None:

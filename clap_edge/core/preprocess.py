@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from clap_edge.core.errors import ImageError
 from clap_edge.core.images import to_rgb
 
 # open_clip's defaults (open_clip.constants), so a manifest may omit mean / std.
@@ -31,13 +32,19 @@ _RESAMPLE = {
     "random": Image.Resampling.BICUBIC,  # open_clip: "random" means bicubic at inference
 }
 RESIZE_MODES = ("shortest", "longest", "squash")
+# The largest image the resize step may make before the crop (the shortest-side resize of a 1xN image is
+# 224 x 224N): beyond it the image is refused, in both runtimes (runtime/cpp/src/preprocess.cpp).
+MAX_RESIZE_PIXELS = 1 << 24
 
-__all__ = ["PreprocessConfig", "Preprocessor", "resize_and_crop", "OPENAI_DATASET_MEAN", "OPENAI_DATASET_STD"]
+__all__ = ["PreprocessConfig", "Preprocessor", "resize_and_crop", "resize_target", "MAX_RESIZE_PIXELS",
+           "OPENAI_DATASET_MEAN", "OPENAI_DATASET_STD"]
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
-    """The fields of open_clip's ``PreprocessCfg`` (``size`` always as (H, W))."""
+class PreprocessCfg:
+    """The fields of open_clip's ``PreprocessCfg`` (``size`` always as (H, W)): the one preprocess config.
+
+    The bundle's manifest holds one (``Manifest.preprocess``); the runtime, export and eval preprocess by it."""
 
     size: tuple[int, int] = (224, 224)
     mode: str = "RGB"
@@ -65,15 +72,21 @@ class PreprocessConfig:
             raise ValueError(f"unknown resize_mode {self.resize_mode!r}; expected one of {RESIZE_MODES}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
-        """From a manifest's ``preprocess`` block (unknown keys ignored, None means default)."""
+    def from_dict(cls, d: "dict[str, Any] | PreprocessCfg") -> "PreprocessCfg":
+        """From a ``preprocess`` block (unknown keys ignored, None means default); a config is returned as is."""
+        if isinstance(d, PreprocessCfg):
+            return d
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and v is not None}
         return cls(**known)
 
     @classmethod
-    def from_open_clip(cls, pcfg: Any) -> "PreprocessConfig":
+    def from_open_clip(cls, pcfg: Any) -> "PreprocessCfg":
         """From open_clip's ``PreprocessCfg`` (a model's ``LoadedModel.preprocess_cfg``)."""
         return cls.from_dict({name: getattr(pcfg, name, None) for name in cls.__dataclass_fields__})
+
+
+PreprocessConfig = PreprocessCfg  # the name this module used before the manifest shared the class
+__all__ += ["PreprocessCfg"]
 
 
 def _three(values: float | Sequence[float], name: str) -> tuple[float, float, float]:
@@ -83,35 +96,48 @@ def _three(values: float | Sequence[float], name: str) -> tuple[float, float, fl
     return values  # type: ignore[return-value]
 
 
+def resize_target(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """(h, w) that open_clip's eval transform resizes a ``width`` x ``height`` image to, before the crop."""
+    th, tw = cfg.size
+    if cfg.resize_mode == "squash":
+        return th, tw
+    if cfg.resize_mode == "longest" or th != tw:
+        return _keep_ratio_size((width, height), cfg.size, longest=cfg.resize_mode == "longest")
+    # torchvision Resize(int): short edge -> size, long edge int()-truncated
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(th * long / short)
+    return (new_long, th) if width <= height else (th, new_long)
+
+
+def check_resize_target(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """:func:`resize_target`, refused (ImageError, no path) when it exceeds MAX_RESIZE_PIXELS and the crop."""
+    rh, rw = resize_target(width, height, cfg)
+    if rh * rw > max(MAX_RESIZE_PIXELS, cfg.size[0] * cfg.size[1]):
+        raise ImageError(f"image is too large to resize: {width}x{height} would be resized to {rw}x{rh} pixels "
+                         f"before the crop (limit {MAX_RESIZE_PIXELS})")
+    return rh, rw
+
+
 def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """The geometric part of open_clip's eval transform, on a PIL image; returns exactly cfg.size."""
-    th, tw = cfg.size
-    resample = _RESAMPLE[cfg.interpolation]
+    size = check_resize_target(img.width, img.height, cfg)
+    # open_clip's shortest mode with a non-square size builds ResizeKeepRatio without its interpolation: bicubic
+    non_square_shortest = cfg.resize_mode == "shortest" and cfg.size[0] != cfg.size[1]
+    resample = Image.Resampling.BICUBIC if non_square_shortest else _RESAMPLE[cfg.interpolation]
+    img = _resize(img, size, resample)
     if cfg.resize_mode == "squash":
-        return _resize(img, (th, tw), resample)
-    if cfg.resize_mode == "longest":
-        img = _resize(img, _keep_ratio_size(img, cfg.size, longest=True), resample)
-        return _center_crop_or_pad(img, cfg.size, cfg.fill_color)
-    # shortest
-    if th == tw:
-        # torchvision Resize(int): short edge -> size, long edge int()-truncated
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = th, int(th * long / short)
-        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-        img = _resize(img, (new_h, new_w), resample)
-    else:
-        # open_clip builds ResizeKeepRatio(image_size) here without its interpolation: always bicubic
-        img = _resize(img, _keep_ratio_size(img, cfg.size, longest=False), Image.Resampling.BICUBIC)
-    return _center_crop_or_pad(img, cfg.size, fill=0)  # torchvision CenterCrop pads with 0
+        return img
+    # torchvision CenterCrop pads with 0; open_clip's center_crop_or_pad with fill_color
+    return _center_crop_or_pad(img, cfg.size, cfg.fill_color if cfg.resize_mode == "longest" else 0)
 
 
-def _keep_ratio_size(img: Image.Image, target: tuple[int, int], longest: bool) -> tuple[int, int]:
+def _keep_ratio_size(size_wh: tuple[int, int], target: tuple[int, int], longest: bool) -> tuple[int, int]:
     """timm / open_clip ``ResizeKeepRatio.get_params`` without the random parts: (h, w)."""
-    w, h = img.size
+    w, h = size_wh
     ratio_h, ratio_w = h / target[0], w / target[1]
     ratio = max(ratio_h, ratio_w) if longest else min(ratio_h, ratio_w)
-    return round(h / ratio), round(w / ratio)
+    # open_clip would ask for a 0-pixel side (and fail) on a 1xN image in "longest" mode: keep >= 1 pixel
+    return max(1, round(h / ratio)), max(1, round(w / ratio))
 
 
 def _resize(img: Image.Image, size_hw: tuple[int, int], resample: Image.Resampling) -> Image.Image:

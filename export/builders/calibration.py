@@ -7,7 +7,6 @@ open_clip's torch transform. :func:`preprocessor_for` is the one place that impo
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,11 @@ __all__ = ["DEFAULT_CALIBRATION_COUNT", "preprocessor_for", "calibration_images"
 
 
 def preprocessor_for(preprocess: Any):
-    """The runtime's Preprocessor (the one preprocessing path, in core) for a manifest ``preprocess`` block
-    (a dict, or the manifest's ``PreprocessCfg`` dataclass)."""
-    from clap_edge.core.preprocess import PreprocessConfig, Preprocessor
+    """The runtime's Preprocessor (the one preprocessing path, in core) for a :class:`PreprocessCfg`
+    (the manifest's, as the exporter and Bundle hold it) or a dict of its fields."""
+    from clap_edge.core.preprocess import PreprocessCfg, Preprocessor
 
-    if dataclasses.is_dataclass(preprocess):  # the manifest's PreprocessCfg, as the exporter holds it
-        preprocess = dataclasses.asdict(preprocess)
-    return Preprocessor(PreprocessConfig.from_dict(preprocess))
+    return Preprocessor(PreprocessCfg.from_dict(preprocess))
 
 
 def calibration_images(folder: str | os.PathLike, preprocess: dict[str, Any],

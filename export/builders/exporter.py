@@ -21,9 +21,10 @@ import numpy as np
 
 from clap_edge.core.errors import BundleError, CheckpointError, ClapEdgeError, PromptError
 from clap_edge.core.io import staging_tempdir
+from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.builders.calibration import preprocessor_for
 from clap_edge.export.bundle import BundleWriter
-from clap_edge.export.bundle.manifest import HeadInfo, ModelInfo, PreprocessCfg, TensorSpec, to_json
+from clap_edge.export.bundle.manifest import HeadInfo, Manifest, ModelInfo, TensorSpec
 from clap_edge.export.bundle.names import CALIBRATION_FILE, INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
 
 log = logging.getLogger(__name__)
@@ -124,13 +125,13 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 writer.add_file("head.safetensors")
             writer.add_class_embeddings(fused.classes.T.numpy())
             writer.add_file(CALIBRATION_FILE, _npy_bytes(calib))
-            writer.manifest.update(to_json(dict(
+            writer.manifest = Manifest(
                 model=ModelInfo(model_name, pretrained, _head_manifest(head, alpha)),
                 embed_dim=fused.embed_dim,
                 alpha=alpha,
                 logit_scale=float(fused.logit_scale),
-                class_names=list(class_names),
-                templates=templates,
+                class_names=tuple(class_names),
+                templates=tuple(templates),
                 preprocess=pre,
                 inputs=[TensorSpec(INPUT_IMAGE, ["N", *image_shape])],
                 outputs=[TensorSpec(OUTPUT_LOGITS, ["N", len(class_names)]),
@@ -138,8 +139,9 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 opset=result.opset,
                 flops_per_image=flops_per_image(fused, image_shape),
                 parity=parity,
-                **({"drift": drift} if drift else {}),
-            )))  # checked in full (Manifest.from_dict) when the writer writes it
+                drift=drift or None,
+                files={},  # the writer lists every file it staged, with its sha256
+            )  # checked in full (Manifest.from_dict) when the writer writes it
     say(f"wrote {out}")
     return out
 

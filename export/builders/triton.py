@@ -10,9 +10,12 @@
                           Triton receives the preprocessed float32 tensor [N, 3, H, W]
         1/model.onnx      (onnxruntime, openvino) or 1/model.plan (tensorrt, from the bundle's engines)
 
-Only the bundle reader and the standard library are used: the repository is plain text plus copied files,
-written atomically (a temp directory renamed into place). The text is the protobuf text format of Triton's
-``ModelConfig`` (model_config.proto); the tests parse it with ``tritonclient.grpc.model_config_pb2``.
+``config.pbtxt`` is generated, never templated: a ``ModelConfig`` message of tritonclient's
+``model_config_pb2`` printed by protobuf's ``text_format`` (which escapes), with every name checked by a
+strict rule first. Output file names are fixed here, never taken from the manifest; labels.txt refuses a
+class name that would break a line. The repository is written atomically (a temp directory renamed into
+place); each copied file's sha256 is checked on the copy, and with trusted keys the bundle is verified on a
+private snapshot the repository is written from.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+import unicodedata
+from typing import Any, Sequence
 
-from clap_edge.core.errors import BundleError, ClapEdgeError
+from clap_edge.core.errors import BundleError, ClapEdgeError, OutputError, first_line
 from clap_edge.core.io import atomic_directory
 from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle.manifest import Manifest, TensorSpec, to_json
+from clap_edge.export.bundle.names import OUTPUT_LOGITS, sha256_file
 
-__all__ = ["TritonConfig", "export_triton", "model_config_text", "TRITON_BACKENDS"]
+__all__ = ["TritonConfig", "export_triton", "model_config", "model_config_text", "labels_text", "TRITON_BACKENDS"]
 
 # backend -> (config key, value, model file name in the version directory, instance kind)
 TRITON_BACKENDS = {
@@ -40,6 +46,9 @@ TRITON_BACKENDS = {
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 LABELS_FILE = "labels.txt"
 PREPROCESS_FILE = "preprocess.json"
+# Names that go into config.pbtxt and the repository's paths: a strict rule, so no text can break out.
+_TENSOR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 ENGINE_SIDECAR = "engine.json"  # tensorrt: the engine's sidecar (GPU, TensorRT version, precision, batch profile)
 
 
@@ -60,72 +69,153 @@ class TritonConfig:
             raise ClapEdgeError(f"unknown Triton backend {self.backend!r}; expected one of {sorted(TRITON_BACKENDS)}")
         if self.max_batch_size < 1 or self.instances < 1 or self.max_queue_delay_us < 0:
             raise ClapEdgeError("max_batch_size and instances must be >= 1, max_queue_delay_us >= 0")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):
-            raise ClapEdgeError(f"model name {self.model_name!r} must be letters, digits, '_', '.' or '-'")
+        if not isinstance(self.model_name, str) or not _MODEL_NAME.fullmatch(self.model_name):
+            raise ClapEdgeError(f"model name {self.model_name!r} must be 1-128 letters, digits, '_', '.' or '-', "
+                                "not starting with '.' or '-'")
 
 
-def export_triton(bundle: str | os.PathLike | Bundle, repo: str | os.PathLike, config: TritonConfig | None = None
-                  ) -> Path:
-    """Write ``repo/<model_name>/`` for a stock Triton server; returns the model directory."""
+def export_triton(bundle: str | os.PathLike | Bundle, repo: str | os.PathLike, config: TritonConfig | None = None,
+                  trusted_keys: Sequence[str | os.PathLike] | None = None) -> Path:
+    """Write ``repo/<model_name>/`` for a stock Triton server; returns the model directory.
+
+    ``trusted_keys``: the bundle must be signed by one of them; it is checked on a private copy, and the
+    repository is written from that copy, so a bundle swapped after the check is never exported."""
     config = config or TritonConfig()
+    if trusted_keys:
+        if isinstance(bundle, Bundle):
+            raise ClapEdgeError("export_triton(trusted_keys=...) needs the bundle's path (it checks a private copy)")
+        from clap_edge.export.bundle.snapshot import open_snapshot
+
+        with open_snapshot(bundle, trusted_keys=trusted_keys) as snapshot:
+            return export_triton(snapshot, repo, config)
     if not isinstance(bundle, Bundle):
-        bundle = Bundle.open(bundle)
-    model_file, engine = _model_source(bundle, config)  # sha256-checked path in the bundle
+        with Bundle.open(bundle) as opened:
+            return export_triton(opened, repo, config)
+    model_name, engine = _model_source(bundle, config)  # the bundle file names; their bytes are checked below
     max_batch = config.max_batch_size
     if engine is not None and engine.get("max_batch") and max_batch > engine["max_batch"]:
         max_batch = int(engine["max_batch"])  # a TensorRT plan cannot run past its optimisation profile
     text = model_config_text(bundle.manifest, config, max_batch)
+    labels = labels_text(bundle.class_names, bundle.label)
     dest = Path(repo) / config.model_name
     if dest.exists() and not config.overwrite:
         raise ClapEdgeError(f"{dest} already exists (pass --force / overwrite=True to replace it)")
-    with atomic_directory(dest, overwrite=config.overwrite) as tmp:
-        (tmp / "config.pbtxt").write_text(text, encoding="utf-8")
-        (tmp / LABELS_FILE).write_text("".join(f"{c}\n" for c in bundle.class_names), encoding="utf-8")
-        (tmp / PREPROCESS_FILE).write_text(json.dumps(_preprocess_doc(bundle), indent=2) + "\n", encoding="utf-8")
-        (tmp / "1").mkdir()
-        shutil.copyfile(model_file, tmp / "1" / TRITON_BACKENDS[config.backend][2])
-        if engine is not None and isinstance(engine.get("sidecar"), str):  # what GPU / TensorRT the plan needs
-            shutil.copyfile(bundle.file(engine["sidecar"]), tmp / ENGINE_SIDECAR)
+    try:
+        with atomic_directory(dest, overwrite=config.overwrite) as tmp:
+            (tmp / "config.pbtxt").write_bytes(text.encode("utf-8"))
+            (tmp / LABELS_FILE).write_bytes(labels)
+            (tmp / PREPROCESS_FILE).write_text(json.dumps(_preprocess_doc(bundle), indent=2) + "\n", encoding="utf-8")
+            (tmp / "1").mkdir()
+            # Output file names are fixed here, never taken from the manifest's text.
+            _copy_checked(bundle, model_name, tmp / "1" / TRITON_BACKENDS[config.backend][2])
+            if engine is not None and isinstance(engine.get("sidecar"), str):  # what GPU / TensorRT the plan needs
+                _copy_checked(bundle, engine["sidecar"], tmp / ENGINE_SIDECAR)
+    except ClapEdgeError:
+        raise
+    except OSError as e:  # a full disk, a read-only or /proc target: one line; atomic_directory left nothing
+        raise OutputError(f"{dest}: cannot write the Triton model repository ({e.strerror or first_line(e)})") \
+            from None
     return dest
 
 
-def model_config_text(manifest: dict[str, Any], config: TritonConfig, max_batch_size: int | None = None) -> str:
-    """``config.pbtxt`` (protobuf text format of Triton's ModelConfig) for a bundle manifest."""
+def _copy_checked(bundle: Bundle, name: str, dest: Path) -> None:
+    """Copy a bundle file, then check the copy's sha256: the digest covers the bytes Triton will load."""
+    shutil.copyfile(bundle.file(name), dest)
+    want = bundle.manifest.sha256(name)
+    if sha256_file(dest) != want:
+        raise BundleError(f"{bundle.label}: {name!r} changed while it was copied (sha256 no longer "
+                          f"{want[:16]}...); nothing was written")
+
+
+def labels_text(class_names: Sequence[str], label: str = "bundle") -> bytes:
+    """``labels.txt``: one class name a line, in logit order. A name that would break a line (newline,
+    any control character, a Unicode line/paragraph separator) or is empty would shift every label after
+    it, so it is refused here even though the manifest rules refuse it too."""
+    for i, name in enumerate(class_names):
+        bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")), None)
+        if not name or bad is not None:
+            why = "is empty" if not name else f"holds {_char(bad)}"
+            raise BundleError(f"{label}: class name {i} ({name!r}) {why}; it cannot be a line of {LABELS_FILE}")
+    return "".join(f"{c}\n" for c in class_names).encode("utf-8")
+
+
+def _char(c: str) -> str:
+    return f"the character U+{ord(c):04X} ({unicodedata.name(c, unicodedata.category(c))})"
+
+
+def model_config(manifest: Manifest, config: TritonConfig, max_batch_size: int | None = None):
+    """Triton's ``ModelConfig`` message (tritonclient's model_config_pb2) for a bundle manifest."""
+    pb = _model_config_pb2()
     key, value, filename, kind = TRITON_BACKENDS[config.backend]
-    kind = config.instance_kind or kind
-    max_batch = config.max_batch_size if max_batch_size is None else max_batch_size
-    lines = [f'name: "{config.model_name}"', f'{key}: "{value}"', f"max_batch_size: {max_batch}"]
+    cfg = pb.ModelConfig(name=_checked_name(config.model_name, "model name", _MODEL_NAME),
+                         max_batch_size=config.max_batch_size if max_batch_size is None else max_batch_size)
+    setattr(cfg, key, value)
     if config.backend == "openvino":
-        lines.append(f'default_model_filename: "{filename}"')  # the OpenVINO backend reads ONNX when named
-    lines.append("input [")
-    lines.append(",\n".join(_tensor(t, "input") for t in manifest["inputs"]))
-    lines.append("]")
-    lines.append("output [")
-    lines.append(",\n".join(_tensor(t, "output", label=t.get("name") == "logits") for t in manifest["outputs"]))
-    lines.append("]")
-    lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.max_queue_delay_us}\n}}")
-    lines.append(f"instance_group [\n  {{\n    count: {config.instances}\n    kind: {kind}\n  }}\n]")
-    return "\n".join(lines) + "\n"
+        cfg.default_model_filename = filename  # the OpenVINO backend reads ONNX when named; fixed, never the manifest's
+    for t in _tensors(manifest, "inputs"):
+        cfg.input.append(_tensor(pb.ModelInput, t, "input"))
+    for t in _tensors(manifest, "outputs"):
+        out = _tensor(pb.ModelOutput, t, "output")
+        if out.name == OUTPUT_LOGITS:
+            out.label_filename = LABELS_FILE
+        cfg.output.append(out)
+    cfg.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
+    cfg.instance_group.add(count=config.instances,
+                           kind=pb.ModelInstanceGroup.Kind.Value(config.instance_kind or kind))
+    return cfg
 
 
-def _tensor(t: dict[str, Any], role: str, label: bool = False) -> str:
-    name, shape, dtype = t.get("name"), t.get("shape"), t.get("dtype", "float32")
-    if not isinstance(name, str) or not isinstance(shape, list) or len(shape) < 2:
-        raise BundleError(f"manifest {role} {t!r} needs a name and a shape [N, ...]")
+def model_config_text(manifest: Manifest, config: TritonConfig, max_batch_size: int | None = None) -> str:
+    """``config.pbtxt``: the protobuf text format of :func:`model_config`, checked to parse back to it."""
+    from google.protobuf import text_format
+
+    cfg = model_config(manifest, config, max_batch_size)
+    text = text_format.MessageToString(cfg)
+    if text_format.Parse(text, type(cfg)()) != cfg:  # the printer escapes; this proves it for this config
+        raise ClapEdgeError("config.pbtxt does not parse back to the intended ModelConfig; nothing was written")
+    return text
+
+
+def _model_config_pb2():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as e:
+        raise ClapEdgeError(f"export-triton needs tritonclient: pip install 'clap-edge[serve]' ({e})") from None
+    return model_config_pb2
+
+
+def _tensors(manifest: Manifest, key: str) -> tuple[TensorSpec, ...]:
+    tensors = getattr(manifest, key)
+    if not tensors:
+        raise BundleError(f"manifest {key!r} must be a non-empty list of tensors")
+    return tensors
+
+
+def _checked_name(name: Any, what: str, rule: re.Pattern) -> str:
+    if not isinstance(name, str) or not rule.fullmatch(name):
+        raise BundleError(f"{what} {name!r} is not allowed in a Triton config: it must match {rule.pattern}")
+    return name
+
+
+def _tensor(message, t: TensorSpec, role: str):
+    name, shape, dtype = t.name, list(t.shape), t.dtype
+    name = _checked_name(name, f"manifest {role} name", _TENSOR_NAME)
+    if len(shape) < 2:
+        raise BundleError(f"manifest {role} {name!r} needs a shape [N, ...]")
     dims = shape[1:]  # Triton's dims leave out the batch axis when max_batch_size > 0
-    if not all(isinstance(d, int) and d > 0 for d in dims):
-        raise BundleError(f"manifest {role} {name!r} has non-fixed dims {dims}; Triton needs them fixed")
+    if not all(type(d) is int and 0 < d < 2**31 for d in dims):
+        raise BundleError(f"manifest {role} {name!r} has dims {dims}; Triton needs them fixed and positive")
     if dtype not in _TYPES:
         raise BundleError(f"manifest {role} {name!r} has dtype {dtype!r}, which has no Triton type here")
-    body = [f'name: "{name}"', f"data_type: {_TYPES[dtype]}", f"dims: [ {', '.join(map(str, dims))} ]"]
-    if label:
-        body.append(f'label_filename: "{LABELS_FILE}"')
-    return "  {\n" + "\n".join(f"    {b}" for b in body) + "\n  }"
+    pb = _model_config_pb2()
+    return message(name=name, data_type=pb.DataType.Value(_TYPES[dtype]), dims=dims)
 
 
-def _model_source(bundle: Bundle, config: TritonConfig) -> tuple[Path, dict[str, Any] | None]:
+def _model_source(bundle: Bundle, config: TritonConfig) -> tuple[str, dict[str, Any] | None]:
+    """(the bundle file name of the model to copy, the TensorRT engine entry or None)."""
     if config.backend != "tensorrt":
-        return bundle.variant_file(config.precision), None
+        bundle.variant_file(config.precision)  # one line for a missing variant
+        return bundle.variants[config.precision], None
     engines = tensorrt_engines(bundle.manifest)
     if not engines:
         raise BundleError(f"{bundle.root}: no TensorRT engine in this bundle; build one on the target GPU first "
@@ -141,28 +231,18 @@ def _model_source(bundle: Bundle, config: TritonConfig) -> tuple[Path, dict[str,
     else:
         chosen = engines
     engine = chosen[0]
-    return bundle.file(engine["file"]), engine
+    return engine["file"], engine
 
 
-def tensorrt_engines(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The TensorRT engines a manifest lists, as ``{"file", "max_batch", ...}`` (none when it has no section).
-
-    The ``engines`` section may be a list of entries or a mapping name -> entry; an entry names its file
-    (``file`` or ``path``; a mapping key is the file when neither is given), its kind (``engine``, ``kind``
-    or ``format``: ``tensorrt``) and its batch profile (``batch`` [min, opt, max] or ``profile`` {max})."""
-    section = manifest.get("engines") or []
-    items = list(section.items()) if isinstance(section, dict) else [(None, e) for e in section]
+def tensorrt_engines(manifest: Manifest) -> list[dict[str, Any]]:
+    """The TensorRT engines a manifest lists, as ``{"file", "max_batch", ...}`` (none when it has no section);
+    an entry's batch profile is its ``batch`` [min, opt, max] (or ``profile`` {max})."""
     found = []
-    for key, entry in items:
-        if not isinstance(entry, dict):
+    for entry in manifest.engines or ():
+        if entry.engine.lower() != "tensorrt" and not entry.file.endswith((".plan", ".engine")):
             continue
-        kind = str(entry.get("engine") or entry.get("kind") or entry.get("format") or "").lower()
-        file = entry.get("file") or entry.get("path") or key
-        if "tensorrt" not in kind and not str(file or "").endswith((".plan", ".engine")):
-            continue
-        if not isinstance(file, str):
-            continue
-        found.append({**entry, "file": file, "max_batch": _profile_max(entry)})
+        flat = to_json(entry)
+        found.append({**flat, "max_batch": _profile_max(flat)})
     return found
 
 
@@ -182,12 +262,11 @@ def _profile_max(entry: dict[str, Any]) -> int | None:
 
 def _preprocess_doc(bundle: Bundle) -> dict[str, Any]:
     """What a client must do before sending a tensor: the manifest's preprocess block, spelled out."""
-    inp = bundle.manifest["inputs"][0]
     return {
-        "input": inp["name"],
+        "input": bundle.manifest.inputs[0].name,
         "shape": ["N", *bundle.input_shape],
         "dtype": "float32",
-        "preprocess": bundle.preprocess,
+        "preprocess": to_json(bundle.preprocess),
         "steps": "decode to RGB; resize (resize_mode, interpolation) and center-crop to size [H, W]; "
                  "scale to [0, 1]; subtract mean and divide by std per channel; lay out as [3, H, W] "
                  "(clap_edge.runtime.Classifier.preprocess does exactly this)",

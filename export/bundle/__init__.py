@@ -1,8 +1,11 @@
 """The bundle: the one contract between export and runtime (ARCHITECTURE.md, "The bundle").
 
 Torch-free (standard library, numpy, safetensors): the runtime opens bundles on devices
-that have neither torch nor open_clip. ``manifest.py`` holds the manifest's dataclasses and
-checks, ``manifest.schema.json`` the same rules for other languages, ``names.py`` the fixed names.
+that have neither torch nor open_clip. ``manifest.py`` holds the one frozen, typed :class:`Manifest`
+(what :attr:`Bundle.manifest` is and what :class:`BundleWriter` takes) and its checks,
+``manifest.schema.json`` the same rules for other languages, ``names.py`` the fixed names and the schema
+version, ``engines.py`` the engine sidecars (``sidecar.schema.json``) and engine selection. The runtime
+imports nothing else from ``clap_edge.export`` (tests/test_architecture.py).
 """
 
 from clap_edge.export.bundle.manifest import (EngineEntry, FileEntry, HeadInfo, Manifest, ModelInfo, PreprocessCfg,

@@ -20,8 +20,9 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from clap_edge.core.classnames import describe_duplicate, nfc_duplicate
+from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.bundle.names import (CLASSES_FILE, INPUT_IMAGE, META_FILES, MIN_SCHEMA_VERSION,
-                                             OUTPUT_EMBEDDING, OUTPUT_LOGITS, SCHEMA_VERSION)
+                                             OUTPUT_EMBEDDING, OUTPUT_LOGITS, REEXPORT_HINT, SCHEMA_VERSION)
 
 __all__ = ["Manifest", "ModelInfo", "HeadInfo", "PreprocessCfg", "TensorSpec", "FileEntry", "EngineEntry",
            "ManifestFieldError", "check_version", "loads", "dumps", "to_json", "check_unique_names", "LIMITS"]
@@ -54,7 +55,7 @@ class ManifestFieldError(ValueError):
 # ---- the dataclasses ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadInfo:
     alpha: float
     latent_dim: int
@@ -62,7 +63,7 @@ class HeadInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelInfo:
     model_name: str
     pretrained: str | None = None
@@ -70,41 +71,23 @@ class ModelInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class PreprocessCfg:
-    """open_clip's ``PreprocessCfg`` fields; ``size`` always (H, W)."""
-
-    size: tuple[int, int]
-    mode: str = "RGB"
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-    fill_color: int = 0
-
-    @classmethod
-    def from_open_clip(cls, pcfg: Any) -> "PreprocessCfg":
-        size = pcfg.size
-        hw = (int(size[0]), int(size[1])) if isinstance(size, (tuple, list)) else (int(size), int(size))
-        return cls(size=hw, mode=pcfg.mode, mean=tuple(float(m) for m in pcfg.mean),
-                   std=tuple(float(s) for s in pcfg.std), interpolation=pcfg.interpolation,
-                   resize_mode=pcfg.resize_mode, fill_color=int(pcfg.fill_color))
-
-
-@dataclass
+@dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: list[int | str]  # a str is a symbolic dim (the batch, "N")
+    shape: tuple[int | str, ...]  # a str is a symbolic dim (the batch, "N")
     dtype: str = "float32"
 
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
 
-@dataclass
+
+@dataclass(frozen=True)
 class FileEntry:
     sha256: str
     bytes: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class EngineEntry:
     """A compiled engine for one machine (e.g. TensorRT): its file, an optional sidecar, and free-form extras."""
 
@@ -115,27 +98,37 @@ class EngineEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Manifest:
+    """A bundle's manifest, typed and frozen: what :class:`~clap_edge.export.bundle.Bundle` exposes and the
+    writer takes. Sequences are tuples; mappings are plain dicts that nothing may change (build a new one
+    with :func:`dataclasses.replace`). Only :meth:`from_dict` checks the rules; constructing one does not."""
+
     model: ModelInfo
     embed_dim: int
-    class_names: list[str]
+    class_names: tuple[str, ...]
     preprocess: PreprocessCfg
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
     files: dict[str, FileEntry]
     schema_version: int = SCHEMA_VERSION
     clap_edge_version: str | None = None
     alpha: float = 0.0
     logit_scale: float | None = None
-    templates: list[str] = field(default_factory=list)
+    templates: tuple[str, ...] = ()
     opset: int | None = None
     flops_per_image: float | None = None
     variants: dict[str, str] = field(default_factory=dict)
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, dict[str, Any]] | None = None
-    engines: list[EngineEntry] | None = None
+    engines: tuple[EngineEntry, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown top-level keys, kept as they are
+
+    def __post_init__(self):
+        for name in ("class_names", "inputs", "outputs", "templates"):  # callers may pass lists
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.engines is not None:
+            object.__setattr__(self, "engines", tuple(self.engines))
 
     def to_dict(self) -> dict[str, Any]:
         return to_json(self)
@@ -144,6 +137,23 @@ class Manifest:
     def from_dict(cls, data: Any) -> "Manifest":
         """Validate ``data`` (parsed JSON) completely; raises :class:`ManifestFieldError` naming the field."""
         return _parse_manifest(data)
+
+    # ---- typed views (no caller walks the JSON) ----
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(3, H, W) of the model input."""
+        return tuple(int(s) for s in self.inputs[0].shape[1:])  # type: ignore[return-value]
+
+    def sha256(self, name: str) -> str | None:
+        """The listed sha256 of bundle file ``name`` (None if not listed)."""
+        entry = self.files.get(name)
+        return None if entry is None else entry.sha256
+
+    def engine_entries(self, engine: str | None = None, precision: str | None = None) -> tuple[EngineEntry, ...]:
+        """The ``engines`` entries, optionally of one kind and precision."""
+        return tuple(e for e in self.engines or () if (engine is None or e.engine == engine)
+                     and (precision is None or e.precision == precision))
 
 
 # ---- JSON in and out -------------------------------------------------------------------------
@@ -223,7 +233,7 @@ def check_version(data: Any) -> int:
                                  f"reads (<= {SCHEMA_VERSION}); upgrade clap-edge")
     if version < MIN_SCHEMA_VERSION:
         raise ManifestFieldError("schema_version", f"{version} is older than this clap-edge reads "
-                                 f"(>= {MIN_SCHEMA_VERSION}); re-export the bundle with `clap-edge export`")
+                                 f"(>= {MIN_SCHEMA_VERSION}); {REEXPORT_HINT}")
     return version
 
 
@@ -277,8 +287,8 @@ def _check_shapes(m: Manifest) -> None:
     if image.name != INPUT_IMAGE:
         raise ManifestFieldError("inputs[0].name", f"must be {INPUT_IMAGE!r}, got {image.name!r}")
     want = [3, *m.preprocess.size]
-    if len(image.shape) != 4 or image.shape[1:] != want:
-        raise ManifestFieldError("inputs[0].shape", f"{image.shape} does not match [N, {want[0]}, {want[1]}, "
+    if len(image.shape) != 4 or list(image.shape[1:]) != want:
+        raise ManifestFieldError("inputs[0].shape", f"{list(image.shape)} does not match [N, {want[0]}, {want[1]}, "
                                  f"{want[2]}] (preprocess.size {list(m.preprocess.size)})")
     outputs = {o.name: (i, o) for i, o in enumerate(m.outputs)}
     for name, width, what in ((OUTPUT_LOGITS, len(m.class_names), "classes"),
@@ -287,7 +297,7 @@ def _check_shapes(m: Manifest) -> None:
             raise ManifestFieldError("outputs", f"lists no {name!r} output")
         i, spec = outputs[name]
         if len(spec.shape) != 2:
-            raise ManifestFieldError(f"outputs[{i}].shape", f"{name!r} must be 2-D [N, width], got {spec.shape}")
+            raise ManifestFieldError(f"outputs[{i}].shape", f"{name!r} must be 2-D [N, width], got {list(spec.shape)}")
         if _is_int(spec.shape[1]) and spec.shape[1] != width:
             raise ManifestFieldError(f"outputs[{i}].shape", f"{name!r} has width {spec.shape[1]} but the bundle "
                                      f"has {width} {what}")

@@ -9,11 +9,18 @@ from __future__ import annotations
 import hashlib
 import os
 
-# Version 2 (from 1): manifest.sha256 beside the manifest; every field typed and range-checked
-# (manifest.schema.json); inputs/outputs named by INPUT_IMAGE / OUTPUT_*; optional `drift`,
-# `engines` sections and a `bundle.sig` signature. Version-1 bundles are refused with "re-export".
-SCHEMA_VERSION = 2
-MIN_SCHEMA_VERSION = 2  # the oldest version this code opens
+# Version 3 (from 2): the manifest is read into one typed, frozen Manifest by the same rules in Python,
+# C++ and manifest.schema.json (names without control characters, NFC-unique; file names as plain relative
+# paths; numbers in range); engine sidecars (sidecar.schema.json) record the engine file's own sha256
+# beside its source model's. Older bundles are refused, not read: a version-2 manifest may hold names
+# or paths version 3 refuses, and its sidecars lack the engine digest that engine selection checks, so
+# reading one would run unchecked engines. The one line says: "schema_version 2 is older than this
+# clap-edge reads (>= 3); re-export the bundle with clap-edge >= 0.2 (`clap-edge export`)".
+# Version 2 (from 1): manifest.sha256 beside the manifest; every field typed and range-checked;
+# inputs/outputs named by INPUT_IMAGE / OUTPUT_*; optional `drift`, `engines` and a `bundle.sig` signature.
+SCHEMA_VERSION = 3
+MIN_SCHEMA_VERSION = 3  # the oldest version this code opens
+REEXPORT_HINT = "re-export the bundle with clap-edge >= 0.2 (`clap-edge export`)"
 
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"  # "<sha256 hex>  manifest.json\n" (sha256sum -c format)

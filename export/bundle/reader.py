@@ -24,6 +24,7 @@ import numpy as np
 
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import read_regular, staging_tempdir
+from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.bundle.manifest import LIMITS, Manifest, ManifestFieldError, check_version, loads
 from clap_edge.export.bundle.names import (CALIBRATION_FILE, CLASSES_FILE, CLASSES_TENSOR, MANIFEST,
                                              MANIFEST_DIGEST, sha256_file)
@@ -44,8 +45,7 @@ class Bundle:
     """An opened, verified bundle. Use :meth:`open`; files are checked before they are handed out."""
 
     root: Path
-    manifest: dict[str, Any]
-    spec: Manifest | None = None
+    manifest: Manifest | None  # None only while :meth:`open` reads it
     source: Path | None = None  # what the user named (the .tar for a tar bundle)
     signature: Any = None  # a SignatureCheck when opened with trusted keys
     _verified: set[str] = field(default_factory=set, repr=False)
@@ -76,15 +76,15 @@ class Bundle:
             problem = "a file, but not a tar archive" if path.is_file() else \
                 "not a regular file or folder" if path.exists() else "no such file or directory"
             raise BundleError(f"{path}: not a bundle directory or .tar ({problem})")
-        bundle = cls(root, {}, source=path, _tmpdir=tmp)
+        bundle = cls(root, None, source=path, _tmpdir=tmp)
         try:
             if trusted_keys is not None:
                 from clap_edge.export.bundle.signing import verify_signature
 
                 bundle.signature = verify_signature(root, list(trusted_keys), label=bundle.label)
-            bundle.spec, bundle.manifest = _read_manifest(root, bundle.label)
+            bundle.manifest, manifest_sha256 = _read_manifest(root, bundle.label)
             if bundle.signature is not None:
-                bundle._trust_signed_digests()
+                bundle._check_signed_digests(manifest_sha256)
             if verify:
                 bundle.class_embeddings()  # checks sha256, dtype, finiteness and [C, d] against the manifest
         except BaseException:
@@ -97,41 +97,49 @@ class Bundle:
         """The bundle as the user named it, for messages."""
         return str(self.source if self.source is not None else self.root)
 
-    def _trust_signed_digests(self) -> None:
-        """The signature verified every file's sha256: take those (no second hash), checking they agree."""
+    def _check_signed_digests(self, manifest_sha256: str) -> None:
+        """The manifest read after the signature check must be the signed one, and every file it lists must
+        have been signed with the digest it lists. Files are still hashed again when loaded (:meth:`file`):
+        the signature must cover the bytes that are loaded, not the bytes that were there at the check."""
         digests = self.signature.digests
-        for name, entry in self.manifest["files"].items():
+        if digests.get(MANIFEST) != manifest_sha256:
+            raise BundleError(f"{self.label}: {MANIFEST} changed after its signature was checked (sha256 "
+                              f"{manifest_sha256[:16]}... is not the signed one); nothing was loaded")
+        for name, entry in self.manifest.files.items():
             if name not in digests:
                 raise BundleError(f"{self.label}: {name!r} is listed in {MANIFEST} but missing from the bundle")
-            if digests[name] != entry["sha256"]:
+            if digests[name] != entry.sha256:
                 raise BundleError(f"{self.label}: {name!r} was signed with sha256 {digests[name][:16]}... but the "
-                                  f"manifest lists {entry['sha256'][:16]}...; re-export and sign again")
-            self._verified.add(name)
+                                  f"manifest lists {entry.sha256[:16]}...; re-export and sign again")
 
     # ---- manifest views -----------------------------------------------------------
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
+        return list(self.manifest.class_names)
 
     @property
     def embed_dim(self) -> int:
-        return int(self.manifest["embed_dim"])
+        return self.manifest.embed_dim
 
     @property
-    def preprocess(self) -> dict[str, Any]:
-        return dict(self.manifest["preprocess"])
+    def preprocess(self) -> PreprocessCfg:
+        return self.manifest.preprocess
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(3, H, W) of the model input."""
-        shape = self.manifest["inputs"][0]["shape"]
-        return tuple(int(s) for s in shape[1:])  # type: ignore[return-value]
+        return self.manifest.input_shape
 
     @property
     def variants(self) -> dict[str, str]:
         """Variant name -> file name, for the variants present in this bundle."""
-        return dict(self.manifest.get("variants", {}))
+        return dict(self.manifest.variants)
+
+    @property
+    def file_names(self) -> list[str]:
+        """Every file the manifest lists (bundle-relative)."""
+        return list(self.manifest.files)
 
     def has_variant(self, name: str) -> bool:
         return name in self.variants
@@ -140,7 +148,7 @@ class Bundle:
 
     def file(self, name: str, verify: bool = True) -> Path:
         """Path of a bundle file after checking it exists and matches its sha256."""
-        entry = self.manifest["files"].get(name)
+        entry = self.manifest.files.get(name)
         if entry is None:
             raise BundleError(f"{self.label}: {name!r} is not listed in {MANIFEST}")
         path = self.root / name
@@ -150,10 +158,10 @@ class Bundle:
                                                     f"missing file {name!r} (listed in {MANIFEST})"))
         if verify and name not in self._verified:
             actual = sha256_file(path)
-            if actual != entry["sha256"]:
+            if actual != entry.sha256:
                 raise BundleError(
                     f"{self.label}: {name!r} is corrupt or was modified: sha256 {actual[:16]}... "
-                    f"does not match the manifest's {entry['sha256'][:16]}..."
+                    f"does not match the manifest's {entry.sha256[:16]}..."
                 )
             self._verified.add(name)
         return path
@@ -167,7 +175,7 @@ class Bundle:
     def verify_all(self) -> dict[str, str]:
         """Check every listed file; returns name -> 'ok' or the problem (never raises for a bad file)."""
         report = {}
-        for name in self.manifest["files"]:
+        for name in self.manifest.files:
             try:
                 self.file(name)
                 report[name] = "ok"
@@ -177,7 +185,7 @@ class Bundle:
 
     def calibration(self) -> np.ndarray | None:
         """The preprocessed parity batch [n, 3, H, W] the export recorded (sha256-checked), or None if absent."""
-        if CALIBRATION_FILE not in self.manifest["files"]:
+        if CALIBRATION_FILE not in self.manifest.files:
             return None
         path = self.file(CALIBRATION_FILE)
         try:  # sha256 matching proves only that the exporter wrote these bytes, not that they are an array
@@ -222,8 +230,9 @@ class Bundle:
         self.close()
 
 
-def _read_manifest(root: Path, label: str) -> tuple[Manifest, dict[str, Any]]:
-    """The manifest, parsed and checked completely: version, digest, then every field."""
+def _read_manifest(root: Path, label: str) -> tuple[Manifest, str]:
+    """The manifest, parsed and checked completely (version, digest, then every field), and the sha256 of
+    the bytes it was parsed from."""
     where = f"{label}: {MANIFEST}"
     try:
         raw = read_regular(root / MANIFEST, LIMITS["manifest_bytes"])
@@ -236,15 +245,14 @@ def _read_manifest(root: Path, label: str) -> tuple[Manifest, dict[str, Any]]:
         check_version(data)  # before the digest: a newer layout may keep its digest elsewhere
     except ManifestFieldError as e:
         raise BundleError(f"{where}: {e}") from None
-    _check_digest(root, raw, label)
+    digest = _check_digest(root, raw, label)
     try:
-        spec = Manifest.from_dict(data)
+        return Manifest.from_dict(data), digest
     except ManifestFieldError as e:
         raise BundleError(f"{where}: {e}") from None
-    return spec, spec.to_dict()  # the checked values, normalised (2.0 -> 2, tuples -> lists)
 
 
-def _check_digest(root: Path, raw: bytes, label: str) -> None:
+def _check_digest(root: Path, raw: bytes, label: str) -> str:
     try:
         line = read_regular(root / MANIFEST_DIGEST, 4096).decode("ascii", "replace").split()
     except FileNotFoundError:
@@ -256,6 +264,7 @@ def _check_digest(root: Path, raw: bytes, label: str) -> None:
     if len(line) != 2 or line[0].lower() != actual or line[1].lstrip("*") != MANIFEST:
         raise BundleError(f"{label}: {MANIFEST} was modified after export: its sha256 {actual[:16]}... does not "
                           f"match {MANIFEST_DIGEST}")
+    return actual
 
 
 def _is_tar(path: Path) -> bool:

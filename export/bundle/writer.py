@@ -8,18 +8,19 @@ import logging
 import os
 import shutil
 import tarfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from clap_edge import __version__
 from clap_edge.core.errors import BundleError
 from clap_edge.core.io import atomic_directory, atomic_path
-from clap_edge.export.bundle.manifest import Manifest, ManifestFieldError, dumps, loads
+from clap_edge.export.bundle.manifest import (EngineEntry, FileEntry, Manifest, ManifestFieldError, dumps, loads,
+                                                to_json)
 from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST, META_FILES,
-                                             REQUIRED_KEYS, SCHEMA_VERSION, SIGNATURE_FILE, VARIANT_FILES,
-                                             sha256_file)
+                                             SCHEMA_VERSION, SIGNATURE_FILE, VARIANT_FILES, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,17 @@ class BundleWriter:
 
     >>> with BundleWriter(out, overwrite=True) as w:       # doctest: +SKIP
     ...     w.add_file("model.onnx", tmp_onnx_path)
-    ...     w.manifest.update(class_names=..., ...)
-    The directory appears, complete, only when the block exits without an error.
+    ...     w.manifest = Manifest(model=..., class_names=..., files={}, ...)
+    The directory appears, complete, only when the block exits without an error. The writer fills in
+    ``files`` (every staged file with its sha256), the variants of the files it was given, the schema
+    version and the clap-edge version; everything else is the :class:`Manifest` it was handed.
     """
 
     def __init__(self, out: str | os.PathLike, overwrite: bool = False):
         self.out = Path(out)
         self.overwrite = overwrite
-        self.manifest: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "clap_edge_version": __version__}
+        self.manifest: Manifest | None = None
+        self._variants: dict[str, str] = {}
         self._ctx = None
         self.staging: Path | None = None
 
@@ -60,7 +64,7 @@ class BundleWriter:
             raise BundleError(f"bundle file {name!r} was never written")
         variant = next((v for v, f in VARIANT_FILES.items() if f == name), None)
         if variant is not None:
-            self.manifest.setdefault("variants", {})[variant] = name
+            self._variants[variant] = name
         return dest
 
     def add_class_embeddings(self, embeddings: np.ndarray) -> Path:
@@ -72,16 +76,14 @@ class BundleWriter:
 
     def _finalise(self) -> None:
         assert self.staging is not None
-        files = {}
-        for path in sorted(p for p in self.staging.rglob("*") if p.is_file()):
-            rel = path.relative_to(self.staging).as_posix()
-            if rel not in META_FILES:
-                files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        self.manifest["files"] = files
-        missing = [k for k in REQUIRED_KEYS if k not in self.manifest]
-        if missing:
-            raise BundleError(f"bundle manifest is missing fields {missing}")
-        write_manifest(self.staging, self.manifest)
+        if not isinstance(self.manifest, Manifest):
+            raise BundleError(f"{self.out}: no manifest to write (set BundleWriter.manifest to a Manifest)")
+        names = sorted(p.relative_to(self.staging).as_posix() for p in self.staging.rglob("*") if p.is_file())
+        listed = file_entries(self.staging, [n for n in names if n not in META_FILES])
+        files = {n: FileEntry(**e) for n, e in listed.items()}
+        final = replace(self.manifest, files=files, variants={**self._variants, **self.manifest.variants},
+                        schema_version=SCHEMA_VERSION, clap_edge_version=self.manifest.clap_edge_version or __version__)
+        write_manifest(self.staging, final)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._ctx is not None
@@ -106,12 +108,13 @@ def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path
 
 def write_manifest(root: str | os.PathLike, manifest: "Manifest | dict[str, Any]", validate: bool = True) -> Path:
     """Write ``manifest.json`` and its digest ``manifest.sha256`` into a bundle directory: the one place a
-    manifest is written. The manifest is checked first (:meth:`Manifest.from_dict`, as a reader would);
-    ``validate=False`` is for tests that make broken bundles on purpose."""
+    manifest is written. The manifest is checked first (:meth:`Manifest.from_dict`, as a reader would) and
+    what is written is that checked :class:`Manifest`; a raw dict is accepted for tests that craft cases
+    (``validate=False`` writes it as it is, for tests that make broken bundles on purpose)."""
     data = manifest.to_dict() if isinstance(manifest, Manifest) else manifest
     if validate:
         try:
-            Manifest.from_dict(data)
+            data = Manifest.from_dict(data).to_dict()
         except ManifestFieldError as e:
             raise BundleError(f"{root}: refusing to write an invalid {MANIFEST}: {e}") from None
     text = dumps(data) if validate else json.dumps(data, indent=2)
@@ -132,15 +135,16 @@ def file_entries(root: str | os.PathLike, names: list[str]) -> dict[str, dict[st
 
 
 def add_to_bundle(root: str | os.PathLike, files: dict[str, str | os.PathLike | bytes],
-                  manifest_updates: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Add files to an existing bundle directory (e.g. compiled engines) and list them in its manifest.
+                  engines: "Iterable[EngineEntry | dict[str, Any]] | None" = None) -> Manifest:
+    """Add files to an existing bundle directory (e.g. compiled engines) and list them in its manifest;
+    ``engines`` (if given) replaces the manifest's ``engines`` index.
 
     Each file is written atomically before the manifest that lists it, so a crash leaves either the
     old manifest (the new file unlisted, ignored) or the new one with every listed file complete.
     Returns the new manifest."""
     root = Path(root)
     try:
-        manifest = loads((root / MANIFEST).read_bytes())
+        manifest = Manifest.from_dict(loads((root / MANIFEST).read_bytes()))
     except (OSError, ManifestFieldError) as e:
         raise BundleError(f"{root}: cannot read {MANIFEST} ({e})") from None
     if (root / SIGNATURE_FILE).exists():  # it no longer matches: say so rather than leave a stale signature
@@ -154,7 +158,13 @@ def add_to_bundle(root: str | os.PathLike, files: dict[str, str | os.PathLike | 
                 tmp.write_bytes(source)
             else:
                 shutil.copyfile(source, tmp)
-    manifest["files"].update(file_entries(root, list(files)))
-    manifest.update(manifest_updates or {})
+    data = manifest.to_dict()  # edited as JSON and checked again in full: the new entries obey the same rules
+    data["files"].update(file_entries(root, list(files)))
+    if engines is not None:
+        data["engines"] = [to_json(e) for e in engines]
+    try:
+        manifest = Manifest.from_dict(data)
+    except ManifestFieldError as e:
+        raise BundleError(f"{root}: refusing to write an invalid {MANIFEST}: {e}") from None
     write_manifest(root, manifest)
     return manifest

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from clap_edge.core.errors import BundleError
-from clap_edge.export.builders.engines.sidecar import (ENGINE_KINDS, DeviceInfo, EngineChoice, engine_entries,
-                                                       host_cpu, load_sidecar, mismatch, select_engine, stale_reason)
+from clap_edge.export.bundle.engines import (ENGINE_KINDS, DeviceInfo, EngineChoice, engine_entries, host_cpu,
+                                              load_sidecar, select_engine, usable_reason, visible_gpus)
 from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
 
@@ -69,8 +69,6 @@ class EngineRunner(Runner):
     @classmethod
     def candidate_hosts(cls) -> list[DeviceInfo]:
         """Devices here, found cheaply (no GPU library import): the CPU and the GPUs nvidia-smi lists."""
-        from clap_edge.export.builders.engines.devices import visible_gpus
-
         return [host_cpu(), *visible_gpus()]
 
     @classmethod
@@ -84,7 +82,7 @@ class EngineRunner(Runner):
                 sidecar = load_sidecar(bundle, entry)
             except BundleError:
                 continue  # tampered or malformed: selection will say so if this backend is asked for
-            if stale_reason(bundle, sidecar) is None and any(mismatch(sidecar, h, version) is None for h in hosts):
+            if usable_reason(bundle, sidecar, hosts, version) is None:
                 return True
         return False
 
@@ -94,7 +92,7 @@ class EngineRunner(Runner):
             select_engine(bundle, cls.engine_kind, precision or cls.default_precision, cls.candidate_hosts(),
                           cls.library_version())
         except BundleError as e:
-            return str(e).removeprefix(f"{bundle.root}: ")
+            return str(e).removeprefix(f"{bundle.label}: ")
         return "its engine fits this machine only for another device option"
 
     def select(self, hosts: list[DeviceInfo], library_version: str) -> EngineChoice:

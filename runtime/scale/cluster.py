@@ -2,11 +2,99 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 
-from clap_edge.core.errors import ClapEdgeError, first_line
+from clap_edge.core.errors import ClapEdgeError, OutputError, first_line
 
-__all__ = ["check_bundle", "connect", "import_ray"]
+__all__ = ["check_bundle", "connect", "import_ray", "pin_bundle", "PinnedBundle", "claim_out", "check_out"]
+
+# Output paths on these are not files a run can write (or read back): refused before any work.
+_SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
+
+
+@dataclass(frozen=True)
+class PinnedBundle:
+    """What the driver checked, handed to every actor: where to copy the bundle from, the manifest sha256
+    it must have, and the trusted keys as bytes (an actor on another node cannot read the driver's files)."""
+
+    source: str
+    manifest_sha256: str
+    trusted_pems: tuple[bytes, ...] = ()
+
+
+@contextlib.contextmanager
+def pin_bundle(bundle: str, backend: str, trusted_keys: tuple[str, ...] = (), remote: bool = False
+               ) -> Iterator[PinnedBundle]:
+    """Check a private snapshot of ``bundle`` here (signature, digests, the backend loads it) and pin it.
+
+    Actors on this machine copy the driver's snapshot (a swap of ``bundle`` after the check changes
+    nothing); on a remote cluster (``remote``) they copy ``bundle`` on their node and a swap is refused
+    by the pinned manifest digest or the signature."""
+    from clap_edge.core.io import read_regular
+    from clap_edge.export.bundle.snapshot import manifest_digest, open_snapshot
+    from clap_edge.runtime.classifier import Classifier
+
+    if not os.path.exists(bundle):
+        raise ClapEdgeError(f"{bundle}: no such bundle")
+    pems = []
+    for key in trusted_keys:
+        try:
+            pems.append(read_regular(key, 1 << 20))
+        except (OSError, ValueError) as e:
+            raise ClapEdgeError(f"{key}: not a readable public key PEM ({e})") from None
+    snapshot = open_snapshot(bundle, trusted_keys=list(trusted_keys) or None)
+    try:
+        Classifier.open(snapshot, backend=backend, threads=1).runner.deactivate()
+        yield PinnedBundle(bundle if remote else str(snapshot.root), manifest_digest(snapshot), tuple(pems))
+    finally:
+        snapshot.close()
+
+
+def check_out(out: str | os.PathLike) -> Path:
+    """Refuse an output path no run could write, before any work: a folder, a special file or a /proc
+    path, a parent that is a file. Creates missing parent folders. Returns the absolute path."""
+    path = Path(os.path.abspath(out))
+    real = os.path.realpath(path)
+    if any(real == root or real.startswith(root + "/") for root in _SPECIAL_ROOTS):
+        raise OutputError(f"{out}: is under /{real.split('/')[1]} ({real}), not a place for a results file")
+    if path.is_dir():
+        raise OutputError(f"{out}: is a directory; --out names the results file (e.g. {path / 'results.parquet'})")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+        raise OutputError(f"{out}: exists and is not a regular file")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{out}: cannot create its folder {parent} ({e.strerror or first_line(e)})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: its folder {parent} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def claim_out(out: str | os.PathLike | None) -> Iterator[Path | None]:
+    """Check ``out`` and hold a lock on it for the block: a second run on the same ``out`` fails at once
+    with one line (an OutputError) and never touches the first run's rows."""
+    if out is None:
+        yield None
+        return
+    from clap_edge.core.io import claim
+
+    path = check_out(out)
+    try:
+        lock = claim(path)
+        lock.__enter__()
+    except OSError as e:  # the lock file cannot be made: a read-only folder, a full disk
+        raise OutputError(f"{out}: cannot lock it for writing ({e.strerror or first_line(e)})") from None
+    try:
+        yield path
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def check_bundle(bundle: str, backend: str, trusted_keys: tuple[str, ...] = ()) -> None:

@@ -16,7 +16,13 @@
   creates it and exits hard).
 * ``out``: rows (``path``, ``labels``, ``scores``, ``error``, ``embedding`` on request) are streamed
   into a Parquet file written atomically. Resumable: rows already in ``out`` are kept and their
-  paths skipped, so a rerun after a crash only classifies what is missing.
+  paths skipped, so a rerun after a crash only classifies what is missing; error rows are retried
+  (``keep_errors=True`` keeps them). ``out`` is claimed with a lock for the whole run (a second run
+  on it gets one line, the first run's rows are never lost) and checked before any Ray process starts.
+* Verify what is loaded: the driver checks a private snapshot of the bundle (signature with
+  ``trusted_keys``), and each actor opens its own private copy of that snapshot and checks it again
+  (the signature against the key bytes it was handed, the manifest sha256 the driver pinned), so a
+  bundle swapped after the check is never what an actor classifies with.
 """
 
 from __future__ import annotations
@@ -30,9 +36,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from clap_edge.core.errors import ClapEdgeError, ImageError
+from clap_edge.core.errors import ClapEdgeError, ImageError, OutputError
 from clap_edge.core.io import atomic_path
-from clap_edge.runtime.scale.cluster import check_bundle, connect, import_ray
+from clap_edge.runtime.scale.cluster import claim_out, connect, import_ray, pin_bundle
 from clap_edge.runtime.scale.decode import decode_bytes, error_message
 
 __all__ = ["classify", "RayDataResult", "ClassifierActor", "result_schema", "FAULT_ENV"]
@@ -56,10 +62,18 @@ class ClassifierActor:
     """The Ray Data UDF: one bundle load per actor, a batch of paths (or bytes) in, result rows out."""
 
     def __init__(self, bundle: str, backend: str = "auto", threads: int | None = None, top_k: int = 5,
-                 embeddings: bool = False, decode_workers: int = 1, fault_marker: str | None = None):
+                 embeddings: bool = False, decode_workers: int = 1, fault_marker: str | None = None,
+                 manifest_sha256: str | None = None, trusted_pems: tuple[bytes, ...] = ()):
+        from clap_edge.export.bundle.snapshot import open_snapshot
         from clap_edge.runtime.classifier import Classifier
 
-        self.classifier = Classifier.open(bundle, backend=backend, threads=threads)
+        # This actor's own private copy, checked here: the bytes it loads are the bytes it verified.
+        opened = open_snapshot(bundle, manifest_sha256=manifest_sha256, trusted_pems=trusted_pems)
+        try:
+            self.classifier = Classifier.open(opened, backend=backend, threads=threads)
+        except BaseException:
+            opened.close()
+            raise
         self.top_k, self.embeddings = top_k, embeddings
         self.schema = result_schema(embeddings)
         self.pool = ThreadPoolExecutor(decode_workers) if decode_workers > 1 else None
@@ -115,6 +129,7 @@ class RayDataResult:
     errors: int            # new rows with an error
     skipped: int | None    # inputs skipped because a previous run finished them (None for a Dataset input)
     seconds: float
+    retried: int = 0       # error rows of a previous run classified again (dropped from the output first)
     out: str | None = None
     table: Any = None      # a pyarrow.Table of the results when out is None
 
@@ -126,19 +141,33 @@ def classify(paths_or_dataset: Iterable[str | os.PathLike] | Any, bundle: str | 
              backend: str = "auto", threads: int | None = None, actors: int = 1, batch_size: int = 32,
              top_k: int = 5, embeddings: bool = False, out: str | os.PathLike | None = None,
              decode_workers: int = 1, actor_cpus: float = 1.0, address: str | None = None,
-             num_cpus: int | None = None, object_store_mb: int = 256) -> RayDataResult:
-    """Classify every image of ``paths_or_dataset`` with ``actors`` classifier actors on Ray Data."""
+             num_cpus: int | None = None, object_store_mb: int = 256,
+             trusted_keys: Iterable[str | os.PathLike] = (), keep_errors: bool = False) -> RayDataResult:
+    """Classify every image of ``paths_or_dataset`` with ``actors`` classifier actors on Ray Data.
+
+    ``trusted_keys``: the bundle must be signed by one of them (checked in the driver and in every actor on
+    the bytes it loads). ``keep_errors``: keep a previous run's error rows in ``out`` instead of retrying them."""
     if actors < 1 or batch_size < 1 or top_k < 1:
         raise ClapEdgeError("actors, batch_size and top_k must be >= 1")
-    bundle = os.path.abspath(bundle)
-    check_bundle(bundle, backend)  # a bad bundle or backend: one line here, not a failed actor pool
+    with claim_out(out):  # checked and locked before any Ray process exists
+        previous, retried = _read_previous(out, embeddings, keep_errors)
+        # A bad bundle or backend: one line here, not a failed actor pool.
+        with pin_bundle(os.path.abspath(bundle), backend, tuple(trusted_keys), remote=bool(address)) as pin:
+            result = _run(paths_or_dataset, pin, previous, out, backend=backend, threads=threads, actors=actors,
+                          batch_size=batch_size, top_k=top_k, embeddings=embeddings, decode_workers=decode_workers,
+                          actor_cpus=actor_cpus, address=address, num_cpus=num_cpus, object_store_mb=object_store_mb)
+    result.retried = retried
+    return result
+
+
+def _run(paths_or_dataset, pin, previous, out, *, backend, threads, actors, batch_size, top_k, embeddings,
+         decode_workers, actor_cpus, address, num_cpus, object_store_mb) -> RayDataResult:
     ray = import_ray("Ray Data classification")
     import ray.data as data
 
     started_here = connect(address, num_cpus or max(2, int(np.ceil(actors * actor_cpus))), object_store_mb)
     t0 = time.perf_counter()
     try:
-        previous = _read_previous(out, embeddings)
         done = set(previous.column("path").to_pylist()) if previous is not None else set()
         ctx = data.DataContext.get_current()  # a Dataset copies the current context when it is created
         ctx.execution_options.preserve_order = True  # rows come out in input order, retries included
@@ -150,9 +179,10 @@ def classify(paths_or_dataset: Iterable[str | os.PathLike] | Any, bundle: str | 
         # are its defaults for map_batches with a class): no row is lost. Tests kill an actor to check it.
         results = None if ds is None else ds.map_batches(
             ClassifierActor, batch_size=batch_size, batch_format="numpy", concurrency=actors, num_cpus=actor_cpus,
-            fn_constructor_kwargs={"bundle": bundle, "backend": backend, "threads": threads, "top_k": top_k,
+            fn_constructor_kwargs={"bundle": pin.source, "backend": backend, "threads": threads, "top_k": top_k,
                                    "embeddings": embeddings, "decode_workers": decode_workers,
-                                   "fault_marker": os.environ.get(FAULT_ENV)})
+                                   "fault_marker": os.environ.get(FAULT_ENV),
+                                   "manifest_sha256": pin.manifest_sha256, "trusted_pems": pin.trusted_pems})
         summary = _collect(results, previous, out, embeddings)
     finally:
         if started_here:
@@ -182,9 +212,11 @@ def _dataset(data, source: Any, done: set[str], actors: int):
     return data.from_items([{"path": p} for p in todo], override_num_blocks=blocks), len(paths)
 
 
-def _read_previous(out: str | os.PathLike | None, embeddings: bool):
+def _read_previous(out: str | os.PathLike | None, embeddings: bool, keep_errors: bool = False):
+    """(the rows of a previous run to keep, how many of its error rows are dropped to be retried)."""
     if out is None or not Path(out).exists():
-        return None
+        return None, 0
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
@@ -196,7 +228,11 @@ def _read_previous(out: str | os.PathLike | None, embeddings: bool):
     if set(schema.names) - set(table.column_names):
         raise ClapEdgeError(f"{out}: has columns {table.column_names}, not a classify result with "
                             f"{schema.names}{' (did the previous run use --embeddings?)' if embeddings else ''}")
-    return table.select(schema.names).cast(schema)
+    table = table.select(schema.names).cast(schema)
+    if keep_errors:
+        return table, 0
+    ok = table.filter(pc.is_null(table.column("error")))
+    return ok, table.num_rows - ok.num_rows
 
 
 def _collect(results, previous, out: str | os.PathLike | None, embeddings: bool) -> dict[str, Any]:
@@ -219,15 +255,19 @@ def _collect(results, previous, out: str | os.PathLike | None, embeddings: bool)
         table = pa.concat_tables([previous, *tables] if previous is not None else tables or [schema.empty_table()])
         counts["rows"], counts["table"] = table.num_rows, table
         return counts
-    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        if previous is not None:
-            writer.write_table(previous)
-            counts["rows"] += previous.num_rows
-        for t in batches:
-            t = t.cast(schema)
-            writer.write_table(t)
-            count(t)
-            counts["rows"] += t.num_rows
+    try:
+        with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            if previous is not None:
+                writer.write_table(previous)
+                counts["rows"] += previous.num_rows
+            for t in batches:
+                t = t.cast(schema)
+                writer.write_table(t)
+                count(t)
+                counts["rows"] += t.num_rows
+    except (OSError, pa.ArrowException) as e:  # a full disk: one line; the previous out file is untouched
+        raise OutputError(f"{out}: cannot write the results ({getattr(e, 'strerror', None) or e}); "
+                          "the previous file, if any, is unchanged") from None
     return counts
 
 classify_dataset = classify  # the name clap_edge.runtime.scale exports

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import sys
@@ -32,6 +33,10 @@ GEOMETRIES = {
     "longest100x80": dict(size=(100, 80), resize_mode="longest", fill_color=7),
     "squash50x70": dict(size=(50, 70), resize_mode="squash"),
     "bilinear80": dict(size=(80, 80), interpolation="bilinear"),
+    "nearest72": dict(size=(72, 72), interpolation="nearest"),
+    "longest_bilinear64x90": dict(size=(64, 90), resize_mode="longest", interpolation="bilinear", fill_color=200),
+    "squash_nearest33x47": dict(size=(33, 47), resize_mode="squash", interpolation="nearest"),
+    "squash_tall40x16": dict(size=(40, 16), resize_mode="squash"),  # width shrinks little, height a lot
 }
 
 
@@ -52,6 +57,15 @@ def exif_with_orientation(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
     return exif.tobytes()
+
+
+def exif_tiff(orientation: int, byte_order: str = "II", long_type: bool = False) -> bytes:
+    """A minimal TIFF-structured EXIF block by hand in either byte order ("II" little-endian, "MM" big-endian;
+    Pillow writes only "II"), the orientation as a SHORT (type 3) or a LONG (type 4)."""
+    e = "<" if byte_order == "II" else ">"
+    value = struct.pack(e + "I", orientation) if long_type else struct.pack(e + "HH", orientation, 0)
+    return (byte_order.encode() + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1)
+            + struct.pack(e + "HHI", 0x0112, 4 if long_type else 3, 1) + value + struct.pack(e + "I", 0))
 
 
 def png_16bit(path: Path, arr: np.ndarray, color_type: int) -> None:
@@ -78,6 +92,15 @@ def make_images(out: Path) -> None:
     for o in range(2, 9):
         Image.fromarray(scene(61, 47, 10 + o)).save(out / f"exif{o}_61x47.jpg", quality=95, exif=exif_with_orientation(o))
     Image.fromarray(scene(53, 41, 20)).save(out / "exif6_53x41.png", exif=exif_with_orientation(6))  # eXIf chunk
+    for o in range(1, 9):  # big-endian EXIF ("MM"), in JPEG APP1 and in a PNG eXIf chunk; a LONG-typed tag
+        Image.fromarray(scene(59, 43, 30 + o)).save(out / f"exifmm{o}_59x43.jpg", quality=95,
+                                                     exif=b"Exif\x00\x00" + exif_tiff(o, "MM"))
+        Image.fromarray(scene(43, 59, 40 + o)).save(out / f"exifmm{o}_43x59.png", exif=exif_tiff(o, "MM"))
+    Image.fromarray(scene(47, 37, 49)).save(out / "exifll8_47x37.png", exif=exif_tiff(8, "II", long_type=True))
+    # Geometries users send: extreme aspect ratios (1:30, 30:1), one-pixel lines, primes, tiny (upscaled)
+    for w, h in ((9, 271), (271, 9), (1, 97), (97, 1), (127, 131), (7, 5), (2, 3), (31, 929)):
+        Image.fromarray(scene(w, h, w * 31 + h)).save(out / f"geom_{w}x{h}.png")
+    Image.fromarray(scene(29, 877, 50)).save(out / "tall_29x877.jpg", quality=90)
     Image.fromarray(scene(211, 157, 6)).convert("L").save(out / "grey_211x157.jpg", quality=90)
     Image.fromarray(scene(173, 129, 7)).convert("CMYK").save(out / "cmyk_173x129.jpg", quality=90)
     Image.fromarray(scene(97, 131, 8)).save(out / "rgb_97x131.png")
@@ -107,6 +130,27 @@ def make_broken(images: Path, out: Path) -> None:
     (out / "not_an_image.png").write_text("hello, I am text\n")
     png = (images / "rgb_97x131.png").read_bytes()
     (out / "truncated.png").write_bytes(png[: len(png) // 2])
+    # headers that claim 60000x60000 (3.6 G pixels): refused before a pixel is allocated, in both runtimes
+    (out / "huge_header.jpg").write_bytes(claim_size(jpg, 60000, 60000))
+    (out / "huge_header.png").write_bytes(claim_size(png, 60000, 60000))
+    os.mkfifo(out / "fifo.png")  # would block a plain open forever
+    os.symlink("/dev/zero", out / "zero.jpg")  # would be read forever
+    os.symlink("nowhere.png", out / "dangling.png")
+    with open(out / "sparse_too_big.png", "wb") as f:  # PNG magic, 300 MB (sparse): refused from its size
+        f.write(png[:8])
+        f.truncate(300 << 20)
+
+
+def claim_size(data: bytes, w: int, h: int) -> bytes:
+    """A JPEG (SOF0) or PNG (IHDR, CRC recomputed) whose header claims w x h; the pixel data is unchanged."""
+    d = bytearray(data)
+    if d[:2] == b"\xff\xd8":
+        i = d.index(b"\xff\xc0")
+        d[i + 5:i + 9] = struct.pack(">HH", h, w)
+        return bytes(d)
+    d[16:24] = struct.pack(">II", w, h)
+    d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29])) & 0xFFFFFFFF)
+    return bytes(d)
 
 
 def make_bundle(out: Path) -> Path:

@@ -22,7 +22,7 @@ const std::string kHash(64, 'a');
 
 json valid_manifest() {
   return json::parse(R"({
-    "schema_version": 1, "model": {"model_name": "clap-edge-tiny", "pretrained": null},
+    "schema_version": 3, "model": {"model_name": "clap-edge-tiny", "pretrained": null},
     "class_names": ["cat", "dog", "car"], "embed_dim": 8,
     "preprocess": {"size": [32, 32], "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
                    "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
@@ -30,7 +30,8 @@ json valid_manifest() {
     "outputs": [{"name": "logits", "shape": ["N", 3], "dtype": "float32"},
                 {"name": "embedding", "shape": ["N", 8], "dtype": "float32"}],
     "variants": {"fp32": "model.onnx"},
-    "files": {"model.onnx": {"sha256": ")" + kHash + R"(", "bytes": 10}}})");
+    "files": {"model.onnx": {"sha256": ")" + kHash + R"(", "bytes": 10},
+              "classes.safetensors": {"sha256": ")" + kHash + R"(", "bytes": 100}}})");
 }
 
 // The BundleError message for a manifest, or "" if it is accepted.
@@ -60,8 +61,10 @@ TEST(Manifest, RefusesEachBrokenRuleWithAMessage) {
     std::string expect;
   };
   const std::vector<Case> cases{
-      {[](json& m) { m["schema_version"] = 3; }, "schema_version 3 is newer"},
-      {[](json& m) { m["schema_version"] = 0; }, "schema_version 0 is not supported"},
+      {[](json& m) { m["schema_version"] = 4; }, "schema_version 4 is newer"},
+      {[](json& m) { m["schema_version"] = 2; },
+       "schema_version: 2 is older than this clap-edge reads (>= 3); re-export the bundle with clap-edge >= 0.2"},
+      {[](json& m) { m["schema_version"] = 0; }, "schema_version: 0 is older"},
       {[](json& m) { m["schema_version"] = "1"; }, "non-integer schema_version"},
       {[](json& m) { m.erase("files"); }, "missing fields ['files']"},
       {[](json& m) { m["class_names"] = json::array(); }, "class_names must be a non-empty list"},
@@ -92,13 +95,8 @@ TEST(Manifest, RefusesEachBrokenRuleWithAMessage) {
   EXPECT_NE(problem(json::array()).find("must be a JSON object"), std::string::npos);
 }
 
-TEST(Manifest, SchemaVersion2Rules) {
-  auto v2 = [] {
-    json m = valid_manifest();
-    m["schema_version"] = 2;
-    m["files"]["classes.safetensors"] = {{"sha256", kHash}, {"bytes", 100}};
-    return m;
-  };
+TEST(Manifest, SchemaVersion3Rules) {
+  auto v2 = [] { return valid_manifest(); };
   EXPECT_EQ(problem(v2()), "");
   json m = v2();
   m["files"].erase("classes.safetensors");
@@ -181,11 +179,15 @@ TEST(Engines, SidecarParsingAndSelection) {
   EXPECT_EQ(select_engine(all, "NVIDIA A100", "10.3.0", "auto", &why), nullptr);
   EXPECT_NE(why.find("built for NVIDIA H100"), std::string::npos) << why;
   EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.5.0", "auto", &why), nullptr);
-  // the sidecar exactly as the Python builder writes it (export/builders/engines/sidecar.py)
+  // the sidecar exactly as the Python builder writes it (export/bundle/engines.py)
   EngineInfo py = parse_engine_sidecar(
       R"({"engine": "tensorrt", "file": "engines/e.plan", "precision": "fp16", "batch": [1, 8, 64],
           "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
-          "library": "tensorrt", "library_version": "10.3.0", "source_model": "model.fp16.onnx"})", "py.json");
+          "library": "tensorrt", "library_version": "10.3.0", "source_model": "model.fp16.onnx",
+          "source_sha256": ")" + std::string(64, 'b') + R"(", "engine_sha256": ")" + std::string(64, 'e') + R"("})",
+      "py.json");
+  EXPECT_EQ(py.source_model, "model.fp16.onnx");
+  EXPECT_EQ(py.engine_sha256, std::string(64, 'e'));
   EXPECT_EQ(py.gpu, "NVIDIA H100 80GB HBM3");
   EXPECT_EQ(py.library_version, "10.3.0");
   EXPECT_EQ(py.min_batch, 1);
@@ -195,4 +197,37 @@ TEST(Engines, SidecarParsingAndSelection) {
   EXPECT_THROW(parse_engine_sidecar(R"({"gpu": "x", "tensorrt_version": "10.0", "precision": "fp16",
                                          "batch_profile": {"min": 8, "opt": 4, "max": 16}})", "s.json"),
                BundleError);
+}
+
+// A stale or swapped engine is refused whatever the GPU, with the Python selection's reasons.
+TEST(Engines, StaleOrSwappedEngineIsUnusable) {
+  const fs::path root = fs::temp_directory_path() / "clap_edge_engine_reason_test";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  std::ofstream(root / "model.onnx") << "onnx";
+  Manifest m;
+  m.files["model.onnx"] = FileEntry{std::string(64, 'b'), 4};
+  m.files["engines/e.plan"] = FileEntry{std::string(64, 'e'), 4};
+  EngineInfo e;
+  e.file = "engines/e.plan";
+  e.source_model = "model.onnx";
+  e.source_sha256 = std::string(64, 'b');
+  e.engine_sha256 = std::string(64, 'e');
+  EXPECT_EQ(engine_unusable_reason(m, e, root.string()), "");
+  EngineInfo swapped = e;
+  swapped.engine_sha256 = std::string(64, 'f');  // the plan listed now is not the one the sidecar describes
+  EXPECT_NE(engine_unusable_reason(m, swapped, root.string()).find("are not the engine its sidecar records"),
+            std::string::npos);
+  EngineInfo old = e;
+  old.engine_sha256.clear();  // a schema-2 sidecar
+  EXPECT_NE(engine_unusable_reason(m, old, root.string()).find("no engine_sha256"), std::string::npos);
+  EngineInfo stale = e;
+  stale.source_sha256 = std::string(64, 'c');
+  EXPECT_NE(engine_unusable_reason(m, stale, root.string()).find("built from a different model.onnx"),
+            std::string::npos);
+  fs::remove(root / "model.onnx");  // listed, but gone from the folder
+  EXPECT_EQ(engine_unusable_reason(m, e, root.string()), "built from model.onnx, which is missing from the bundle");
+  m.files.erase("model.onnx");
+  EXPECT_EQ(engine_unusable_reason(m, e, root.string()), "built from model.onnx, which this bundle no longer lists");
+  fs::remove_all(root);
 }

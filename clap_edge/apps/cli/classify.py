@@ -39,8 +39,9 @@ PROGRESS_MIN_IMAGES = 64  # below this a run is short enough that a bar is only 
 @click.option("--actors", type=click.IntRange(min=1), default=2, show_default=True,
               help="--ray: classifier actors (one bundle load each).")
 @click.option("--embeddings", is_flag=True, help="--ray: add an embedding column.")
+@click.option("--keep-errors", is_flag=True, help="--ray: keep error rows already in --out (default: retry them).")
 def classify(bundle, paths, backend, precision, batch_size, top_k, threads, workers, device, as_json, trusted_keys,
-             use_ray, address, out, actors, embeddings):
+             use_ray, address, out, actors, embeddings, keep_errors):
     """Classify images (files, or folders walked recursively) with BUNDLE.
 
     Exit code 0 when every image was classified, 1 when some could not be (each is reported with
@@ -67,17 +68,14 @@ def classify(bundle, paths, backend, precision, batch_size, top_k, threads, work
     files = scan.files
     if not files and not scan.skipped:
         raise ClapEdgeError(f"no image files found under {', '.join(paths)}")
-    if use_ray or address or out or embeddings:
+    if use_ray or address or out or embeddings or keep_errors:
         from clap_edge.apps.cli.ray_classify import classify_on_ray
 
-        if trusted_keys:  # checked once here, in the driver; the actors open the bundle just verified
-            from clap_edge.export.bundle.signing import verify_bundle
-
-            verify_bundle(bundle, list(trusted_keys))
         for skipped in scan.skipped:
             _report_error(str(skipped.path), Exception(skipped.reason), as_json)
         return classify_on_ray(bundle, files, use_ray, address, out, backend, threads, actors, batch_size, top_k,
-                               workers, embeddings, as_json, skipped=scan.skipped)
+                               workers, embeddings, as_json, skipped=scan.skipped, trusted_keys=trusted_keys,
+                               keep_errors=keep_errors)
     failed = 0
     with Classifier.open(bundle, backend=backend, threads=threads, device=device,
                          trusted_keys=list(trusted_keys) or None) as clf, \
@@ -95,7 +93,7 @@ def classify(bundle, paths, backend, precision, batch_size, top_k, threads, work
             progress("classifying")
     if scan.other_files:
         click.echo(f"note: {len(scan.other_files)} file(s) without an image extension were not read "
-                   f"(e.g. {scan.other_files[0]}); name a file directly to classify it", err=True)
+                   f"(e.g. {escape_text(str(scan.other_files[0]))}); name a file directly to classify it", err=True)
     if failed:
         total = len(files) + len(scan.skipped)
         click.echo(f"{failed} of {total} images could not be classified", err=True)
@@ -106,8 +104,8 @@ def _report(pred, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(pred.to_dict(), allow_nan=False))  # predict_files turned NaN into an error
     else:
-        best = ", ".join(f"{label} {score:.3f}" for label, score in zip(pred.labels, pred.scores))
-        click.echo(f"{pred.path}\t{best}")
+        best = ", ".join(f"{escape_text(label)} {score:.3f}" for label, score in zip(pred.labels, pred.scores))
+        click.echo(f"{escape_text(str(pred.path))}\t{best}")
 
 
 def _report_error(path: str, error: Exception, as_json: bool) -> None:
@@ -117,7 +115,30 @@ def _report_error(path: str, error: Exception, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"path": path, "error": message}))
     else:
-        click.secho(f"{path}\terror: {message}", fg="red", err=True)
+        click.secho(f"{escape_text(path)}\terror: {escape_text(message)}", fg="red", err=True)
+
+
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_text(text: str) -> str:
+    """A path, label or message for a text-mode line, as the C++ tool writes it (runtime/cpp/tools/json_line.hpp):
+    backslash, control characters (C0, DEL, C1), U+2028/U+2029 and undecodable file-name bytes (surrogateescape)
+    escaped, so a name holding a newline or a tab cannot forge a record or a column."""
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif o < 0x20 or 0x7F <= o < 0xA0:
+            out.append(f"\\x{o:02x}")
+        elif 0xDC80 <= o <= 0xDCFF:  # a byte of a file name that is not UTF-8
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o in (0x2028, 0x2029) or 0xD800 <= o <= 0xDFFF:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 COMMANDS = [classify]

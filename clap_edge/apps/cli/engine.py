@@ -10,7 +10,7 @@ from clap_edge.core.errors import ClapEdgeError
 
 
 def _batch(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
-    from clap_edge.export.builders.engines.sidecar import parse_batch_profile
+    from clap_edge.export.bundle.engines import parse_batch_profile
 
     try:
         return parse_batch_profile(value)
@@ -64,7 +64,7 @@ def build_engine(bundle, engine, precision, batch, workspace_mb, timing_cache, d
     else:
         parity = sidecar.parity
         click.echo(f"{sidecar.file}: {sidecar.device.describe()}, {sidecar.library} {sidecar.library_version}, "
-                   f"{sidecar.precision}, batch {sidecar.batch}, built in {sidecar.build_seconds:g} s; max |dlogit| "
+                   f"{sidecar.precision}, batch {list(sidecar.batch)}, built in {sidecar.build_seconds:g} s; max |dlogit| "
                    f"{parity['max_abs_logit_diff_vs_onnxruntime']:.3g}, top-1 agreement "
                    f"{parity['top1_agreement_vs_onnxruntime']:.1%} vs ONNX Runtime", file=sys.stdout)
 

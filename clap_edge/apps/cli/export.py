@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from clap_edge.apps.cli.exitcodes import BAD_INPUT
+
+if TYPE_CHECKING:
+    from clap_edge.export.bundle.manifest import Manifest
 
 
 @click.command("export")
@@ -103,7 +107,7 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         cfg.progress = say
         path = export_bundle(cfg)
     with Bundle.open(path) as bundle:
-        _print_summary(bundle, {n: "ok" for n in bundle.manifest["files"]}, as_json)
+        _print_summary(bundle, {n: "ok" for n in bundle.file_names}, as_json)
 
 
 @click.command("inspect")
@@ -133,28 +137,31 @@ def inspect(bundle, as_json):
 # ---- helpers ------------------------------------------------------------------------
 
 
-def summarise(manifest: dict, checks: dict[str, str]) -> dict:
-    """The parts of a manifest a person (or script) wants to see, plus the file checks."""
+def summarise(manifest: "Manifest", checks: dict[str, str]) -> dict:
+    """The parts of a manifest a person (or script) wants to see, plus the file checks (JSON values)."""
+    from clap_edge.export.bundle.manifest import to_json
+
+    m = manifest
     return {
-        "model": manifest.get("model"),
-        "alpha": manifest.get("alpha"),
-        "embed_dim": manifest.get("embed_dim"),
-        "num_classes": len(manifest.get("class_names", [])),
-        "class_names": manifest.get("class_names"),
-        "templates": manifest.get("templates"),
-        "preprocess": manifest.get("preprocess"),
-        "inputs": manifest.get("inputs"),
-        "outputs": manifest.get("outputs"),
-        "opset": manifest.get("opset"),
-        "flops_per_image": manifest.get("flops_per_image"),
-        "variants": manifest.get("variants", {}),
-        "parity": manifest.get("parity", {}),
-        "drift": manifest.get("drift", {}),
-        "engines": manifest.get("engines", []),  # compiled engines (clap-edge build-engine), one entry each
-        "schema_version": manifest.get("schema_version"),
-        "clap_edge_version": manifest.get("clap_edge_version"),
-        "files": {name: {"bytes": entry.get("bytes"), "check": checks.get(name, "unchecked")}
-                  for name, entry in manifest.get("files", {}).items()},
+        "model": to_json(m.model),
+        "alpha": m.alpha,
+        "embed_dim": m.embed_dim,
+        "num_classes": len(m.class_names),
+        "class_names": list(m.class_names),
+        "templates": list(m.templates),
+        "preprocess": to_json(m.preprocess),
+        "inputs": to_json(m.inputs),
+        "outputs": to_json(m.outputs),
+        "opset": m.opset,
+        "flops_per_image": m.flops_per_image,
+        "variants": dict(m.variants),
+        "parity": to_json(m.parity),
+        "drift": to_json(m.drift or {}),
+        "engines": to_json(m.engines or ()),  # compiled engines (clap-edge build-engine), one entry each
+        "schema_version": m.schema_version,
+        "clap_edge_version": m.clap_edge_version,
+        "files": {name: {"bytes": entry.bytes, "check": checks.get(name, "unchecked")}
+                  for name, entry in m.files.items()},
     }
 
 

@@ -78,8 +78,11 @@ def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batc
 @click.option("--model-name", default="clap_edge", show_default=True, help="the model's name in the repository.")
 @click.option("--force", is_flag=True, help="replace REPO/<model-name> if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="print what was written as JSON.")
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="public key PEM; the bundle must be signed by one of these (repeatable). It is checked on a "
+                   "private copy that the repository is written from.")
 def export_triton(bundle, repo, backend, precision, engine, max_batch_size, instances, queue_delay_us, model_name,
-                  force, as_json):
+                  force, as_json, trusted_keys):
     """Write a Triton Inference Server model repository for BUNDLE into REPO.
 
     REPO/<model-name>/ gets config.pbtxt (from the manifest), labels.txt (class names, so Triton's
@@ -90,13 +93,14 @@ def export_triton(bundle, repo, backend, precision, engine, max_batch_size, inst
     \b
     Example:
       clap-edge export-triton bundle/ model_repository --instances 2 --max-batch-size 64
+      clap-edge export-triton bundle.tar model_repository --trusted-key signer.pub
     """
     from clap_edge.export.builders.triton import TritonConfig, export_triton as run
 
     config = TritonConfig(backend=backend, precision=precision, engine=engine, max_batch_size=max_batch_size,
                           instances=instances, max_queue_delay_us=queue_delay_us, model_name=model_name,
                           overwrite=force)
-    dest = run(bundle, repo, config)
+    dest = run(bundle, repo, config, trusted_keys=list(trusted_keys) or None)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     if as_json:
         click.echo(json.dumps({"model_dir": str(dest), "files": files}))

@@ -1,7 +1,8 @@
 """Compiled engines (TensorRT plans, AOTInductor packages) stored in a bundle's ``engines/`` folder.
 
-``sidecar`` (torch-free) describes an engine and picks the one that fits a machine; ``aoti`` and
-``tensorrt`` build them; ``casting`` casts a torch.export program to fp16 / bf16 with LayerNorm in fp32.
+``aoti`` and ``tensorrt`` build them. Sidecars and engine selection are part of the bundle contract
+(:mod:`clap_edge.export.bundle.engines`); the torch helpers the AOTInductor builder shares with its runtime
+backend (casting to fp16 / bf16, torch's view of the device) live in that backend and are handed in.
 Building, checking parity and storing are driven by :func:`clap_edge.apps.engine_build.build_engine`
 (the parity check runs the engine through its runtime backend, which lives to the right of export).
 """
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clap_edge.export.builders.engines.sidecar import DeviceInfo
+from clap_edge.export.bundle.engines import DeviceInfo
 
 __all__ = ["BuiltEngine"]
 

@@ -26,12 +26,11 @@ from clap_edge.core.errors import BackendUnavailableError, BundleError, ClapEdge
 from clap_edge.core.io import atomic_path
 from clap_edge.export.builders.engines import BuiltEngine
 from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle.engines import TENSORRT_MISSING, cudart_device
 from clap_edge.export.bundle.names import INPUT_IMAGE
 
 log = logging.getLogger(__name__)
 
-TENSORRT_MISSING = ("TensorRT is not installed here (Python module 'tensorrt' not importable); install the [gpu] "
-                    "extra from NVIDIA's index: pip install 'clap-edge[gpu]' --extra-index-url https://pypi.nvidia.com")
 # Layer types kept in fp32 in reduced-precision builds: CLIP's fp16 failures are in LayerNorm and Softmax,
 # and the reductions behind the embedding's L2 norm (as the fp16 ONNX variant keeps them).
 KEEP_FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
@@ -94,8 +93,6 @@ def build_tensorrt(bundle: Bundle, precision: str, batch: tuple[int, int, int], 
                    say: Callable[[str], None] = log.info) -> BuiltEngine:
     """Parse, configure and build a serialized TensorRT plan into ``out``."""
     trt = import_tensorrt()
-    from clap_edge.export.builders.engines.devices import cudart_device
-
     try:
         device = cudart_device(device_index)
     except (ImportError, RuntimeError) as e:

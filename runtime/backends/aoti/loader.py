@@ -12,13 +12,11 @@ __all__ = ["hosts_for", "load_package"]
 
 def hosts_for(torch: Any, device: str) -> list:
     """The device ``device`` names ("cpu", "cuda", "cuda:1"), described as sidecars describe devices."""
-    from clap_edge.export.builders.engines.torch_devices import torch_cpu_device, torch_cuda_device
+    from clap_edge.runtime.backends.aoti.devices import torch_device
 
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise BundleError("aoti: --device cuda asked for, but torch sees no CUDA GPU here")
-        return [torch_cuda_device(torch, torch.device(device).index or 0)]
-    return [torch_cpu_device()]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BundleError("aoti: --device cuda asked for, but torch sees no CUDA GPU here")
+    return [torch_device(torch, device)]
 
 
 def load_package(torch: Any, path: Path, device: str) -> Any:

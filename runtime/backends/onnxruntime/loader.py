@@ -90,16 +90,16 @@ def load_session(bundle: Bundle, variant: str, threads: int | None = None, devic
 def check_io(bundle: Bundle, path: Path, inputs: list, outputs: list) -> None:
     """The model's declared input / outputs must be the manifest's, with the same static dims."""
     declared = {o.name: o.shape for o in outputs}
-    for spec in bundle.manifest["outputs"]:
-        if spec["name"] not in declared:
-            raise BundleError(f"{bundle.root}: {path.name} has no output {spec['name']!r} "
+    for spec in bundle.manifest.outputs:
+        if spec.name not in declared:
+            raise BundleError(f"{bundle.root}: {path.name} has no output {spec.name!r} "
                               f"(it has {sorted(declared)})")
-        _check_static_dims(bundle, path.name, spec["name"], declared[spec["name"]], spec["shape"])
-    spec = bundle.manifest["inputs"][0]
-    if len(inputs) != 1 or inputs[0].name != spec["name"]:
+        _check_static_dims(bundle, path.name, spec.name, declared[spec.name], list(spec.shape))
+    spec = bundle.manifest.inputs[0]
+    if len(inputs) != 1 or inputs[0].name != spec.name:
         raise BundleError(f"{bundle.root}: {path.name} takes inputs {[i.name for i in inputs]}, "
-                          f"the manifest says [{spec['name']!r}]")
-    _check_static_dims(bundle, path.name, spec["name"], inputs[0].shape, spec["shape"])
+                          f"the manifest says [{spec.name!r}]")
+    _check_static_dims(bundle, path.name, spec.name, inputs[0].shape, list(spec.shape))
 
 
 def _check_static_dims(bundle: Bundle, filename: str, name: str, actual: list, expected: list) -> None:

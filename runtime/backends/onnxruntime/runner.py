@@ -37,8 +37,8 @@ class OnnxRuntimeRunner(Runner):
         self.session = load_session(self.bundle, self.variant, self.options.threads, self.options.device,
                                     self.requested_precision)
         self.providers = list(self.session.get_providers())
-        self._input_name = self.bundle.manifest["inputs"][0]["name"]
-        self._output_names = [s["name"] for s in self.bundle.manifest["outputs"]]
+        self._input_name = self.bundle.manifest.inputs[0].name
+        self._output_names = [s.name for s in self.bundle.manifest.outputs]
         self.precision = self.requested_precision
 
     def infer_impl(self, batch: np.ndarray) -> RunnerOutput:

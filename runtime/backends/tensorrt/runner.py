@@ -30,14 +30,14 @@ class TensorRTRunner(EngineRunner):
     @classmethod
     def not_installed_error(cls):
         from clap_edge.core.errors import BackendUnavailableError
-        from clap_edge.export.builders.engines.tensorrt import TENSORRT_MISSING
+        from clap_edge.export.bundle.engines import TENSORRT_MISSING
 
         return BackendUnavailableError(TENSORRT_MISSING)
 
     def activate_impl(self) -> None:
         import tensorrt as trt
 
-        from clap_edge.export.builders.engines.devices import cudart_device
+        from clap_edge.export.bundle.engines import cudart_device
 
         cudart = import_cudart()
         device = self.options.device

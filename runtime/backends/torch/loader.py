@@ -26,7 +26,7 @@ def load_program_module(bundle: Bundle, variant: str, device: str = "cpu", preci
         program = torch.export.load(str(path))
     except Exception as e:
         raise BundleError(f"{bundle.root}: torch cannot load {path.name}: {e}") from e
-    from clap_edge.export.builders.engines.casting import cast_program_module
+    from clap_edge.runtime.backends.torch.casting import cast_program_module
 
     module = cast_program_module(program.module(), precision)
     return module.to(torch.device(device))

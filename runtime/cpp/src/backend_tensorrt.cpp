@@ -54,16 +54,23 @@ class TensorRTBackend : public Backend {
     cudaDeviceProp prop{};
     cuda_check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
     std::vector<EngineInfo> infos;
+    std::string refused;  // stale or swapped engines: never run, on any GPU (as the Python selection)
     for (const auto& e : m.engines) {
       if (e.sidecar.empty()) continue;
       const std::vector<char> text = bundle.read_file(e.sidecar);
       EngineInfo info = parse_engine_sidecar(std::string(text.begin(), text.end()), bundle.root() + "/" + e.sidecar);
       info.name = e.name;
       info.file = e.file;
+      const std::string why = engine_unusable_reason(m, info, bundle.root());
+      if (!why.empty()) {
+        refused += (refused.empty() ? std::string() : std::string("; ")) + e.file + ": " + why;
+        continue;
+      }
       infos.push_back(info);
     }
     std::string why_not;
     const EngineInfo* chosen = select_engine(infos, prop.name, trt_version(), options.precision, &why_not);
+    if (!chosen && !refused.empty()) why_not = infos.empty() ? refused : refused + "; " + why_not;
     if (!chosen)
       throw BundleError(bundle.root() + ": no TensorRT engine for " + prop.name + " with TensorRT " + trt_version() +
                         " (" + why_not + "); build one with the engines export step");

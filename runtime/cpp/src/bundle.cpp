@@ -157,8 +157,10 @@ Manifest parse_manifest(const std::string& text, const std::string& where) {
     throw BundleError(where + ": schema_version " + std::to_string(m.schema_version) +
                       " is newer than this runtime reads (<= " + std::to_string(kMaxSchemaVersion) +
                       "); upgrade clap-edge");
-  if (m.schema_version < kMinSchemaVersion)
-    throw BundleError(where + ": schema_version " + std::to_string(m.schema_version) + " is not supported");
+  if (m.schema_version < kMinSchemaVersion)  // same line as the Python reader (export/bundle/names.py)
+    throw BundleError(where + ": manifest field schema_version: " + std::to_string(m.schema_version) +
+                      " is older than this clap-edge reads (>= " + std::to_string(kMinSchemaVersion) +
+                      "); re-export the bundle with clap-edge >= 0.2 (`clap-edge export`)");
   std::vector<std::string> missing;
   for (const char* k : kRequired)
     if (!j.contains(k)) missing.push_back(k);

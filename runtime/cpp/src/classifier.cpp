@@ -97,6 +97,15 @@ BatchOutput Classifier::infer(const float* batch, int64_t n) const {
   return impl_->backend->infer(batch, n, impl_->cfg.height, impl_->cfg.width);
 }
 
+namespace {
+// As Prediction.is_finite in runtime/classifier.py: every logit and score finite.
+bool all_finite(const Prediction& p) {
+  for (float v : p.logits) if (!std::isfinite(v)) return false;
+  for (float v : p.scores) if (!std::isfinite(v)) return false;
+  return true;
+}
+}  // namespace
+
 std::vector<float> softmax(const float* logits, int64_t n, int64_t classes) {
   std::vector<float> out(size_t(n * classes));
   for (int64_t r = 0; r < n; ++r) {
@@ -171,7 +180,12 @@ void Classifier::predict_files(const std::vector<std::string>& paths, int batch_
     p.batch.resize(n * pixels);  // each image straight into its slot; failed slots are closed up below
     parallel_for(n, impl_->options.workers, [&](size_t i) {
       try {
-        clap_edge::preprocess(load(paths[start + i]), impl_->cfg, p.batch.data() + i * pixels);
+        const Image img = load(paths[start + i]);  // its errors name the path
+        try {
+          clap_edge::preprocess(img, impl_->cfg, p.batch.data() + i * pixels);
+        } catch (const ImageError& e) {  // the resize bound: no path in it
+          throw ImageError(paths[start + i] + ": " + e.what());
+        }
       } catch (const ImageError& e) {
         p.errors[i] = e.what();
       } catch (const std::exception& e) {  // an unexpected decoder failure still fails only this file
@@ -201,7 +215,10 @@ void Classifier::predict_files(const std::vector<std::string>& paths, int batch_
     for (size_t i = 0; i < n; ++i) {
       FileResult r;
       r.path = paths[start + i];
-      if (cur.errors[i].empty()) {
+      if (cur.errors[i].empty() && !all_finite(preds[j])) {  // never print NaN scores: this image's error
+        r.error = r.path + ": the model gave non-finite scores (NaN or inf) for this image";
+        ++j;
+      } else if (cur.errors[i].empty()) {
         r.ok = true;
         r.prediction = std::move(preds[j++]);
         r.prediction.path = r.path;

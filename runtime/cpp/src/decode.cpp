@@ -4,9 +4,14 @@
 // - PNG: palette expanded (its tRNS alpha composited), 1/2/4-bit grey expanded, 16-bit grey scaled to 8 bits
 //   (v * 255 + 32767) / 65535, other 16-bit images keep the high byte (Pillow's RGB;16B raw modes), alpha
 //   composited on white with Pillow's paste rounding; eXIf orientation applied.
+#include <fcntl.h>
 #include <png.h>
 #include <setjmp.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 
 #include <cstdio>
 #include <cstring>
@@ -29,14 +34,59 @@ namespace {
   throw ImageError(path + ": " + problem);
 }
 
+// 'named pipe (FIFO)', 'socket', ... for a stat mode, as clap_edge/core/io.py file_kind.
+std::string file_kind(mode_t mode) {
+  if (S_ISFIFO(mode)) return "named pipe (FIFO)";
+  if (S_ISSOCK(mode)) return "socket";
+  if (S_ISCHR(mode)) return "character device";
+  if (S_ISBLK(mode)) return "block device";
+  if (S_ISDIR(mode)) return "directory";
+  return "special file";
+}
+
+bool is_jpeg(const uint8_t* d, size_t n) { return n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF; }
+bool is_png(const uint8_t* d, size_t n) { return n >= 8 && png_sig_cmp(d, 0, 8) == 0; }
+
+// The file's bytes, as clap_edge/core/images.py opens it: without blocking (O_NONBLOCK: a FIFO never hangs), only
+// a regular file, its size checked before a byte is read, its magic bytes before the rest is read.
 std::vector<uint8_t> read_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    struct stat lst {};
+    if (err == ENOENT) fail(path, ::lstat(path.c_str(), &lst) == 0 ? "broken symbolic link" : "no such file");
+    if (err == ELOOP) fail(path, "symbolic link loop");
+    if (err == EACCES || err == EPERM) fail(path, "permission denied");
+    if (err == EISDIR) fail(path, "is a directory, not an image");
+    fail(path, std::string("cannot decode image: ") + std::strerror(err));
+  }
+  struct Closer { int fd; ~Closer() { ::close(fd); } } closer{fd};
   struct stat st {};
-  if (stat(path.c_str(), &st) != 0) fail(path, "no such file");
+  if (::fstat(fd, &st) != 0) fail(path, std::string("cannot decode image: ") + std::strerror(errno));
   if (S_ISDIR(st.st_mode)) fail(path, "is a directory, not an image");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) fail(path, "cannot decode image: cannot open file");
-  std::vector<uint8_t> data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (data.empty()) fail(path, "cannot decode image: empty file (0 bytes)");
+  if (!S_ISREG(st.st_mode)) fail(path, "not a regular file (" + file_kind(st.st_mode) + "); not opened");
+  if (st.st_size == 0) fail(path, "cannot decode image: empty file (0 bytes)");
+  if (st.st_size > kMaxFileBytes)
+    fail(path, "file is too large to decode (" + std::to_string(st.st_size) + " bytes, limit " +
+                   std::to_string(kMaxFileBytes) + ")");
+  std::vector<uint8_t> data(size_t(std::min<off_t>(st.st_size, 8)));
+  auto read_into = [&](size_t from) {
+    size_t got = from;
+    while (got < data.size()) {
+      const ssize_t n = ::read(fd, data.data() + got, data.size() - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) fail(path, std::string("cannot decode image: ") + std::strerror(errno));
+      if (n == 0) break;  // shorter than fstat said: the decoder reports it truncated
+      got += size_t(n);
+    }
+    data.resize(got);
+  };
+  read_into(0);
+  if (!is_jpeg(data.data(), data.size()) && !is_png(data.data(), data.size()))
+    fail(path, "cannot decode image: not an image file the runtime can read");
+  const size_t head = data.size();
+  data.resize(size_t(st.st_size));
+  read_into(head);
   return data;
 }
 
@@ -57,6 +107,14 @@ Image composite_on_white(const Image& rgba) {
     for (int c = 0; c < 3; ++c) d[c] = uint8_t(div255(255 * (255 - a) + s[c] * a));
   }
   return out;
+}
+
+// PIL's decompression-bomb rule at open: a header claiming more than twice the pixel limit is refused before
+// any pixel is decoded (before the draft reduction), with the message clap_edge/core/images.py gives.
+void check_header(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
+  if (max_pixels > 0 && w * h > 2 * max_pixels)
+    fail(path, "image is too large to decode (" + std::to_string(w * h) + " pixels, limit " +
+                   std::to_string(2 * max_pixels) + ")");
 }
 
 void check_pixels(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
@@ -108,6 +166,11 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& data, con
   jpeg_mem_src(&cinfo, data.data(), static_cast<unsigned long>(data.size()));
   jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
   jpeg_read_header(&cinfo, TRUE);
+  if (opt.max_pixels > 0 && int64_t(cinfo.image_width) * cinfo.image_height > 2 * opt.max_pixels) {
+    const int64_t w = cinfo.image_width, h = cinfo.image_height;
+    jpeg_destroy_decompress(&cinfo);
+    check_header(path, w, h, opt.max_pixels);
+  }
   *orientation = 1;
   for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
     if (m->marker == JPEG_APP0 + 1 && m->data_length > 6 && std::memcmp(m->data, "Exif\0\0", 6) == 0) {
@@ -212,6 +275,10 @@ Image decode_png(const std::string& path, const std::vector<uint8_t>& data, cons
   png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
   png_read_info(png, info);
   png_get_IHDR(png, info, &w, &h, &depth, &color, nullptr, nullptr, nullptr);
+  if (opt.max_pixels > 0 && int64_t(w) * h > 2 * opt.max_pixels) {
+    png_destroy_read_struct(&png, &info, nullptr);
+    check_header(path, w, h, opt.max_pixels);
+  }
   if (opt.max_pixels > 0 && int64_t(w) * h > opt.max_pixels) {
     png_destroy_read_struct(&png, &info, nullptr);
     check_pixels(path, w, h, opt.max_pixels);
@@ -295,16 +362,10 @@ Image apply_orientation(const Image& in, int orientation) {
 }  // namespace
 
 Image load_image(const std::string& path, const DecodeOptions& options) {
-  const std::vector<uint8_t> data = read_file(path);
+  const std::vector<uint8_t> data = read_file(path);  // a JPEG or a PNG by its magic bytes
   int orientation = 1;
-  Image img;
-  if (data.size() >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF) {
-    img = decode_jpeg(path, data, options, &orientation);
-  } else if (data.size() >= 8 && png_sig_cmp(data.data(), 0, 8) == 0) {
-    img = decode_png(path, data, options, &orientation);
-  } else {
-    fail(path, "cannot decode image: not a JPEG or PNG file");
-  }
+  Image img = is_jpeg(data.data(), data.size()) ? decode_jpeg(path, data, options, &orientation)
+                                               : decode_png(path, data, options, &orientation);
   return apply_orientation(img, orientation);
 }
 

@@ -1,6 +1,7 @@
 #include "engines.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "clap_edge/errors.hpp"
@@ -68,7 +69,32 @@ EngineInfo parse_engine_sidecar(const std::string& text, const std::string& wher
   if (info.min_batch < 1 || info.max_batch < info.min_batch || info.opt_batch < info.min_batch ||
       info.opt_batch > info.max_batch)
     throw BundleError(where + ": engine sidecar batch profile must satisfy 1 <= min <= opt <= max");
+  info.file = first_string(j, {"file"});
+  info.source_model = first_string(j, {"source_model"});
+  info.source_sha256 = first_string(j, {"source_sha256"});
+  info.engine_sha256 = first_string(j, {"engine_sha256"});
   return info;
+}
+
+std::string engine_unusable_reason(const Manifest& manifest, const EngineInfo& engine, const std::string& root) {
+  namespace fs = std::filesystem;
+  if (engine.engine_sha256.empty()) return "its sidecar records no engine_sha256; rebuild it";
+  const auto source = manifest.files.find(engine.source_model);
+  if (engine.source_model.empty() || source == manifest.files.end())
+    return "built from " + engine.source_model + ", which this bundle no longer lists";
+  if (source->second.sha256 != engine.source_sha256)
+    return "built from a different " + engine.source_model + " (sha256 " + engine.source_sha256.substr(0, 12) +
+           "...)";
+  std::error_code ec;
+  const fs::path path = fs::path(root) / engine.source_model;
+  if (fs::is_symlink(fs::symlink_status(path, ec)) || !fs::is_regular_file(fs::symlink_status(path, ec)))
+    return "built from " + engine.source_model + ", which is missing from the bundle";
+  const auto listed = manifest.files.find(engine.file);
+  const std::string have = listed == manifest.files.end() ? std::string("none") : listed->second.sha256;
+  if (have != engine.engine_sha256)
+    return "its bytes (sha256 " + have.substr(0, 12) + "...) are not the engine its sidecar records (engine_sha256 " +
+           engine.engine_sha256.substr(0, 12) + "...): it was replaced; rebuild it";
+  return "";
 }
 
 const EngineInfo* select_engine(const std::vector<EngineInfo>& engines, const std::string& gpu,

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <tuple>
 
+#include "clap_edge/errors.hpp"
 #include "clap_edge/image.hpp"
 
 namespace clap_edge {
@@ -120,16 +121,23 @@ void vertical(const Image& in, const Coeffs& c, int row_shift, Image& out, int y
   }
 }
 
-// Pillow's NEAREST resize (an affine transform sampling pixel centres).
+// Pillow's NEAREST resize (ImagingScaleAffine): source positions accumulated by repeated addition from half a
+// step, truncated; a position that falls outside the source leaves the pixel 0, as Pillow's fill does.
 Image resize_nearest(const Image& in, int w, int h) {
   Image out(w, h, in.channels);
   const double sx = double(in.width) / w, sy = double(in.height) / h;
-  for (int y = 0; y < h; ++y) {
-    const int yi = std::min(in.height - 1, int((y + 0.5) * sy));
-    for (int x = 0; x < w; ++x) {
-      const int xi = std::min(in.width - 1, int((x + 0.5) * sx));
-      std::memcpy(out.row(y) + size_t(x) * in.channels, in.row(yi) + size_t(xi) * in.channels, in.channels);
-    }
+  std::vector<int> xin(size_t(w), -1);
+  double xo = sx * 0.5;
+  for (int x = 0; x < w; ++x, xo += sx) {
+    const int xi = xo < 0.0 ? -1 : int(xo);
+    if (xi >= 0 && xi < in.width) xin[x] = xi;
+  }
+  double yo = sy * 0.5;
+  for (int y = 0; y < h; ++y, yo += sy) {
+    const int yi = yo < 0.0 ? -1 : int(yo);
+    if (yi < 0 || yi >= in.height) continue;
+    for (int x = 0; x < w; ++x)
+      if (xin[x] >= 0) std::memcpy(out.row(y) + size_t(x) * in.channels, in.row(yi) + size_t(xin[x]) * in.channels, in.channels);
   }
   return out;
 }
@@ -171,13 +179,6 @@ Image center_crop_or_pad(const Image& img, int crop_h, int crop_w, int fill) {
   return out;
 }
 
-// timm / open_clip ResizeKeepRatio.get_params without the random parts: (h, w).
-std::pair<int, int> keep_ratio_size(const Image& img, int th, int tw, bool longest) {
-  const double rh = double(img.height) / th, rw = double(img.width) / tw;
-  const double ratio = longest ? std::max(rh, rw) : std::min(rh, rw);
-  return {round_half_even(img.height / ratio), round_half_even(img.width / ratio)};
-}
-
 }  // namespace
 
 // The window [x0, x0 + cw) x [y0, y0 + ch) of Pillow's resize of `in` to w x h, computing only what the window
@@ -201,9 +202,10 @@ Image resize_window(const Image& in, int w, int h, const std::string& interpolat
     return out;
   }
   const Coeffs cv = precompute(in.height, h, filter, support);
-  if (w > in.width && h < in.height) {
-    // The Pillow build this was matched against (13.0.0) runs the vertical pass first when the width grows
-    // and the height shrinks (observed on every such case; upstream Pillow is always horizontal first).
+  // Pillow 13 (ImagingResampleInner) runs the vertical pass first when the height shrinks by more than twice
+  // as many pixels as the width does (a growing width counts as a negative shrink); horizontal first otherwise.
+  const bool horizontal_first = !(in.height - h > 0 && in.height - h > (in.width - w) * 2);
+  if (!horizontal_first) {
     const int last = x0 + cw - 1;
     const int cx0 = chz.bounds[2 * x0], cx1 = chz.bounds[2 * last] + chz.bounds[2 * last + 1];
     Image tmp(cx1 - cx0, ch, in.channels);
@@ -224,26 +226,36 @@ Image resize(const Image& in, int w, int h, const std::string& interpolation) {
   return resize_window(in, w, h, interpolation, 0, 0, w, h);
 }
 
+std::pair<int64_t, int64_t> resize_target(int width, int height, const PreprocessConfig& cfg) {
+  const int th = cfg.height, tw = cfg.width;
+  if (cfg.resize_mode == "squash") return {th, tw};
+  if (cfg.resize_mode == "longest" || th != tw) {
+    const double rh = double(height) / th, rw = double(width) / tw;
+    const double ratio = cfg.resize_mode == "longest" ? std::max(rh, rw) : std::min(rh, rw);
+    // At least one pixel per side (open_clip would ask for 0 on a 1xN image in "longest" mode), as preprocess.py.
+    return {std::max<int64_t>(1, std::llround(std::nearbyint(height / ratio))),
+            std::max<int64_t>(1, std::llround(std::nearbyint(width / ratio)))};
+  }
+  // torchvision Resize(int): short edge -> size, long edge int()-truncated
+  const bool portrait = width <= height;
+  const int shorter = portrait ? width : height, longer = portrait ? height : width;
+  const auto new_long = int64_t(double(th) * longer / shorter);
+  return portrait ? std::make_pair(new_long, int64_t(th)) : std::make_pair(int64_t(th), new_long);
+}
+
 Image resize_and_crop(const Image& img, const PreprocessConfig& cfg) {
   const int th = cfg.height, tw = cfg.width;
+  const auto [rh64, rw64] = resize_target(img.width, img.height, cfg);
+  if (rh64 * rw64 > std::max<int64_t>(kMaxResizePixels, int64_t(th) * tw))
+    throw ImageError("image is too large to resize: " + std::to_string(img.width) + "x" + std::to_string(img.height) +
+                     " would be resized to " + std::to_string(rw64) + "x" + std::to_string(rh64) +
+                     " pixels before the crop (limit " + std::to_string(kMaxResizePixels) + ")");
+  const int rh = int(rh64), rw = int(rw64);
   const std::string& interp = cfg.interpolation == "random" ? std::string("bicubic") : cfg.interpolation;
   if (cfg.resize_mode == "squash") return resize(img, tw, th, interp);
-  if (cfg.resize_mode == "longest") {
-    const auto [h, w] = keep_ratio_size(img, th, tw, true);
-    return center_crop_or_pad(resize(img, w, h, interp), th, tw, cfg.fill_color);
-  }
-  int rw, rh;
-  std::string how = interp;
-  if (th == tw) {  // torchvision Resize(int): short edge -> size, long edge int()-truncated
-    const bool portrait = img.width <= img.height;
-    const int shorter = portrait ? img.width : img.height, longer = portrait ? img.height : img.width;
-    const int new_long = int(double(int64_t(th) * longer) / shorter);
-    rw = portrait ? th : new_long;
-    rh = portrait ? new_long : th;
-  } else {  // open_clip builds ResizeKeepRatio here without its interpolation: always bicubic
-    std::tie(rh, rw) = keep_ratio_size(img, th, tw, false);
-    how = "bicubic";
-  }
+  if (cfg.resize_mode == "longest") return center_crop_or_pad(resize(img, rw, rh, interp), th, tw, cfg.fill_color);
+  // open_clip builds ResizeKeepRatio for a non-square shortest size without its interpolation: always bicubic
+  const std::string how = th == tw ? interp : std::string("bicubic");
   if (rw >= tw && rh >= th && (rw != img.width || rh != img.height)) {
     // Resize only the pixels the centre crop keeps.
     const auto [left, top] = crop_offsets(rw, rh, tw, th);

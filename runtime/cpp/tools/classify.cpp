@@ -19,9 +19,11 @@ const char* const kHelp = R"(Usage: clap-edge-classify [OPTIONS] BUNDLE PATHS...
 
   Classify images (files, or folders walked recursively) with BUNDLE.
 
-  Exit code 0 when every image was classified, 1 when some could not be decoded (they are
-  reported, the others still classified), 2 for a bad bundle or bad arguments.
-  Decodes JPEG and PNG files.
+  Exit code 0 when every image was classified, 1 when some could not be (each is reported with
+  the reason: undecodable, too large, missing, broken link, symlink loop, not a regular file;
+  the others are still classified), 2 for a bad bundle or bad arguments. Folders are walked as
+  `clap-edge classify` walks them. Decodes JPEG and PNG files. Text output escapes control
+  characters in paths and labels (\n, \t, \x1b); --json output is exact.
 
 Options:
   --backend TEXT         auto, openvino, tensorrt (when built with it)  [default: auto]
@@ -43,11 +45,11 @@ void report(const Prediction& p, bool as_json) {
     std::cout << "{\"path\": " << json_string(p.path) << ", \"labels\": " << json_string_list(p.labels)
               << ", \"scores\": " << json_number_list(p.scores) << "}\n";
   } else {
-    std::cout << p.path << "\t";
+    std::cout << escape_text(p.path) << "\t";
     char buf[64];
     for (size_t i = 0; i < p.labels.size(); ++i) {
       std::snprintf(buf, sizeof buf, "%.3f", double(p.scores[i]));
-      std::cout << (i ? ", " : "") << p.labels[i] << " " << buf;
+      std::cout << (i ? ", " : "") << escape_text(p.labels[i]) << " " << buf;
     }
     std::cout << "\n";
   }
@@ -59,13 +61,19 @@ void report_error(const std::string& path, std::string message, bool as_json) {
     std::cout << "{\"path\": " << json_string(path) << ", \"error\": " << json_string(message) << "}\n";
   } else {
     std::cout.flush();
-    std::cerr << path << "\terror: " << message << std::endl;
+    std::cerr << escape_text(path) << "\terror: " << escape_text(message) << std::endl;
   }
 }
 
 bool exists(const std::string& p) {
   struct stat st {};
   return stat(p.c_str(), &st) == 0;
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string list;
+  for (const auto& a : items) list += (list.empty() ? "" : ", ") + a;
+  return list;
 }
 
 }  // namespace
@@ -96,21 +104,20 @@ int main(int argc, char** argv) {
   }
   if (positional.empty()) usage_error(kUsage, "Missing argument 'BUNDLE'.");
   if (positional.size() < 2) usage_error(kUsage, "Missing argument 'PATHS...'.");
-  for (size_t i = 0; i < positional.size(); ++i)
-    if (!exists(positional[i]))
-      usage_error(kUsage, std::string("Invalid value for '") + (i ? "PATHS..." : "BUNDLE") + "': Path '" +
-                              positional[i] + "' does not exist.");
+  // Only BUNDLE must exist (click.Path(exists=True)); a missing PATH is that path's error record, as in Python.
+  if (!exists(positional[0]))
+    usage_error(kUsage, "Invalid value for 'BUNDLE': Path '" + positional[0] + "' does not exist.");
   const std::vector<std::string> args(positional.begin() + 1, positional.end());
-  const std::vector<std::string> files = list_images(args);
-  if (files.empty()) {
-    std::string list;
-    for (const auto& a : args) list += (list.empty() ? "" : ", ") + a;
-    fail("no image files found under " + list);
-  }
+  const ScanResult scan = scan_images(args);
+  if (scan.files.empty() && scan.skipped.empty()) fail("no image files found under " + joined(args));
   size_t failed = 0;
   try {
     const Classifier clf = Classifier::open(positional[0], backend, options);
-    clf.predict_files(files, batch_size, top_k, [&](const FileResult& r) {
+    for (const auto& s : scan.skipped) {  // reported first, then the images: none is lost without a word
+      ++failed;
+      report_error(s.path, s.reason, as_json);
+    }
+    clf.predict_files(scan.files, batch_size, top_k, [&](const FileResult& r) {
       if (r.ok) {
         report(r.prediction, as_json);
       } else {
@@ -123,8 +130,12 @@ int main(int argc, char** argv) {
     fail(e.what());
   }
   std::cout.flush();
+  if (!scan.other_files.empty())
+    std::cerr << "note: " << scan.other_files.size() << " file(s) without an image extension were not read (e.g. "
+              << escape_text(scan.other_files[0]) << "); name a file directly to classify it" << std::endl;
   if (failed) {
-    std::cerr << failed << " of " << files.size() << " images could not be classified" << std::endl;
+    std::cerr << failed << " of " << scan.files.size() + scan.skipped.size() << " images could not be classified"
+              << std::endl;
     return 1;
   }
   return 0;

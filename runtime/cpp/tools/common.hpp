@@ -8,6 +8,22 @@ namespace clap_edge::tools {
 
 constexpr int kExitBadInput = 2;
 
+// A path that was found but will not be classified, and why (clap_edge.core.images.Skipped).
+struct Skipped {
+  std::string path;
+  std::string reason;
+};
+
+// As clap_edge.core.images.scan_images: folders walked recursively (symlinked folders after the real ones, a
+// link back to an ancestor is a loop, a folder reached twice is walked once), broken links / loops / FIFOs /
+// devices skipped with the same reasons and never opened, files in folders without an image extension counted.
+struct ScanResult {
+  std::vector<std::string> files;
+  std::vector<Skipped> skipped;
+  std::vector<std::string> other_files;
+};
+ScanResult scan_images(const std::vector<std::string>& paths);
+
 // Files named directly, plus the image files under each folder (walked recursively, sorted by path parts),
 // with the same extensions and the same path spelling as clap_edge.core.images.list_images.
 std::vector<std::string> list_images(const std::vector<std::string>& paths);

@@ -13,8 +13,9 @@
 namespace clap_edge {
 
 // Manifest schema versions this runtime reads (export/bundle/names.py SCHEMA_VERSION; 2 adds the JSON Schema).
-constexpr int kMinSchemaVersion = 1;
-constexpr int kMaxSchemaVersion = 2;
+// Version 3: typed manifest rules, engine digests in sidecars; older bundles are refused (re-export).
+constexpr int kMinSchemaVersion = 3;
+constexpr int kMaxSchemaVersion = 3;
 
 struct FileEntry {
   std::string sha256;  // lower-case hex

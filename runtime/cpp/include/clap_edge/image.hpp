@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace clap_edge {
@@ -34,6 +35,9 @@ struct DecodeOptions {
   int64_t max_pixels = 89478485;
 };
 
+// Files larger than this are refused from their size, before a byte is read (clap_edge/core/images.py MAX_FILE_BYTES).
+constexpr int64_t kMaxFileBytes = int64_t(1) << 28;
+
 // Decode a JPEG or PNG file into RGB with its EXIF orientation applied. Throws ImageError naming the path.
 Image load_image(const std::string& path, const DecodeOptions& options = {});
 
@@ -54,6 +58,13 @@ Image resize(const Image& image, int width, int height, const std::string& inter
 // The window [x0, x0 + cw) x [y0, y0 + ch) of resize(image, width, height, ...), computing only that window.
 Image resize_window(const Image& image, int width, int height, const std::string& interpolation, int x0, int y0,
                     int cw, int ch);
+
+// The largest image the resize step may make before the crop; beyond it resize_and_crop throws ImageError
+// (without a path), as clap_edge/core/preprocess.py MAX_RESIZE_PIXELS.
+constexpr int64_t kMaxResizePixels = int64_t(1) << 24;
+
+// (h, w) the eval transform resizes a width x height image to, before the crop (preprocess.py resize_target).
+std::pair<int64_t, int64_t> resize_target(int width, int height, const PreprocessConfig& cfg);
 
 // The geometric part of the eval transform: resize and centre crop (or pad) to exactly height x width.
 Image resize_and_crop(const Image& image, const PreprocessConfig& cfg);

@@ -1,12 +1,19 @@
-"""This machine's devices as engine sidecars describe them, through torch (AOTInductor builder and backend)."""
+"""This machine's devices as engine sidecars describe them, through torch (AOTInductor backend and builder)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from clap_edge.export.builders.engines.sidecar import DeviceInfo, host_cpu
+from clap_edge.export.bundle.engines import DeviceInfo, host_cpu
 
-__all__ = ["torch_cuda_device", "torch_cpu_device"]
+__all__ = ["torch_device", "torch_cuda_device", "torch_cpu_device"]
+
+
+def torch_device(torch: Any, device: str) -> DeviceInfo:
+    """The device ``device`` names ("cpu", "cuda", "cuda:1") as sidecars describe it (CUDA must be available)."""
+    if device.startswith("cuda"):
+        return torch_cuda_device(torch, torch.device(device).index or 0)
+    return torch_cpu_device()
 
 
 def torch_cuda_device(torch: Any, index: int = 0) -> DeviceInfo:
