@@ -15,8 +15,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${MUTATION_WORK:-$(mktemp -d /tmp/clap-edge-mutation.XXXXXX)}"
 CHILDREN="${MUTATION_MAX_CHILDREN:-2}"
-DEFAULT_TARGETS=(export/bundle/signing.py export/bundle/manifest.py export/bundle/reader.py
-                 export/builders/engines/sidecar.py runtime/backends/engines.py)
+DEFAULT_TARGETS=(export/bundle/signing.py export/bundle/manifest.py export/bundle/reader.py export/bundle/engines.py
+                 runtime/backends/engines.py)
 TARGETS=("${@:-${DEFAULT_TARGETS[@]}}")
 # their fast unit tests (MUTATION_TESTS="tests/a.py tests/b.py" to narrow)
 read -ra TESTS <<< "${MUTATION_TESTS:-tests/test_manifest_schema.py tests/test_trust.py tests/test_engines.py
@@ -33,6 +33,32 @@ cp -a "$ROOT/runtime" "$WORK/clap_edge/runtime"
 rm -rf "$WORK/clap_edge/runtime/cpp"  # native sources: not Python, not mutated
 cp -a "$ROOT/tests" "$WORK/tests"
 find "$WORK" -name __pycache__ -prune -exec rm -rf {} +
+# Each mutant runs its tests in a fresh pytest session, which would export the tiny bundle again
+# (~10 s). Export it once here, with the unmutated code, and let the session fixture copy it.
+mkdir -p "$WORK/.cache"
+if [ ! -d "$WORK/.cache/runtime-bundle" ]; then
+  (cd "$ROOT" && python - "$WORK/.cache/runtime-bundle" <<'PY'
+import sys
+import torch
+from clap_edge.export.builders.exporter import ExportConfig, export_bundle
+torch.manual_seed(0)  # as tests/conftest.py's runtime_bundle
+export_bundle(ExportConfig(out=sys.argv[1], model_name="clap-edge-tiny", classes=["cat", "dog", "car", "tree", "boat"],
+                           int8=True))
+PY
+  ) > "$WORK/.cache/export.log" 2>&1
+fi
+cat >> "$WORK/tests/conftest.py" <<PY
+
+
+# ---- added by bench/mutation.sh: the session bundle is a copy of one exported before the run ----
+@pytest.fixture(scope="session")
+def runtime_bundle(tmp_path_factory):
+    import shutil
+
+    out = tmp_path_factory.mktemp("runtime") / "tiny-bundle"
+    shutil.copytree("$WORK/.cache/runtime-bundle", out)
+    return out
+PY
 
 to_pkg() { case "$1" in export/*|runtime/*) echo "clap_edge/$1" ;; *) echo "$1" ;; esac; }
 quote() { local out=() x; for x in "$@"; do out+=("\"$x\""); done; (IFS=,; echo "${out[*]}"); }

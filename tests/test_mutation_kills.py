@@ -104,7 +104,7 @@ def test_schema_version_bounds():
         check_version({"schema_version": SCHEMA_VERSION + 1})
     assert e.value.field == "schema_version"
     if MIN_SCHEMA_VERSION > 1:
-        with pytest.raises(ManifestFieldError, match="re-export the bundle with `clap-edge export`") as e:
+        with pytest.raises(ManifestFieldError, match=r"is older than this clap-edge reads .*re-export the bundle") as e:
             check_version({"schema_version": MIN_SCHEMA_VERSION - 1})
         assert e.value.field == "schema_version"
 
@@ -189,6 +189,7 @@ def test_dumps_writes_one_format():
 
 def _engine_bundle(runtime_bundle, tmp_path, specs):
     """A copy of the tiny bundle with placeholder engines: specs = [(device, precision, library_version)]."""
+    import hashlib
     import shutil
 
     from clap_edge.export.bundle import Bundle
@@ -197,14 +198,16 @@ def _engine_bundle(runtime_bundle, tmp_path, specs):
 
     root = tmp_path / "bundle"
     shutil.copytree(runtime_bundle, root)
-    sha = Bundle.open(root).manifest["files"]["model.onnx"]["sha256"]
+    sha = Bundle.open(root).manifest.sha256("model.onnx")
     entries, files = [], {}
     for device, precision, version in specs:
-        s = sidecar(device, precision=precision, sha=sha, version=version)
+        plan = f"plan {device.name} {precision}".encode()
+        s = sidecar(device, precision=precision, sha=sha, version=version,
+                    engine_sha=hashlib.sha256(plan).hexdigest())
         side = s.file.removesuffix(".plan") + ".json"
-        files[s.file], files[side] = f"plan {device.name}".encode(), json.dumps(s.to_json()).encode()
+        files[s.file], files[side] = plan, json.dumps(s.to_json()).encode()
         entries.append(s.manifest_entry(side))
-    add_to_bundle(root, files, {"engines": entries})
+    add_to_bundle(root, files, engines=entries)
     return Bundle.open(root)
 
 
@@ -234,7 +237,7 @@ def test_supports_checks_kind_version_and_skips_only_the_bad_sidecar(runtime_bun
     assert not _runner_here("tensorrt", [H100], "10.9.0").supports(bundle, "fp16")  # built with another TensorRT
     assert not _runner_here("aoti", [H100], "10.8.0").supports(bundle, "fp32")  # a TensorRT engine is not AOTI's
     # the first engine's sidecar is damaged: the second still counts
-    first = bundle.manifest["engines"][0]["sidecar"]
+    first = bundle.manifest.engines[0].sidecar
     (bundle.root / first).write_text("{}")
     assert _runner_here("tensorrt", [H100], "10.8.0").supports(Bundle_reopen(bundle), "fp16")
     with pytest.raises(Exception, match="has no precision 'fp64'"):
@@ -248,16 +251,16 @@ def Bundle_reopen(bundle):
 
 
 def test_selection_returns_the_entry_it_chose_and_explains_every_host(runtime_bundle, tmp_path):
-    from clap_edge.export.builders.engines.sidecar import EngineMismatchError, select_engine
+    from clap_edge.export.bundle.engines import EngineMismatchError, select_engine
     from test_engines import A100, H100, ORIN
 
     bundle = _engine_bundle(runtime_bundle, tmp_path, [(H100, "fp16", "10.8.0"), (H100, "int8", "10.8.0")])
     choice = select_engine(bundle, "tensorrt", "fp16", [A100, H100], "10.8.0")
-    assert choice.entry == bundle.manifest["engines"][0] and choice.sidecar.precision == "fp16"
+    assert choice.entry == bundle.manifest.engines[0] and choice.sidecar.precision == "fp16"
     with pytest.raises(EngineMismatchError) as e:
         select_engine(bundle, "tensorrt", "fp16", [A100, ORIN], "10.8.0")
-    fp16 = bundle.manifest["engines"][0]["file"]
-    int8 = bundle.manifest["engines"][1]["file"]
+    fp16 = bundle.manifest.engines[0].file
+    int8 = bundle.manifest.engines[1].file
     assert str(e.value) == (
         f"{bundle.root}: no tensorrt fp16 engine fits this machine (NVIDIA A100-SXM4-40GB (compute capability 8.0)"
         f" / Orin (compute capability 8.7), tensorrt 10.8.0); found: {fp16} (built for compute capability 9.0 "
@@ -270,7 +273,7 @@ def test_selection_returns_the_entry_it_chose_and_explains_every_host(runtime_bu
 
 
 def test_stale_engine_message_quotes_12_hex_digits(runtime_bundle, tmp_path):
-    from clap_edge.export.builders.engines.sidecar import stale_reason
+    from clap_edge.export.bundle.engines import stale_reason
     from test_engines import H100, sidecar
 
     bundle = _engine_bundle(runtime_bundle, tmp_path, [])
@@ -278,40 +281,44 @@ def test_stale_engine_message_quotes_12_hex_digits(runtime_bundle, tmp_path):
     assert stale_reason(bundle, s) == "built from a different model.onnx (sha256 0123456789ab...)"
 
 
-def test_engine_entries_of_a_bundle_without_engines_and_of_a_malformed_list():
+def test_engine_entries_of_a_bundle_without_engines_and_an_entry_without_sidecar(runtime_bundle, tmp_path):
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from clap_edge.core.errors import BundleError
-    from clap_edge.export.builders.engines.sidecar import engine_entries
+    from clap_edge.export.bundle import Bundle
+    from clap_edge.export.bundle.engines import engine_entries
+    from clap_edge.export.bundle.manifest import EngineEntry
 
-    assert engine_entries(SimpleNamespace(root="b", manifest={})) == []
-    for bad in ([1, 2], {"a": 1}, [{"file": "x"}]):
-        with pytest.raises(BundleError, match=r"^b: manifest"):
-            engine_entries(SimpleNamespace(root="b", manifest={"engines": bad}))
+    plain = Bundle.open(runtime_bundle)
+    assert tuple(engine_entries(plain)) == () and tuple(engine_entries(plain, "tensorrt")) == ()
+    bad = SimpleNamespace(label="b", manifest=replace(plain.manifest, engines=(EngineEntry("e.plan", "tensorrt", "fp16"),)))
+    with pytest.raises(BundleError, match=r"^b: manifest engines entry for 'e.plan' names no sidecar"):
+        engine_entries(bad)
 
 
 def test_sidecar_that_is_not_json_names_its_file(runtime_bundle, tmp_path):
     import hashlib
 
     from clap_edge.core.errors import BundleError
-    from clap_edge.export.builders.engines.sidecar import load_sidecar
+    from clap_edge.export.bundle.engines import load_sidecar
     from clap_edge.export.bundle.writer import write_manifest
     from test_engines import H100
 
     bundle = _engine_bundle(runtime_bundle, tmp_path, [(H100, "fp16", "10.8.0")])
-    entry = bundle.manifest["engines"][0]
+    entry = bundle.manifest.engines[0]
     data = b"{not json"
-    (bundle.root / entry["sidecar"]).write_bytes(data)
+    (bundle.root / entry.sidecar).write_bytes(data)
     manifest = json.loads((bundle.root / "manifest.json").read_text())
-    manifest["files"][entry["sidecar"]].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    manifest["files"][entry.sidecar].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     write_manifest(bundle.root, manifest)
     with pytest.raises(BundleError) as e:
         load_sidecar(Bundle_reopen(bundle), entry)
-    assert str(e.value).startswith(f"{bundle.root}/{entry['sidecar']}: not valid JSON (")
+    assert str(e.value).startswith(f"{bundle.label}/{entry.sidecar}: engine sidecar is not valid JSON (")
 
 
 def test_cpu_engine_isa_matching():
-    from clap_edge.export.builders.engines.sidecar import DeviceInfo, mismatch
+    from clap_edge.export.bundle.engines import DeviceInfo, mismatch
     from test_engines import sidecar
 
     host = DeviceInfo("cpu", "Xeon", arch="x86_64", flags=("avx2", "fma", "avx512_vnni"))
@@ -324,7 +331,7 @@ def test_cpu_engine_isa_matching():
 
 
 def test_device_round_trip_keeps_arch_and_isa_and_defaults_the_name():
-    from clap_edge.export.builders.engines.sidecar import DeviceInfo
+    from clap_edge.export.bundle.engines import DeviceInfo
 
     cpu = DeviceInfo("cpu", "Xeon", arch="x86_64", isa="avx512 amx_tile")
     assert DeviceInfo.from_json(cpu.to_json()) == cpu
@@ -332,7 +339,7 @@ def test_device_round_trip_keeps_arch_and_isa_and_defaults_the_name():
 
 
 def test_same_version_is_symmetric():
-    from clap_edge.export.builders.engines.sidecar import same_version
+    from clap_edge.export.bundle.engines import same_version
 
     assert same_version("2.5.0", "2.5.0+cu124") and same_version("2.5.0+cu124", "2.5.0")
     assert not same_version("2.5.0+cpu", "2.5.0+cu124")
@@ -402,4 +409,4 @@ def test_every_optional_section_and_unknown_key_survives_a_round_trip():
     for key in ("templates", "variants", "alpha", "clap_edge_version", "drift"):
         minimal.pop(key, None)
     spec = Manifest.from_dict(minimal)
-    assert spec.templates == [] and spec.variants == {} and spec.alpha == 0.0 and spec.drift is None
+    assert tuple(spec.templates) == () and spec.variants == {} and spec.alpha == 0.0 and spec.drift is None

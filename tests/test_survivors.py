@@ -173,24 +173,28 @@ def test_int8_ceilings_run_the_int8_models_not_fp32(monkeypatch, tmp_path):
 def orphan_engine_bundle(runtime_bundle, tmp_path):
     """A copy of the tiny bundle with one placeholder TensorRT engine whose sidecar names model.qdq.onnx,
     a source model this bundle does not hold."""
-    from clap_edge.export.builders.engines.sidecar import DeviceInfo, EngineSidecar, engine_basename
+    import hashlib
+
+    from clap_edge.export.bundle.engines import DeviceInfo, EngineSidecar, engine_basename
     from clap_edge.export.bundle.writer import add_to_bundle
 
     root = tmp_path / "bundle"
     shutil.copytree(runtime_bundle, root)
-    assert "model.qdq.onnx" not in Bundle.open(root).manifest["files"]
+    assert Bundle.open(root).manifest.sha256("model.qdq.onnx") is None
     gpu = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", compute_capability="9.0")
     base = engine_basename("tensorrt", gpu, "int8", (1, 8, 64))
-    sidecar = EngineSidecar(engine="tensorrt", file=base + ".plan", precision="int8", batch=[1, 8, 64], device=gpu,
+    plan = b"plan"
+    sidecar = EngineSidecar(engine="tensorrt", file=base + ".plan", precision="int8", batch=(1, 8, 64), device=gpu,
                             library="tensorrt", library_version="10.8.0", source_model="model.qdq.onnx",
-                            source_sha256="0" * 64, built_utc="2026-01-01T00:00:00Z", build_seconds=1.0, parity={})
-    add_to_bundle(root, {sidecar.file: b"plan", base + ".json": json.dumps(sidecar.to_json()).encode()},
-                  {"engines": [sidecar.manifest_entry(base + ".json")]})
+                            source_sha256="0" * 64, engine_sha256=hashlib.sha256(plan).hexdigest(),
+                            built_utc="2026-01-01T00:00:00Z", build_seconds=1.0, parity={})
+    add_to_bundle(root, {sidecar.file: plan, base + ".json": json.dumps(sidecar.to_json()).encode()},
+                  engines=[sidecar.manifest_entry(base + ".json")])
     return root, gpu
 
 
 def test_engine_whose_source_model_is_gone_is_refused_by_selection(orphan_engine_bundle):
-    from clap_edge.export.builders.engines.sidecar import EngineMismatchError, select_engine
+    from clap_edge.export.bundle.engines import EngineMismatchError, select_engine
     from clap_edge.runtime.backends.tensorrt.runner import TensorRTRunner
 
     root, gpu = orphan_engine_bundle
@@ -212,3 +216,22 @@ def _supports_on(runner_cls, bundle, host, version) -> bool:
             return version
 
     return Here.supports(bundle, "int8")
+
+
+@pytest.mark.parametrize("member", ["../escaped.txt", "/tmp/clap-edge-absolute-escape.txt", "link"])
+def test_tar_members_that_leave_the_bundle_are_refused(tmp_path, member):
+    """Unpacking uses tarfile's "data" filter: '..' and links pointing out are refused; an absolute name is
+    unpacked inside the staging folder (its leading '/' dropped), never at that path."""
+    tar = tmp_path / "evil.tar"
+    with tarfile.open(tar, "w") as out:
+        info = tarfile.TarInfo(member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "../../outside"
+            out.addfile(info)
+        else:
+            info.size = 4
+            out.addfile(info, io.BytesIO(b"evil"))
+    refused = r"cannot unpack bundle tar \(" if not member.startswith("/") else "missing file 'manifest.json'"
+    with pytest.raises(BundleError, match=rf"evil\.tar: {refused}"):
+        Bundle.open(tar)
+    assert not (tmp_path / "escaped.txt").exists() and not Path("/tmp/clap-edge-absolute-escape.txt").exists()
