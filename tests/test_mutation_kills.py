@@ -232,8 +232,10 @@ def _runner_here(kind: str, hosts, version):
 def test_supports_checks_kind_version_and_skips_only_the_bad_sidecar(runtime_bundle, tmp_path):
     from test_engines import A100, H100
 
-    bundle = _engine_bundle(runtime_bundle, tmp_path, [(A100, "fp16", "10.8.0"), (H100, "fp16", "10.8.0")])
+    bundle = _engine_bundle(runtime_bundle, tmp_path, [(A100, "fp16", "10.8.0"), (H100, "fp16", "10.8.0"),
+                                                       (H100, "fp32", "10.8.0")])
     assert _runner_here("tensorrt", [H100], "10.8.0").supports(bundle, "fp16")
+    assert _runner_here("tensorrt", [H100], "10.8.0").supports(bundle, "fp32")
     assert not _runner_here("tensorrt", [H100], "10.9.0").supports(bundle, "fp16")  # built with another TensorRT
     assert not _runner_here("aoti", [H100], "10.8.0").supports(bundle, "fp32")  # a TensorRT engine is not AOTI's
     # the first engine's sidecar is damaged: the second still counts
@@ -410,3 +412,30 @@ def test_every_optional_section_and_unknown_key_survives_a_round_trip():
         minimal.pop(key, None)
     spec = Manifest.from_dict(minimal)
     assert tuple(spec.templates) == () and spec.variants == {} and spec.alpha == 0.0 and spec.drift is None
+
+
+def test_swapped_engine_and_hostless_reasons(runtime_bundle, tmp_path):
+    import hashlib
+
+    from clap_edge.core.errors import BundleError
+    from clap_edge.export.bundle.engines import digest_reason, load_sidecar, usable_reason
+    from clap_edge.export.bundle.writer import write_manifest
+    from test_engines import H100, sidecar
+
+    bundle = _engine_bundle(runtime_bundle, tmp_path, [(H100, "fp16", "10.8.0")])
+    entry = bundle.manifest.engines[0]
+    good = load_sidecar(bundle, entry)
+    assert usable_reason(bundle, good, [H100], "10.8.0") is None
+    assert usable_reason(bundle, good, [], "10.8.0") == "no device here"
+    listed = bundle.manifest.sha256(entry.file)
+    swapped = sidecar(H100, sha=good.source_sha256, engine_sha="ab" * 32)
+    assert digest_reason(bundle, swapped) == (f"its bytes (sha256 {listed[:12]}...) are not the engine its sidecar "
+                                              f"records (engine_sha256 abababababab...): it was replaced; rebuild it")
+    data = b"{}"  # valid JSON, not a sidecar: the error names the sidecar file
+    (bundle.root / entry.sidecar).write_bytes(data)
+    manifest = json.loads((bundle.root / "manifest.json").read_text())
+    manifest["files"][entry.sidecar].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    write_manifest(bundle.root, manifest)
+    with pytest.raises(BundleError) as e:
+        load_sidecar(Bundle_reopen(bundle), entry)
+    assert str(e.value).startswith(f"{bundle.label}/{entry.sidecar}: ")
