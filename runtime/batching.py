@@ -8,8 +8,14 @@ threads do the work so decoding overlaps inference:
 The decode worker collects requests until the batch is full or ``max_delay_ms`` has passed
 since the first one arrived, decoding and preprocessing each as it comes; an image that
 fails to decode fails its own future and is left out of the batch. The inference worker runs
-``classifier.predict_batch`` and resolves the futures. If a whole batch fails, it is retried
-image by image so only the request that breaks the model fails.
+the batch through :func:`predict_each` and resolves the futures.
+
+The serving core, shared by this class, :meth:`Classifier.predict_files` and ``clap-edge serve``'s
+replicas, is the two functions :func:`decode_one` and :func:`predict_each`: whatever goes wrong
+with one image (it cannot be decoded, the model gives NaN / inf scores for it, or the model fails on
+it alone) is that image's :class:`ImageError` naming it, and never fails its neighbours in a batch.
+Only a model that fails on every image of a batch, one by one too, fails the batch. An error
+becomes the record ``{"path": ..., "error": ...}`` (:func:`error_record`) wherever it is reported.
 
 The classifier needs only two methods: ``preprocess(image) -> [3, H, W] float32`` and
 ``predict_batch(batch, top_k) -> list[Prediction]``; it is used from the workers only, one
@@ -29,9 +35,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from clap_edge.core.errors import ImageError
+from clap_edge.core.errors import ImageError, first_line
 
-__all__ = ["BatchingClassifier", "BatchingConfig", "QueueFullError"]
+__all__ = ["BatchingClassifier", "BatchingConfig", "QueueFullError", "decode_one", "predict_each", "image_label",
+           "error_message", "error_record", "NON_FINITE"]
+
+NON_FINITE = "the model gave non-finite scores (NaN or inf) for this image"
 
 _STOP = object()  # sentinel that flows through both queues on close()
 
@@ -41,7 +50,7 @@ class QueueFullError(RuntimeError):
 
 
 class _ClassifierLike(Protocol):
-    def preprocess(self, image: Any) -> np.ndarray: ...
+    def preprocess(self, image: Any) -> np.ndarray: ...  # with label=... for bytes / file objects
 
     def predict_batch(self, batch: np.ndarray, top_k: int = 5) -> list: ...
 
@@ -89,7 +98,8 @@ class BatchingClassifier:
     # ---- public API ---------------------------------------------------------------
 
     def submit(self, image: Any) -> Future:
-        """Queue one image (path, PIL image, uint8 array or preprocessed [3, H, W]); returns its Future.
+        """Queue one image (path, image bytes, binary file object, PIL image, uint8 array or preprocessed
+        [3, H, W]); returns its Future.
 
         An empty array is refused here (ValueError); other bad images fail their own Future."""
         if isinstance(image, np.ndarray) and image.size == 0:
@@ -158,7 +168,7 @@ class BatchingClassifier:
         if not request.future.set_running_or_notify_cancel():
             return  # cancelled by the caller while queued
         try:
-            array = self.classifier.preprocess(request.image)
+            array = decode_one(self.classifier, request.image, image_label(request.image))
         except BaseException as e:  # a broken image fails its own request only
             request.future.set_exception(e)
             return
@@ -175,24 +185,17 @@ class BatchingClassifier:
             self.batches_run += 1
             self.batch_sizes.append(len(requests))
             try:
-                predictions = self.classifier.predict_batch(array, top_k=self.config.top_k)
-                if len(predictions) != len(requests):  # zip would leave some futures unresolved forever
-                    raise RuntimeError(f"predict_batch gave {len(predictions)} predictions for {len(requests)} images")
-            except BaseException:
-                self._retry_one_by_one(array, requests)
+                outcomes = predict_each(self.classifier, array, self.config.top_k,
+                                        [image_label(r.image) for r in requests])
+            except BaseException as e:  # the model fails on every image: each request gets that error
+                for request in requests:
+                    request.future.set_exception(e)
                 continue
-            for prediction, request in zip(predictions, requests):
-                _resolve(request, prediction)
-
-    def _retry_one_by_one(self, array: np.ndarray, requests: list[_Request]) -> None:
-        # Isolate the request that breaks the model so the rest of the batch still succeeds.
-        for i, request in enumerate(requests):
-            try:
-                prediction = self.classifier.predict_batch(array[i : i + 1], top_k=self.config.top_k)[0]
-            except BaseException as e:
-                request.future.set_exception(e)
-            else:
-                _resolve(request, prediction)
+            for request, outcome in zip(requests, outcomes):
+                if isinstance(outcome, BaseException):
+                    request.future.set_exception(outcome)
+                else:
+                    request.future.set_result(_with_path(outcome, request.image))
 
 
 class _Batch(list):
@@ -207,18 +210,83 @@ class _Batch(list):
         self.requests.append(request)
 
 
-def _resolve(request: _Request, prediction: Any) -> None:
-    """Set the request's result, or an error if the model gave NaN / inf scores for it."""
-    is_finite = getattr(prediction, "is_finite", None)
-    if is_finite is not None and not is_finite():
-        where = f"{request.image}: " if isinstance(request.image, (str, os.PathLike)) else ""
-        request.future.set_exception(ImageError(f"{where}the model gave non-finite scores (NaN or inf) for this image"))
-        return
-    request.future.set_result(_with_path(prediction, request.image))
-
-
 def _with_path(prediction: Any, image: Any) -> Any:
     # predict() on a path records it; predict_batch() cannot know it, so put it back here.
     if isinstance(image, (str, os.PathLike)) and dataclasses.is_dataclass(prediction) and hasattr(prediction, "path"):
         return dataclasses.replace(prediction, path=str(image))
     return prediction
+
+
+# ---- the serving core: one decode and one batch policy for every front end ---------------------
+
+
+def image_label(image: Any) -> str | None:
+    """What an image's errors name: its path, or nothing for in-memory images."""
+    return str(image) if isinstance(image, (str, os.PathLike)) else None
+
+
+def _named(label: str | None, problem: str) -> str:
+    return f"{label}: {problem}" if label else problem
+
+
+def decode_one(classifier: _ClassifierLike, image: Any, label: str | None = None) -> np.ndarray:
+    """``classifier.preprocess(image)`` (a path, image bytes, a binary file object, a PIL image or an
+    array); any failure is this image's :class:`ImageError` naming ``label``."""
+    try:
+        if isinstance(image, (bytes, bytearray, memoryview)) or hasattr(image, "read"):
+            return classifier.preprocess(image, label=label)  # errors name the label, not "image bytes"
+        return classifier.preprocess(image)
+    except ImageError:
+        raise
+    except Exception as e:  # an unexpected decoder failure is still this image's problem only
+        raise ImageError(_named(label, f"cannot decode image: {first_line(e)}")) from e
+
+
+def predict_each(classifier: _ClassifierLike, batch: np.ndarray, top_k: int, labels: list[str | None]) -> list[Any]:
+    """One model call for ``batch``; each image's outcome is its prediction or its own :class:`ImageError`.
+
+    NaN / inf scores are that image's error (never printed, never a 500). If the call raises, every
+    image is retried alone, so only the one that breaks the model fails; when each fails alone too,
+    the model (not an image) is broken and the batch's error is raised."""
+    try:
+        predictions = classifier.predict_batch(batch, top_k=top_k)
+        if len(predictions) != len(batch):  # a zip would leave some images without an answer
+            raise RuntimeError(f"predict_batch gave {len(predictions)} predictions for {len(batch)} images")
+    except Exception as error:
+        if len(batch) == 1:
+            raise
+        alone = [_predict_alone(classifier, batch[i:i + 1], top_k) for i in range(len(batch))]
+        if all(isinstance(a, Exception) for a in alone):
+            raise error
+        predictions = alone
+    return [_outcome(p, label) for p, label in zip(predictions, labels)]
+
+
+def _predict_alone(classifier: _ClassifierLike, one: np.ndarray, top_k: int) -> Any:
+    try:
+        return classifier.predict_batch(one, top_k=top_k)[0]
+    except Exception as e:
+        return e
+
+
+def _outcome(prediction: Any, label: str | None) -> Any:
+    if isinstance(prediction, Exception):
+        error = ImageError(_named(label, f"the model failed on this image ({first_line(prediction)})"))
+        error.__cause__ = prediction
+        return error
+    is_finite = getattr(prediction, "is_finite", None)
+    if is_finite is not None and not is_finite():
+        return ImageError(_named(label, NON_FINITE))
+    return prediction
+
+
+def error_message(error: BaseException, label: str | None) -> str:
+    """The error without the leading ``label: `` (a record names the image in its own field)."""
+    message = str(error)
+    return message[len(label) + 2:] if label and message.startswith(f"{label}: ") else message
+
+
+def error_record(label: str | None, error: BaseException) -> dict[str, Any]:
+    """``{"path": label, "error": message}``: a failed image, as ``classify --json``, Ray Data rows and
+    ``serve``'s error bodies report it."""
+    return {"path": label, "error": error_message(error, label)}

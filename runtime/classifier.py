@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,7 @@ from clap_edge.core.errors import BundleError, ImageError
 from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends import RunnerOptions, create_runner
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
+from clap_edge.runtime.batching import decode_one, predict_each
 from clap_edge.core.images import load_image
 from clap_edge.core.preprocess import Preprocessor
 
@@ -133,20 +134,22 @@ class Classifier:
     def input_shape(self) -> tuple[int, int, int]:
         return self.bundle.input_shape
 
-    def load(self, path: str | os.PathLike) -> Image.Image:
-        """Decode an image file for this model (large JPEGs are decoded at a reduced DCT scale)."""
-        return load_image(path, draft_size=self.draft_size)
+    def load(self, path: str | os.PathLike | bytes | BinaryIO, label: str | None = None) -> Image.Image:
+        """Decode an image file, its bytes or an open binary file for this model (large JPEGs are decoded at
+        a reduced DCT scale); errors about bytes or a file object name ``label``."""
+        return load_image(path, draft_size=self.draft_size, label=label)
 
-    def preprocess(self, image: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
-        """A path, PIL image or uint8 HxWx3 array -> float32 [3, H, W], as open_clip's eval transform.
-
-        A float array already preprocessed ([3, H, W] of the model's size, finite) is passed through."""
-        if isinstance(image, (str, os.PathLike)):
-            path, image = image, self.load(image)
+    def preprocess(self, image: str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray,
+                   label: str | None = None) -> np.ndarray:
+        """A path, image bytes, binary file object, PIL image or uint8 HxWx3 array -> float32 [3, H, W], as
+        open_clip's eval transform. A float array already preprocessed ([3, H, W] of the model's size,
+        finite) is passed through."""
+        if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(image, "read"):
+            where, image = _source_label(image, label), self.load(image, label)
             try:
                 return self.preprocessor(image)
-            except ImageError as e:  # the resize bound (core/preprocess.py) does not know the file
-                raise ImageError(f"{path}: {e}") from e
+            except ImageError as e:  # a bound in core/preprocess.py does not know the file
+                raise ImageError(f"{where}: {e}") from e
         elif isinstance(image, np.ndarray):
             if image.size == 0:
                 raise ValueError(f"empty image array (shape {list(image.shape)})")
@@ -208,7 +211,7 @@ class Classifier:
                     p = next(path_iter, None)
                     if p is None:
                         return
-                    pending.append((str(p), pool.submit(self.preprocess, p)))
+                    pending.append((str(p), pool.submit(decode_one, self, p, str(p))))
 
             fill()
             try:
@@ -221,28 +224,24 @@ class Classifier:
                     fut.cancel()
 
     def _run_chunk(self, chunk: list[tuple[str, Future]], top_k: int) -> Iterator[tuple[str, Prediction | ImageError]]:
-        arrays: dict[int, np.ndarray] = {}
-        errors: dict[int, ImageError] = {}
-        for i, (path, fut) in enumerate(chunk):
+        """The serving core's policy (runtime.batching): each file's decode error, NaN scores or model failure
+        is its own error; the rest of the chunk is classified."""
+        outcomes: dict[int, Prediction | ImageError] = {}
+        for i, (_, fut) in enumerate(chunk):
             try:
-                arrays[i] = fut.result()
+                outcomes[i] = fut.result()
             except ImageError as e:
-                errors[i] = e
-            except Exception as e:  # an unexpected decoder failure still fails only this file
-                errors[i] = ImageError(f"{path}: cannot decode image: {type(e).__name__}: {e}")
-        preds: dict[int, Prediction] = {}
-        if arrays:
-            order = sorted(arrays)
-            batch_preds = self.predict_batch(np.stack([arrays[i] for i in order]), top_k,
-                                             [chunk[i][0] for i in order])
-            for i, pred in zip(order, batch_preds):
-                if pred.is_finite():
-                    preds[i] = pred
-                else:  # never print NaN scores (not even valid JSON): an error for this image
-                    errors[i] = ImageError(f"{chunk[i][0]}: the model gave non-finite scores (NaN or inf) "
-                                           "for this image")
+                outcomes[i] = e
+        order = [i for i, o in outcomes.items() if isinstance(o, np.ndarray)]
+        if order:
+            labels = [chunk[i][0] for i in order]
+            batch = np.stack([outcomes[i] for i in order])
+            for i, label, outcome in zip(order, labels, predict_each(self, batch, top_k, labels)):
+                if isinstance(outcome, Prediction):
+                    outcome.path = label
+                outcomes[i] = outcome
         for i, (path, _) in enumerate(chunk):
-            yield path, preds[i] if i in preds else errors[i]
+            yield path, outcomes[i]
 
     def _predictions(self, out: RunnerOutput, top_k: int, paths: Sequence[str | None] | None) -> list[Prediction]:
         if top_k < 1:
@@ -256,6 +255,17 @@ class Classifier:
                        embedding=out.embedding[n], logits=out.logits[n], path=paths[n])
             for n, idx in enumerate(order)
         ]
+
+
+def _source_label(image: Any, label: str | None) -> str:
+    """What load_image's errors name for ``image``: the label, the path, a file object's name."""
+    if label:
+        return label
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "image bytes"
+    return str(getattr(image, "name", None) or "image file object")
 
 
 def _relabel(error: BundleError, bundle: Bundle) -> BundleError:

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from clap_edge.core.errors import ImageError
-from clap_edge.runtime.batching import BatchingClassifier, QueueFullError
+from clap_edge.runtime.batching import NON_FINITE, BatchingClassifier, QueueFullError, error_record, predict_each
+from serving_stubs import nan_for_white, white_png
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def test_model_error_fails_only_that_request(clf):
     poison = np.full(clf.input_shape, np.nan, dtype=np.float32)
     with BatchingClassifier(gated, max_batch_size=8, max_delay_ms=200) as bc:
         futures = [bc.submit(x) for x in good[:3]] + [bc.submit(poison)] + [bc.submit(x) for x in good[3:]]
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ImageError, match=r"the model failed on this image \(ValueError: NaN input\)"):
         futures[3].result(timeout=0)
     ok = [f.result(timeout=0) for i, f in enumerate(futures) if i != 3]
     for pred, ref in zip(ok, clf.predict_batch(good, top_k=5)):
@@ -179,3 +180,95 @@ def test_partial_batch_is_flushed_on_close_deterministically(clf, images):
     assert seen == [3]
     for future, image in zip(futures, requests):
         _same(future.result(timeout=0), clf.predict([image], top_k=5)[0])
+
+
+def test_nan_output_is_that_images_error_in_a_shared_batch(clf, images, tmp_path):
+    """The model gives NaN for the white image only: its future fails with an ImageError naming it, its
+    neighbours in the same model call get their real predictions."""
+    paths, arrays, _ = images
+    nan_clf = nan_for_white(clf)
+    white = white_png(tmp_path / "white.png")
+    requests = [paths[0], arrays[0], white, paths[1], arrays[1]]
+    bc = BatchingClassifier(nan_clf, max_batch_size=8, max_delay_ms=1e8)  # one batch, flushed by close()
+    futures = [bc.submit(r) for r in requests]
+    bc.close()
+    assert nan_clf.runner.batch_sizes == [5]  # one model call: nothing retried, nothing split
+    with pytest.raises(ImageError) as info:
+        futures[2].result(timeout=0)
+    assert str(info.value) == f"{white}: {NON_FINITE}"
+    for i in (0, 1, 3, 4):
+        _same(futures[i].result(timeout=0), clf.predict([requests[i]])[0])
+
+
+def test_predict_files_and_batching_report_nan_with_the_same_record(clf, images, tmp_path):
+    paths, _, _ = images
+    nan_clf = nan_for_white(clf)
+    white = white_png(tmp_path / "white.png")
+    files = [paths[2], white, paths[3]]
+    results = dict(nan_clf.predict_files(files, batch_size=3, workers=1, top_k=3))
+    assert isinstance(results[white], ImageError)
+    with BatchingClassifier(nan_clf, top_k=3) as bc:
+        batched = bc.submit(white).exception(timeout=30)
+    assert error_record(white, results[white]) == error_record(white, batched) == {"path": white, "error": NON_FINITE}
+    for p in (paths[2], paths[3]):
+        _same(results[p], clf.predict([p], top_k=3)[0])
+
+
+def test_ray_data_actor_rows_follow_the_same_policy(clf, images, tmp_path):
+    """Ray Data's actor (called directly, no cluster): the NaN image is an error row with the same message,
+    its neighbours in the same model call are classified, an undecodable file is its own error row."""
+    pytest.importorskip("pyarrow")
+    from clap_edge.runtime.scale.ray_data import ClassifierActor
+
+    paths, _, broken = images
+    white = white_png(tmp_path / "white.png")
+    actor = ClassifierActor(str(clf.bundle.root), backend="onnxruntime", threads=1, top_k=3)
+    own = actor.classifier
+    try:
+        actor.classifier = nan_for_white(own)
+        files = [paths[4], white, broken, paths[5]]
+        rows = actor({"path": np.array(files)}).to_pylist()
+    finally:
+        own.close()
+    assert actor.classifier.runner.batch_sizes == [3]
+    assert [r["path"] for r in rows] == files
+    assert rows[1]["error"] == NON_FINITE and rows[1]["labels"] is None
+    assert rows[2]["error"].startswith("cannot decode image")
+    for row, p in ((rows[0], paths[4]), (rows[3], paths[5])):
+        assert row["error"] is None and row["labels"] == clf.predict([p], top_k=3)[0].labels
+
+
+class _FailsOn:
+    """predict_batch raises for any batch holding a NaN row (a model that breaks on one input)."""
+
+    def __init__(self, inner, always: bool = False):
+        self.inner, self.always = inner, always
+
+    def predict_batch(self, batch, top_k=5):
+        if self.always or np.isnan(batch).any():
+            raise RuntimeError("backend exploded")
+        return self.inner.predict_batch(batch, top_k)
+
+
+def test_predict_each_isolates_the_image_that_breaks_the_model_and_raises_for_a_broken_model(clf):
+    good = np.random.default_rng(3).standard_normal((3, *clf.input_shape)).astype(np.float32)
+    batch = np.concatenate([good[:1], np.full((1, *clf.input_shape), np.nan, np.float32), good[1:]])
+    outcomes = predict_each(_FailsOn(clf), batch, 2, ["a", "b", "c", "d"])
+    assert isinstance(outcomes[1], ImageError)
+    assert str(outcomes[1]) == "b: the model failed on this image (RuntimeError: backend exploded)"
+    for outcome, ref in zip([outcomes[0], *outcomes[2:]], clf.predict_batch(good, top_k=2)):
+        _same(outcome, ref)
+    with pytest.raises(RuntimeError, match="exploded"):  # fails on every image alone too: the model is broken
+        predict_each(_FailsOn(clf, always=True), good, 2, ["a", "b", "c"])
+
+
+def test_bytes_and_file_objects_are_decoded_like_files(clf, images):
+    paths, _, _ = images
+    data = open(paths[6], "rb").read()
+    with BatchingClassifier(clf, max_batch_size=4, max_delay_ms=1e8) as bc, open(paths[7], "rb") as f:
+        futures = [bc.submit(data), bc.submit(f), bc.submit(b"junk")]
+        bc.close()  # flush while the file is still open
+    _same(futures[0].result(timeout=0), clf.predict([paths[6]])[0])
+    _same(futures[1].result(timeout=0), clf.predict([paths[7]])[0])
+    with pytest.raises(ImageError, match="^image bytes: cannot decode image"):
+        futures[2].result(timeout=0)

@@ -137,6 +137,23 @@ def test_predict_files_reports_broken_and_classifies_the_rest(clf, image_dir):
         np.testing.assert_allclose(pred.logits, clf.predict(path)[0].logits, atol=1e-5)
 
 
+def test_predict_files_nan_output_is_that_files_error(clf, image_dir, tmp_path):
+    """The shared policy: a file the model gives NaN for is yielded as its ImageError (never NaN scores),
+    its neighbours in the same batch are classified."""
+    from clap_edge.runtime.batching import NON_FINITE
+    from serving_stubs import nan_for_white, white_png
+
+    nan_clf = nan_for_white(clf)
+    white = white_png(tmp_path / "white.png")
+    files = [str(image_dir[0]), white, str(image_dir[1])]
+    results = list(nan_clf.predict_files(files, batch_size=3, workers=1, top_k=2))
+    assert [p for p, _ in results] == files and nan_clf.runner.batch_sizes == [3]
+    assert isinstance(results[1][1], ImageError) and str(results[1][1]) == f"{white}: {NON_FINITE}"
+    for path, pred in (results[0], results[2]):
+        assert pred.path == path and pred.is_finite()
+        np.testing.assert_allclose(pred.logits, clf.predict(path)[0].logits, atol=1e-5)
+
+
 # ---- backends -------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -19,7 +20,8 @@ from PIL import Image
 from clap_edge.core.errors import ImageError
 from clap_edge.runtime.scale.client import Client, ServeError
 from clap_edge.runtime.scale.decode import decode_bytes, error_message
-from clap_edge.runtime.scale.serve import _parse_query, prediction_record
+from clap_edge.runtime.scale.serve import ReplicaCore, _parse_query, prediction_record
+from serving_stubs import nan_for_white, white_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +56,21 @@ def test_decode_bytes_equals_file_decoding(clf, tmp_path):
         path = tmp_path / f"img.{fmt.lower()}"
         path.write_bytes(data)
         np.testing.assert_array_equal(decode_bytes(clf, data), clf.preprocess(path))
+        np.testing.assert_array_equal(clf.preprocess(io.BytesIO(data)), clf.preprocess(path))  # a file object
+
+
+def test_decode_bytes_writes_no_temporary_file(clf, monkeypatch):
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decode_bytes made a temporary file")
+
+    for name in ("mkstemp", "NamedTemporaryFile", "TemporaryFile", "SpooledTemporaryFile"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    data = _image_bytes(np.random.default_rng(3))
+    assert decode_bytes(clf, data).shape == clf.input_shape
+    with pytest.raises(ImageError, match="^request body: cannot decode image"):
+        decode_bytes(clf, b"GIF89a not really")
 
 
 def test_decode_bytes_errors_name_the_request_not_a_temp_file(clf, tmp_path):
@@ -94,6 +111,72 @@ def test_query_parsing():
             _parse_query({"top_k": bad})
 
 
+def _png_bytes(path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _respond(core, body: bytes, query=None, method="POST", path="/v1/classify"):
+    async def read_body(limit):
+        return None if len(body) > limit else body
+
+    return core.respond(method, path, query or {}, read_body)
+
+
+def test_replica_core_gives_each_image_its_own_answer_in_a_shared_model_call(clf, tmp_path):
+    """The replica's serving core (what the Serve deployment runs): the model gives NaN for the white image
+    only; in one model call with two neighbours, the white one answers 422 with the shared non-finite error,
+    the neighbours answer 200 with their real scores. Bad bodies and queries are 4xx JSON, never a 500."""
+    import asyncio
+
+    from clap_edge.runtime.batching import NON_FINITE
+
+    nan_clf = nan_for_white(clf)
+    core = ReplicaCore(nan_clf, max_batch_size=8, max_body_bytes=1 << 20, info={"classes": 5})
+    rng = np.random.default_rng(4)
+    good = [_image_bytes(rng) for _ in range(2)]
+    white = _png_bytes(white_png(tmp_path / "white.png"))
+    reference = clf.predict([Image.open(io.BytesIO(b)) for b in good], top_k=3)
+
+    async def scenario():
+        arrays = [decode_bytes(clf, b) for b in (good[0], white, good[1])]
+        outcomes = await core.predict_many(arrays)
+        answers = await asyncio.gather(*[_respond(core, b, {"top_k": "3"}) for b in (good[0], white, good[1])])
+        return outcomes, answers
+
+    outcomes, answers = asyncio.run(scenario())
+    assert nan_clf.runner.batch_sizes[0] == 3  # the three shared one model call
+    assert isinstance(outcomes[1], ImageError) and str(outcomes[1]) == f"request body: {NON_FINITE}"
+    assert answers[1] == (422, {"error": NON_FINITE})
+    for (status, body), ref in zip((answers[0], answers[2]), reference):
+        assert status == 200 and body["labels"] == ref.labels
+        np.testing.assert_allclose(body["scores"], ref.scores, rtol=1e-5, atol=1e-6)
+
+    status, body = asyncio.run(_respond(core, b"not an image"))
+    assert status == 422 and body["error"].startswith("cannot decode image")
+    assert asyncio.run(_respond(core, good[0], {"top_k": "0"}))[0] == 400
+    assert asyncio.run(_respond(core, bytes(2 << 20)))[0] == 413
+    assert asyncio.run(_respond(core, good[0], method="GET"))[0] == 405
+    assert asyncio.run(_respond(core, good[0], path="/nope"))[0] == 404
+    assert asyncio.run(_respond(core, b"", method="GET", path="/v1/health")) == (200, {"status": "ok", "classes": 5})
+
+
+def test_replica_core_answers_500_json_when_the_model_fails_on_every_image(clf):
+    import asyncio
+
+    class Broken:
+        class_names = clf.class_names
+
+        def preprocess(self, image, label=None):
+            return clf.preprocess(image, label)
+
+        def predict_batch(self, batch, top_k=5):
+            raise RuntimeError("backend exploded")
+
+    core = ReplicaCore(Broken(), max_batch_size=8, max_body_bytes=1 << 20)
+    status, body = asyncio.run(_respond(core, _image_bytes(np.random.default_rng(5))))
+    assert status == 500 and body == {"error": "the model failed: RuntimeError: backend exploded"}
+
+
 def test_client_reports_an_unreachable_server():
     port = _free_port()
     with pytest.raises(ServeError, match="cannot reach"):
@@ -121,15 +204,17 @@ def _free_port(n: int = 1):
 class _Server:
     """`clap-edge serve` in a subprocess on 127.0.0.1 (a local 2-CPU Ray cluster)."""
 
-    def __init__(self, bundle: Path, port: int, metrics_port: int, tmp: Path):
+    def __init__(self, bundle: Path, port: int, metrics_port: int, tmp: Path, extra: tuple[str, ...] = (),
+                 script: tuple[str, ...] = ("from clap_edge.apps.cli import main; main()",)):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log = open(tmp / "serve.log", "wb")
-        cmd = [sys.executable, "-c", "from clap_edge.apps.cli import main; main()", "serve", str(bundle),
+        cmd = [sys.executable, "-c", *script, "serve", str(bundle),
                "--backend", "onnxruntime", "--threads", "1", "--port", str(port), "--num-cpus", "2",
                "--max-batch-size", "16", "--batch-wait-ms", "2", "--metrics-port", str(metrics_port),
-               "--max-body-mb", "1"]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+               "--max-body-mb", "1", *extra]
+        pythonpath = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
+        env = {**os.environ, "PYTHONPATH": pythonpath, "RAY_USAGE_STATS_ENABLED": "0"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.log_path = tmp / "serve.log"
 
@@ -289,6 +374,103 @@ def test_serve_load_2000_requests_then_graceful_sigint(runtime_bundle, clf, corp
         server.close()
 
 
+# `clap-edge serve` with a bundle swapped for a forged one right after the driver's check, before any
+# replica exists: argv[1] is the forged bundle's folder, argv[2] what is swapped ("bundle": the user's
+# folder; "snapshot": the driver's pinned private copy itself, which replicas then refuse).
+SWAP_AFTER_THE_CHECK = """
+import contextlib, shutil, sys
+import clap_edge.runtime.scale.serve as serve_module
+forged, target, checked = sys.argv.pop(1), sys.argv.pop(1), serve_module.pin_bundle
+
+@contextlib.contextmanager
+def swapping(bundle, *args, **kwargs):
+    with checked(bundle, *args, **kwargs) as pin:
+        where = bundle if target == "bundle" else pin.source
+        for name in ("manifest.json", "manifest.sha256"):
+            shutil.copy(f"{forged}/{name}", f"{where}/{name}")
+        print("swapped", where, flush=True)
+        yield pin
+
+serve_module.pin_bundle = swapping
+from clap_edge.apps.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_serve_replicas_load_the_checked_bytes_and_sigterm_exits_0(runtime_bundle, clf, tmp_path):
+    """--trusted-key: the bundle is swapped for a forged one (two class names exchanged, manifest digest
+    recomputed, so only the signature tells) after the driver's check, before the replicas load: they serve
+    the checked bundle's labels, never the forged ones. A bad body is a 422 JSON error. SIGTERM stops it as
+    cleanly as SIGINT: exit 0 (Ray's own SIGTERM handler made it exit -6 before)."""
+    import json
+    import shutil
+
+    pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install 'clap-edge[serve]')")
+    pytest.importorskip("model_signing", reason="signing needs the [sign] extra")
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+    from clap_edge.export.bundle.writer import write_manifest
+
+    assert CliRunner().invoke(main, ["keygen", str(tmp_path / "alice")]).exit_code == 0
+    bundle = shutil.copytree(runtime_bundle, tmp_path / "bundle")
+    assert CliRunner().invoke(main, ["sign", str(bundle), "--key", str(tmp_path / "alice.pem")]).exit_code == 0
+    forged = shutil.copytree(bundle, tmp_path / "forged")
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest["class_names"][0], manifest["class_names"][1] = manifest["class_names"][1], manifest["class_names"][0]
+    write_manifest(forged, manifest)
+
+    data = [_image_bytes(np.random.default_rng(seed)) for seed in range(4)]
+    reference = clf.predict([Image.open(io.BytesIO(b)) for b in data], top_k=5)
+    server = _Server(bundle, *_free_port(2), tmp_path, extra=("--trusted-key", str(tmp_path / "alice.pub")),
+                     script=(SWAP_AFTER_THE_CHECK, str(forged), "bundle"))
+    try:
+        server.wait_ready()
+        assert "swapped" in server.log_path.read_text()
+        assert json.loads((bundle / "manifest.json").read_text())["class_names"] == manifest["class_names"]
+        client = Client(server.url)
+        assert client.health()["signed"] is True
+        for i, (body, ref) in enumerate(zip(data, reference)):  # all five labels: the forged order differs
+            sent = io.BytesIO(body) if i % 2 else body  # the client takes bytes or a file object
+            assert client.classify(sent, top_k=5)["labels"] == ref.labels
+        with pytest.raises(ImageError, match="cannot decode image"):  # HTTP 422 {"error": ...}
+            client.classify(b"GIF89a not really")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(90) == 0, server.log_path.read_text()[-3000:]
+        assert server.log_path.read_text().rstrip().endswith("stopped")
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_serve_replicas_that_refuse_their_copy_end_in_one_line(runtime_bundle, tmp_path):
+    """The pinned snapshot itself is changed after the driver's check: every replica refuses its copy
+    (manifest sha256 not the checked one); Serve gives up and serve exits 2 with one line, no traceback."""
+    import json
+    import shutil
+
+    pytest.importorskip("ray.serve", reason="Ray Serve not installed (pip install 'clap-edge[serve]')")
+    from clap_edge.export.bundle.writer import write_manifest
+
+    forged = shutil.copytree(runtime_bundle, tmp_path / "forged")
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest["class_names"][0], manifest["class_names"][1] = manifest["class_names"][1], manifest["class_names"][0]
+    write_manifest(forged, manifest)
+    port, metrics_port = _free_port(2)
+    server = _Server(runtime_bundle, port, metrics_port, tmp_path, script=(SWAP_AFTER_THE_CHECK, str(forged),
+                                                                         "snapshot"))
+    try:
+        assert server.proc.wait(240) == 2, server.log_path.read_text()[-3000:]
+    finally:
+        server.close()
+    log = server.log_path.read_text()
+    last = log.strip().splitlines()[-1]  # (Ray forwards the replicas' own logs above it)
+    assert "swapped" in log
+    assert f"{runtime_bundle}: the replicas could not load the bundle: " in last, log[-3000:]
+    assert "changed since it was checked" in last, log[-3000:]
+
+
 def test_serve_refuses_a_bad_bundle_in_one_line_before_starting_ray(runtime_bundle, tmp_path):
     import shutil
 
@@ -313,7 +495,8 @@ def test_sigint_and_sigterm_both_lead_to_the_graceful_stop(monkeypatch):
     for sig in (signal.SIGTERM, signal.SIGINT):
         calls: list[str] = []
         before = signal.getsignal(sig)
-        monkeypatch.setattr(serve_module, "start", lambda config: calls.append("start"))
+        monkeypatch.setattr(serve_module, "pin_bundle", lambda *a, **k: contextlib.nullcontext("pin"))
+        monkeypatch.setattr(serve_module, "start", lambda config, pin, on_connect: calls.append("start"))
         monkeypatch.setattr(serve_module, "stop", lambda: calls.append("stop"))
         threading.Timer(0.3, os.kill, (os.getpid(), sig)).start()
         serve_module.serve(ServeConfig(bundle="unused"), on_ready=lambda config: calls.append("ready"))

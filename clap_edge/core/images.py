@@ -9,12 +9,15 @@ grayscale and 1-bit. Broken files (truncated, empty, not an image, too large) ra
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import os
 import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -50,12 +53,16 @@ __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_DECODE_BYTES",
 
 
 def load_image(
-    path: str | os.PathLike,
+    path: str | os.PathLike | bytes | BinaryIO,
     draft_size: tuple[int, int] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_bytes: int | None = DEFAULT_MAX_DECODE_BYTES,
+    label: str | None = None,
 ) -> Image.Image:
     """Decode ``path`` into an RGB image with its EXIF orientation applied.
+
+    ``path`` may also be the image's bytes or an open binary file object (an HTTP body, a Ray Data
+    column): the same checks run on it, with no temporary file, and errors name ``label``.
 
     ``draft_size`` (w, h): let the JPEG decoder downscale by 2/4/8 in the DCT while the result
     still covers this size. It makes large photos cheap to decode (time and memory) and is what
@@ -64,9 +71,9 @@ def load_image(
     pixels or in the memory decoding and converting them would take (estimated from the header).
     Only regular files are opened (a FIFO or a device is an error, never a hang).
     """
-    path = Path(path)
+    path, opener = _source(path, label)
     try:
-        with _open_regular(path) as f, Image.open(f) as img:
+        with opener() as f, Image.open(f) as img:
             if draft_size is not None and img.format == "JPEG":
                 img.draft("RGB", _oriented_draft_size(img, draft_size))
             _check_size(path, img, max_pixels, max_bytes)
@@ -193,6 +200,32 @@ def _oriented_draft_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, 
     except Exception:  # a broken EXIF block is not our problem here; exif_transpose copes
         orientation = 1
     return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+
+
+class _Named(str):
+    """The label of in-memory image data, standing where load_image's messages name a path."""
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def stat(self):
+        raise FileNotFoundError(self)  # no file behind it: _is_empty says no
+
+
+def _source(source, label: str | None):
+    """(what errors name, a callable opening it as a binary file): a path opens as a regular file only."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name = _Named(label or "image bytes")
+        if not len(source):
+            raise ImageError(f"{name}: cannot decode image: empty (0 bytes)")
+        if len(source) > MAX_FILE_BYTES:  # the same bound as a file's size
+            raise ImageError(f"{name}: file is too large to decode ({len(source)} bytes, limit {MAX_FILE_BYTES})")
+        return name, lambda: io.BytesIO(source)
+    if hasattr(source, "read"):
+        name = _Named(label or getattr(source, "name", None) or "image file object")
+        return name, lambda: contextlib.nullcontext(source)  # the caller's to close
+    path = Path(source)
+    return path, lambda: _open_regular(path)
 
 
 def _is_empty(path: Path) -> bool:

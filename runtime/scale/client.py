@@ -12,7 +12,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, BinaryIO
 
 from clap_edge.core.errors import ClapEdgeError, ImageError
 
@@ -30,9 +30,15 @@ class Client:
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def classify(self, image: str | os.PathLike | bytes, top_k: int = 5, embedding: bool = False) -> dict[str, Any]:
-        label = "image bytes" if isinstance(image, (bytes, bytearray)) else str(image)
-        data = bytes(image) if isinstance(image, (bytes, bytearray)) else _read(image)
+    def classify(self, image: str | os.PathLike | bytes | BinaryIO, top_k: int = 5, embedding: bool = False
+                 ) -> dict[str, Any]:
+        """``image``: a path, the image's bytes, or an open binary file object."""
+        if isinstance(image, (bytes, bytearray)):
+            label, data = "image bytes", bytes(image)
+        elif hasattr(image, "read"):
+            label, data = str(getattr(image, "name", "image file object")), image.read()
+        else:
+            label, data = str(image), _read(image)
         query = urllib.parse.urlencode({"top_k": top_k, **({"embedding": 1} if embedding else {})})
         request = urllib.request.Request(f"{self.url}/v1/classify?{query}", data=data, method="POST",
                                          headers={"Content-Type": "application/octet-stream"})

@@ -39,7 +39,7 @@ import numpy as np
 from clap_edge.core.errors import ClapEdgeError, ImageError, OutputError
 from clap_edge.core.io import atomic_path
 from clap_edge.runtime.scale.cluster import claim_out, connect, import_ray, pin_bundle
-from clap_edge.runtime.scale.decode import decode_bytes, error_message
+from clap_edge.runtime.batching import decode_one, error_message, predict_each
 
 __all__ = ["classify", "RayDataResult", "ClassifierActor", "result_schema", "FAULT_ENV"]
 
@@ -90,9 +90,13 @@ class ClassifierActor:
         good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
         rows: dict[str, list] = {name: [None] * len(paths) for name in self.schema.names}
         rows["path"] = paths
-        if good:
-            preds = self.classifier.predict_batch(np.stack([decoded[i] for i in good]), top_k=self.top_k)
-            for i, pred in zip(good, preds):
+        if good:  # the serving core's policy: NaN scores or a model failure on one image is that row's error
+            outcomes = predict_each(self.classifier, np.stack([decoded[i] for i in good]), self.top_k,
+                                    [paths[i] for i in good])
+            for i, pred in zip(good, outcomes):
+                if isinstance(pred, ImageError):
+                    decoded[i] = error_message(pred, paths[i])
+                    continue
                 rows["labels"][i], rows["scores"][i] = list(pred.labels), [float(s) for s in pred.scores]
                 if self.embeddings:
                     rows["embedding"][i] = np.asarray(pred.embedding, dtype=np.float32)
@@ -103,14 +107,10 @@ class ClassifierActor:
 
     def _decode(self, job: tuple[str, Any]) -> np.ndarray | str:
         path, blob = job
-        try:
-            if blob is None:
-                return self.classifier.preprocess(path)
-            return decode_bytes(self.classifier, bytes(blob), path)
+        try:  # any decoder surprise is this row's error, never the job's
+            return decode_one(self.classifier, path if blob is None else bytes(blob), path)
         except ImageError as e:
             return error_message(e, path)
-        except Exception as e:  # any decoder surprise is this row's error, never the job's
-            return f"cannot decode image: {type(e).__name__}: {e}"
 
     def _maybe_die(self) -> None:
         if not self.fault_marker:

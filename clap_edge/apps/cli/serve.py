@@ -37,9 +37,11 @@ def serve(bundle, backend, threads, replicas, replica_cpus, max_batch_size, batc
 
     \b
     POST /v1/classify?top_k=K[&embedding=1]  (body: image bytes) -> {"labels", "scores"[, "embedding"]}
-                                             422 {"error"} for an image that cannot be decoded
+                                             422 {"error"} for an image that cannot be decoded or
+                                             that the model gives NaN / inf scores for
     GET  /v1/health                          200 once the bundle is loaded
-    Ctrl-C / SIGTERM stops it gracefully: accepted requests are answered first.
+    With --trusted-key each replica loads its own checked copy of the bundle the driver verified.
+    Ctrl-C / SIGTERM stops it gracefully (exit 0): accepted requests are answered first.
     Try it: curl -X POST --data-binary @cat.jpg 'http://127.0.0.1:8000/v1/classify?top_k=3'
 
     \b
