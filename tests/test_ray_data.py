@@ -423,19 +423,6 @@ def test_dataset_resume_retries_errors(ray_cluster, runtime_bundle, clf, tmp_pat
     _check_rows([rows[p] for p in paths], _reference(clf, paths))
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A real 64 KiB tmpfs (root in a container that allows mounts); skipped where it cannot be mounted."""
-    import subprocess
-
-    mnt = tmp_path / "tiny-disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched full-disk test covers the logic")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
-
-
 @pytest.mark.slow
 def test_really_full_disk_is_one_line_and_keeps_the_previous_rows(ray_cluster, runtime_bundle, tiny_disk, tmp_path):
     import pyarrow as pa
