@@ -56,3 +56,16 @@ def tiny_bundle(tmp_path_factory, tiny_head_path):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("export") / "tiny-bundle"
     return export_bundle(ExportConfig(out=out, head=tiny_head_path, int8=True))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB tmpfs (root in a container that allows mounts); skipped where it cannot be mounted."""
+    import subprocess
+
+    mnt = tmp_path / "tiny-disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched full-disk test covers the logic")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)

@@ -1,4 +1,19 @@
-"""Static int8 (QDQ), OpenVINO int8 (NNCF), drift per variant, auto's agreement floor, the GEMM ceiling."""
+"""Static int8 (QDQ), OpenVINO int8 (NNCF), drift per variant, auto's agreement floor, the GEMM ceiling.
+
+Quantised variants are checked on the *trained* toy CLIP (``clap-edge-toy`` / ``toyworld``, shipped in the
+package), not on random weights: a random model's logits are nearly tied, so which class wins after
+quantisation depends on the CPU's int8 kernels (VNNI / AMX / AVX2 round differently), and a floor on it
+fails on some CPUs. On the trained model the floors below hold with a margin:
+
+- ``AGREEMENT_FLOOR``: argmax agreement with fp32 over the 96 test images (8 classes x 2 domains x 6).
+- ``TOP1_MARGIN``: a variant's top-1 (vs the labels) may trail fp32's by at most this much.
+
+Measured (2026-12, this suite's data, 1 thread) on an Intel Xeon with AVX-512 VNNI + AMX: fp32 top-1 0.729;
+agreement / top-1: onnxruntime:int8 0.990 / 0.740, int8-static (QDQ) 0.969 / 0.729, openvino:int8 0.948 / 0.719;
+and openvino:int8 on oneDNN's AVX2 path (``ONEDNN_MAX_CPU_ISA=AVX2``, no VNNI): 0.917 / 0.719. ONNX Runtime
+has no switch to force its AVX2 kernels, so its figures are from the AVX-512 machine only. The floors
+(0.85, 0.06 = 6 images) leave >= 0.06 agreement and >= 5 images of top-1 below the worst figure measured.
+"""
 
 from __future__ import annotations
 
@@ -13,28 +28,32 @@ from clap_edge.export.bundle import Bundle
 from clap_edge.toyworld.world import CLASSES
 
 DOMAINS = ("id", "both")
+PER_CLASS = 6  # test images per class and domain: 96 in all
+AGREEMENT_FLOOR = 0.85  # worst measured: 0.917 (openvino:int8, AVX2 path); see the module docstring
+TOP1_MARGIN = 0.06  # worst measured drop: 0.010 (openvino:int8)
 
 
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
-    """A small toy-world dataset: {val,test}/{id,both}/<8 classes>/*.png, 3 images per class."""
+    """A small toy-world dataset: {val,test}/{id,both}/<8 classes>/*.png, PER_CLASS images per class."""
     from clap_edge.toyworld.dataset import write_dataset
 
     root = tmp_path_factory.mktemp("int8-data") / "toy"
-    write_dataset(root, domains=DOMAINS, per_class=3, seed=5)
+    write_dataset(root, domains=DOMAINS, per_class=PER_CLASS, seed=5)
     return root
 
 
 @pytest.fixture(scope="module")
 def int8_bundle(tmp_path_factory, toy_data):
-    """clap-edge-tiny (random init) with the dynamic, static QDQ and OpenVINO int8 variants, drift scored."""
+    """The trained toy CLIP (clap-edge-toy/toyworld, no head) with the dynamic, static QDQ and OpenVINO int8
+    variants, drift scored."""
     import torch
 
     from clap_edge.export.builders.exporter import ExportConfig, export_bundle
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("int8") / "bundle"
-    return export_bundle(ExportConfig(out=out, model_name="clap-edge-tiny", classes=list(CLASSES), int8=True,
+    return export_bundle(ExportConfig(out=out, model_name="clap-edge-toy", pretrained="toyworld", classes=list(CLASSES), int8=True,
                                       int8_static=True, openvino_int8=True, torch_program=False,
                                       calibration=toy_data / "val", calibration_count=16, eval=toy_data))
 
@@ -48,11 +67,14 @@ def _test_images(toy_data):
     return {d: (images.paths, np.asarray(images.labels)) for d, images in domains.items()}
 
 
-def _open_clip_batch(paths, size=64):
+def _open_clip_batch(paths, bundle):
     from open_clip.transform import PreprocessCfg, image_transform_v2
     from PIL import Image
 
-    transform = image_transform_v2(PreprocessCfg(size=size), is_train=False)
+    pre = bundle.preprocess
+    cfg = PreprocessCfg(size=tuple(pre.size), mean=tuple(pre.mean), std=tuple(pre.std),
+                        interpolation=pre.interpolation, resize_mode=pre.resize_mode)
+    transform = image_transform_v2(cfg, is_train=False)
     return np.stack([transform(Image.open(p).convert("RGB")).numpy() for p in paths]).astype(np.float32)
 
 
@@ -93,15 +115,14 @@ def test_qdq_variant_is_static_int8_with_float_layernorm_and_logits(int8_bundle)
 def test_qdq_runs_in_onnxruntime_and_agrees_with_fp32(int8_bundle, toy_data):
     bundle = Bundle.open(int8_bundle)
     images = _test_images(toy_data)
-    batch = _open_clip_batch([p for paths, _ in images.values() for p in paths])
+    batch = _open_clip_batch([p for paths, _ in images.values() for p in paths], bundle)
     fp32, _ = _logits(bundle, "onnxruntime", batch)
     qdq, runner = _logits(bundle, "onnxruntime", batch, precision="int8-static")
     assert runner.variant == "qdq" and runner.precision == "int8-static"
     assert qdq.shape == fp32.shape and np.isfinite(qdq).all()
     assert not np.array_equal(qdq, fp32)  # it really is another model
-    agreement = float(np.mean(qdq.argmax(1) == fp32.argmax(1)))
+    _assert_quantised_floors(qdq, fp32, np.concatenate([labels for _, labels in images.values()]))
     spread = float(np.ptp(fp32, axis=1).mean())
-    assert agreement >= 0.85, agreement
     assert float(np.abs(qdq - fp32).max()) < spread  # quantisation noise, not a different function
 
 
@@ -115,12 +136,22 @@ def test_openvino_int8_variant_runs_at_precision_int8(int8_bundle, toy_data):
     ops = [op.get_type_name() for op in ov.Core().read_model(str(bundle.variant_file("openvino-int8"))).get_ops()]
     assert ops.count("FakeQuantize") >= 4  # NNCF's int8 quantisers
     images = _test_images(toy_data)
-    batch = _open_clip_batch([p for paths, _ in images.values() for p in paths])
+    batch = _open_clip_batch([p for paths, _ in images.values() for p in paths], bundle)
     fp32, _ = _logits(bundle, "onnxruntime", batch)
     int8, runner = _logits(bundle, "openvino:int8", batch)
     assert runner.variant == "openvino-int8" and runner.precision == "int8"
     assert np.isfinite(int8).all() and not np.array_equal(int8, fp32)
-    assert float(np.mean(int8.argmax(1) == fp32.argmax(1))) >= 0.85
+    _assert_quantised_floors(int8, fp32, np.concatenate([labels for _, labels in images.values()]))
+
+
+def _assert_quantised_floors(quantised, fp32, labels):
+    """Agreement with fp32 and top-1 against the labels on the trained toy model (floors: module docstring)."""
+    assert len(labels) == len(fp32) == len(DOMAINS) * len(CLASSES) * PER_CLASS
+    agreement = float(np.mean(quantised.argmax(1) == fp32.argmax(1)))
+    top1, fp32_top1 = float(np.mean(quantised.argmax(1) == labels)), float(np.mean(fp32.argmax(1) == labels))
+    assert fp32_top1 >= 0.5, fp32_top1  # the trained model (random weights score ~1/8): the floors mean something
+    assert agreement >= AGREEMENT_FLOOR, agreement
+    assert top1 >= fp32_top1 - TOP1_MARGIN, (top1, fp32_top1)
 
 
 @pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
@@ -140,22 +171,28 @@ def test_openvino_int8_weights_are_checked(int8_bundle, tmp_path):
 
 @pytest.mark.slow  # builds the int8 bundle (~30 s on 2 shared cores)
 def test_drift_in_manifest_equals_an_independent_recount(int8_bundle, toy_data):
+    """The per-domain bookkeeping, recounted here. Logits come from the library settings the exporter
+    used (default threads and hints): on the trained model a few images are near-ties whose argmax
+    differs between thread counts and kernels, which the floors above allow for and this test must not."""
     from clap_edge.core.images import load_image
     from clap_edge.core.preprocess import Preprocessor
+    from clap_edge.export.builders.drift import onnx_predictor, openvino_predictor
 
     bundle = Bundle.open(int8_bundle)
     drift = bundle.manifest.drift
     assert set(drift) == {"int8", "qdq", "openvino-int8"}
     pre = Preprocessor(bundle.preprocess)
-    specs = {"int8": "onnxruntime:int8", "qdq": "onnxruntime:int8-static", "openvino-int8": "openvino:int8"}
-    total = {v: [0, 0] for v in specs}
+    reference = onnx_predictor(bundle.variant_file("fp32"))
+    predictors = {"int8": onnx_predictor(bundle.variant_file("int8")), "qdq": onnx_predictor(bundle.variant_file("qdq")),
+                  "openvino-int8": openvino_predictor(bundle.variant_file("openvino-int8"))}
+    total = {v: [0, 0] for v in predictors}
     for domain, (paths, labels) in _test_images(toy_data).items():
         batch = np.stack([pre(load_image(p)) for p in paths])
-        ref = _logits(bundle, "onnxruntime", batch)[0].argmax(1)
-        for variant, spec in specs.items():
-            pred = _logits(bundle, spec, batch)[0].argmax(1)
+        ref = _argmax_in_chunks(reference, batch)
+        for variant, predict in predictors.items():
+            pred = _argmax_in_chunks(predict, batch)
             cell = drift[variant]["domains"][domain]
-            assert cell["n_images"] == len(labels) == 8 * 3
+            assert cell["n_images"] == len(labels) == len(CLASSES) * PER_CLASS
             assert cell["agreement"] == pytest.approx(sum(int(a == b) for a, b in zip(pred, ref)) / len(labels), abs=1e-6)
             assert cell["top1"] == pytest.approx(sum(int(a == b) for a, b in zip(pred, labels)) / len(labels), abs=1e-6)
             assert cell["fp32_top1"] == pytest.approx(sum(int(a == b) for a, b in zip(ref, labels)) / len(labels),
@@ -166,6 +203,13 @@ def test_drift_in_manifest_equals_an_independent_recount(int8_bundle, toy_data):
         assert drift[variant]["n_images"] == n
         assert drift[variant]["agreement"] == pytest.approx(agree / n, abs=1e-6)
         assert drift[variant]["min_domain_agreement"] == min(d["agreement"] for d in drift[variant]["domains"].values())
+
+
+def _argmax_in_chunks(predict, batch):
+    """As the exporter scores: chunks of drift.BATCH images (OpenVINO's kernels may differ with batch size)."""
+    from clap_edge.export.builders.drift import BATCH
+
+    return np.concatenate([predict(batch[i:i + BATCH]).argmax(1) for i in range(0, len(batch), BATCH)])
 
 
 def _with_drift_and_record(src, dst, agreement: float):

@@ -479,7 +479,8 @@ def test_serve_refuses_a_bad_bundle_in_one_line_before_starting_ray(runtime_bund
     from clap_edge.apps.cli import main
 
     bad = shutil.copytree(runtime_bundle, tmp_path / "bad")
-    with open(bad / "model.onnx", "ab") as f:
+    with open(bad / "model.onnx", "r+b") as f:  # same size: the sha256 check is what refuses it
+        f.seek(-8, 2)
         f.write(b"tampered")
     result = CliRunner().invoke(main, ["serve", str(bad), "--backend", "onnxruntime", "--port", str(_free_port())])
     assert result.exit_code == 2

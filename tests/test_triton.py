@@ -335,19 +335,6 @@ def test_full_temp_disk_while_copying_for_the_check_is_one_line(runtime_bundle, 
     assert not (tmp_path / "repo" / "clap_edge").exists()
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A real 64 KiB tmpfs (root in a container that allows mounts); skipped where it cannot be mounted."""
-    import subprocess
-
-    mnt = tmp_path / "tiny-disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched full-disk test covers the logic")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
-
-
 def test_export_to_a_really_full_disk(runtime_bundle, tiny_disk):
     from click.testing import CliRunner
 

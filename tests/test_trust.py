@@ -487,11 +487,12 @@ def test_batcher_takes_preprocessed_arrays_and_refuses_empty_ones(runtime_bundle
         assert a.labels == b.labels and np.allclose(a.scores, b.scores)
         with pytest.raises(ValueError, match=r"empty image array \(shape \[0\]\)"):
             bc.submit(np.zeros(0, dtype=np.float32))
-        with pytest.raises(ValueError, match="must be preprocessed, of shape"):
+        # a misshapen or non-finite array is that image's error (the one serving core's policy), not a crash
+        with pytest.raises(ImageError, match="must be preprocessed, of shape"):
             bc.submit(np.zeros((3, 5, 5), dtype=np.float32)).result(30)
         bad = pre.copy()
         bad[0, 0, 0] = np.nan
-        with pytest.raises(ValueError, match="NaN or infinite"):
+        with pytest.raises(ImageError, match="NaN or infinite"):
             bc.submit(bad).result(30)
 
 

@@ -48,3 +48,25 @@ class OutputError(ClapEdgeError):
 
 class OutputExistsError(OutputError, FileExistsError):
     """The output exists and overwriting was not asked for (still a FileExistsError for old callers)."""
+
+
+# errno values that mean the machine, not the input, is the problem: said as such in the one line
+_ERRNO_HINTS = {"ENOSPC": "the disk is full", "EDQUOT": "the disk quota is exhausted", "EFBIG": "file too large",
+                "EROFS": "read-only file system"}
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an OSError from reading or writing a path: ``PATH: strerror (hint)``.
+
+    The CLI prints it instead of a traceback (a full disk in export or sign, an output under /proc,
+    an unwritable folder); the path is the one the operating system named."""
+    import errno
+
+    where = error.filename if error.filename is not None else None
+    cause = error.strerror or first_line(error)
+    hint = _ERRNO_HINTS.get(errno.errorcode.get(error.errno or 0, ""))
+    text = f"{cause} ({hint})" if hint and hint.lower() not in cause.lower() else cause
+    if where is not None:
+        target = f" -> {error.filename2}" if error.filename2 is not None else ""
+        return f"{where}{target}: {text}"
+    return text

@@ -130,6 +130,8 @@ def claim(path: str | os.PathLike) -> Iterator[Path]:
                 os.rename(lock, aside)
                 os.unlink(aside)
             continue
+        except OSError as e:  # a folder that takes no files (/proc, read-only, full): name the output, not the lock
+            raise OutputError(f"{path}: cannot write it here ({e.strerror or e})") from None
         try:
             os.write(fd, f"{os.getpid()}@{_host()}\n".encode())
         finally:

@@ -177,8 +177,14 @@ def loads(text: str | bytes) -> Any:
             seen.add(key)
         return dict(pairs)
 
+    def bounded_int(digits: str) -> int:  # int() of a 5000-digit string raises a bare ValueError mid-parse
+        if len(digits.lstrip("-")) > 40:
+            raise ManifestFieldError("", f"an integer of {len(digits.lstrip('-')):,} digits ({digits[:12]}...); "
+                                         "no manifest number needs more than 40")
+        return int(digits)
+
     try:
-        data = json.loads(text, parse_constant=no_constant, object_pairs_hook=unique_keys)
+        data = json.loads(text, parse_constant=no_constant, parse_int=bounded_int, object_pairs_hook=unique_keys)
     except RecursionError:
         raise ManifestFieldError("", f"nested more than {LIMITS['depth']} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -191,7 +191,16 @@ class Bundle:
         """The preprocessed parity batch [n, 3, H, W] the export recorded (sha256-checked), or None if absent."""
         if CALIBRATION_FILE not in self.manifest.files:
             return None
-        return np.load(self.file(CALIBRATION_FILE), allow_pickle=False).astype(np.float32)
+        path = self.file(CALIBRATION_FILE)
+        try:  # sha256 matching proves only that the exporter wrote these bytes, not that they are an array
+            batch = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise BundleError(f"{self.label}: {CALIBRATION_FILE} is unreadable ({e})") from None
+        if batch.ndim != 4 or batch.shape[0] < 1 or batch.shape[1] != 3 or batch.dtype.kind != "f" \
+                or not np.isfinite(batch).all():
+            raise BundleError(f"{self.label}: {CALIBRATION_FILE} must be a finite float batch [n, 3, H, W] "
+                              f"(found {batch.dtype} {list(batch.shape)})")
+        return batch.astype(np.float32)
 
     def class_embeddings(self) -> np.ndarray:
         """The class embeddings [C, d] (float32, finite), checked against the manifest."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from clap_edge.core.errors import BackendUnavailableError, BundleError
+from clap_edge.core.errors import BackendUnavailableError, BundleError, OutputError, first_line, os_error_line
 from clap_edge.core.io import atomic_path, read_regular
 from clap_edge.export.bundle.names import SIGNATURE_FILE
 
@@ -53,13 +53,44 @@ def _hashing_config(hashing):
             .set_ignored_paths(paths=[SIGNATURE_FILE], ignore_git_paths=False))
 
 
-def key_fingerprint(public_pem: bytes) -> str:
-    """sha256 of the key's SubjectPublicKeyInfo PEM: the hint model-signing records in a signature."""
+def key_fingerprint(public_pem: bytes, path: str | os.PathLike = "public key") -> str:
+    """sha256 of the key's SubjectPublicKeyInfo PEM: the hint model-signing records in a signature.
+
+    Refuses (BundleError naming ``path``) a key that is not elliptic-curve on a supported curve."""
     from cryptography.hazmat.primitives import serialization
 
-    key = serialization.load_pem_public_key(public_pem)
+    key = _require_ec(serialization.load_pem_public_key(public_pem), path, "public")
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(pem).hexdigest()
+
+
+SUPPORTED_CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what model-signing's elliptic-key signer takes
+
+
+def _require_ec(key, path: str | os.PathLike, kind: str):
+    """``key`` if it is an elliptic-curve key on a supported curve; else one line naming the file and its type
+    (model-signing assumes EC and fails deep inside with an AttributeError on, e.g., an RSA key)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    expected = ec.EllipticCurvePrivateKey if kind == "private" else ec.EllipticCurvePublicKey
+    if not isinstance(key, expected):
+        found = type(key).__name__.removeprefix("_").replace("PrivateKey", "").replace("PublicKey", "") or "unknown"
+        raise BundleError(f"{path}: the {kind} key is {found}, not elliptic-curve; signed bundles use EC keys "
+                          f"(P-256/384/521, e.g. from `clap-edge keygen`)")
+    if key.curve.name not in SUPPORTED_CURVES:
+        raise BundleError(f"{path}: elliptic curve {key.curve.name} is not supported (use P-256, P-384 or P-521)")
+    return key
+
+
+def _check_private_key(path: str | os.PathLike, password: str | None) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        pem = read_regular(Path(path), 1 << 20)
+        key = serialization.load_pem_private_key(pem, password=password.encode() if password else None)
+    except (ValueError, TypeError, OSError) as e:
+        raise BundleError(f"{path}: not a usable elliptic-curve private key PEM ({first_line(e)})") from None
+    _require_ec(key, path, "private")
 
 
 def sign_bundle(bundle_dir: str | os.PathLike, private_key: str | os.PathLike, password: str | None = None) -> str:
@@ -68,11 +99,21 @@ def sign_bundle(bundle_dir: str | os.PathLike, private_key: str | os.PathLike, p
     if not root.is_dir():
         raise BundleError(f"{root}: sign a bundle directory (unpack a .tar first, sign, then pack it)")
     hashing, signing, _ = _model_signing()
+    _check_private_key(private_key, password)
     try:
-        cfg = signing.Config().use_elliptic_key_signer(private_key=Path(private_key), password=password)
+        cfg = signing.Config().use_elliptic_key_signer(private_key=Path(private_key),  # model-signing takes bytes
+                                                        password=password.encode() if password else None)
     except (ValueError, TypeError, OSError) as e:
         raise BundleError(f"{private_key}: not a usable elliptic-curve private key PEM ({e})") from None
     cfg.set_hashing_config(_hashing_config(hashing))
+    try:
+        _write_signature(cfg, root)
+    except OSError as e:  # a full disk or a read-only folder: one line; the old bundle.sig (if any) is kept
+        raise OutputError(f"{root / SIGNATURE_FILE}: cannot write the signature ({os_error_line(e)})") from None
+    return signature_key_id(root) or ""
+
+
+def _write_signature(cfg, root: Path) -> None:
     with atomic_path(root / SIGNATURE_FILE) as tmp:
         tmp.unlink()  # hashed as a bundle file otherwise (it sits in the folder while signing)
         staged = root.parent / tmp.name
@@ -82,7 +123,6 @@ def sign_bundle(bundle_dir: str | os.PathLike, private_key: str | os.PathLike, p
         finally:
             if staged.exists():
                 staged.unlink()
-    return signature_key_id(root) or ""
 
 
 def signature_key_id(bundle_dir: str | os.PathLike) -> str | None:
@@ -118,9 +158,9 @@ def verify_signature(bundle_dir: str | os.PathLike, trusted_keys: Iterable[str |
     for key in keys:
         try:
             pem = read_regular(key, 1 << 20)
-            fingerprint = key_fingerprint(pem)
+            fingerprint = key_fingerprint(pem, key)
         except (OSError, ValueError, TypeError) as e:
-            raise BundleError(f"{key}: not a readable public key PEM ({e})") from None
+            raise BundleError(f"{key}: not a readable public key PEM ({first_line(e)})") from None
         recorder = _recording_config(hashing)
         cfg = verifying.Config().use_elliptic_key_verifier(public_key=key).set_hashing_config(recorder)
         try:

@@ -14,7 +14,7 @@ import click
 
 from clap_edge import __version__
 from clap_edge.apps.cli.exitcodes import BAD_INPUT
-from clap_edge.core.errors import ClapEdgeError
+from clap_edge.core.errors import ClapEdgeError, os_error_line
 
 # Modules in this package that each define one or more commands; each exposes ``COMMANDS``.
 COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo", "models", "sign", "engine", "serve"]
@@ -45,6 +45,12 @@ class ClapEdgeGroup(click.Group):
                 raise
             _fail(f"error: `clap-edge {ctx.invoked_subcommand}` needs the [{extra}] extra ({e.name} is not installed): "
                   f"pip install 'clap-edge[{extra}]'")
+        except OSError as e:
+            if e.errno is None:  # not from the operating system: a bug, keep its traceback
+                raise
+            # a path that cannot be read or written (full disk, /proc, read-only, permissions): one line, exit 2;
+            # writers stage into temp files, so nothing half-written is left behind
+            _fail(f"error: {os_error_line(e)}")
 
 
 def _fail(line: str) -> None:
