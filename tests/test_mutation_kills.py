@@ -159,10 +159,14 @@ def test_file_name_length_and_components():
 
 def test_duplicate_class_names_name_the_class_names_field():
     m = base_manifest()
-    m["class_names"] = ["caf\u00e9", "cafe\u0301", "dog"]  # equal after NFC
+    m["class_names"] = ["cat", "dog", "cat"]
     with pytest.raises(ManifestFieldError) as e:
         Manifest.from_dict(m)
     assert e.value.field == "class_names"
+    m["class_names"] = ["caf\u00e9", "cafe\u0301", "dog"]  # equal after NFC: the non-NFC spelling is refused first
+    with pytest.raises(ManifestFieldError) as e:
+        Manifest.from_dict(m)
+    assert e.value.field == "class_names[1]"
     with pytest.raises(ManifestFieldError) as e:
         mf.check_unique_names(["a", "a"])
     assert e.value.field == "class_names"

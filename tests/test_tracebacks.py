@@ -164,7 +164,7 @@ def test_os_error_line_names_the_path_and_says_why():
 @pytest.mark.parametrize("data", [b"\x93NUMPY\x01\x00garbage" * 3, b"not numpy at all"], ids=["header", "magic"])
 def test_corrupt_calibration_npy_is_one_line(bundle, data):
     _rewrite(bundle, "calibration.npy", data)
-    with pytest.raises(BundleError, match=r"calibration\.npy is unreadable"):
+    with pytest.raises(BundleError, match=r"calibration\.npy('? is unreadable|' is not a \.npy file)"):
         Bundle.open(bundle).calibration()
     _one_line(_cli("bench", bundle, "--backends", "onnxruntime", "--batch-sizes", "1", "--no-ceiling"),
               str(bundle), "calibration.npy")

@@ -188,6 +188,8 @@ def loads(text: str | bytes) -> Any:
 
     try:
         data = json.loads(text, parse_constant=no_constant, parse_int=bounded_int, object_pairs_hook=unique_keys)
+    except ManifestFieldError:  # raised by no_constant / bounded_int: already the one line (a ValueError too)
+        raise
     except RecursionError:
         raise ManifestFieldError("", f"nested more than {LIMITS['depth']} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
