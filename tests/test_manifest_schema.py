@@ -99,6 +99,8 @@ def test_error_names_the_field_path():
     ("[" * 100_000 + "]" * 100_000, "nested more than 32 levels deep"),
     ('{"a": ' * 40 + "1" + "}" * 40, "nested more than 32 levels deep"),
     ("{not json", "not valid JSON"),
+    ('{"class_names": ["a"], "x": 1, "class_names": ["b"]}', r'not valid JSON \(duplicate key "class_names"\)$'),
+    ('{"preprocess": {"size": [1, 1], "size": [2, 2]}}', r'duplicate key "size"'),
 ])
 def test_loads_refuses_nan_and_deep_nesting_without_a_traceback(text, message):
     with pytest.raises(ManifestFieldError, match=message):

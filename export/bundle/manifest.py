@@ -168,6 +168,18 @@ def loads(text: str | bytes) -> Any:
     def no_constant(name: str):
         raise ManifestFieldError("", f"{name} is not a finite number (JSON has no NaN or Infinity)")
 
+    class DuplicateKey(Exception):  # not a ValueError: the number handler below must not rewrap it
+        pass
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # a key given twice means one thing to a reader keeping the last and another to one keeping the first
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(json.dumps(key, ensure_ascii=False))
+            seen.add(key)
+        return dict(pairs)
+
     def bounded_int(digits: str) -> int:  # int() of a 5000-digit string raises a bare ValueError mid-parse
         if len(digits.lstrip("-")) > 40:
             raise ManifestFieldError("", f"an integer of {len(digits.lstrip('-')):,} digits ({digits[:12]}...); "
@@ -175,13 +187,15 @@ def loads(text: str | bytes) -> Any:
         return int(digits)
 
     try:
-        data = json.loads(text, parse_constant=no_constant, parse_int=bounded_int)
+        data = json.loads(text, parse_constant=no_constant, parse_int=bounded_int, object_pairs_hook=unique_keys)
     except ManifestFieldError:  # raised by no_constant / bounded_int: already the one line (a ValueError too)
         raise
     except RecursionError:
         raise ManifestFieldError("", f"nested more than {LIMITS['depth']} levels deep") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestFieldError("", f"not valid JSON ({e})") from None
+    except DuplicateKey as e:
+        raise ManifestFieldError("", f"not valid JSON (duplicate key {e})") from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits (no JSON reader here holds it)
         raise ManifestFieldError("", f"not valid JSON (a number too long to read: {str(e)[:60]})") from None
     _check_json(data, "", 0)

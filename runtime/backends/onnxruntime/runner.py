@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from clap_edge.export.bundle.names import OUTPUT_EMBEDDING, OUTPUT_LOGITS
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
 from clap_edge.runtime.backends.onnxruntime.loader import PROVIDERS, load_session
 
@@ -38,7 +39,8 @@ class OnnxRuntimeRunner(Runner):
                                     self.requested_precision)
         self.providers = list(self.session.get_providers())
         self._input_name = self.bundle.manifest.inputs[0].name
-        self._output_names = [s.name for s in self.bundle.manifest.outputs]
+        # by name, not by the manifest's order: the outputs list may be in any order (the C++ runtime agrees)
+        self._output_names = [OUTPUT_LOGITS, OUTPUT_EMBEDDING]
         self.precision = self.requested_precision
 
     def infer_impl(self, batch: np.ndarray) -> RunnerOutput:

@@ -51,7 +51,9 @@ class OpenVINOBackend : public Backend {
       if (bundle.has_file(weights)) bundle.file(weights);  // the IR's weights are checked too
     } else {
       auto it = m.variants.find("fp32");
-      file = it != m.variants.end() ? it->second : "model.onnx";
+      // as Python: a bundle without an fp32 variant is refused, not silently run from a default file name
+      if (it == m.variants.end()) throw BundleError(bundle.root() + ": no 'fp32' model in this bundle");
+      file = it->second;
     }
     const std::string path = bundle.file(file);
     ov::AnyMap config{ov::hint::performance_mode(ov::hint::PerformanceMode::LATENCY)};

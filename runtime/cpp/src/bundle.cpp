@@ -1,6 +1,7 @@
 // The bundle's checked file access: manifest.json and manifest.sha256 read within bounds (never blocking on a
 // FIFO, never following into a device), listed files lstat-ed (a symbolic link is refused, as the Python
 // reader does), their size compared with the manifest and their magic bytes checked before they are hashed.
+#include <algorithm>
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
@@ -200,6 +201,16 @@ void Bundle::check_classes() const {
     for (const auto& d : t.at("shape")) shape += (shape.empty() ? "[" : ", ") + d.dump();
     shape += "]";
     dtype = t.at("dtype").get<std::string>();
+    // as safetensors in Python: the tensor's data must exist and the file end where the data ends
+    uint64_t end = 0;
+    for (const auto& [key, tensor] : header.items()) {
+      if (key == "__metadata__") continue;
+      const auto& off = tensor.at("data_offsets");
+      const uint64_t b = off.at(0).get<uint64_t>(), e = off.at(1).get<uint64_t>();
+      if (off.size() != 2 || b > e) throw std::runtime_error("invalid data_offsets for " + key);
+      end = std::max(end, e);
+    }
+    if (end != uint64_t(data.size()) - 8 - len) throw std::runtime_error("incomplete metadata, file not fully covered");
   } catch (const std::exception& e) {
     throw BundleError(root_ + ": " + kClassesFile + " is unreadable (" + e.what() + ")");
   }

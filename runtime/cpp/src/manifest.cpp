@@ -1,6 +1,7 @@
 // manifest.json: parsed and checked by the rules of export/bundle/manifest.py (same order, same field paths,
 // same limits), names and file names by export/bundle/textrules.py's rules (tables in unicode_tables.hpp).
 // Numbers are read without overflow or truncation: an integer that does not fit its range is refused.
+#include <cctype>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -370,14 +371,52 @@ ojson parse_manifest_json(const std::string& text, const std::string& where) {
     }
   }
   if (text.find('\0') != std::string::npos) throw BundleError(where + ": manifest: not valid JSON (a NUL byte)");
+  // An integer of more than 40 digits: the same one line as Python's loads (bounded_int), before the parser overflows.
+  in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') { in_string = true; continue; }
+    if (!(c == '-' || (c >= '0' && c <= '9')) || (i > 0 && (std::isalnum(static_cast<unsigned char>(text[i - 1])) ||
+                                                             text[i - 1] == '.' || text[i - 1] == '+' || text[i - 1] == '-')))
+      continue;
+    size_t j = i + (c == '-');
+    while (j < text.size() && text[j] >= '0' && text[j] <= '9') ++j;
+    const size_t digits = j - i - (c == '-');
+    const bool integer = j >= text.size() || (text[j] != '.' && text[j] != 'e' && text[j] != 'E');
+    if (integer && digits > 40) {
+      std::string n = std::to_string(digits);
+      for (int k = int(n.size()) - 3; k > 0; k -= 3) n.insert(size_t(k), ",");
+      throw BundleError(where + ": manifest: an integer of " + n + " digits (" + text.substr(i, 12) +
+                        "...); no manifest number needs more than 40");
+    }
+    i = j - 1 < i ? i : j - 1;
+  }
   ojson j;
+  // a key given twice means one thing to a reader keeping the last and another to one keeping the first (as Python)
+  std::vector<std::set<std::string>> keys;
+  std::string duplicate;
+  const ojson::parser_callback_t unique_keys = [&](int, ojson::parse_event_t ev, ojson& parsed) {
+    if (ev == ojson::parse_event_t::object_start) keys.emplace_back();
+    else if (ev == ojson::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+    else if (ev == ojson::parse_event_t::key && !keys.empty() && !keys.back().insert(parsed.get<std::string>()).second &&
+             duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
   try {
-    j = ojson::parse(text);
+    j = ojson::parse(text, unique_keys);
   } catch (const ojson::out_of_range& e) {  // 406: a number too large for a double (1e400, 5000 digits)
     throw BundleError(where + ": manifest: not valid JSON (a number is not finite: " + std::string(e.what()) + ")");
   } catch (const ojson::exception& e) {
     throw BundleError(where + ": manifest: not valid JSON (" + std::string(e.what()) + ")");
   }
+  if (!duplicate.empty())
+    throw BundleError(where + ": manifest: not valid JSON (duplicate key " + ojson(duplicate).dump() + ")");
   json_values(ck, j, "", 0);
   obj(ck, j, "");
   const ojson v = j.contains("schema_version") ? j["schema_version"] : ojson();
