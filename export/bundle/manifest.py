@@ -16,13 +16,15 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import PurePosixPath
 from typing import Any
 
 from clap_edge.core.classnames import describe_duplicate, nfc_duplicate
 from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.bundle.textrules import file_name_problem, name_problem
 from clap_edge.export.bundle.names import (CLASSES_FILE, INPUT_IMAGE, META_FILES, MIN_SCHEMA_VERSION,
-                                             OUTPUT_EMBEDDING, OUTPUT_LOGITS, REEXPORT_HINT, SCHEMA_VERSION)
+                                             OUTPUT_EMBEDDING, OUTPUT_LOGITS, REEXPORT_HINT, SCHEMA_VERSION,
+                                             VARIANT_FILES)
 
 __all__ = ["Manifest", "ModelInfo", "HeadInfo", "PreprocessCfg", "TensorSpec", "FileEntry", "EngineEntry",
            "ManifestFieldError", "check_version", "loads", "dumps", "to_json", "check_unique_names", "LIMITS"]
@@ -407,6 +409,9 @@ def _variants(v: Any, files: dict[str, FileEntry]) -> dict[str, str]:
     for name, file in _obj(v, "variants").items():
         out[name] = _str(file, f"variants.{name}")
         _check_file_name(file, f"variants.{name}")
+        suffix = PurePosixPath(VARIANT_FILES[name]).suffix if name in VARIANT_FILES else None
+        if suffix and not file.endswith(suffix):  # a runtime picks its reader by the variant, not by sniffing
+            raise ManifestFieldError(f"variants.{name}", f"names {file!r}, but a {name} variant is a {suffix} file")
         if file not in files:
             raise ManifestFieldError(f"variants.{name}", f"names {file!r}, which files does not list")
     return out

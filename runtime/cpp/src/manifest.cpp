@@ -3,6 +3,7 @@
 // Numbers are read without overflow or truncation: an integer that does not fit its range is refused.
 #include <cctype>
 #include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -475,6 +476,15 @@ Manifest validate_manifest(const ojson& j, const std::string& where) {
   for (const auto& [name, file] : obj(ck, j.contains("variants") ? j["variants"] : none_obj, "variants").items()) {
     const std::string f = str(ck, file, "variants." + name);
     check_file_name(ck, f, "variants." + name);
+    // the same suffixes as VARIANT_FILES in names.py: a runtime picks its reader by the variant, not by sniffing
+    static const std::map<std::string, std::string> kVariantSuffix = {
+        {"fp32", ".onnx"}, {"int8", ".onnx"}, {"qdq", ".onnx"}, {"fp16", ".onnx"}, {"openvino-int8", ".xml"},
+        {"torch", ".pt2"}};
+    if (auto it = kVariantSuffix.find(name); it != kVariantSuffix.end()) {
+      const std::string& sfx = it->second;
+      if (f.size() < sfx.size() || f.compare(f.size() - sfx.size(), sfx.size(), sfx) != 0)
+        ck.bad("variants." + name, "names " + quote(f) + ", but a " + name + " variant is a " + sfx + " file");
+    }
     if (!m.files.count(f)) ck.bad("variants." + name, "names " + quote(f) + ", which files does not list");
     m.variants[name] = f;
   }
