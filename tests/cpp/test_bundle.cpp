@@ -117,7 +117,7 @@ TEST(Manifest, NumbersAndTextThatDoNotFitAreRefusedNotWrapped) {
     return problem(t);
   };
   EXPECT_NE(with("\"embed_dim\":8", "\"embed_dim\":1e400").find("not finite"), std::string::npos);
-  EXPECT_NE(with("\"embed_dim\":8", "\"embed_dim\":" + std::string(5000, '9')).find("not valid JSON"), std::string::npos);
+  EXPECT_NE(with("\"embed_dim\":8", "\"embed_dim\":" + std::string(5000, '9')).find("an integer of 5,000 digits"), std::string::npos);
   EXPECT_NE(with("\"schema_version\":3", "\"schema_version\":18446744073709551618").find("schema_version"), std::string::npos);
   EXPECT_EQ(with("\"embed_dim\":8", "\"embed_dim\":8.0"), "");  // an integral float is an integer (JSON Schema)
   EXPECT_NE(with("\"cat\"", "\"c\\ud800\"").find("surrogate"), std::string::npos);
