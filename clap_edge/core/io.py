@@ -226,15 +226,30 @@ def _umask() -> int:
     return mask
 
 
+def open_no_wait(path: str | os.PathLike, follow_symlinks: bool = True) -> tuple[int, os.stat_result]:
+    """Open for reading without waiting for a FIFO's writer (O_NONBLOCK), and fstat what was opened.
+
+    The caller checks the kind from the returned stat (the very file opened, no race with a path check)
+    and closes the fd. ``follow_symlinks=False`` fails on a symbolic link (ELOOP) instead of opening its target."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_regular(path: str | os.PathLike, limit: int) -> bytes:
     """Read a regular file of at most ``limit`` bytes; never blocks on a FIFO or opens a device.
 
     Raises FileNotFoundError, IsADirectoryError, or ValueError (not a regular file / too large)."""
     import stat
 
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    fd, st = open_no_wait(path)
     try:
-        st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise IsADirectoryError(f"{path} is a directory")
         if not stat.S_ISREG(st.st_mode):

@@ -12,6 +12,8 @@ import os
 import stat
 import struct
 
+from clap_edge.core.io import open_no_wait
+
 HEAD_BYTES = 16
 
 
@@ -32,9 +34,8 @@ def head_problem(name: str, head: bytes, size: int) -> str | None:
 
 def check_file(path: str | os.PathLike, name: str, expected_bytes: int) -> str | None:
     """Open without following a FIFO's writer (O_NONBLOCK), fstat, compare the size, read the head: a problem or None."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    fd, st = open_no_wait(path, follow_symlinks=False)
     try:
-        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return "is not a regular file"
         if st.st_size != expected_bytes:

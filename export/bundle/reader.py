@@ -47,6 +47,7 @@ class Bundle:
 
     root: Path
     manifest: Manifest | None  # None only while :meth:`open` reads it
+    manifest_sha256: str | None = None  # of the manifest.json bytes `manifest` was parsed from
     source: Path | None = None  # what the user named (the .tar for a tar bundle)
     signature: Any = None  # a SignatureCheck when opened with trusted keys
     _verified: set[str] = field(default_factory=set, repr=False)
@@ -83,9 +84,9 @@ class Bundle:
                 from clap_edge.export.bundle.signing import verify_signature
 
                 bundle.signature = verify_signature(root, list(trusted_keys), label=bundle.label)
-            bundle.manifest, manifest_sha256 = _read_manifest(root, bundle.label)
+            bundle.manifest, bundle.manifest_sha256 = _read_manifest(root, bundle.label)
             if bundle.signature is not None:
-                bundle._check_signed_digests(manifest_sha256)
+                bundle._check_signed_digests()
             if verify:
                 bundle.class_embeddings()  # checks sha256, dtype, finiteness and [C, d] against the manifest
         except BaseException:
@@ -98,14 +99,14 @@ class Bundle:
         """The bundle as the user named it, for messages."""
         return str(self.source if self.source is not None else self.root)
 
-    def _check_signed_digests(self, manifest_sha256: str) -> None:
+    def _check_signed_digests(self) -> None:
         """The manifest read after the signature check must be the signed one, and every file it lists must
         have been signed with the digest it lists. Files are still hashed again when loaded (:meth:`file`):
         the signature must cover the bytes that are loaded, not the bytes that were there at the check."""
         digests = self.signature.digests
-        if digests.get(MANIFEST) != manifest_sha256:
+        if digests.get(MANIFEST) != self.manifest_sha256:
             raise BundleError(f"{self.label}: {MANIFEST} changed after its signature was checked (sha256 "
-                              f"{manifest_sha256[:16]}... is not the signed one); nothing was loaded")
+                              f"{self.manifest_sha256[:16]}... is not the signed one); nothing was loaded")
         for name, entry in self.manifest.files.items():
             if name not in digests:
                 raise BundleError(f"{self.label}: {name!r} is listed in {MANIFEST} but missing from the bundle")

@@ -9,7 +9,6 @@ manifest a driver checked, so a differently signed bundle swapped in is refused 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -18,11 +17,10 @@ from pathlib import Path
 from typing import Iterable
 
 from clap_edge.core.errors import BundleError
-from clap_edge.core.io import staging_tempdir
-from clap_edge.export.bundle.names import MANIFEST
+from clap_edge.core.io import open_no_wait, staging_tempdir
 from clap_edge.export.bundle.reader import Bundle, TarLimits
 
-__all__ = ["open_snapshot", "manifest_digest", "copy_bundle"]
+__all__ = ["open_snapshot", "copy_bundle"]
 
 
 def open_snapshot(path: str | os.PathLike, trusted_keys: Iterable[str | os.PathLike] | None = None,
@@ -46,7 +44,7 @@ def open_snapshot(path: str | os.PathLike, trusted_keys: Iterable[str | os.PathL
                 from None
         bundle = Bundle.open(copy, trusted_keys=keys or None)
         bundle.source = Path(path)  # messages name what the user gave
-        actual = manifest_digest(bundle)
+        actual = bundle.manifest_sha256  # of the very bytes the copy was opened from
         if manifest_sha256 is not None and actual != manifest_sha256:
             bundle.close()
             raise BundleError(f"{path}: the bundle changed since it was checked (manifest sha256 {actual[:16]}... "
@@ -56,11 +54,6 @@ def open_snapshot(path: str | os.PathLike, trusted_keys: Iterable[str | os.PathL
         raise
     _own(bundle, tmp)
     return bundle
-
-
-def manifest_digest(bundle: Bundle) -> str:
-    """sha256 of the manifest.json the bundle was opened from (its unpacked root)."""
-    return hashlib.sha256((bundle.root / MANIFEST).read_bytes()).hexdigest()
 
 
 def copy_bundle(src: Path, dest: Path, limits: TarLimits | None = None) -> Path:
@@ -88,9 +81,8 @@ def copy_bundle(src: Path, dest: Path, limits: TarLimits | None = None) -> Path:
 
 def _copy_regular(src: Path, dest: Path, budget: int) -> int:
     """Copy one regular file (never a FIFO, device or symlink), at most ``budget`` bytes; returns its size."""
-    fd = os.open(src, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    fd, st = open_no_wait(src, follow_symlinks=False)
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise BundleError(f"{src}: not a regular file")
         if st.st_size > budget:

@@ -36,7 +36,7 @@ def pin_bundle(bundle: str, backend: str, trusted_keys: tuple[str, ...] = (), re
     nothing); on a remote cluster (``remote``) they copy ``bundle`` on their node and a swap is refused
     by the pinned manifest digest or the signature."""
     from clap_edge.core.io import read_regular
-    from clap_edge.export.bundle.snapshot import manifest_digest, open_snapshot
+    from clap_edge.export.bundle.snapshot import open_snapshot
     from clap_edge.runtime.classifier import Classifier
 
     if not os.path.exists(bundle):
@@ -50,7 +50,7 @@ def pin_bundle(bundle: str, backend: str, trusted_keys: tuple[str, ...] = (), re
     snapshot = open_snapshot(bundle, trusted_keys=list(trusted_keys) or None)
     try:
         Classifier.open(snapshot, backend=backend, threads=1).runner.deactivate()
-        yield PinnedBundle(bundle if remote else str(snapshot.root), manifest_digest(snapshot), tuple(pems))
+        yield PinnedBundle(bundle if remote else str(snapshot.root), snapshot.manifest_sha256, tuple(pems))
     finally:
         snapshot.close()
 
