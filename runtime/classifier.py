@@ -27,7 +27,7 @@ from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.backends import RunnerOptions, create_runner
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
 from clap_edge.runtime.batching import decode_one, predict_each
-from clap_edge.core.images import load_image
+from clap_edge.core.images import load_image, source_label
 from clap_edge.core.preprocess import Preprocessor
 
 # JPEGs are decoded at a DCT scale that keeps at least this many times the model input size.
@@ -145,7 +145,7 @@ class Classifier:
         open_clip's eval transform. A float array already preprocessed ([3, H, W] of the model's size,
         finite) is passed through."""
         if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(image, "read"):
-            where, image = _source_label(image, label), self.load(image, label)
+            where, image = source_label(image, label), self.load(image, label)
             try:
                 return self.preprocessor(image)
             except ImageError as e:  # a bound in core/preprocess.py does not know the file
@@ -255,17 +255,6 @@ class Classifier:
                        embedding=out.embedding[n], logits=out.logits[n], path=paths[n])
             for n, idx in enumerate(order)
         ]
-
-
-def _source_label(image: Any, label: str | None) -> str:
-    """What load_image's errors name for ``image``: the label, the path, a file object's name."""
-    if label:
-        return label
-    if isinstance(image, (str, os.PathLike)):
-        return str(image)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return "image bytes"
-    return str(getattr(image, "name", None) or "image file object")
 
 
 def _relabel(error: BundleError, bundle: Bundle) -> BundleError:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from clap_edge.core.errors import ImageError
-from clap_edge.core.io import file_kind
+from clap_edge.core.io import file_kind, open_no_wait
 
 # Our own pixel and memory limits (below) report a too-large image as an ImageError naming it;
 # PIL's warning for the same case would only reach stderr raw.
@@ -48,8 +48,8 @@ MAX_FILE_BYTES = 1 << 28
 
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as image viewers do
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_DECODE_BYTES", "MAX_FILE_BYTES", "load_image", "to_rgb",
-           "is_image_file", "list_images", "scan_images", "ScanResult", "Skipped"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_DECODE_BYTES", "MAX_FILE_BYTES", "load_image",
+           "source_label", "to_rgb", "is_image_file", "list_images", "scan_images", "ScanResult", "Skipped"]
 
 
 def load_image(
@@ -105,8 +105,7 @@ def load_image(
 
 def _open_regular(path: Path):
     """Open for reading without blocking (a FIFO would hang a plain open), only if a regular file of a sane size."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    st = os.fstat(fd)
+    fd, st = open_no_wait(path)
     problem = None
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)
@@ -212,17 +211,29 @@ class _Named(str):
         raise FileNotFoundError(self)  # no file behind it: _is_empty says no
 
 
+def source_label(source, label: str | None = None) -> str:
+    """What errors about ``source`` name: ``label`` when given, else the path, or a stand-in for image
+    bytes or a file object (its ``name`` when it has one)."""
+    if label:
+        return label
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "image bytes"
+    return str(getattr(source, "name", None) or "image file object")
+
+
 def _source(source, label: str | None):
     """(what errors name, a callable opening it as a binary file): a path opens as a regular file only."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        name = _Named(label or "image bytes")
+        name = _Named(source_label(source, label))
         if not len(source):
             raise ImageError(f"{name}: cannot decode image: empty (0 bytes)")
         if len(source) > MAX_FILE_BYTES:  # the same bound as a file's size
             raise ImageError(f"{name}: file is too large to decode ({len(source)} bytes, limit {MAX_FILE_BYTES})")
         return name, lambda: io.BytesIO(source)
     if hasattr(source, "read"):
-        name = _Named(label or getattr(source, "name", None) or "image file object")
+        name = _Named(source_label(source, label))
         return name, lambda: contextlib.nullcontext(source)  # the caller's to close
     path = Path(source)
     return path, lambda: _open_regular(path)

@@ -109,13 +109,13 @@ def _report(pred, as_json: bool) -> None:
 
 
 def _report_error(path: str, error: Exception, as_json: bool) -> None:
-    message = str(error)
-    if message.startswith(f"{path}: "):  # the error names the path already; the record has it in "path"
-        message = message[len(path) + 2:]
+    from clap_edge.runtime.batching import error_record
+
+    record = error_record(path, error)  # the serving core's record: the message without its leading path
     if as_json:
-        click.echo(json.dumps({"path": path, "error": message}))
+        click.echo(json.dumps(record))
     else:
-        click.secho(f"{escape_text(path)}\terror: {escape_text(message)}", fg="red", err=True)
+        click.secho(f"{escape_text(path)}\terror: {escape_text(record['error'])}", fg="red", err=True)
 
 
 _NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
