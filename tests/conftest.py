@@ -69,3 +69,18 @@ def tiny_disk(tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched full-disk test covers the logic")
     yield mnt
     subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    """A folder with two signing key pairs made by ``clap-edge keygen``: alice.pem/.pub and mallory.pem/.pub."""
+    pytest.importorskip("model_signing", reason="signing needs the [sign] extra")
+    from click.testing import CliRunner
+
+    from clap_edge.apps.cli import main
+
+    root = tmp_path_factory.mktemp("keys")
+    for name in ("alice", "mallory"):
+        result = CliRunner().invoke(main, ["keygen", str(root / name)])
+        assert result.exit_code == 0, result.output
+    return root

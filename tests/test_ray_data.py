@@ -198,15 +198,6 @@ def _cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    pytest.importorskip("model_signing", reason="signing needs the [sign] extra")
-    root = tmp_path_factory.mktemp("keys")
-    for name in ("alice", "mallory"):
-        assert _cli("keygen", root / name).exit_code == 0
-    return root
-
-
 def _pub(keys, name):
     (pub,) = [p for p in keys.iterdir() if p.name.startswith(name) and p.suffix == ".pub"]
     return pub

@@ -208,19 +208,6 @@ def test_newline_class_name_never_shifts_labels(runtime_bundle, tmp_path):
     assert not (tmp_path / "repo" / "clap_edge").exists()
 
 
-@pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    pytest.importorskip("model_signing", reason="signing needs the [sign] extra")
-    from click.testing import CliRunner
-
-    from clap_edge.apps.cli import main
-
-    root = tmp_path_factory.mktemp("keys")
-    for name in ("alice", "mallory"):
-        assert CliRunner().invoke(main, ["keygen", str(root / name)]).exit_code == 0
-    return root
-
-
 def _pub(keys, name):
     (pub,) = [p for p in keys.iterdir() if p.name.startswith(name) and p.suffix == ".pub"]
     return pub

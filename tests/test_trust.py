@@ -44,15 +44,6 @@ def _photo(path, seed=0, size=(60, 40)):
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory):
-    pytest.importorskip("model_signing", reason="signing needs the [sign] extra")
-    root = tmp_path_factory.mktemp("keys")
-    for name in ("alice", "mallory"):
-        assert _cli("keygen", root / name).exit_code == 0
-    return root
-
-
-@pytest.fixture(scope="module")
 def signed(runtime_bundle, keys, tmp_path_factory):
     b = _copy(runtime_bundle, tmp_path_factory.mktemp("signed"))
     result = _cli("sign", b, "--key", keys / "alice.pem")
