@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,9 @@ from PIL import Image
 
 from clap_edge.core.errors import ImageError
 from clap_edge.core.images import list_images, load_image, to_rgb
+
+sys.path.insert(0, str(Path(__file__).parent / "conformance"))
+from image_cases import claim_size, exif_tiff  # noqa: E402  (the conformance cases' own image builders)
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -203,18 +208,6 @@ def test_list_images_walks_folders_sorted_and_skips_other_files(tmp_path):
 # ---- bounds and special files (the same verdicts as runtime/cpp/src/decode.cpp) ---------------
 
 
-def _claiming(data: bytes, w: int, h: int) -> bytes:
-    """A JPEG (SOF0) or PNG (IHDR, CRC recomputed) whose header claims w x h."""
-    d = bytearray(data)
-    if d[:2] == b"\xff\xd8":
-        i = d.index(b"\xff\xc0")
-        d[i + 5:i + 9] = struct.pack(">HH", h, w)
-    else:
-        d[16:24] = struct.pack(">II", w, h)
-        d[29:33] = struct.pack(">I", zlib.crc32(bytes(d[12:29])) & 0xFFFFFFFF)
-    return bytes(d)
-
-
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_header_claiming_60000_squared_is_refused_with_the_pixel_count(tmp_path, fmt):
     import io
@@ -222,7 +215,7 @@ def test_header_claiming_60000_squared_is_refused_with_the_pixel_count(tmp_path,
     buf = io.BytesIO()
     _photo(16, 16).save(buf, fmt)
     path = tmp_path / f"huge.{fmt.lower()}"
-    path.write_bytes(_claiming(buf.getvalue(), 60000, 60000))
+    path.write_bytes(claim_size(buf.getvalue(), 60000, 60000))
     with pytest.raises(ImageError, match=r"huge\.\w+: image is too large to decode \(3600000000 pixels, limit \d+\)"):
         load_image(path, draft_size=(128, 128))  # the draft reduction does not get it past the header check
 
@@ -260,11 +253,6 @@ def test_special_paths_are_refused_without_blocking(tmp_path, kind):
         load_image(path)
 
 
-def _exif_tiff(orientation: int, byte_order: str, long_type: bool = False) -> bytes:
-    e = "<" if byte_order == "II" else ">"
-    value = struct.pack(e + "I", orientation) if long_type else struct.pack(e + "HH", orientation, 0)
-    return (byte_order.encode() + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1)
-            + struct.pack(e + "HHI", 0x0112, 4 if long_type else 3, 1) + value + struct.pack(e + "I", 0))
 
 
 # Each orientation as the transpose that displays it (EXIF 2.3, as ImageOps.exif_transpose applies them).
@@ -278,7 +266,7 @@ _DISPLAY = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTA
 def test_every_exif_orientation_in_both_byte_orders(tmp_path, byte_order, orientation):
     stored = _photo(7, 4, seed=orientation)  # lossless PNG: the pixels must land exactly
     path = tmp_path / "o.png"
-    stored.save(path, exif=_exif_tiff(orientation, byte_order, long_type=orientation == 8))
+    stored.save(path, exif=exif_tiff(orientation, byte_order, long=orientation == 8))
     expected = stored if _DISPLAY[orientation] is None else stored.transpose(_DISPLAY[orientation])
     got = load_image(path)
     assert got.size == expected.size

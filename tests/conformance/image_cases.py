@@ -29,14 +29,17 @@ from typing import Any
 SCORE_TOL = 1e-4
 
 
-def _exif(orientation: int, order: str = "II", long: bool = False) -> bytes:
+def exif_tiff(orientation: int, order: str = "II", long: bool = False) -> bytes:
+    """A TIFF-structured EXIF block holding only an Orientation tag (SHORT, or LONG when ``long``), in byte
+    order ``order`` ("II" little-endian, "MM" big-endian); also used by tests/test_images.py."""
     e = "<" if order == "II" else ">"
     value = struct.pack(e + "I", orientation) if long else struct.pack(e + "HH", orientation, 0)
     return (order.encode() + struct.pack(e + "HI", 42, 8) + struct.pack(e + "H", 1)
             + struct.pack(e + "HHI", 0x0112, 4 if long else 3, 1) + value + struct.pack(e + "I", 0))
 
 
-def _claim(data: bytes, w: int, h: int) -> bytes:
+def claim_size(data: bytes, w: int, h: int) -> bytes:
+    """A JPEG (SOF0) or PNG (IHDR, CRC recomputed) whose header claims w x h (also used by tests/test_images.py)."""
     d = bytearray(data)
     if d[:2] == b"\xff\xd8":
         i = d.index(b"\xff\xc0")
@@ -59,13 +62,13 @@ def _photo(path: Path, spec: dict[str, Any]) -> bytes:
     jpeg = path.suffix.lower() in (".jpg", ".jpeg")
     kw: dict[str, Any] = {"quality": spec.get("quality", 92)} if jpeg else {}
     if "exif" in spec:
-        tiff = _exif(**spec["exif"])
+        tiff = exif_tiff(**spec["exif"])
         kw["exif"] = b"Exif\x00\x00" + tiff if jpeg else tiff
     buf = io.BytesIO()
     img.save(buf, "JPEG" if jpeg else "PNG", **kw)
     data = buf.getvalue()
     if "claim" in spec:
-        data = _claim(data, *spec["claim"])
+        data = claim_size(data, *spec["claim"])
     if "truncate" in spec:
         data = data[: int(len(data) * spec["truncate"])]
     return data
