@@ -14,11 +14,12 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 
 from clap_edge.core.metrics import Top1, paired_difference_ci
+from clap_edge.core.progress import Progress, silent
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,18 @@ class DemoConfig:
     seeds: dict[str, int] = field(default_factory=lambda: {"dataset": 0, "train": 0, "bootstrap": 0})
 
 
-def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every step and write the report; returns ``report.json``'s content."""
+def run_demo(config: DemoConfig, say: Callable[[str], None] = print,
+             bars: Callable[[], ContextManager[Progress]] | None = None) -> dict[str, Any]:
+    """Run every step and write the report; returns ``report.json``'s content.
+
+    ``say`` gets one line per step; ``bars()`` opens a core ``Progress`` for the steps that count
+    their work (the CLI passes rich bars on stderr; default: silent). The [train] extra and the
+    output folder are checked before anything is written."""
+    from clap_edge.apps.cli.checks import check_output_dir, require_extra
+
+    require_extra("demo", "train")
+    check_output_dir(config.out)
+    bars = bars or _no_bars
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -63,15 +74,15 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
         timings[name] = round(time.perf_counter() - start, 1)
         return result
 
-    dataset = step("toy dataset", lambda: _make_dataset(out / "data", config))
+    dataset = step("toy dataset", lambda: _make_dataset(out / "data", config, bars))
     with _torch_threads(config.threads):
         head_path, train_summary = step("train CLAP head",
-                                        lambda: _train_head(out / "clap_head.safetensors", config))
-        zero_shot = step("alpha grid (alpha chosen on val)", lambda: _alpha_grid(dataset, head_path, config))
+                                        lambda: _train_head(out / "clap_head.safetensors", config, bars))
+        zero_shot = step("alpha grid (alpha chosen on val)", lambda: _alpha_grid(dataset, head_path, config, bars))
         alpha = zero_shot.alphas[f"clap/{DEPLOY_FAMILY}"]
-        bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset))
-    evaluation = step("evaluate bundles on test", lambda: _evaluate(dataset, bundles, config))
-    bench = step("bench backends", lambda: _bench(bundles["clap"], out, config))
+        bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset, say))
+    evaluation = step("evaluate bundles on test", lambda: _evaluate(dataset, bundles, config, bars))
+    bench = step("bench backends", lambda: _bench(bundles["clap"], out, config, bars))
     report = _report(config, dataset, bundles, zero_shot, evaluation, bench, train_summary, timings)
     _write(out, report, _in_world_order(evaluation.table))
     return report
@@ -94,14 +105,23 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _make_dataset(root: Path, config: DemoConfig) -> Path:
-    from clap_edge.toyworld.dataset import write_dataset
+@contextlib.contextmanager
+def _no_bars() -> Iterator[Progress]:
+    yield silent
 
-    write_dataset(root, per_class=config.per_class, seed=config.seeds["dataset"], overwrite=True)
+
+def _make_dataset(root: Path, config: DemoConfig, bars) -> Path:
+    from clap_edge.toyworld.dataset import DATASET_SPLITS, write_dataset
+    from clap_edge.toyworld.world import DOMAINS
+
+    with bars() as progress:
+        progress("writing toy images", 0, len(DATASET_SPLITS) * len(DOMAINS))
+        write_dataset(root, per_class=config.per_class, seed=config.seeds["dataset"], overwrite=True,
+                      progress=lambda split, domain: progress("writing toy images"))
     return root
 
 
-def _train_head(path: Path, config: DemoConfig) -> tuple[Path, dict[str, Any]]:
+def _train_head(path: Path, config: DemoConfig, bars) -> tuple[Path, dict[str, Any]]:
     from clap_edge.models import load_model
     from clap_edge.prompts import AugmentConfig
     from clap_edge.toyworld.world import CLASSES, toy_prompt_vocab
@@ -111,7 +131,8 @@ def _train_head(path: Path, config: DemoConfig) -> tuple[Path, dict[str, Any]]:
     train_cfg = TrainConfig(steps=config.train_steps, noise_pool=config.noise_pool, seed=config.seeds["train"],
                             vocab=toy_prompt_vocab(), batching=config.batching, noise_sharing=config.noise_sharing,
                             keep=config.keep, augment=AugmentConfig(reorder_article=config.reorder_article))
-    head, result = train_head(loaded, list(CLASSES), train_cfg)
+    with bars() as train_cfg.progress:  # encoding texts, then the head's steps: the demo's longest step
+        head, result = train_head(loaded, list(CLASSES), train_cfg)
     head.save(path)
     return path, {**result_summary(result), "kept_step": head.config.training["kept_step"],
                   "options": {**{k: train_cfg.settings()[k] for k in ("batching", "noise_sharing", "noise_pool",
@@ -119,7 +140,7 @@ def _train_head(path: Path, config: DemoConfig) -> tuple[Path, dict[str, Any]]:
                               "reorder_article": config.reorder_article}}
 
 
-def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig):
+def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig, bars):
     """Every prompt family x domain x alpha on the frozen features; alpha chosen on val by the objective."""
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
@@ -130,30 +151,32 @@ def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig):
     eval_cfg = EvalConfig(prompt_formats=config.prompt_families, alphas=config.alphas,
                           alpha_objective=config.alpha_objective, style_draws=config.style_draws,
                           style_vocab=toy_prompt_vocab(), n_boot=config.n_boot, seed=config.seeds["bootstrap"])
-    result, _ = evaluate_folder(dataset, loaded, {"clap": CLAPHead.load(head_path)}, eval_cfg,
-                                class_names=list(CLASSES))
+    with bars() as progress:
+        result, _ = evaluate_folder(dataset, loaded, {"clap": CLAPHead.load(head_path)}, eval_cfg,
+                                    class_names=list(CLASSES), progress=progress)
     return result
 
 
-def _export(out: Path, head_path: Path, alpha: float, dataset: Path) -> dict[str, str]:
+def _export(out: Path, head_path: Path, alpha: float, dataset: Path, say: Callable[[str], None]) -> dict[str, str]:
     from clap_edge.export import ExportConfig, export_bundle
     from clap_edge.toyworld.world import CLASSES
 
     common = dict(model_name=MODEL_NAME, pretrained=PRETRAINED, classes=list(CLASSES), int8=True,
-                  overwrite=True, calibration=str(dataset / "val" / "id"))
+                  overwrite=True, calibration=str(dataset / "val" / "id"),
+                  progress=lambda msg: say(f"      {msg}") if msg.startswith(("exporting", "building", "wrote")) else None)
     clip = export_bundle(ExportConfig(out=str(out / "bundle-clip"), head=None, torch_program=False, **common))
     clap = export_bundle(ExportConfig(out=str(out / "bundle-clap"), head=str(head_path), alpha=alpha, **common))
     return {"clip": str(clip), "clap": str(clap)}
 
 
-def _evaluate(dataset: Path, bundles: dict[str, str], config: DemoConfig):
+def _evaluate(dataset: Path, bundles: dict[str, str], config: DemoConfig, bars):
     from clap_edge.apps.accuracy import evaluate_bundles
 
     return evaluate_bundles(str(dataset / "test"), bundles, ("fp32", "int8"), threads=config.threads,
-                            n_boot=config.n_boot, seed=config.seeds["bootstrap"])
+                            n_boot=config.n_boot, seed=config.seeds["bootstrap"], progress=bars is not _no_bars)
 
 
-def _bench(bundle: str, out: Path, config: DemoConfig) -> dict[str, Any]:
+def _bench(bundle: str, out: Path, config: DemoConfig, bars) -> dict[str, Any]:
     from clap_edge.runtime.backends import can_run
     from clap_edge.export.bundle import Bundle
     from clap_edge.apps.bench import BenchConfig, run_bench
@@ -162,7 +185,8 @@ def _bench(bundle: str, out: Path, config: DemoConfig) -> dict[str, Any]:
     with Bundle.open(bundle) as b:
         backends = [n for n in config.bench_backends if can_run(b, n)]
     report = run_bench(BenchConfig(bundle=bundle, backends=backends, batch_sizes=list(config.bench_batch_sizes),
-                                   threads=config.threads, warmup=2, iters=config.bench_iters))
+                                   threads=config.threads, warmup=2, iters=config.bench_iters),
+                       progress=bars is not _no_bars)
     plot_bench(report, out / "bench.png")
     return report
 
@@ -252,11 +276,10 @@ def _write(out: Path, report: dict[str, Any], table: dict[str, dict[str, Top1]])
 
 
 def _in_world_order(by_domain: dict[str, Any]) -> dict[str, Any]:
-    """Domains in the toy world's order (id first), not the folders' alphabetical order."""
-    from clap_edge.toyworld.world import DOMAINS
+    """Domains in the toy world's order (id first), not the folders' alphabetical order (as `eval` orders them)."""
+    from clap_edge.toyworld.world import in_world_order
 
-    rank = {d: i for i, d in enumerate(DOMAINS)}
-    return dict(sorted(by_domain.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+    return in_world_order(by_domain)
 
 
 def _grids(report: dict[str, Any]) -> dict[str, dict[str, dict[float, dict]]]:
@@ -290,6 +313,37 @@ def results_table(report: dict[str, Any], families: tuple[str, ...] = ("PC", "S"
 
 def _top1(cell: dict[str, Any]) -> str:
     return f"{cell['top1']:.1f} [{cell['ci95'][0]:.1f}, {cell['ci95'][1]:.1f}]"
+
+
+# What each file the demo writes shows (the summary names them; files other steps add are listed too).
+OUTPUT_FILES = {"report.md": "every table", "report.json": "every number",
+                "alpha.png": "top-1 vs alpha per prompt family, 95% CI bands",
+                "accuracy.png": "bundle top-1 per domain, 95% CI whiskers",
+                "bench.png": "backend latency / throughput vs batch size"}
+
+
+def summary(report: dict[str, Any], out: str | Path) -> str:
+    """The few lines the demo prints on stdout: the headline with its CIs, and every file it wrote."""
+    h = report["headline"]
+    lines = ["CLAP minus CLIP, toy-world test split (top-1 points, paired 95% bootstrap CI):"]
+    rows = [("style-isolating domains", h["style_isolating_domains"]), ("style-laden prompts (S)",
+                                                                      h.get("style_laden_prompts")),
+            ("in distribution (id)", h["id"])]
+    for label, g in rows:
+        if g is not None:
+            lines.append(f"  {label:<26} {g['family']:>2} alpha {g['alpha']:<5g} {g['clip_top1']:5.1f} -> "
+                         f"{g['clap_top1']:5.1f}  {_ci(g)}")
+    agreement = [v.get("agreement_vs_fp32") for cells in report["domains"].values() for v in cells.values()]
+    agreement = [a for a in agreement if a is not None]
+    if agreement:
+        lines.append(f"  int8 bundles predict fp32's class for {min(agreement):.1f}-{max(agreement):.1f}% of the "
+                     "images per domain")
+    out = Path(out)
+    names = [n for n in OUTPUT_FILES if (out / n).exists()]
+    names += sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".md", ".json") and p.name not in names)
+    lines.append(f"wrote {out}/:")
+    lines += [f"  {n:<14} {OUTPUT_FILES.get(n, '')}".rstrip() for n in names]
+    return "\n".join(lines)
 
 
 def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -> str:

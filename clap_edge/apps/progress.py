@@ -31,4 +31,12 @@ def progress_bar(enabled: bool = True, transient: bool = True) -> Iterator[Progr
         yield report
 
 
-__all__ = ["progress_bar"]
+def note(message: str, enabled: bool = True) -> None:
+    """One line on stderr before a step that takes seconds with nothing to count (loading a model)."""
+    if enabled:
+        import click
+
+        click.echo(message, err=True)
+
+
+__all__ = ["progress_bar", "note"]

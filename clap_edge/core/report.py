@@ -83,7 +83,7 @@ def plot_table(table: Table, path: str | os.PathLike, title: str = "zero-shot to
         hi = [table[d][model].ci95[1] - t if model in table[d] else 0 for d, t in zip(domains, tops)]
         ax.bar(x + (i - (len(models) - 1) / 2) * width, tops, width, yerr=[lo, hi], capsize=2, label=model)
     ax.set_xticks(x, domains, rotation=15)
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel("top-1 (%); whiskers: 95% CI")
     ax.set_ylim(0, 100)
     ax.set_title(title)
     ax.legend(fontsize=8, ncols=min(4, len(models)))
@@ -106,9 +106,10 @@ def bench_markdown_table(report: dict[str, Any]) -> str:
     model = [[r["backend"], r["precision"], r["batch_size"], r["threads"], f"{r['p50_ms']:g}", f"{r['p99_ms']:g}",
               f"{r['images_per_s']:g}", _md(r["speedup_vs_torch"]), _md(r["gflops_per_s"]),
               _md(r.get("ceiling_gflops_per_s")), _pct(r.get("fraction_of_ceiling")), _md(r["peak_rss_mb"]),
-              _md(r["top1_agreement_vs_fp32"])] for r in report["results"] if r["mode"] == "model"]
+              _agree(r)] for r in report["results"] if r["mode"] == "model"]
     out = markdown(["backend", "precision", "batch", "threads", "p50 ms", "p99 ms", "images/s", "x torch", "GFLOP/s",
-                    "ceiling GFLOP/s", "of ceiling", "peak RSS MB", "top-1 vs fp32"], model, right=range(2, 13))
+                    "ceiling GFLOP/s", "of ceiling", "peak RSS MB", "top-1 agreement vs fp32 (% of n images)"], model,
+                   right=range(2, 13))
     e2e = [[r["backend"], r["batch_size"], r["threads"], f"{r['images_per_s']:g}", _md(r["model_only_images_per_s"]),
             _md(r["fraction_of_model_only"])] for r in report["results"] if r["mode"] == "end_to_end"]
     if e2e:
@@ -124,7 +125,8 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike) -> Path:
     rows = [r for r in report["results"] if r["mode"] == "model"]
     fig, (ax_lat, ax_ips, ax_gf) = plt.subplots(1, 3, figsize=(19, 4.8))
     ceilings = (report["env"].get("ceiling") or {}).get("ceilings", {})
-    drawn: set[str] = set()
+    drawn: list[str] = []
+    styles = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))  # one per ceiling: two equal ceilings still differ
     for i, backend in enumerate(dict.fromkeys(r["backend"] for r in rows)):
         mine = sorted((r for r in rows if r["backend"] == backend), key=lambda r: r["batch_size"])
         label, color = f"{backend} ({mine[0]['precision']})", f"C{i}"
@@ -135,12 +137,12 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike) -> Path:
             ax_gf.plot(bs, [r["gflops_per_s"] for r in mine], marker="o", label=label, color=color)
         key = mine[0].get("ceiling")
         if key and key in ceilings and key not in drawn:
-            drawn.add(key)
-            ax_gf.axhline(ceilings[key]["gflops_per_s"], color=color, linestyle="--", linewidth=1,
-                          label=f"ceiling {key} {ceilings[key]['gflops_per_s']:g}")
+            drawn.append(key)
+            ax_gf.axhline(ceilings[key]["gflops_per_s"], color=color, linestyle=styles[(len(drawn) - 1) % len(styles)],
+                          linewidth=1.4, label=f"ceiling {key}: {ceilings[key]['gflops_per_s']:g} GFLOP/s")
     env = report["env"]
     for ax, title, ylabel in ((ax_lat, "p50 latency per batch", "ms"), (ax_ips, "throughput", "images/s"),
-                              (ax_gf, "effective GFLOP/s vs measured GEMM ceiling (dashed)", "GFLOP/s")):
+                              (ax_gf, "effective GFLOP/s vs measured GEMM ceilings (broken lines)", "GFLOP/s")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
         ax.set_ylabel(ylabel)
@@ -160,6 +162,12 @@ def plot_bench(report: dict[str, Any], path: str | os.PathLike) -> Path:
 def _load(env: dict[str, Any]) -> str:
     before, after = env.get("load_average_before"), env.get("load_average_after")
     return f"{before[0]:.1f} -> {after[0]:.1f}" if before and after else "?"
+
+
+def _agree(row: dict[str, Any]) -> str:
+    """Top-1 agreement with the fp32 reference as a percentage of the n images it was measured on."""
+    value, n = row.get("top1_agreement_vs_fp32"), row.get("agreement_n_images")
+    return "-" if value is None else f"{100 * value:.1f}% of {n}" if n else f"{100 * value:.1f}%"
 
 
 def _pct(value: Any) -> str:
@@ -205,12 +213,13 @@ def plot_alpha_curves(grids: Mapping[str, AlphaGrid], path: str | Path, chosen: 
             line, = ax.plot(alphas, tops, marker="o", ms=3, label=domain)
             ax.fill_between(alphas, [cells[a]["ci95"][0] for a in alphas], [cells[a]["ci95"][1] for a in alphas],
                             color=line.get_color(), alpha=0.12)
+        ax.fill_between([], [], [], color="gray", alpha=0.25, label="95% CI (bands)")
         if chosen and name in chosen:
             ax.axvline(chosen[name], color="gray", ls="--", lw=1)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("top-1 (%)")
+    axes[0][0].set_ylabel("top-1 (%); bands: 95% CI")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncols=min(8, max(1, len(labels))))
     fig.suptitle(title, fontsize=11)

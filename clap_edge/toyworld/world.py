@@ -57,6 +57,14 @@ ID_RENDER_PROBS = (0.45, 0.45, 0.1 / 3, 0.1 / 3, 0.1 / 3)
 # New domains go at the end: a domain's index seeds its images (split_seed), so the others keep theirs.
 DOMAINS = ("id", "color_shift", "background_shift", "render_shift", "both", "style_swap", "style_swap_render")
 STYLE_SWAP_DOMAINS = ("style_swap", "style_swap_render")
+
+
+def in_world_order(by_domain: dict) -> dict:
+    """``by_domain`` with the toy world's domains in DOMAINS order (id first), other names after, sorted:
+    the demo and ``clap-edge eval`` list domains, and colour their plot lines, the same way."""
+    rank = {d: i for i, d in enumerate(DOMAINS)}
+    return dict(sorted(by_domain.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+
 SPLITS = ("train", "val", "test")
 P_CORRELATED = 0.5
 P_STYLE_WORD = 0.7

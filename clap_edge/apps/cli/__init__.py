@@ -37,6 +37,10 @@ class ClapEdgeGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            # click prints usage + hint + error (three lines); bad input here is one line, where to look, exit 2
+            where = " ".join(["clap-edge", *(e.ctx.command_path.split()[1:] if e.ctx else [])])
+            _fail(f"error: {e.format_message()} (see `{where} --help`)")
         except ClapEdgeError as e:
             _fail(f"error: {e}")
         except ModuleNotFoundError as e:

@@ -88,13 +88,15 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
 
 
 def _print_table(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    from clap_edge.apps.console import stdout_console
+
     env = report["env"]
-    table = Table(title=f"{env['bundle']['model_name']} on {env['cpu_model']} ({env['threads']} thread(s))")
+    table = Table(title=f"{env['bundle']['model_name']} on {env['cpu_model']} ({env['threads']} thread(s))",
+                  caption=_caption(report), caption_justify="left")
     columns = ["backend", "precision", "mode", "batch", "p50 ms", "p99 ms", "images/s", "x torch", "GFLOP/s",
-               "ceiling", "of ceil.", "RSS MB", "top-1|e2e"]
+               "ceiling", "of ceil.", "RSS MB", "agree %|e2e"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("backend", "precision", "mode") else "right")
     for r in report["results"]:
@@ -103,13 +105,50 @@ def _print_table(report: dict) -> None:
                       _f(r.get("gflops_per_s")), _f(r.get("ceiling_gflops_per_s")),
                       "-" if r.get("fraction_of_ceiling") is None else f"{r['fraction_of_ceiling']:.0%}",
                       _f(r.get("peak_rss_mb")),
-                      _f(r.get("top1_agreement_vs_fp32") if r["mode"] == "model" else r.get("fraction_of_model_only")))
-    Console(width=max(Console().width, 130)).print(table)
+                      _pct(r.get("top1_agreement_vs_fp32")) if r["mode"] == "model" else
+                      _f(r.get("fraction_of_model_only")))
+    stdout_console(min_width=130).print(table)
     for name, error in report.get("errors", {}).items():
         click.secho(f"{name}: {error.splitlines()[0]}", fg="yellow", err=True)
 
 
 def _f(value) -> str:
     return "-" if value is None else f"{value:g}"
+
+
+def _pct(fraction) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}"
+
+
+def ceiling_reason(row: dict, env: dict) -> str | None:
+    """Why a model row has no ceiling ("-" in the table), or None when it has one."""
+    if row.get("ceiling_gflops_per_s") is not None:
+        return None
+    ceiling = env.get("ceiling")
+    if ceiling is None:
+        return "not measured (--no-ceiling)"
+    if ceiling.get("error"):
+        return f"the ceiling process failed: {str(ceiling['error']).splitlines()[0]}"
+    from clap_edge.apps.ceiling import ceiling_key
+
+    key = ceiling_key(row["backend"], row.get("precision"))
+    if key is None:
+        return f"no GEMM ceiling is measured for {row['backend']} at {row.get('precision') or 'this precision'}"
+    error = (ceiling.get("errors") or {}).get(key)
+    return f"ceiling {key} failed: {str(error).splitlines()[0]}" if error else f"ceiling {key} has no sample"
+
+
+def _caption(report: dict) -> str:
+    """What the columns mean where a number alone misleads: agreement's n, e2e, and every "-" ceiling."""
+    rows = [r for r in report["results"] if r["mode"] == "model"]
+    n = next((r.get("agreement_n_images") for r in rows if r.get("agreement_n_images")), None)
+    reference = next((r.get("agreement_reference") for r in rows if r.get("agreement_reference")), "fp32")
+    lines = [f"agree %: images whose top-1 class equals {reference}'s (fp32), of {n} (the bundle's calibration "
+             "batch, or --agreement-images); a small n, not a test-set accuracy" if n else
+             "agree %: not measured (no calibration batch in the bundle and no --agreement-images)",
+             "e2e rows: end-to-end images/s as a fraction of model-only"]
+    reasons = {f"{r['backend']} ({r.get('precision')})": ceiling_reason(r, report["env"]) for r in rows}
+    lines += [f"ceiling - for {name}: {why}" for name, why in reasons.items() if why]
+    return "\n".join(lines)
 
 COMMANDS = [bench]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import click
 
 
@@ -25,32 +23,36 @@ import click
               help="pre-encoded noise draws (per text, or shared ones with --noise-sharing batch).")
 @click.option("--keep", type=click.Choice(["final", "best"]), default="final", show_default=True,
               help="final head weights, or those of the best loss window.")
-@click.option("--json", "as_json", is_flag=True, help="print report.json instead of the summary table.")
+@click.option("--json", "as_json", is_flag=True, help="print report.json instead of the summary.")
 def demo(out, per_class, steps, threads, bench_iters, alpha_objective, batching, noise_sharing, noise_pool, keep,
          as_json):
     """Generate the toy world, train a CLAP head, report top-1 per domain, prompt family and alpha
     (CLAP minus CLIP with paired CIs; alpha chosen on val), export CLIP and CLAP bundles (fp32 +
-    int8), evaluate them through the runtime, benchmark the backends; write OUT/report.md,
-    report.json, alpha.png, accuracy.png and bench.png.
+    int8), evaluate them through the runtime, benchmark the backends; write OUT/report.md (every
+    table), report.json, alpha.png, accuracy.png and bench.png, and print a short summary.
 
-    Runs offline on the tiny CLIP shipped in the package (clap-edge-toy / toyworld).
+    Runs offline on the tiny CLIP shipped in the package (clap-edge-toy / toyworld); needs the
+    [train] extra. Progress goes to stderr.
 
     \b
     Example:
       clap-edge demo --out demo-out
     """
-    from clap_edge.apps.demo import DemoConfig, run_demo
+    from clap_edge.apps.cli.checks import check_output_dir, require_extra
+
+    require_extra("demo", "train")  # before anything is written (the dataset alone is ~27 MB)
+    check_output_dir(out)
+    from clap_edge.apps.demo import DemoConfig, run_demo, summary
+    from clap_edge.apps.progress import progress_bar
 
     config = DemoConfig(out=out, per_class=per_class, train_steps=steps, threads=threads, bench_iters=bench_iters,
                         alpha_objective=alpha_objective, batching=batching, noise_sharing=noise_sharing,
                         noise_pool=noise_pool, keep=keep)
-    report = run_demo(config, say=lambda msg: click.echo(msg, err=True))
+    report = run_demo(config, say=lambda msg: click.echo(msg, err=True), bars=progress_bar)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    report_md = Path(out) / "report.md"
-    click.echo(f"{click.format_filename(report_md)}:\n")
-    click.echo(report_md.read_text(encoding="utf-8"))
+    click.echo(summary(report, out))
 
 
 COMMANDS = [demo]

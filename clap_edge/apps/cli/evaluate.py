@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from clap_edge.apps.cli.checks import (check_bundle_classes, check_model_name, check_output_dir,
+                                       check_pretrained_path, dataset_classes, require_extra)
+
 
 @click.command("eval")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
@@ -54,15 +57,36 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
 
     if not heads and not bundles and not model_name:
         raise ClapEdgeError("nothing to evaluate: pass --head, --model or --bundle")
-    tables, result = {}, {"dataset": str(dataset)}
+    named = _check_inputs(dataset, heads, model_name, pretrained, bundles, out)  # before any model or image
+    config = None
     if heads or model_name:
+        require_extra("eval", "train")
         config = _eval_config(prompts, alpha, alphas, alpha_objective, style_draws, style_vocab, seed)
+    tables, result = {}, {"dataset": str(dataset)}
+    if config is not None:
         tables["model"], result["model"] = _eval_heads(dataset, heads, model_name, pretrained, config, per_class,
                                                        progress=not as_json)
-    if bundles:
-        tables["bundles"], result["bundles"] = _eval_bundles(dataset, bundles, variants, per_class, seed,
+    if named:
+        tables["bundles"], result["bundles"] = _eval_bundles(dataset, named, variants, per_class, seed,
                                                              progress=not as_json)
     _emit(tables, result, out, as_json)
+
+
+def _check_inputs(dataset, heads, model_name, pretrained, bundles, out) -> dict[str, str]:
+    """Every input of `eval`, checked before a model loads or an image is encoded: the model name, a
+    checkpoint path, --out, the dataset's class folders and each bundle's classes against them."""
+    from clap_edge.export.bundle import Bundle
+
+    check_model_name(model_name)
+    check_pretrained_path(pretrained)
+    if out:
+        check_output_dir(out)
+    test, data_classes = dataset_classes(dataset)
+    named = dict(b.split("=", 1) if "=" in b else (Path(b).name, b) for b in bundles)
+    for path in named.values():
+        with Bundle.open(path) as opened:
+            check_bundle_classes(opened.label, opened.class_names, test, data_classes)
+    return named
 
 
 def _eval_config(prompts, alpha, alphas, alpha_objective, style_draws, style_vocab, seed):
@@ -88,6 +112,7 @@ def _eval_heads(dataset, heads, model_name, pretrained, config, per_class, progr
     from clap_edge.apps.progress import progress_bar
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
+    from clap_edge.toyworld.world import in_world_order
     from clap_edge.zeroshot import evaluate_folder
 
     loaded_heads = {Path(h).stem if len(heads) > 1 else "clap": CLAPHead.load(h) for h in heads}
@@ -97,18 +122,22 @@ def _eval_heads(dataset, heads, model_name, pretrained, config, per_class, progr
     loaded = load_model(model_name, pretrained)
     with progress_bar(enabled=progress) as bar:
         res, class_names = evaluate_folder(dataset, loaded, loaded_heads, config, per_class=per_class, progress=bar)
+    # domains in the demo's order, so a domain keeps its place and colour from one plot to the next
+    res.domains = in_world_order(res.domains)
+    res.grid = {key: in_world_order(grid) for key, grid in res.grid.items()}
     return res, {"model_name": model_name, "pretrained": pretrained, "classes": class_names, **res.as_dict()}
 
 
-def _eval_bundles(dataset, bundles, variants, per_class, seed, progress):
+def _eval_bundles(dataset, named, variants, per_class, seed, progress):
     from clap_edge.core.datasets import find_splits
     from clap_edge.apps.accuracy import evaluate_bundles
 
-    named = dict(b.split("=", 1) if "=" in b else (Path(b).name, b) for b in bundles)
     res = evaluate_bundles(str(find_splits(dataset)["test"]), named, tuple(v.strip() for v in variants.split(",")),
                            per_class, seed=seed, progress=progress)
     from clap_edge.core.report import table_dict
+    from clap_edge.toyworld.world import in_world_order
 
+    res.table = in_world_order(res.table)
     return res.table, {"domains": table_dict(res.table), "int8_agreement_vs_fp32": res.agreement,
                        "failed_images": res.failed}
 

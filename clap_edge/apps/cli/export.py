@@ -81,6 +81,7 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         raise ClapEdgeError("--alpha needs a head (--no-head means alpha 0)")
     if (int8_static or openvino_int8) and not calibration:
         raise ClapEdgeError("--int8-static / --openvino-int8 need --calibration DIR (representative images)")
+    _check_inputs(out, force, model_name, pretrained)
     cfg = ExportConfig(
         out=out,
         model_name=model_name,
@@ -108,6 +109,19 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         path = export_bundle(cfg)
     with Bundle.open(path) as bundle:
         _print_summary(bundle, {n: "ok" for n in bundle.file_names}, as_json)
+
+
+def _check_inputs(out: str, force: bool, model_name: str | None, pretrained: str | None) -> None:
+    """What can be checked before torch loads: the model name, a checkpoint path, the output folder."""
+    from clap_edge.apps.cli.checks import check_model_name, check_output_dir, check_pretrained_path, require_extra
+    from clap_edge.core.errors import ClapEdgeError
+
+    check_model_name(model_name)
+    check_pretrained_path(pretrained)
+    if Path(out).exists() and not force:
+        raise ClapEdgeError(f"--out {out}: already exists (pass --force to replace it)")
+    check_output_dir(out)
+    require_extra("export", "train")
 
 
 @click.command("inspect")
@@ -172,10 +186,11 @@ def _print_summary(bundle, checks: dict[str, str], as_json: bool, signed_by: str
     if as_json:
         click.echo(json.dumps({"bundle": str(bundle.root), **summary}, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from clap_edge.apps.console import stdout_console
+
+    console = stdout_console()
     model = summary["model"] or {}
     head = model.get("head")
     head_text = f"CLAP head (alpha {summary['alpha']}, latent {head['latent_dim']}, {head['activation']})" if head \
@@ -209,7 +224,12 @@ def _print_summary(bundle, checks: dict[str, str], as_json: bool, signed_by: str
 def _parity_table(summary: dict):
     from rich.table import Table
 
-    table = Table(title="variants and parity", title_justify="left")
+    n = max((p.get("n_images") or 0 for p in summary["parity"].values()), default=0)
+    table = Table(title="variants and parity", title_justify="left",
+                  caption=f"top-1 agreement: share of the {n} parity images (the calibration batch) whose top class "
+                          f"equals the reference's; one image is {1 / n:.1%} of it. `export --eval DATASET` "
+                          "measures agreement per domain on a test split." if n else None,
+                  caption_justify="left")
     for col in ("variant", "file", "vs", "max |dlogit|", "top-1 agreement", "images"):
         table.add_column(col)
     parity = summary["parity"]

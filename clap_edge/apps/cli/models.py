@@ -18,6 +18,12 @@ def models(as_json):
     Example:
       clap-edge models | grep ViT-B-32
     """
+    from clap_edge.apps.cli.checks import require_extra
+    from clap_edge.apps.progress import note
+
+    require_extra("models", "train")
+    # the tags live in open_clip, whose import pulls in torch and torchvision: seconds with nothing to show
+    note("reading open_clip's models and pretrained tags (imports torch: a few seconds) ...")
     import open_clip
 
     from clap_edge.models import SHIPPED_WEIGHTS, list_models

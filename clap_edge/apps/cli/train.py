@@ -6,6 +6,9 @@ import json
 
 import click
 
+from clap_edge.apps.cli.checks import (check_model_name, check_output_dir, check_output_file, check_pretrained_path,
+                                       require_extra)
+
 
 @click.command("train")
 @click.option("--model", "model_name", required=True, help="open_clip model name, e.g. ViT-B-32 or clap-edge-tiny.")
@@ -50,19 +53,30 @@ def train(model_name, pretrained, classes, out, steps, batch_size, lr, tau_text,
     Example:
       clap-edge train --model clap-edge-tiny --classes dog,cat,house --out head.safetensors --steps 500
     """
-    from clap_edge.apps.progress import progress_bar
+    from clap_edge.apps.progress import note, progress_bar
+    from clap_edge.prompts import PromptVocab, load_class_names
+
+    # every input is checked before torch / open_clip are imported (6+ CPU-seconds) or a model is built
+    _check_numbers(steps, batch_size, latent_dim, noise_ctx, noise_pool)
+    check_model_name(model_name)
+    check_pretrained_path(pretrained)
+    check_output_file(out)
+    if cache_dir:
+        check_output_dir(cache_dir, "--cache-dir")
+    class_names = load_class_names(classes)
+    prompt_vocab = PromptVocab.from_file(vocab) if vocab else PromptVocab()
+    require_extra("train", "train")
+    note(f"loading {model_name} ({pretrained or 'random init'}) with open_clip ...", enabled=not as_json)
     from clap_edge.models import load_model
-    from clap_edge.prompts import AugmentConfig, PromptVocab, load_class_names
+    from clap_edge.prompts import AugmentConfig
     from clap_edge.train import TrainConfig, result_summary, train_head
 
-    _check_numbers(steps, batch_size, latent_dim, noise_ctx, noise_pool)
-    class_names = load_class_names(classes)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, tau_text=tau_text, tau_content=tau_content,
         latent_dim=latent_dim, noise_ctx=noise_ctx, noise_pool=noise_pool, early_stop=not no_early_stop,
         batching=batching, noise_sharing=noise_sharing, keep=keep, augment=AugmentConfig(reorder_article=reorder_article),
         seed=seed, device=device, cache_dir=cache_dir,
-        vocab=PromptVocab.from_file(vocab) if vocab else PromptVocab(),
+        vocab=prompt_vocab,
     )
     loaded = load_model(model_name, pretrained, device=device)
     with progress_bar(enabled=not as_json, transient=False) as config.progress:
