@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -21,8 +22,27 @@ def demo_report(tmp_path_factory):
                         bench_batch_sizes=(1,), bench_backends=("onnxruntime", "onnxruntime-int8"), n_boot=100,
                         style_draws=2)
     messages: list[str] = []
-    report = run_demo(config, say=messages.append)
+    report = run_demo(config, say=messages.append, bars=lambda: _recording(TASKS))
     return out, report, messages
+
+
+TASKS: dict[str, float | None] = {}  # progress task -> its total, as the demo reported them
+
+
+@contextlib.contextmanager
+def _recording(tasks):
+    def progress(task, advance=1, total=None):
+        tasks[task] = total if total is not None else tasks.get(task)
+
+    yield progress
+
+
+def test_demo_reports_progress_for_every_long_step(demo_report):
+    """Issue 22: the head's training (the demo's longest step) and the other long steps show progress."""
+    assert TASKS.get("training head") == 40  # train_steps: a bar with a known total
+    for task in ("writing toy images", "encoding texts", "encoding val images", "encoding test images",
+                 "exporting bundles"):
+        assert task in TASKS, sorted(TASKS)
 
 
 def test_demo_writes_the_documented_report(demo_report):

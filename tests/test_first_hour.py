@@ -97,6 +97,13 @@ def test_export_to_an_existing_bundle_fails_before_loading(tmp_path, monkeypatch
                   tmp_path / "bundle"), "already exists", "--force")
 
 
+def test_bench_output_paths_are_checked_before_timing(runtime_bundle, tmp_path, monkeypatch):
+    _forbid(monkeypatch, "clap_edge.apps.bench.run_bench", "the benchmark")
+    (tmp_path / "file").write_text("x")
+    one_line(_cli("bench", runtime_bundle, "--json", tmp_path / "file" / "bench.json"), "--json", "not a folder")
+    one_line(_cli("bench", runtime_bundle, "--plot", tmp_path), "--plot", "is a directory")
+
+
 def test_usage_errors_are_one_line():
     one_line(_cli("classify", "/no/such/bundle", "x.jpg"), "'/no/such/bundle' does not exist",
              "clap-edge classify --help")

@@ -135,3 +135,7 @@ def test_edge_install_runs_the_runtime_without_torch(edge_venv, runtime_bundle, 
     assert done.returncode == 2, (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "[train]" in lines[0] and "pip install 'clap-edge[train]'" in lines[0], done.stderr
+
+    # the demo says so before it writes its ~27 MB dataset, and leaves nothing behind (issue 22)
+    done = _edge(edge_venv, "demo", "--out", str(tmp_path / "demo-out"))
+    assert done.returncode == 2 and "[train]" in done.stderr and not (tmp_path / "demo-out").exists(), done.stderr

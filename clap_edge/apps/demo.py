@@ -80,7 +80,7 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print,
                                         lambda: _train_head(out / "clap_head.safetensors", config, bars))
         zero_shot = step("alpha grid (alpha chosen on val)", lambda: _alpha_grid(dataset, head_path, config, bars))
         alpha = zero_shot.alphas[f"clap/{DEPLOY_FAMILY}"]
-        bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset, say))
+        bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset, bars))
     evaluation = step("evaluate bundles on test", lambda: _evaluate(dataset, bundles, config, bars))
     bench = step("bench backends", lambda: _bench(bundles["clap"], out, config, bars))
     report = _report(config, dataset, bundles, zero_shot, evaluation, bench, train_summary, timings)
@@ -157,15 +157,18 @@ def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig, bars):
     return result
 
 
-def _export(out: Path, head_path: Path, alpha: float, dataset: Path, say: Callable[[str], None]) -> dict[str, str]:
+def _export(out: Path, head_path: Path, alpha: float, dataset: Path, bars) -> dict[str, str]:
     from clap_edge.export import ExportConfig, export_bundle
     from clap_edge.toyworld.world import CLASSES
 
     common = dict(model_name=MODEL_NAME, pretrained=PRETRAINED, classes=list(CLASSES), int8=True,
-                  overwrite=True, calibration=str(dataset / "val" / "id"),
-                  progress=lambda msg: say(f"      {msg}") if msg.startswith(("exporting", "building", "wrote")) else None)
-    clip = export_bundle(ExportConfig(out=str(out / "bundle-clip"), head=None, torch_program=False, **common))
-    clap = export_bundle(ExportConfig(out=str(out / "bundle-clap"), head=str(head_path), alpha=alpha, **common))
+                  overwrite=True, calibration=str(dataset / "val" / "id"))
+    with bars() as progress:
+        progress("exporting bundles", 0, 2)
+        clip = export_bundle(ExportConfig(out=str(out / "bundle-clip"), head=None, torch_program=False, **common))
+        progress("exporting bundles")
+        clap = export_bundle(ExportConfig(out=str(out / "bundle-clap"), head=str(head_path), alpha=alpha, **common))
+        progress("exporting bundles")
     return {"clip": str(clip), "clap": str(clap)}
 
 

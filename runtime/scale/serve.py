@@ -18,7 +18,8 @@ HTTP contract (also in the README):
          422 {"error": "..."}    this image failed: the body is not an image the decoder can read, or the
                                  model gave NaN / inf scores for it (``classify --json``'s error record)
          500 {"error": "..."}    the model failed on every image of the batch (not this image's fault)
-         400 {"error": "..."}    a bad query parameter
+         400 {"error": "..."}    a bad query parameter (top_k not an integer >= 1; a top_k above the class
+                                 count is not an error: every class is returned, as ``classify --top-k`` does)
          413 {"error": "..."}    a body over ``max_body_mb``
     GET  /v1/health             200 {"status": "ok", ...} once the bundle is loaded
 
@@ -30,6 +31,7 @@ which installs its own SIGTERM handler). Ray Serve's Prometheus metrics are serv
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -180,6 +182,7 @@ def _deployment_class():
             except BaseException:
                 bundle.close()
                 raise
+            _drop_batch_advice()
             self.predict.set_max_batch_size(max_batch_size)
             self.predict.set_batch_wait_timeout_s(batch_wait_s)
             sizes = Histogram("clap_edge_model_batch_size", description="images per model call",
@@ -203,6 +206,28 @@ def _deployment_class():
                 core.classifier.close()  # removes the private copy
 
     return ClassifierDeployment
+
+
+class _BatchAdvice(logging.Filter):
+    """Drops Serve's advice to raise ``max_ongoing_requests`` to ``max_batch_size * max_concurrent_batches``:
+    the many concurrent batches are deliberate (they are merged into one model call, see ReplicaCore), so
+    the advice is wrong here and a user can do nothing with it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("`max_batch_size`")
+
+
+def _drop_batch_advice() -> None:
+    serve_logger = logging.getLogger("ray.serve")
+    if not any(isinstance(f, _BatchAdvice) for f in serve_logger.filters):
+        serve_logger.addFilter(_BatchAdvice())
+
+
+def _quiet_driver_logs() -> None:
+    """Ray Serve's INFO lines on the driver ("Connecting to existing Serve app", from serve.start followed
+    by serve.run on the cluster just started; "Application ... is ready") say nothing a user can act on:
+    `serve` prints its own ready line. Warnings and errors still show (Ray's documented logger)."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 async def _read_body(request, limit: int) -> bytes | None:
@@ -267,10 +292,12 @@ def start(config: ServeConfig, pin: PinnedBundle, on_connect: Callable[[], None]
     connect(config.address, cpus, config.object_store_mb, config.metrics_port)
     if on_connect is not None:
         on_connect()
+    _quiet_driver_logs()
     ray_serve.start(http_options={"host": config.host, "port": config.port})
-    try:
+    try:  # replicas log warnings and errors only, unless an access log (INFO lines) was asked for
         ray_serve.run(build_app(config, pin), name=APP_NAME, route_prefix="/", blocking=False,
-                      logging_config={"enable_access_log": config.access_log})
+                      logging_config={"enable_access_log": config.access_log,
+                                      "log_level": "INFO" if config.access_log else "WARNING"})
     except RuntimeError as e:  # a replica failed in its constructor (Ray retried it): one line, its cause
         raise ClapEdgeError(f"{config.bundle}: the replicas could not load the bundle: {_replica_cause(e)}") from None
 

@@ -60,6 +60,11 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
     from clap_edge.apps.bench import BenchConfig, preprocess_folder, record_bench, run_bench
     from clap_edge.core.report import plot_bench, write_json
 
+    from clap_edge.apps.cli.checks import check_output_file
+
+    for option, path in (("--json", json_path), ("--plot", plot_path)):  # before minutes of timing, not after
+        if path:
+            check_output_file(path, option)
     names = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     options = {"openvino": {"precision": openvino_precision}} if openvino_precision else {}
     if compile_mode:

@@ -57,10 +57,11 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
 
     if not heads and not bundles and not model_name:
         raise ClapEdgeError("nothing to evaluate: pass --head, --model or --bundle")
+    if heads or model_name:
+        require_extra("eval", "train")
     named = _check_inputs(dataset, heads, model_name, pretrained, bundles, out)  # before any model or image
     config = None
     if heads or model_name:
-        require_extra("eval", "train")
         config = _eval_config(prompts, alpha, alphas, alpha_objective, style_draws, style_vocab, seed)
     tables, result = {}, {"dataset": str(dataset)}
     if config is not None:
@@ -109,7 +110,7 @@ def _eval_config(prompts, alpha, alphas, alpha_objective, style_draws, style_voc
 
 
 def _eval_heads(dataset, heads, model_name, pretrained, config, per_class, progress):
-    from clap_edge.apps.progress import progress_bar
+    from clap_edge.apps.progress import note, progress_bar
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
     from clap_edge.toyworld.world import in_world_order
@@ -119,6 +120,7 @@ def _eval_heads(dataset, heads, model_name, pretrained, config, per_class, progr
     first = next(iter(loaded_heads.values()), None)
     model_name = model_name or (first.config.model_name if first else None)
     pretrained = pretrained or (first.config.pretrained if first else None)
+    note(f"loading {model_name} ({pretrained or 'random init'}) with open_clip ...", enabled=progress)
     loaded = load_model(model_name, pretrained)
     with progress_bar(enabled=progress) as bar:
         res, class_names = evaluate_folder(dataset, loaded, loaded_heads, config, per_class=per_class, progress=bar)

@@ -116,12 +116,12 @@ def _check_inputs(out: str, force: bool, model_name: str | None, pretrained: str
     from clap_edge.apps.cli.checks import check_model_name, check_output_dir, check_pretrained_path, require_extra
     from clap_edge.core.errors import ClapEdgeError
 
+    require_extra("export", "train")
     check_model_name(model_name)
     check_pretrained_path(pretrained)
     if Path(out).exists() and not force:
         raise ClapEdgeError(f"--out {out}: already exists (pass --force to replace it)")
     check_output_dir(out)
-    require_extra("export", "train")
 
 
 @click.command("inspect")

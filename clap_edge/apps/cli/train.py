@@ -57,6 +57,7 @@ def train(model_name, pretrained, classes, out, steps, batch_size, lr, tau_text,
     from clap_edge.prompts import PromptVocab, load_class_names
 
     # every input is checked before torch / open_clip are imported (6+ CPU-seconds) or a model is built
+    require_extra("train", "train")
     _check_numbers(steps, batch_size, latent_dim, noise_ctx, noise_pool)
     check_model_name(model_name)
     check_pretrained_path(pretrained)
@@ -65,7 +66,6 @@ def train(model_name, pretrained, classes, out, steps, batch_size, lr, tau_text,
         check_output_dir(cache_dir, "--cache-dir")
     class_names = load_class_names(classes)
     prompt_vocab = PromptVocab.from_file(vocab) if vocab else PromptVocab()
-    require_extra("train", "train")
     note(f"loading {model_name} ({pretrained or 'random init'}) with open_clip ...", enabled=not as_json)
     from clap_edge.models import load_model
     from clap_edge.prompts import AugmentConfig
