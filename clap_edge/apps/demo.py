@@ -110,7 +110,7 @@ def _no_bars() -> Iterator[Progress]:
     yield silent
 
 
-def _make_dataset(root: Path, config: DemoConfig, bars) -> Path:
+def _make_dataset(root: Path, config: DemoConfig, bars=_no_bars) -> Path:
     from clap_edge.toyworld.dataset import DATASET_SPLITS, write_dataset
     from clap_edge.toyworld.world import DOMAINS
 
@@ -121,7 +121,7 @@ def _make_dataset(root: Path, config: DemoConfig, bars) -> Path:
     return root
 
 
-def _train_head(path: Path, config: DemoConfig, bars) -> tuple[Path, dict[str, Any]]:
+def _train_head(path: Path, config: DemoConfig, bars=_no_bars) -> tuple[Path, dict[str, Any]]:
     from clap_edge.models import load_model
     from clap_edge.prompts import AugmentConfig
     from clap_edge.toyworld.world import CLASSES, toy_prompt_vocab
@@ -140,7 +140,7 @@ def _train_head(path: Path, config: DemoConfig, bars) -> tuple[Path, dict[str, A
                               "reorder_article": config.reorder_article}}
 
 
-def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig, bars):
+def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig, bars=_no_bars):
     """Every prompt family x domain x alpha on the frozen features; alpha chosen on val by the objective."""
     from clap_edge.head import CLAPHead
     from clap_edge.models import load_model
@@ -157,7 +157,7 @@ def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig, bars):
     return result
 
 
-def _export(out: Path, head_path: Path, alpha: float, dataset: Path, bars) -> dict[str, str]:
+def _export(out: Path, head_path: Path, alpha: float, dataset: Path, bars=_no_bars) -> dict[str, str]:
     from clap_edge.export import ExportConfig, export_bundle
     from clap_edge.toyworld.world import CLASSES
 
@@ -172,14 +172,14 @@ def _export(out: Path, head_path: Path, alpha: float, dataset: Path, bars) -> di
     return {"clip": str(clip), "clap": str(clap)}
 
 
-def _evaluate(dataset: Path, bundles: dict[str, str], config: DemoConfig, bars):
+def _evaluate(dataset: Path, bundles: dict[str, str], config: DemoConfig, bars=_no_bars):
     from clap_edge.apps.accuracy import evaluate_bundles
 
     return evaluate_bundles(str(dataset / "test"), bundles, ("fp32", "int8"), threads=config.threads,
                             n_boot=config.n_boot, seed=config.seeds["bootstrap"], progress=bars is not _no_bars)
 
 
-def _bench(bundle: str, out: Path, config: DemoConfig, bars) -> dict[str, Any]:
+def _bench(bundle: str, out: Path, config: DemoConfig, bars=_no_bars) -> dict[str, Any]:
     from clap_edge.runtime.backends import can_run
     from clap_edge.export.bundle import Bundle
     from clap_edge.apps.bench import BenchConfig, run_bench
