@@ -226,3 +226,56 @@ def test_models_says_what_it_is_doing_before_the_slow_import():
     assert result.exit_code == 0
     assert result.stderr.startswith("reading open_clip's models")
     assert '"clap-edge-toy"' in result.stdout
+
+
+# ---- plots and tables say what their numbers are -------------------------------------------------------------
+
+
+def _captured_figure(monkeypatch):
+    import clap_edge.core.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    return figures
+
+
+def test_plots_label_their_uncertainty_and_tell_ceilings_apart(monkeypatch, tmp_path):
+    from clap_edge.core.metrics import Top1
+    from clap_edge.core.report import plot_alpha_curves, plot_bench, plot_table
+
+    figures = _captured_figure(monkeypatch)
+    plot_table({"id": {"clip": Top1(80.0, (75.0, 85.0), 100)}}, tmp_path / "t.png")
+    cell = {"top1": 80.0, "ci95": [75.0, 85.0]}
+    plot_alpha_curves({"PC": {"id": {0.0: cell, 0.5: cell}}}, tmp_path / "a.png", {"PC": 0.5})
+    rows = [{"backend": b, "precision": p, "mode": "model", "batch_size": 1, "p50_ms": 1.0, "images_per_s": 1.0,
+             "gflops_per_s": 1.0, "ceiling": f"{b}:{p}"} for b, p in (("onnxruntime", "fp32"), ("openvino", "fp32"))]
+    env = {"bundle": {"model_name": "m"}, "cpu_model": "cpu", "threads": 1,
+           "ceiling": {"ceilings": {"onnxruntime:fp32": {"gflops_per_s": 50.0}, "openvino:fp32": {"gflops_per_s": 50.0}}}}
+    plot_bench({"env": env, "results": rows}, tmp_path / "b.png")
+    table, alpha, bench = figures
+    assert "95% CI" in table.axes[0].get_ylabel() and "95% CI" in alpha.axes[0].get_ylabel()
+    assert any("95% CI" in t.get_text() for legend in alpha.legends for t in legend.get_texts())
+    # two equal ceilings: each labelled with its name and value, drawn in different line styles
+    lines = [ln for ln in bench.axes[2].get_lines() if ln.get_label().startswith("ceiling")]
+    assert [ln.get_label() for ln in lines] == ["ceiling onnxruntime:fp32: 50 GFLOP/s", "ceiling openvino:fp32: 50 GFLOP/s"]
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()
+
+
+def test_bench_table_says_why_a_ceiling_is_missing_and_what_agreement_counts():
+    from clap_edge.apps.cli.bench import _caption, ceiling_reason
+
+    row = {"backend": "torch", "precision": "fp16", "mode": "model", "ceiling_gflops_per_s": None,
+           "agreement_n_images": 16, "agreement_reference": "onnxruntime"}
+    assert ceiling_reason(row, {"ceiling": None}) == "not measured (--no-ceiling)"
+    assert "no GEMM ceiling is measured for torch at fp16" in ceiling_reason(row, {"ceiling": {"ceilings": {}}})
+    assert "failed: boom" in ceiling_reason(row, {"ceiling": {"error": "boom\nmore", "ceilings": {}}})
+    assert ceiling_reason({**row, "ceiling_gflops_per_s": 5.0}, {}) is None
+    caption = _caption({"env": {"ceiling": None}, "results": [row]})
+    assert "of 16" in caption and "onnxruntime" in caption and "ceiling - for torch (fp16): not measured" in caption
+
+
+def test_eval_orders_domains_as_the_demo():
+    from clap_edge.toyworld.world import DOMAINS, in_world_order
+
+    shuffled = {d: i for i, d in enumerate(["zeta", *sorted(DOMAINS), "alpha"])}
+    assert list(in_world_order(shuffled)) == [*DOMAINS, "alpha", "zeta"]
