@@ -139,7 +139,7 @@ def test_demo_without_the_train_extra_writes_nothing(tmp_path, monkeypatch):
 
 def test_demo_summary_is_short_and_names_every_file(tmp_path):
     """The summary on stdout: the headline with CIs and every file written (other sections' PNGs included)."""
-    from clap_edge.apps.demo import OUTPUT_FILES, summary
+    from clap_edge.apps.demo_summary import OUTPUT_FILES, summary
 
     g = {"family": "PC", "alpha": 0.2, "clip_top1": 87.7, "clap_top1": 86.2, "points": -1.5, "ci95": [-4.2, 1.2],
          "domains": ["id"]}

@@ -42,7 +42,8 @@ def demo(out, per_class, steps, threads, bench_iters, alpha_objective, batching,
 
     require_extra("demo", "train")  # before anything is written (the dataset alone is ~27 MB)
     check_output_dir(out)
-    from clap_edge.apps.demo import DemoConfig, run_demo, summary
+    from clap_edge.apps.demo import DemoConfig, run_demo
+    from clap_edge.apps.demo_summary import summary
     from clap_edge.apps.progress import progress_bar
 
     config = DemoConfig(out=out, per_class=per_class, train_steps=steps, threads=threads, bench_iters=bench_iters,
