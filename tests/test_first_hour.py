@@ -279,3 +279,17 @@ def test_eval_orders_domains_as_the_demo():
 
     shuffled = {d: i for i, d in enumerate(["zeta", *sorted(DOMAINS), "alpha"])}
     assert list(in_world_order(shuffled)) == [*DOMAINS, "alpha", "zeta"]
+
+
+def test_serve_drops_only_the_batch_size_advice():
+    """Serve's advice to raise max_ongoing_requests (wrong for our merged batches) is dropped; other warnings stay."""
+    import logging
+
+    from clap_edge.runtime.scale.serve import _BatchAdvice
+
+    def record(message):
+        return logging.LogRecord("ray.serve", logging.WARNING, __file__, 1, message, None, None)
+
+    advice = "`max_batch_size` (32) * `max_concurrent_batches` (1024) is larger than `max_ongoing_requests` (256)."
+    assert not _BatchAdvice().filter(record(advice))
+    assert _BatchAdvice().filter(record("Replica failed health check"))
