@@ -98,15 +98,20 @@ def main() -> None:
                 print(f"{name} seed {seed}: strength {row['head_strength']}, steps {row['steps_run']}, "
                       f"swap {row['style_isolating_domains']['points']:+.1f}, "
                       f"S {row['style_laden_prompts']['points']:+.1f}, id {row['id']['points']:+.1f}", flush=True)
+                if args.merge:  # keep what is done: a long run on a loaded machine may be cut short
+                    _write(args, base, {name: results[name]}, load_before, [name])
+    _write(args, base, results, load_before, names)
+
+
+def _write(args: argparse.Namespace, base: DemoConfig, results: dict, load_before, names: list[str]) -> None:
     from clap_edge.core.machine import cpu_info
 
     model, flags = cpu_info()
     runs = {name: {"command": _command(args), "cpu": model, "cpu_flags": [f for f in flags if "avx" in f or "amx" in f],
                    "load_average_before": load_before, "load_average_after": os.getloadavg()} for name in names}
-    if args.merge and args.out.is_file():
-        previous = json.loads(args.out.read_text())
-        results = {**previous["variants"], **results}
-        runs = {**previous.get("runs", {}), **runs}
+    previous = json.loads(args.out.read_text()) if args.merge and args.out.is_file() else {}
+    results = {**previous.get("variants", {}), **results}
+    runs = {**previous.get("runs", {}), **runs}
     report = {
         "runs": runs,
         "command": "python bench/clap_options.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
@@ -119,6 +124,8 @@ def main() -> None:
         "alpha_objective": args.objective,
         "variants": results,
     }
+    for key in ("command", "machine", "dataset", "alpha_objective"):  # the first run's, which most rows are from
+        report[key] = previous.get(key, report[key])
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
