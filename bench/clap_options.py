@@ -68,7 +68,8 @@ def run_variant(data: Path, work: Path, base: DemoConfig, overrides: dict, seed:
 
 
 def _command(args: argparse.Namespace) -> str:
-    text = f"python bench/clap_options.py --seeds {args.seeds} --per-class {args.per_class} --objective {args.objective}"
+    text = f"python bench/clap_options.py --seeds {args.seeds} --per-class {args.per_class} " \
+           f"--objective {args.objective}"
     return text + (f" --variants {args.variants}" if args.variants else "")
 
 
