@@ -106,6 +106,8 @@ def train(ctx, method, model_name, pretrained, classes, out, steps, batch_size, 
     summary = {"out": str(path), "method": method, "model": model_name, "pretrained": pretrained,
                "classes": head.config.class_names, **({"official_out": official_out} if official_out else {}),
                **result_summary(result)}
+    if method == "imaug":
+        summary["encoded_images"] = summary.pop("encoded_texts")
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
