@@ -9,6 +9,9 @@ CLIP with paired CIs on the style-isolating domains, on style-laden prompts and 
 
     python bench/clap_options.py                     # writes bench/results/clap_options.json
     python bench/clap_options.py --seeds 0 --per-class 20 --out /tmp/o.json
+    python bench/clap_options.py --variants 6,7,8 --merge   # run some variants, keep the others' rows
+
+A variant may change the alpha objective too (``alpha_objective``); the others use ``--objective``.
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "clap_options.json"
 VARIANTS = {
     "ours (balanced, noise per text, final weights)": {},
     "shuffle batching": {"batching": "shuffle"},
-    "noise shared per batch (pool 256)": {"noise_sharing": "batch", "noise_pool": 256},
+    "noise shared per batch (pool 256)": {"noise_sharing": "batch-pool", "noise_pool": 256},
     "keep best window": {"keep": "best"},
     "reordered view without article": {"reorder_article": False},
-    "authors (shuffle, shared noise, best window)": {"batching": "shuffle", "noise_sharing": "batch",
+    "authors (shuffle, shared noise, best window)": {"batching": "shuffle", "noise_sharing": "batch-pool",
                                                      "noise_pool": 256, "keep": "best"},
+    "noise fresh every step, shared by the batch (authors, exact)": {"noise_sharing": "batch"},
+    "alpha: the authors' grid and rule": {"alpha_objective": "authors"},
+    "authors, exact (shuffle, fresh shared noise, best window, their alpha rule)": {
+        "batching": "shuffle", "noise_sharing": "batch", "keep": "best", "alpha_objective": "authors"},
 }
 
 
@@ -60,6 +67,12 @@ def run_variant(data: Path, work: Path, base: DemoConfig, overrides: dict, seed:
             "id": h["id"]}
 
 
+def _command(args: argparse.Namespace) -> str:
+    text = f"python bench/clap_options.py --seeds {args.seeds} --per-class {args.per_class} " \
+           f"--objective {args.objective}"
+    return text + (f" --variants {args.variants}" if args.variants else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1", help="training seeds (comma list)")
@@ -67,6 +80,7 @@ def main() -> None:
     parser.add_argument("--objective", default="worst")
     parser.add_argument("--variants", default=None, help="comma list of variant indices (default: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--merge", action="store_true", help="keep the rows of variants not run from --out")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     names = list(VARIANTS)
@@ -85,7 +99,22 @@ def main() -> None:
                 print(f"{name} seed {seed}: strength {row['head_strength']}, steps {row['steps_run']}, "
                       f"swap {row['style_isolating_domains']['points']:+.1f}, "
                       f"S {row['style_laden_prompts']['points']:+.1f}, id {row['id']['points']:+.1f}", flush=True)
+                if args.merge:  # keep what is done: a long run on a loaded machine may be cut short
+                    _write(args, base, {name: results[name]}, load_before, [name])
+    _write(args, base, results, load_before, names)
+
+
+def _write(args: argparse.Namespace, base: DemoConfig, results: dict, load_before, names: list[str]) -> None:
+    from clap_edge.core.machine import cpu_info
+
+    model, flags = cpu_info()
+    runs = {name: {"command": _command(args), "cpu": model, "cpu_flags": [f for f in flags if "avx" in f or "amx" in f],
+                   "load_average_before": load_before, "load_average_after": os.getloadavg()} for name in names}
+    previous = json.loads(args.out.read_text()) if args.merge and args.out.is_file() else {}
+    results = {**previous.get("variants", {}), **results}
+    runs = {**previous.get("runs", {}), **runs}
     report = {
+        "runs": runs,
         "command": "python bench/clap_options.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                              (("seeds", args.seeds), ("per_class", args.per_class),
                                                               ("objective", args.objective))),
@@ -96,6 +125,8 @@ def main() -> None:
         "alpha_objective": args.objective,
         "variants": results,
     }
+    for key in ("command", "machine", "dataset", "alpha_objective"):  # the first run's, which most rows are from
+        report[key] = previous.get(key, report[key])
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 

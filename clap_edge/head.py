@@ -125,6 +125,23 @@ class CLAPHead(nn.Module):
             save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(asdict(self.config))})
         return Path(path)
 
+    def save_official(self, path: str | os.PathLike, network: str = "psi") -> Path:
+        """Write the authors' checkpoint layout (a plain state dict; atomic) with this head as ``network_<network>``.
+
+        The other sub-network is written as the identity (zero projection), so the file also loads
+        into the authors' ``DisentangledNetwork`` with ``strict=True``; :meth:`from_official_checkpoint`
+        reads it back. The metadata (settings) stays in the safetensors file of :meth:`save`."""
+        if network not in OFFICIAL_NETWORKS:
+            raise CheckpointError(f"network must be one of {OFFICIAL_NETWORKS}, got {network!r}")
+        state = {}
+        for name in OFFICIAL_NETWORKS:
+            for key, value in self.state_dict().items():
+                value = value.detach().cpu().clone()
+                state[f"network_{name}.{key}"] = value if name == network else torch.zeros_like(value)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return Path(path)
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CLAPHead":
         """Load a head written by :meth:`save`."""

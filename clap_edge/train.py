@@ -36,7 +36,9 @@ from clap_edge.text_encoder import NoiseConfig, NoiseTextEncoder, draw_noise
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # 2: "middle" noise splits around the words (the authors' layout); shared-draw keys
 BATCHINGS = ("balanced", "shuffle")
-NOISE_SHARINGS = ("text", "batch")
+NOISE_SHARINGS = ("text", "batch", "batch-pool")
+# Cache key prefix of a noisy view per sharing mode: "step<n>:" keys are fresh per step and never kept.
+NOISE_PREFIX = {"text": "noise", "batch": "step", "batch-pool": "shared"}
 KEEPS = ("final", "best")
 
 
@@ -64,8 +66,9 @@ class TrainConfig:
     # each once); shuffle: the authors' shuffled loader, a random permutation of every (class, prompt) per epoch.
     batching: str = "balanced"
     # text: each augmented view text has its own noise draws and position (K = noise_pool per text, seeded by
-    # the text); batch: the authors' behaviour, one draw and one position shared by every view of a step
-    # (drawn from a pool of noise_pool shared draws: use a large pool, e.g. 256, with this mode).
+    # the text); batch: the authors' behaviour, a fresh draw and position every step, shared by every view of
+    # the step (a pure function of seed and step); batch-pool: the older approximation of it, one shared
+    # draw per step taken from a pool of noise_pool draws.
     noise_sharing: str = "text"
     keep: str = "final"  # final weights, or those at the end of the best loss window (the authors' checkpoint)
     early_stop: bool = True
@@ -187,11 +190,21 @@ class EmbeddingCache:
             tokens = tokenize_checked(self.tokenizer, texts, reserve=reserve)
         noise = positions = None
         if with_noise and self.noise.n_ctx:
-            # "shared<k>:<text>" keys draw from "shared<k>" alone: every view of a batch gets the same noise
-            draw_keys = [k.split(":", 1)[0] if k.startswith("shared") else k for k in keys]
+            # "shared<k>:<text>" / "step<n>:<text>" keys draw from "shared<k>" / "step<n>" alone: every view of
+            # a batch gets the same noise and position
+            draw_keys = [k.split(":", 1)[0] if k.startswith(("shared", "step")) else k for k in keys]
             noise, where = draw_noise(keys, self.noise, self.encoder.width, self.seed, draw_keys)
             positions = self.encoder.insert_positions(tokens, where)
         return self.encoder.encode_batched(tokens, self.batch_size, noise, positions, progress)
+
+    def forget(self, prefix: str) -> None:
+        """Drop every entry whose key starts with ``prefix`` (per-step views: never asked for again)."""
+        keep = [k for k in self.index if not k.startswith(prefix)]
+        if len(keep) == len(self.index):
+            return
+        rows = torch.tensor([self.index[k] for k in keep], dtype=torch.long)
+        self.table = self.table[rows] if keep else torch.empty(0, 0)
+        self.index = {k: i for i, k in enumerate(keep)}
 
     def _add(self, keys: list[str], rows: torch.Tensor) -> None:
         base = self.table.shape[0]
@@ -249,7 +262,8 @@ class Schedule:
     ``balanced``: consecutive items have different classes, each class's prompts in a fresh
     shuffle. ``shuffle`` (the authors' shuffled loader): every (class, prompt) pair once per
     epoch in a random order, cut into batches; a batch may hold a class several times.
-    With ``noise_sharing="batch"`` every item of a batch gets the same noise slot.
+    With ``noise_sharing="batch"`` every item of a batch gets the step's index as its noise slot
+    (a fresh draw each step); with ``"batch-pool"`` one slot drawn from the pool for the whole batch.
     """
 
     def __init__(self, records: dict[str, list[Prompt]], config: TrainConfig):
@@ -260,12 +274,15 @@ class Schedule:
         self._class_stream: list[str] = []
         self._epoch: list[tuple[str, int]] = []
         self._last: str | None = None
+        self.step = 0
 
     def batch(self) -> list[tuple[Prompt, Prompt, int]]:
         items = [self._item() for _ in range(self.config.batch_size)]
-        if self.config.noise_sharing == "batch" and self.config.noise_ctx:
-            slot = self.rng.randrange(self.config.noise_pool)
+        sharing = self.config.noise_sharing
+        if sharing != "text" and self.config.noise_ctx:
+            slot = self.step if sharing == "batch" else self.rng.randrange(self.config.noise_pool)
             items = [(prompt, view, slot) for prompt, view, _ in items]
+        self.step += 1
         return items
 
     def _item(self) -> tuple[Prompt, Prompt, int]:
@@ -350,6 +367,8 @@ def train_head(loaded: LoadedModel, class_names: list[str], config: TrainConfig 
         with _head_threads(device):
             _run_steps(head, optimizer, cache, keys, config, device, losses, lambda: progress("training head"))
         loop_seconds += time.perf_counter() - start
+        if config.noise_sharing == "batch":
+            cache.forget("step")  # fresh per step: keeps memory and the disk cache flat
         stop = stopper.update(losses[-chunk:])
         if config.keep == "best" and stopper.improved:  # the authors save a checkpoint here
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
@@ -424,7 +443,7 @@ class EarlyStopper:
 
 
 def _keys(batch: list[tuple[Prompt, Prompt, int]], config: TrainConfig) -> tuple[list[str], list[str], list[str]]:
-    noise = "shared" if config.noise_sharing == "batch" else "noise"
+    noise = NOISE_PREFIX[config.noise_sharing]
     return ([f"plain:{p.text()}" for p, _, _ in batch], [f"{noise}{k}:{v.text()}" for _, v, k in batch],
             [f"plain:{p.class_name}" for p, _, _ in batch])
 

@@ -42,7 +42,11 @@ log = logging.getLogger(__name__)
 STYLE_FAMILY = "S"
 PROMPT_FORMATS = {"C": "{c}", "CP": "a {c} in a photo", "PC": "a photo of a {c}", "NC": "{c}", STYLE_FAMILY: None}
 DEFAULT_ALPHAS = (0.0, 0.02, 0.056, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-OBJECTIVES = ("pooled", "worst")  # or the name of a validation domain
+OBJECTIVES = ("pooled", "worst", "authors")  # or the name of a validation domain
+# The authors' alpha search (YichaoCai1/CLAP search_alpha.py): this log grid (10^0.5 is not in their list),
+# the alpha with the highest mean per-domain top-1 of the PC prompts, used for every prompt family; first on ties.
+AUTHORS_ALPHAS = (10 ** -1.5, 10 ** -1.0, 10 ** -0.5, 1.0, 10 ** 1.0, 10 ** 1.5, 10 ** 2.0)
+AUTHORS_FAMILY = "PC"
 
 
 @dataclass
@@ -50,7 +54,8 @@ class EvalConfig:
     prompt_formats: tuple[str, ...] = ("C",)
     alpha: float | None = None  # given: used as is; None: chosen on the validation split
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    # what alpha maximises on validation: top-1 of all domains pooled, of the worst domain, or of one domain
+    # what alpha maximises on validation: top-1 of all domains pooled, of the worst domain, of one domain, or
+    # "authors": the mean per-domain top-1 of the PC prompts over AUTHORS_ALPHAS (unless alphas is given)
     alpha_objective: str = "pooled"
     style_draws: int = 5  # S: prompts per class, each draw scored as its own classifier
     style_vocab: PromptVocab = field(default_factory=PromptVocab)
@@ -66,6 +71,8 @@ class EvalConfig:
             raise ClapEdgeError(f"unknown prompt formats {unknown}; known: {', '.join(PROMPT_FORMATS)}")
         if self.style_draws < 1:
             raise ClapEdgeError(f"style_draws must be >= 1, got {self.style_draws}")
+        if self.alpha_objective == "authors" and tuple(self.alphas) == DEFAULT_ALPHAS:
+            self.alphas = AUTHORS_ALPHAS  # their grid, unless another grid was asked for
 
 
 @dataclass
@@ -208,7 +215,8 @@ def alpha_scores(split: Mapping[str, Features], texts: Sequence[torch.Tensor], h
 
 
 def objective_values(val: Mapping[str, Mapping[float, np.ndarray]], objective: str) -> dict[float, float]:
-    """Validation top-1 (%) per alpha under ``objective``: pooled images, the worst domain, or one domain."""
+    """Validation top-1 (%) per alpha under ``objective``: pooled images, the worst domain, the mean of the
+    per-domain top-1s (``authors``), or one domain."""
     if not val:
         raise ClapEdgeError("choosing alpha needs a validation split (a val/ folder); or pass --alpha")
     alphas = next(iter(val.values())).keys()
@@ -216,8 +224,10 @@ def objective_values(val: Mapping[str, Mapping[float, np.ndarray]], objective: s
         return {a: float(np.concatenate([s[a] for s in val.values()]).mean() * 100) for a in alphas}
     if objective == "worst":
         return {a: float(min(s[a].mean() for s in val.values()) * 100) for a in alphas}
+    if objective == "authors":
+        return {a: float(np.mean([s[a].mean() for s in val.values()]) * 100) for a in alphas}
     if objective not in val:
-        raise ClapEdgeError(f"alpha objective {objective!r}: not 'pooled', 'worst' or a validation domain "
+        raise ClapEdgeError(f"alpha objective {objective!r}: not 'pooled', 'worst', 'authors' or a validation domain "
                             f"({', '.join(val)})")
     return {a: float(val[objective][a].mean() * 100) for a in alphas}
 
@@ -249,6 +259,8 @@ def evaluate(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPH
     config = config or EvalConfig()
     grid_alphas = tuple(dict.fromkeys([0.0, *config.alphas] + ([config.alpha] if config.alpha is not None else [])))
     result = EvalResult({d: {} for d in test}, {}, {}, [], objective=config.alpha_objective)
+    authors = _authors_alphas(loaded, class_names, heads, val, config) if config.alpha is None and \
+        config.alpha_objective == "authors" else {}
     for fmt in config.prompt_formats:
         texts = encode_class_prompts(loaded, class_names, fmt, config)
         clip_key = f"clip/{fmt}"
@@ -257,6 +269,8 @@ def evaluate(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPH
             key = f"{name}/{fmt}"
             if config.alpha is not None:
                 result.alphas[key] = float(config.alpha)
+            elif name in authors:  # one alpha per head, chosen on the PC prompts, for every family
+                result.alphas[key], result.val_scores[key] = authors[name]
             else:
                 val_scores = alpha_scores(val or {}, texts, head, config.alphas)
                 result.alphas[key], result.val_scores[key] = choose_alpha(val_scores, config.alpha_objective)
@@ -273,6 +287,14 @@ def evaluate(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPH
             result.domains[d].update(paired_bootstrap(by_key, config.n_boot, config.seed))
     result.failed = [p for split in (test, val or {}) for f in split.values() for p in f.failed]
     return result
+
+
+def _authors_alphas(loaded: LoadedModel, class_names: list[str], heads: dict[str, CLAPHead],
+                    val: dict[str, Features] | None, config: EvalConfig) -> dict[str, tuple[float, dict]]:
+    """Per head: the authors' alpha (mean per-domain val top-1 of the PC prompts) and the objective per alpha."""
+    texts = encode_class_prompts(loaded, class_names, AUTHORS_FAMILY, config)
+    return {name: choose_alpha(alpha_scores(val or {}, texts, head, config.alphas), "authors")
+            for name, head in heads.items()}
 
 
 def evaluate_folder(dataset: str | Path, loaded: LoadedModel, heads: dict[str, CLAPHead],

@@ -198,15 +198,15 @@ def test_shuffle_batching_is_the_authors_loader():
     assert all(len({p.class_name for p, _, _ in balanced.batch()}) == 2 for _ in range(30))
 
 
-def test_batch_noise_sharing_gives_one_slot_per_batch():
+def test_batch_pool_noise_sharing_gives_one_pool_slot_per_batch():
     records = {c: template_records(c, SMALL_VOCAB) for c in CLASSES}
-    schedule = Schedule(records, small_config(batch_size=8, noise_pool=64, noise_sharing="batch"))
+    schedule = Schedule(records, small_config(batch_size=8, noise_pool=64, noise_sharing="batch-pool"))
     batches = [schedule.batch() for _ in range(20)]
     assert all(len({k for _, _, k in b}) == 1 for b in batches)
-    assert len({b[0][2] for b in batches}) > 1
+    assert len({b[0][2] for b in batches}) > 1 and all(b[0][2] < 64 for b in batches)
     from clap_edge.train import _keys
 
-    _, views, _ = _keys(batches[0], small_config(noise_sharing="batch"))
+    _, views, _ = _keys(batches[0], small_config(noise_sharing="batch-pool"))
     assert all(v.startswith(f"shared{batches[0][0][2]}:") for v in views)
 
 

@@ -27,8 +27,9 @@ from clap_edge.apps.cli.checks import (check_bundle_classes, check_model_name, c
 @click.option("--alphas", default=",".join(str(a) for a in (0.0, 0.02, 0.056, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)),
               show_default=True, help="alpha grid: reported on test, searched on val.")
 @click.option("--alpha-objective", default="pooled", show_default=True,
-              help="what alpha maximises on val: pooled (all domains' images), worst (the worst domain) or a "
-                   "domain name.")
+              help="what alpha maximises on val: pooled (all domains' images), worst (the worst domain), a "
+                   "domain name, or authors (their rule: mean per-domain top-1 of the PC prompts, one alpha for "
+                   "every family, on their grid 10^-1.5..10^2 unless --alphas is given).")
 @click.option("--style-draws", type=click.IntRange(min=1), default=5, show_default=True,
               help="S prompts per class; each draw is scored as its own classifier (per-draw accuracy).")
 @click.option("--style-vocab", default=None,
