@@ -58,11 +58,15 @@ class _Worker:
                  device: str = "cpu"):
         from clap_edge.export.bundle import Bundle
         from clap_edge.runtime.backends import RunnerOptions, create_runner
+        from clap_edge.runtime.bench_peers import PEER_PREFIX, create_peer_runner
 
         self.bundle = Bundle.open(bundle_path)
         start = time.perf_counter()
-        self.runner = create_runner(self.bundle, backend, RunnerOptions(threads=threads, device=device,
-                                                                     extra=dict(extra)))
+        if backend.startswith(PEER_PREFIX):  # a plain tool on the same model file: the comparison rows
+            self.runner = create_peer_runner(self.bundle, backend, threads)
+        else:
+            self.runner = create_runner(self.bundle, backend, RunnerOptions(threads=threads, device=device,
+                                                                         extra=dict(extra)))
         self.runner.activate()
         self.load_s = time.perf_counter() - start
         self._inputs: dict[int, np.ndarray] = {}
@@ -75,13 +79,16 @@ class _Worker:
         rng = np.random.default_rng(batch_size)
         self._inputs[batch_size] = rng.standard_normal((batch_size, *self.bundle.input_shape)).astype(np.float32)
 
-    def time(self, batch_size: int, n: int) -> list[float]:
+    def time(self, batch_size: int, n: int) -> list[tuple[float, float]]:
+        """``n`` timed calls: (wall seconds, CPU seconds) each. CPU time is the whole process's
+        (``time.process_time``), so a runner's own thread pool is counted: on a shared machine the
+        CPU time of a call barely moves with the load, while its wall time includes waiting for a core."""
         x = self._inputs[batch_size]
         times = []
         for _ in range(n):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             self.runner.infer(x)
-            times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - start, time.process_time() - cpu))
         return times
 
     def memory(self) -> dict[str, Any]:
