@@ -267,7 +267,7 @@ def test_inspect_prints_drift(int8_bundle):
 def test_ceiling_micro_benchmark_reports_sane_fields():
     from clap_edge.apps.ceiling import ISA_FLAGS, CeilingConfig, measure_ceilings
 
-    out = measure_ceilings(CeilingConfig(threads=1, shape=(64, 128, 256), seconds=0.02,
+    out = measure_ceilings(CeilingConfig(threads=1, shape=(64, 128, 256), seconds=0.02, min_sample_cpu_s=0.02,
                                          libraries=("onnxruntime", "openvino")))
     assert out["shape"] == [64, 128, 256] and out["threads"] == 1
     assert set(out["cpu_flags"]) <= set(ISA_FLAGS)
@@ -278,12 +278,13 @@ def test_ceiling_micro_benchmark_reports_sane_fields():
         # GFLOP/s is 2*M*K*N over the median time: check the arithmetic, not the speed
         assert row["gflops_per_s"] == pytest.approx(2 * 64 * 128 * 256 / (row["ms"] / 1e3) / 1e9, rel=0.01)
         assert 0 < row["gflops_per_s"] < 1e5 and row["iters"] >= 3
+        assert row["cpu_s_per_sample"] >= 0.02 and 0 < row["gflops_per_cpu_s"] < 1e5  # each sample >= its CPU floor
     if importlib.util.find_spec("openvino"):
         assert {"openvino:fp32", "openvino:int8"} <= set(out["ceilings"]) | set(out["errors"])
 
 
 def test_ceiling_keys_and_fractions():
-    from clap_edge.apps.bench import _add_ceiling_fractions
+    from clap_edge.apps.bench_rows import add_ceiling_fractions as _add_ceiling_fractions
     from clap_edge.apps.ceiling import ceiling_key
 
     assert ceiling_key("onnxruntime", "fp32") == "onnxruntime:fp32"

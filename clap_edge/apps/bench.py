@@ -62,6 +62,7 @@ class BenchConfig:
     agreement: np.ndarray | None = None  # preprocessed [n,3,H,W]; default: the bundle's calibration.npy
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> RunnerOptions.extra
     ceiling: bool = True  # sample each library's GEMM ceiling, interleaved with the timed rounds
+    ceiling_sample_cpu_s: float = 0.2  # CPU time per ceiling sample (short samples are scheduler noise)
     device: str = "cpu"  # RunnerOptions.device for every backend: "cpu", "cuda[:i]" (torch, aoti, tensorrt)
 
 
@@ -114,7 +115,7 @@ class _CeilingHandle(_WorkerHandle):
 
     @classmethod
     def start(cls, ctx: Any, threads: int | None, workers: dict[str, _WorkerHandle],
-              errors: dict[str, str]) -> "_CeilingHandle | None":
+              errors: dict[str, str], sample_cpu_s: float = 0.2) -> "_CeilingHandle | None":
         from clap_edge.apps.ceiling import CeilingConfig, ceiling_key, ceiling_worker_main
 
         key_of = {name: ceiling_key(name, w.info["precision"]) for name, w in workers.items()}
@@ -124,7 +125,8 @@ class _CeilingHandle(_WorkerHandle):
         handle.backend, handle.key_of = "ceiling", key_of
         handle.conn, child = ctx.Pipe()
         handle.process = ctx.Process(target=ceiling_worker_main, daemon=True, name="clap-edge-bench-ceiling",
-                                     args=(child, CeilingConfig(threads=threads, libraries=libraries), keys))
+                                     args=(child, CeilingConfig(threads=threads, libraries=libraries,
+                                                                 min_sample_cpu_s=sample_cpu_s), keys))
         handle.process.start()
         child.close()
         try:
@@ -189,7 +191,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
         if cfg.ceiling and workers:
             advance("loading the GEMM ceiling")
             ceiling_errors: dict[str, str] = {}  # context for the figures, not a backend failure: no exit 1
-            ceiling = _CeilingHandle.start(ctx, cfg.threads, workers, ceiling_errors)
+            ceiling = _CeilingHandle.start(ctx, cfg.threads, workers, ceiling_errors, cfg.ceiling_sample_cpu_s)
             if ceiling_errors:
                 env["ceiling"] = {"error": ceiling_errors["ceiling"], "ceilings": {}}
         try:
