@@ -91,8 +91,8 @@ def compare(quiet_path: str, loaded_path: str) -> int:
         if not other:
             continue
         a, b = r["fraction_of_ceiling_raw"], other["fraction_of_ceiling_raw"]
-        gap = abs(b - a) / a if a and b else float("nan")
-        worst = max(worst, gap)
+        gap = (b - a) / a if a and b else float("nan")
+        worst = max(worst, abs(gap))
         wall_a, wall_b = r["gflops_per_s"], other["gflops_per_s"]
         print(f"{r['backend']:<18} fraction quiet {a} loaded {b}  ({gap:+.1%})   "
               f"wall GFLOP/s quiet {wall_a} loaded {wall_b}")

@@ -272,7 +272,7 @@ def _openvino_activation_matmuls(model) -> list[str]:
 
 
 def int8_record(fp32: str | os.PathLike, variant: str | os.PathLike, batch: np.ndarray, calls: int = 5,
-                min_cpu_s: float = 0.3) -> dict[str, object]:
+                min_cpu_s: float = 0.2) -> dict[str, object]:
     """What the runtime's ``auto`` needs to trust an int8 variant on a CPU: the CPU (model, flags, int8
     path), the remedies applied, and the variant's CPU time per call against fp32 at batch 1 on this
     CPU, one thread, calls alternated, mean CPU time (``speed_vs_fp32`` > 1: the variant is faster)."""
