@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,15 +55,14 @@ def gpu_peak_mb() -> float | None:
 
 class _Worker:
     def __init__(self, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any],
-                 device: str = "cpu"):
+                 device: str = "cpu", runner_factory: Callable[..., Any] | None = None):
         from clap_edge.export.bundle import Bundle
         from clap_edge.runtime.backends import RunnerOptions, create_runner
-        from clap_edge.runtime.bench_peers import PEER_PREFIX, create_peer_runner
 
         self.bundle = Bundle.open(bundle_path)
         start = time.perf_counter()
-        if backend.startswith(PEER_PREFIX):  # a plain tool on the same model file: the comparison rows
-            self.runner = create_peer_runner(self.bundle, backend, threads)
+        if runner_factory is not None:  # e.g. the bench's peers (a plain tool on the same model file)
+            self.runner = runner_factory(self.bundle, backend, threads)
         else:
             self.runner = create_runner(self.bundle, backend, RunnerOptions(threads=threads, device=device,
                                                                          extra=dict(extra)))
@@ -115,10 +114,10 @@ class _Worker:
 
 
 def worker_main(conn: Any, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any],
-                device: str = "cpu") -> None:
+                device: str = "cpu", runner_factory: Callable[..., Any] | None = None) -> None:
     """Entry point of the worker process: build the runner, then serve commands until "stop"."""
     try:
-        worker = _Worker(bundle_path, backend, threads, extra, device)
+        worker = _Worker(bundle_path, backend, threads, extra, device, runner_factory)
         conn.send(("ok", worker.info()))
     except BaseException as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -15,7 +15,7 @@ fails on some CPUs. On the trained model:
 Measured (2026-12, 1 thread, Intel Xeon with AVX-512 VNNI + AMX, bench/results/int8_per_cpu.json, seeds 5 and 23):
 agreement onnxruntime:int8 0.979 / 0.990, int8-static (QDQ) 0.969 / 1.0, openvino:int8 0.948 / 0.969; the
 99.5% target is not met by every variant on this model (near-tied logits), so auto keeps fp32 there.
-""""""
+"""
 
 from __future__ import annotations
 

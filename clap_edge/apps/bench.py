@@ -17,7 +17,7 @@ benchmarked; in every timed round, right after the first backend using it, it sa
 shared machine the load moves within seconds). Every model row is reported as a fraction of its own
 ceiling on the same clock, and of the core's FMA / int8 peak (``env["ceiling"]``: the ceilings, the
 peak, the shape and the CPU's instruction-set flags). ``peers=True`` adds the plain tools' rows
-(:mod:`clap_edge.runtime.bench_peers`), alternated call by call with ours, and ``report["lead"]``.
+(:mod:`clap_edge.apps.bench_peers`), alternated call by call with ours, and ``report["lead"]``.
 
 ``record_bench`` stores a report in the user cache so that ``backend="auto"`` can pick the
 fastest backend measured on this machine for this model (:func:`recorded_fastest_backend`).
@@ -78,8 +78,11 @@ class _WorkerHandle:
         self.backend = backend
         self.conn, child = ctx.Pipe()
         extra = cfg.backend_options.get(backend, {})
+        from clap_edge.apps.bench_peers import PEER_PREFIX, create_peer_runner
+
+        factory = create_peer_runner if backend.startswith(PEER_PREFIX) else None  # pickled by name (spawn)
         self.process = ctx.Process(target=worker_main, args=(child, str(cfg.bundle), backend, cfg.threads, extra,
-                                                             cfg.device),
+                                                             cfg.device, factory),
                                    name=f"clap-edge-bench-{backend}", daemon=True)
         self.process.start()
         child.close()
@@ -165,7 +168,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     bundle = Bundle.open(cfg.bundle)
     backends = _check_backends(bundle, cfg.backends)
     if cfg.peers:
-        from clap_edge.runtime.bench_peers import available_peers
+        from clap_edge.apps.bench_peers import available_peers
 
         backends += [p for p in available_peers() if p not in backends]
     files = _image_files(cfg.end_to_end) if cfg.end_to_end else []
@@ -320,7 +323,7 @@ def _check_backends(bundle: Bundle, names: list[str] | None) -> list[str]:
 
     if not names:
         return available_backends(bundle)
-    from clap_edge.runtime.bench_peers import PEER_PREFIX
+    from clap_edge.apps.bench_peers import PEER_PREFIX
 
     names = [n for n in names if not n.startswith(PEER_PREFIX)] + [n for n in names if n.startswith(PEER_PREFIX)]
     for name in names:
