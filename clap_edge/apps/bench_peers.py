@@ -87,8 +87,8 @@ def _openvino(bundle: Bundle, threads: int | None) -> _PeerRunner:
     config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
     compiled = ov.Core().compile_model(str(bundle.variant_file("fp32")), "CPU", config)
     request = compiled.create_infer_request()
-    precision = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}.get(
-        str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower(), "fp32")
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # e.g. "<Type: 'bfloat16'>" or "bf16"
+    precision = "bf16" if "bf16" in hint or "bfloat16" in hint else "fp16" if "f16" in hint else "fp32"
 
     def infer(x: np.ndarray) -> _Output:
         out = list(request.infer({0: x}).values())

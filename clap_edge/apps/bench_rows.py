@@ -127,7 +127,10 @@ def lead_summary(results: list[dict[str, Any]]) -> dict[str, Any] | None:
         if ours and peer:
             out[str(batch)] = {"best_clap_edge": ours["backend"], "best_clap_edge_images_per_cpu_s": _rate(ours),
                                "best_peer": peer["backend"], "best_peer_images_per_cpu_s": _rate(peer),
-                               "ratio": _r(_rate(ours) / _rate(peer), 3)}
+                               "ratio": _r(_rate(ours) / _rate(peer), 3),
+                               # the bench's own agreement (calibration batch): read the ratio with it
+                               "best_clap_edge_top1_agreement": ours.get("top1_agreement_vs_fp32"),
+                               "best_peer_top1_agreement": peer.get("top1_agreement_vs_fp32")}
     return out
 
 
