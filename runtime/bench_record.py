@@ -15,10 +15,14 @@ from clap_edge.core.io import atomic_write_text
 from clap_edge.core.machine import cpu_info
 from clap_edge.export.bundle import Bundle
 
-AUTO_MIN_AGREEMENT = 0.99  # auto never picks a backend that flips more top-1s than this vs fp32
+# The one int8 floor: auto, the tests and the README all use it. A variant whose top-1 agrees with fp32 on
+# fewer images than this is never picked, however fast.
+INT8_AGREEMENT_FLOOR = 0.995
+AUTO_MIN_AGREEMENT = INT8_AGREEMENT_FLOOR
+INT8_VARIANTS = ("int8", "qdq", "openvino-int8")
 
-__all__ = ["AUTO_MIN_AGREEMENT", "record_bench", "load_bench_record", "recorded_fastest_backend",
-           "recorded_agreement", "agreement_ok"]
+__all__ = ["INT8_AGREEMENT_FLOOR", "AUTO_MIN_AGREEMENT", "record_bench", "load_bench_record",
+           "recorded_fastest_backend", "recorded_agreement", "agreement_ok", "int8_speed_ok"]
 
 
 def _cache_dir() -> Path:
@@ -47,17 +51,27 @@ def load_bench_record(bundle: Bundle) -> dict[str, Any] | None:
     return None
 
 
-def recorded_fastest_backend(bundle: Bundle, candidates: list[str]) -> str | None:
-    """Fastest candidate at the smallest recorded batch, measured on this CPU, without top-1 drift."""
+def recorded_here(bundle: Bundle) -> dict[str, Any] | None:
+    """The bench record for this bundle if it was measured on this CPU model, else None."""
     record = load_bench_record(bundle)
     if not record or record.get("env", {}).get("cpu_model") != cpu_info()[0]:
+        return None
+    return record
+
+
+def recorded_fastest_backend(bundle: Bundle, candidates: list[str]) -> str | None:
+    """Fastest candidate at the smallest recorded batch, measured on this CPU, without top-1 drift.
+    Speed is images per CPU-second where the record has it (it holds on a busy machine), else per second."""
+    record = recorded_here(bundle)
+    if record is None:
         return None
     rows = [r for r in record.get("results", []) if r.get("mode", "model") == "model" and r["backend"] in candidates
             and (r.get("top1_agreement_vs_fp32") is None or r["top1_agreement_vs_fp32"] >= AUTO_MIN_AGREEMENT)]
     if not rows:
         return None
     smallest = min(r["batch_size"] for r in rows)
-    return max((r for r in rows if r["batch_size"] == smallest), key=lambda r: r["images_per_s"])["backend"]
+    return max((r for r in rows if r["batch_size"] == smallest),
+               key=lambda r: r.get("images_per_cpu_s") or r["images_per_s"])["backend"]
 
 
 
@@ -82,3 +96,21 @@ def agreement_ok(bundle: Bundle, variant: str | None) -> bool:
     """Whether ``auto`` may pick ``variant``: no recorded agreement below AUTO_MIN_AGREEMENT."""
     agreement = recorded_agreement(bundle, variant)
     return agreement is None or agreement >= AUTO_MIN_AGREEMENT
+
+
+def int8_speed_ok(bundle: Bundle, variant: str | None) -> bool:
+    """Whether ``auto`` may consider int8 ``variant`` on this CPU for speed.
+
+    The export measured the variant's CPU time against fp32 on its CPU (the manifest's ``parity`` entry:
+    ``int8_path``, ``speed_vs_fp32``). On a CPU with the same int8 path (AMX, VNNI, AVX2-only, ...) that
+    measurement decides: slower than fp32 there, never picked. On another int8 path the export's figure
+    says nothing (int8 can be 4x faster with VNNI and slower than fp32 without), so the variant is only
+    considered when a ``clap-edge bench --record`` measured it on this CPU; otherwise auto stays fp32."""
+    if variant not in INT8_VARIANTS:
+        return True
+    from clap_edge.core.machine import int8_path
+
+    entry = bundle.manifest.parity.get(variant) or {}
+    if entry.get("int8_path") == int8_path() and entry.get("speed_vs_fp32") is not None:
+        return float(entry["speed_vs_fp32"]) > 1.0
+    return recorded_here(bundle) is not None

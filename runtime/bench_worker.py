@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,14 +55,17 @@ def gpu_peak_mb() -> float | None:
 
 class _Worker:
     def __init__(self, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any],
-                 device: str = "cpu"):
+                 device: str = "cpu", runner_factory: Callable[..., Any] | None = None):
         from clap_edge.export.bundle import Bundle
         from clap_edge.runtime.backends import RunnerOptions, create_runner
 
         self.bundle = Bundle.open(bundle_path)
         start = time.perf_counter()
-        self.runner = create_runner(self.bundle, backend, RunnerOptions(threads=threads, device=device,
-                                                                     extra=dict(extra)))
+        if runner_factory is not None:  # e.g. the bench's peers (a plain tool on the same model file)
+            self.runner = runner_factory(self.bundle, backend, threads)
+        else:
+            self.runner = create_runner(self.bundle, backend, RunnerOptions(threads=threads, device=device,
+                                                                         extra=dict(extra)))
         self.runner.activate()
         self.load_s = time.perf_counter() - start
         self._inputs: dict[int, np.ndarray] = {}
@@ -75,13 +78,16 @@ class _Worker:
         rng = np.random.default_rng(batch_size)
         self._inputs[batch_size] = rng.standard_normal((batch_size, *self.bundle.input_shape)).astype(np.float32)
 
-    def time(self, batch_size: int, n: int) -> list[float]:
+    def time(self, batch_size: int, n: int) -> list[tuple[float, float]]:
+        """``n`` timed calls: (wall seconds, CPU seconds) each. CPU time is the whole process's
+        (``time.process_time``), so a runner's own thread pool is counted: on a shared machine the
+        CPU time of a call barely moves with the load, while its wall time includes waiting for a core."""
         x = self._inputs[batch_size]
         times = []
         for _ in range(n):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             self.runner.infer(x)
-            times.append(time.perf_counter() - start)
+            times.append((time.perf_counter() - start, time.process_time() - cpu))
         return times
 
     def memory(self) -> dict[str, Any]:
@@ -108,10 +114,10 @@ class _Worker:
 
 
 def worker_main(conn: Any, bundle_path: str, backend: str, threads: int | None, extra: dict[str, Any],
-                device: str = "cpu") -> None:
+                device: str = "cpu", runner_factory: Callable[..., Any] | None = None) -> None:
     """Entry point of the worker process: build the runner, then serve commands until "stop"."""
     try:
-        worker = _Worker(bundle_path, backend, threads, extra, device)
+        worker = _Worker(bundle_path, backend, threads, extra, device, runner_factory)
         conn.send(("ok", worker.info()))
     except BaseException as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))

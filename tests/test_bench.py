@@ -11,7 +11,8 @@ from PIL import Image
 
 from clap_edge.core.errors import BackendUnavailableError
 from clap_edge.export.bundle import Bundle
-from clap_edge.apps.bench import BenchConfig, _add_ratios, load_bench_record, record_bench, recorded_fastest_backend, run_bench
+from clap_edge.apps.bench import BenchConfig, load_bench_record, record_bench, recorded_fastest_backend, run_bench
+from clap_edge.apps.bench_rows import add_ratios as _add_ratios
 from clap_edge.core.report import plot_bench, write_json
 
 BACKENDS = ["onnxruntime", "openvino"]
@@ -30,7 +31,7 @@ def image_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(runtime_bundle, image_dir):
     cfg = BenchConfig(bundle=str(runtime_bundle), backends=BACKENDS, batch_sizes=BATCHES, threads=1, warmup=1,
-                      iters=4, end_to_end=str(image_dir))
+                      iters=4, end_to_end=str(image_dir), ceiling_sample_cpu_s=0.05)
     return run_bench(cfg)
 
 
@@ -41,7 +42,9 @@ def test_report_has_every_backend_and_batch_with_sane_fields(report, runtime_bun
         (b, n) for b in BACKENDS for n in BATCHES)
     for r in model_rows:
         assert r["threads"] == 1 and r["iters"] == 4
-        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["p50_ms"] > 0 and r["p90_ms"] is None and r["p99_ms"] is None  # 4 calls: no tail figures
+        assert r["tail_reported"] is False and 0 < r["cpu_p50_ms"] and r["images_per_cpu_s"] > 0
+        assert r["load_1min"][0] <= r["load_1min"][1]
         # (images/s and GFLOP/s from known times: test_rows_from_known_times, test_speedup_is_relative_...)
         assert r["gflops_per_s"] > 0 and manifest.flops_per_image > 0
         assert r["speedup_vs_torch"] is None  # torch was not benchmarked
@@ -128,7 +131,8 @@ def test_cli_writes_json_and_plot(runtime_bundle, image_dir, tmp_path):
     from clap_edge.apps.cli import main
 
     args = ["bench", str(runtime_bundle), "--backends", "onnxruntime,onnxruntime-int8", "--batch-sizes", "2",
-            "--iters", "2", "--warmup", "0", "--agreement-images", str(image_dir), "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"), "--quiet"]
+            "--iters", "2", "--warmup", "0", "--agreement-images", str(image_dir), "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"), "--quiet",
+            "--no-ceiling"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "b.json").read_text())
@@ -153,7 +157,7 @@ def test_cli_exits_1_when_a_backend_fails_but_reports_the_others(runtime_bundle,
     out = tmp_path / "b.json"
     result = CliRunner().invoke(main, ["bench", str(bundle), "--backends", "onnxruntime,onnxruntime-int8",
                                        "--batch-sizes", "1", "--iters", "2", "--warmup", "0", "--json", str(out),
-                                       "--quiet"])
+                                       "--quiet", "--no-ceiling"])
     assert result.exit_code == 1, result.output
     report = json.loads(out.read_text())
     assert [r["backend"] for r in report["results"]] == ["onnxruntime"]
@@ -178,12 +182,14 @@ def _agreement_by_hand(bundle_path, folder) -> float:
 class _FakeWorker:
     """A bench worker whose inference times and end-to-end run are given: the row arithmetic by hand."""
 
-    def __init__(self, times, e2e=None):
+    def __init__(self, times, e2e=None, cpu_fraction=0.5):
         self.times, self.e2e, self.info = list(times), e2e, {"precision": "fp32"}
+        self.cpu_fraction = cpu_fraction  # each call's CPU time as a fraction of its wall time
 
     def call(self, command, *args):
         if command == "time":
-            return [self.times.pop(0)]
+            t = self.times.pop(0)
+            return [(t, t * self.cpu_fraction)]
         if command == "memory":
             return {"peak_rss_mb": 1.0, "peak_gpu_mb": None}
         if command == "end_to_end":
@@ -197,10 +203,56 @@ def test_rows_from_known_times():
     cfg = BenchConfig(bundle="x", backends=["onnxruntime"], batch_sizes=[8], threads=1, warmup=1, iters=4)
     worker = _FakeWorker([9.0, 0.010, 0.030, 0.020, 0.040])  # the first (warm-up) is not recorded
     [row] = _bench_batch({"onnxruntime": worker}, cfg, 8, lambda label: None, {})
-    # 4 batches of 8 images in 0.1 s; latencies 10, 20, 30, 40 ms
-    assert row["images_per_s"] == pytest.approx(320.0)
-    assert (row["p50_ms"], row["mean_ms"]) == (25.0, 25.0)
-    assert row["p90_ms"] == pytest.approx(37.0) and row["p99_ms"] == pytest.approx(39.7)
+    # 4 batches of 8 images in 0.1 s; latencies 10, 20, 30, 40 ms; CPU half of each (a loaded machine)
+    assert row["images_per_s"] == pytest.approx(320.0) and row["images_per_cpu_s"] == pytest.approx(640.0)
+    assert (row["p50_ms"], row["mean_ms"], row["cpu_p50_ms"]) == (25.0, 25.0, 12.5)
+    assert row["p90_ms"] is None and row["p99_ms"] is None and row["iters"] == 4  # < 50 calls: no tail
+    assert row["cpu_per_wall"] == 0.5
+
+
+def test_tail_percentiles_from_50_calls_and_time_budget_rounds():
+    from clap_edge.apps.bench import _bench_batch
+
+    times = [9.0] + [0.001 * (i + 1) for i in range(50)]  # one warm-up, then 1..50 ms
+    cfg = BenchConfig(bundle="x", threads=1, warmup=1, iters=50)
+    [row] = _bench_batch({"onnxruntime": _FakeWorker(times)}, cfg, 1, lambda label: None, {})
+    assert row["p90_ms"] == pytest.approx(np.percentile(np.arange(1, 51), 90))
+    assert row["p99_ms"] == pytest.approx(np.percentile(np.arange(1, 51), 99)) and row["tail_reported"]
+    # by time budget: a zero budget stops at min_iters, a long one at max_iters
+    for budget, expected in ((0.0, 7), (1e9, 12)):
+        cfg = BenchConfig(bundle="x", threads=1, warmup=0, budget_s=budget, min_iters=7, max_iters=12)
+        [row] = _bench_batch({"onnxruntime": _FakeWorker([0.01] * 20)}, cfg, 1, lambda label: None, {})
+        assert row["iters"] == expected
+
+
+def test_fraction_above_one_is_flagged_as_noise_and_uses_the_cpu_clock():
+    from clap_edge.apps.bench_rows import add_ceiling_fractions
+
+    rows = [{"backend": "onnxruntime", "precision": "fp32", "mode": "model", "gflops_per_s": 30.0,
+             "gflops_per_cpu_s": 60.0},
+            {"backend": "onnxruntime-int8", "precision": "int8", "mode": "model", "gflops_per_s": 90.0,
+             "gflops_per_cpu_s": 110.0}]
+    ceiling = {"ceilings": {"onnxruntime:fp32": {"gflops_per_s": 40.0, "gflops_per_cpu_s": 80.0},
+                            "onnxruntime:int8": {"gflops_per_s": 80.0, "gflops_per_cpu_s": 100.0}},
+               "peak": {"fp32": {"gflops_per_cpu_s": 120.0}, "int8": {"gops_per_cpu_s": 440.0}}}
+    add_ceiling_fractions(rows, ceiling)
+    assert rows[0]["fraction_of_ceiling"] == 0.75 and rows[0]["fraction_clock"] == "cpu"  # 60/80, not 30/40
+    assert rows[0]["fraction_of_peak"] == 0.5 and rows[0]["fraction_flag"] is None
+    assert rows[1]["fraction_of_ceiling"] is None and rows[1]["fraction_of_ceiling_raw"] == 1.1
+    assert "noise" in rows[1]["fraction_flag"] and rows[1]["fraction_of_peak"] == 0.25
+
+
+def test_speedups_and_lead_use_cpu_time_against_open_clip_eager():
+    from clap_edge.apps.bench_rows import lead_summary
+
+    rows = [{"backend": b, "mode": "model", "batch_size": 1, "images_per_s": wall, "images_per_cpu_s": cpu}
+            for b, wall, cpu in (("torch", 50.0, 10.0), ("peer:open_clip", 1.0, 8.0), ("onnxruntime", 1.0, 16.0),
+                                 ("peer:onnxruntime", 99.0, 12.0))]
+    assert _add_ratios(rows, flops_per_image=1e9).startswith("open_clip eager")
+    assert [r["speedup_vs_torch"] for r in rows] == [1.25, 1.0, 2.0, 1.5]
+    assert rows[2]["vs_best_peer"] == pytest.approx(16 / 12, abs=1e-3) and rows[2]["gflops_per_cpu_s"] == 16.0
+    lead = lead_summary(rows)["1"]
+    assert (lead["best_clap_edge"], lead["best_peer"], lead["ratio"]) == ("onnxruntime", "peer:onnxruntime", 1.333)
 
 
 def test_end_to_end_fraction_by_hand():
@@ -211,15 +263,36 @@ def test_end_to_end_fraction_by_hand():
     [row] = _bench_end_to_end({"onnxruntime": worker}, ["a.jpg"] * 30, 4, 1, [model_row], lambda label: None, {})
     assert (row["images_per_s"], row["model_only_images_per_s"], row["fraction_of_model_only"]) == (120.0, 240.0, 0.5)
 def test_ceiling_is_sampled_interleaved_and_every_row_has_its_fraction(report):
-    """(issue 10) One GEMM sample per backend per timed round; fraction = the row's GFLOP/s / its ceiling."""
+    """(issue 10, 21) One GEMM sample of >= the CPU floor per ceiling per timed round; fraction = the row's
+    GFLOP per CPU-second / its ceiling's (the same clock); the core's peak is probed beside it."""
     ceiling = report["env"]["ceiling"]
     assert ceiling["interleaved"] is True and len(ceiling["shape"]) == 3
+    assert "fp32" in ceiling["peak"] or "error" in ceiling["peak"]
     model_rows = [r for r in report["results"] if r["mode"] == "model"]
     for r in model_rows:
         assert r["ceiling"] in ceiling["ceilings"], r
         peak = ceiling["ceilings"][r["ceiling"]]
         assert peak["iters"] == 4 * len(BATCHES)  # iters=4 timed rounds per batch size, one sample each
+        assert peak["cpu_s_per_sample"] >= 0.05  # BenchConfig.ceiling_sample_cpu_s in the fixture
         m, k, n = ceiling["shape"]
         assert peak["gflops_per_s"] == pytest.approx(2 * m * k * n / (peak["ms"] / 1e3) / 1e9, rel=0.01)
-        assert r["ceiling_gflops_per_s"] == peak["gflops_per_s"]
-        assert r["fraction_of_ceiling"] == pytest.approx(r["gflops_per_s"] / peak["gflops_per_s"], abs=1e-3)
+        assert r["ceiling_gflops_per_s"] == peak["gflops_per_cpu_s"] and r["fraction_clock"] == "cpu"
+        assert r["fraction_of_ceiling_raw"] == pytest.approx(r["gflops_per_cpu_s"] / peak["gflops_per_cpu_s"],
+                                                             abs=1e-3)
+        assert (r["fraction_of_ceiling"] is None) == (r["fraction_of_ceiling_raw"] > 1.0)
+
+
+def test_peers_run_the_same_weights_and_open_clip_eager_is_the_baseline(runtime_bundle):
+    """--peers: a bare ORT session gives ONNX Runtime's logits exactly; open_clip's own eager modules with the
+    bundle's weights agree with the exported ONNX model (an independent implementation of the same network)."""
+    cfg = BenchConfig(bundle=str(runtime_bundle), backends=["onnxruntime", "peer:onnxruntime", "peer:open_clip"],
+                      batch_sizes=[2], threads=1, warmup=0, iters=2, ceiling=False)
+    report = run_bench(cfg)
+    assert "errors" not in report, report.get("errors")
+    rows = {r["backend"]: r for r in report["results"]}
+    assert rows["peer:onnxruntime"]["max_abs_logit_diff_vs_fp32"] == 0.0
+    assert rows["peer:open_clip"]["top1_agreement_vs_fp32"] == 1.0
+    assert rows["peer:open_clip"]["max_abs_logit_diff_vs_fp32"] < 1e-3
+    assert report["env"]["speedup_baseline"].startswith("open_clip eager")
+    assert rows["peer:open_clip"]["speedup_vs_torch"] == 1.0
+    assert report["lead"]["2"]["best_clap_edge"] == "onnxruntime"

@@ -7,11 +7,17 @@ a shared machine hits all backends equally. Results have the shape the bench iss
 "p99_ms", "images_per_s", "speedup_vs_torch", "gflops_per_s", "peak_rss_mb",
 "top1_agreement_vs_fp32", "ceiling_gflops_per_s", "fraction_of_ceiling", ...}]}``.
 
+Every timed call records wall and process CPU time (:mod:`clap_edge.apps.bench_rows` turns them into
+rows: CPU time is what holds on a busy machine). Timed rounds run for a time budget (``budget_s`` per
+batch size, at least ``min_iters``), or exactly ``iters`` rounds; p90/p99 need >= 50 calls.
+
 A ceiling process (:mod:`clap_edge.apps.ceiling`) holds one large GEMM per library and precision
-benchmarked; in every timed round, right after each backend's call, it times that backend's GEMM once,
-so each ceiling is sampled in the same moments as the rows compared with it (on a shared machine the
-load moves within seconds). Every model row is reported as a fraction of its own ceiling
-(``env["ceiling"]``: the ceilings, the shape and the CPU's instruction-set flags).
+benchmarked; in every timed round, right after the first backend using it, it samples that GEMM for
+>= 200 ms of CPU, so each ceiling is measured in the same moments as the rows compared with it (on a
+shared machine the load moves within seconds). Every model row is reported as a fraction of its own
+ceiling on the same clock, and of the core's FMA / int8 peak (``env["ceiling"]``: the ceilings, the
+peak, the shape and the CPU's instruction-set flags). ``peers=True`` adds the plain tools' rows
+(:mod:`clap_edge.apps.bench_peers`), alternated call by call with ours, and ``report["lead"]``.
 
 ``record_bench`` stores a report in the user cache so that ``backend="auto"`` can pick the
 fastest backend measured on this machine for this model (:func:`recorded_fastest_backend`).
@@ -28,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from clap_edge.apps.bench_rows import add_ceiling_fractions, add_ratios, lead_summary, model_row
 from clap_edge.core.errors import BundleError
 from clap_edge.core.machine import cpu_info
 from clap_edge.export.bundle import Bundle
@@ -36,7 +43,7 @@ from clap_edge.runtime.bench_record import load_bench_record, record_bench, reco
 __all__ = ["BenchConfig", "run_bench", "preprocess_folder", "record_bench", "load_bench_record",
            "recorded_fastest_backend", "environment"]
 
-REFERENCE_BACKENDS = ("onnxruntime", "torch")  # fp32 references for the agreement columns, in preference
+REFERENCE_BACKENDS = ("onnxruntime", "torch", "peer:onnxruntime")  # fp32 references for the agreement columns, in preference
 
 
 @dataclass
@@ -46,11 +53,16 @@ class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     threads: int | None = 1
     warmup: int = 3
-    iters: int = 20
+    iters: int | None = None  # exact timed rounds; None: rounds for budget_s (at least min_iters)
+    budget_s: float = 15.0  # wall seconds of timed rounds per batch size (all backends, ceilings included)
+    min_iters: int = 5
+    max_iters: int = 500
+    peers: bool = False  # also run the plain tools (bench_peers.PEERS installed here), alternated with ours
     end_to_end: str | None = None  # image folder: also time files -> predictions at each batch size
     agreement: np.ndarray | None = None  # preprocessed [n,3,H,W]; default: the bundle's calibration.npy
     backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> RunnerOptions.extra
     ceiling: bool = True  # sample each library's GEMM ceiling, interleaved with the timed rounds
+    ceiling_sample_cpu_s: float = 0.2  # CPU time per ceiling sample (short samples are scheduler noise)
     device: str = "cpu"  # RunnerOptions.device for every backend: "cpu", "cuda[:i]" (torch, aoti, tensorrt)
 
 
@@ -66,8 +78,11 @@ class _WorkerHandle:
         self.backend = backend
         self.conn, child = ctx.Pipe()
         extra = cfg.backend_options.get(backend, {})
+        from clap_edge.apps.bench_peers import PEER_PREFIX, create_peer_runner
+
+        factory = create_peer_runner if backend.startswith(PEER_PREFIX) else None  # pickled by name (spawn)
         self.process = ctx.Process(target=worker_main, args=(child, str(cfg.bundle), backend, cfg.threads, extra,
-                                                             cfg.device),
+                                                             cfg.device, factory),
                                    name=f"clap-edge-bench-{backend}", daemon=True)
         self.process.start()
         child.close()
@@ -103,7 +118,7 @@ class _CeilingHandle(_WorkerHandle):
 
     @classmethod
     def start(cls, ctx: Any, threads: int | None, workers: dict[str, _WorkerHandle],
-              errors: dict[str, str]) -> "_CeilingHandle | None":
+              errors: dict[str, str], sample_cpu_s: float = 0.2) -> "_CeilingHandle | None":
         from clap_edge.apps.ceiling import CeilingConfig, ceiling_key, ceiling_worker_main
 
         key_of = {name: ceiling_key(name, w.info["precision"]) for name, w in workers.items()}
@@ -113,7 +128,8 @@ class _CeilingHandle(_WorkerHandle):
         handle.backend, handle.key_of = "ceiling", key_of
         handle.conn, child = ctx.Pipe()
         handle.process = ctx.Process(target=ceiling_worker_main, daemon=True, name="clap-edge-bench-ceiling",
-                                     args=(child, CeilingConfig(threads=threads, libraries=libraries), keys))
+                                     args=(child, CeilingConfig(threads=threads, libraries=libraries,
+                                                                 min_sample_cpu_s=sample_cpu_s), keys))
         handle.process.start()
         child.close()
         try:
@@ -125,9 +141,11 @@ class _CeilingHandle(_WorkerHandle):
         handle.samples = {k: [] for k in handle.info["keys"]}
         return handle
 
-    def sample(self, backend: str) -> None:
+    def sample(self, backend: str, done: set[str]) -> None:
+        """One >= 200 ms-CPU sample of ``backend``'s GEMM, unless this round already sampled it (``done``)."""
         key = self.key_of.get(backend)
-        if key in self.samples:
+        if key in self.samples and key not in done:
+            done.add(key)
             self.samples[key].append(self.call("time", key))
 
     def report(self) -> dict[str, Any]:
@@ -136,7 +154,8 @@ class _CeilingHandle(_WorkerHandle):
         work = flops(tuple(self.info["shape"]))
         ceilings = {k: ceiling_row(self.info["keys"][k], work, t) for k, t in self.samples.items() if t}
         return {"shape": self.info["shape"], "threads": self.info["threads"], "cpu_flags": self.info["cpu_flags"],
-                "ceilings": ceilings, "errors": self.info["errors"], "interleaved": True}
+                "ceilings": ceilings, "errors": self.info["errors"], "interleaved": True,
+                "peak": self.info.get("peak"), "clock": "process CPU time (all threads) and wall"}
 
 
 # ---- the run ------------------------------------------------------------------------
@@ -148,6 +167,10 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
 
     bundle = Bundle.open(cfg.bundle)
     backends = _check_backends(bundle, cfg.backends)
+    if cfg.peers:
+        from clap_edge.apps.bench_peers import available_peers
+
+        backends += [p for p in available_peers() if p not in backends]
     files = _image_files(cfg.end_to_end) if cfg.end_to_end else []
     env = environment(cfg.threads)
     env["device"] = cfg.device
@@ -155,7 +178,8 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
                      "flops_per_image": bundle.manifest.flops_per_image,
                      "input_shape": list(bundle.input_shape), "n_classes": len(bundle.class_names)}
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited thread pools or allocations
-    steps = len(backends) * (1 + len(cfg.batch_sizes) * (cfg.warmup + cfg.iters + (1 if files else 0)))
+    rounds = cfg.iters or cfg.min_iters  # the bar's length; budgeted rounds may go past it
+    steps = len(backends) * (1 + len(cfg.batch_sizes) * (cfg.warmup + rounds + (1 if files else 0)))
     workers: dict[str, _WorkerHandle] = {}
     ceiling: _CeilingHandle | None = None
     errors: dict[str, str] = {}
@@ -170,7 +194,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
         if cfg.ceiling and workers:
             advance("loading the GEMM ceiling")
             ceiling_errors: dict[str, str] = {}  # context for the figures, not a backend failure: no exit 1
-            ceiling = _CeilingHandle.start(ctx, cfg.threads, workers, ceiling_errors)
+            ceiling = _CeilingHandle.start(ctx, cfg.threads, workers, ceiling_errors, cfg.ceiling_sample_cpu_s)
             if ceiling_errors:
                 env["ceiling"] = {"error": ceiling_errors["ceiling"], "ceilings": {}}
         try:
@@ -188,13 +212,17 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
             if ceiling is not None:
                 env["ceiling"] = ceiling.report()
                 ceiling.stop()
-    _add_ratios(results, env["bundle"]["flops_per_image"])
-    _add_ceiling_fractions(results, env.get("ceiling"))
+    env["speedup_baseline"] = add_ratios(results, env["bundle"]["flops_per_image"])
+    add_ceiling_fractions(results, env.get("ceiling"))
     env["load_average_after"] = _load_average()
     env["load_s"] = {name: w.info["load_s"] for name, w in workers.items()}
     report = {"env": env, "config": {"backends": backends, "batch_sizes": cfg.batch_sizes, "threads": cfg.threads,
-                                     "warmup": cfg.warmup, "iters": cfg.iters, "end_to_end": cfg.end_to_end},
+                                     "warmup": cfg.warmup, "iters": cfg.iters, "budget_s": cfg.budget_s,
+                                     "min_iters": cfg.min_iters, "peers": cfg.peers, "end_to_end": cfg.end_to_end},
               "results": results}
+    lead = lead_summary(results)
+    if lead is not None:
+        report["lead"] = lead
     if errors:
         report["errors"] = errors
     return report
@@ -204,9 +232,11 @@ def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size
                  advance: Callable[[str], None], errors: dict[str, str],
                  ceiling: "_CeilingHandle | None" = None) -> list[dict[str, Any]]:
     live = dict(workers)
-    times: dict[str, list[float]] = {name: [] for name in live}
+    times: dict[str, list] = {name: [] for name in live}
+    loads: list[float] = []
 
     def each_round(label: str, record: bool) -> None:
+        sampled: set[str] = set()  # ceiling keys sampled this round: one sample per key and round
         for name, worker in list(live.items()):
             advance(f"{label} {name} batch {batch_size}")
             try:
@@ -218,27 +248,27 @@ def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size
             if record:
                 times[name] += t
                 if ceiling is not None:
-                    ceiling.sample(name)
+                    ceiling.sample(name, sampled)
+        if record and (load := _load_average()):
+            loads.append(load[0])
 
     for worker in live.values():
         worker.call("start_batch", batch_size)
     for _ in range(cfg.warmup):
         each_round("warm-up", record=False)
-    for _ in range(cfg.iters):
+    start, done = time.perf_counter(), 0
+    while live and not _enough(cfg, done, time.perf_counter() - start):
         each_round("timing", record=True)
-    rows = []
-    for name, worker in live.items():
-        ms = np.asarray(times[name]) * 1000.0
-        memory = worker.call("memory")
-        rows.append({
-            "backend": name, "mode": "model", "batch_size": batch_size, "threads": cfg.threads,
-            "precision": worker.info["precision"],
-            "p50_ms": _r(np.percentile(ms, 50), 3), "p90_ms": _r(np.percentile(ms, 90), 3),
-            "p99_ms": _r(np.percentile(ms, 99), 3), "mean_ms": _r(ms.mean(), 3),
-            "images_per_s": _r(batch_size * len(ms) / (ms.sum() / 1000.0)),
-            "peak_rss_mb": memory["peak_rss_mb"], "peak_gpu_mb": memory["peak_gpu_mb"], "iters": len(ms),
-        })
-    return rows
+        done += 1
+    return [model_row(name, batch_size, cfg.threads, worker.info["precision"], times[name],
+                      worker.call("memory"), loads) for name, worker in live.items()]
+
+
+def _enough(cfg: BenchConfig, rounds: int, elapsed: float) -> bool:
+    """Exactly ``iters`` rounds, or the time budget spent after ``min_iters`` (never past ``max_iters``)."""
+    if cfg.iters:
+        return rounds >= cfg.iters
+    return rounds >= cfg.max_iters or (rounds >= cfg.min_iters and elapsed >= cfg.budget_s)
 
 
 def _agreement(workers: dict[str, _WorkerHandle], bundle: Bundle, cfg: BenchConfig) -> dict[str, dict[str, Any]]:
@@ -285,31 +315,6 @@ def _bench_end_to_end(workers: dict[str, _WorkerHandle], files: list[str], batch
     return rows
 
 
-def _add_ratios(results: list[dict[str, Any]], flops_per_image: float | None) -> None:
-    torch_ips = {r["batch_size"]: r["images_per_s"] for r in results if r["backend"] == "torch" and r["mode"] == "model"}
-    for row in results:
-        if row["mode"] != "model":
-            continue
-        base = torch_ips.get(row["batch_size"])
-        row["speedup_vs_torch"] = _r(row["images_per_s"] / base, 3) if base else None
-        row["gflops_per_s"] = _r(flops_per_image * row["images_per_s"] / 1e9) if flops_per_image else None
-
-
-def _add_ceiling_fractions(results: list[dict[str, Any]], ceiling: dict[str, Any] | None) -> None:
-    """``ceiling`` (which), ``ceiling_gflops_per_s`` and ``fraction_of_ceiling`` on every model row."""
-    from clap_edge.apps.ceiling import ceiling_key
-
-    ceilings = (ceiling or {}).get("ceilings", {})
-    for row in results:
-        if row["mode"] != "model":
-            continue
-        key = ceiling_key(row["backend"], row.get("precision"))
-        peak = ceilings.get(key, {}).get("gflops_per_s") if key else None
-        row["ceiling"] = key if peak else None
-        row["ceiling_gflops_per_s"] = peak
-        row["fraction_of_ceiling"] = _r(row["gflops_per_s"] / peak, 3) if peak and row.get("gflops_per_s") else None
-
-
 # ---- inputs and environment --------------------------------------------------------
 
 
@@ -318,7 +323,12 @@ def _check_backends(bundle: Bundle, names: list[str] | None) -> list[str]:
 
     if not names:
         return available_backends(bundle)
+    from clap_edge.apps.bench_peers import PEER_PREFIX
+
+    names = [n for n in names if not n.startswith(PEER_PREFIX)] + [n for n in names if n.startswith(PEER_PREFIX)]
     for name in names:
+        if name.startswith(PEER_PREFIX):
+            continue  # checked when its worker starts (an error row, not a failed bench)
         usable_runner_class(bundle, name)  # raises naming what is wrong: unknown, not installed, no model file
     return list(dict.fromkeys(names))
 

@@ -14,9 +14,15 @@ as a fraction of the ceiling of *its* library and precision:
 - ``openvino:int8``           the same QDQ model read by OpenVINO (Q/DQ become FakeQuantize -> int8 GEMM)
 - ``torch:fp32``              ``torch.matmul``
 
-Each runs in a fresh spawned process (its own thread pools), for about ``seconds`` each: the whole
-measurement is short (~1 s per row at 1 thread) and gives GFLOP/s (2*M*K*N per product; for int8 these
-are integer operations).
+Each runs in a fresh spawned process (its own thread pools). A *sample* repeats the product until it
+has used at least ``min_sample_cpu_s`` (200 ms) of process CPU time, all the library's threads counted,
+and records products, wall seconds and CPU seconds; a ceiling is the median rate over its samples, both
+per wall second (``gflops_per_s``) and per CPU-second (``gflops_per_cpu_s``; 2*M*K*N per product; for
+int8 these are integer operations). On a shared machine the wall rate falls with the load while the CPU
+rate holds, so the bench compares rows with ceilings per CPU-second, sampled in the same rounds.
+
+Beside the library ceilings, :mod:`clap_edge.apps.peak_probe` measures the core's own FMA / int8 peak
+(a hardware ceiling, per CPU-second of one thread).
 """
 
 from __future__ import annotations
@@ -36,14 +42,15 @@ ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx51
              "amx_bf16", "avx512_fp16", "neon", "asimd")
 
 __all__ = ["DEFAULT_SHAPE", "ISA_FLAGS", "CeilingConfig", "measure_ceilings", "run_ceilings", "ceiling_key",
-           "cpu_isa_flags", "build_runs", "ceiling_worker_main", "flops", "ceiling_row"]
+           "cpu_isa_flags", "build_runs", "ceiling_worker_main", "flops", "ceiling_row", "sample"]
 
 
 @dataclass
 class CeilingConfig:
     threads: int | None = 1
     shape: tuple[int, int, int] = DEFAULT_SHAPE
-    seconds: float = 0.4  # timed time per row (after one warm-up call)
+    seconds: float = 0.6  # timed time per row (after one warm-up call), standalone measure_ceilings only
+    min_sample_cpu_s: float = 0.2  # CPU time per sample: long enough that scheduler noise is a small part
     libraries: tuple[str, ...] = ("onnxruntime", "openvino", "torch")
 
 
@@ -59,6 +66,9 @@ def ceiling_key(backend: str, precision: str | None) -> str | None:
     """The ceiling a bench row is compared with: ``(backend spec, measured precision)`` -> ceiling key.
 
     None where no ceiling is measured (GPU precisions, unknown backends)."""
+    peer_library = {"peer:onnxruntime": "onnxruntime", "peer:openvino": "openvino", "peer:open_clip": "torch"}
+    if backend in peer_library:  # a plain tool's row: its library's ceiling at the precision it ran
+        backend = peer_library[backend]
     name, _, spec_precision = backend.partition(":")
     aliases = {"onnxruntime-int8": ("onnxruntime", "int8"), "onnxruntime-fp16": ("onnxruntime", "fp16")}
     name, alias_precision = aliases.get(name, (name, None))
@@ -83,18 +93,18 @@ def run_ceilings(cfg: CeilingConfig) -> dict[str, Any]:
 
 
 def measure_ceilings(cfg: CeilingConfig) -> dict[str, Any]:
-    """``{"shape", "threads", "cpu_flags", "ceilings": {key: {"gflops_per_s", "ms", "iters", "library"}},
-    "errors": {key: message}}`` for every library installed here."""
+    """``{"shape", "threads", "cpu_flags", "ceilings": {key: {"gflops_per_s", "gflops_per_cpu_s", "ms",
+    "iters", "library"}}, "errors": {key: message}}`` for every library installed here."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="clap-edge-ceiling-") as tmp:
         runs, out = build_runs(cfg, Path(tmp))
         for key, (library, run) in runs.items():
             try:
-                ms = _time(run, cfg.seconds)
+                samples = _time(run, cfg.seconds, cfg.min_sample_cpu_s)
             except Exception as e:  # a library without this kernel: say so, keep the others
                 out["errors"][key] = _error(e)
                 continue
-            out["ceilings"][key] = ceiling_row(library, flops(cfg.shape), [t / 1e3 for t in ms["times_ms"]])
+            out["ceilings"][key] = ceiling_row(library, flops(cfg.shape), samples)
     out["seconds"] = round(time.perf_counter() - start, 2)
     return out
 
@@ -104,10 +114,24 @@ def flops(shape: tuple[int, int, int]) -> float:
     return 2.0 * m * k * n
 
 
-def ceiling_row(library: str, work: float, seconds: list[float]) -> dict[str, Any]:
-    median = float(np.median(seconds))
-    return {"library": library, "gflops_per_s": round(work / median / 1e9, 2), "ms": round(median * 1e3, 6),
-            "iters": len(seconds)}
+def sample(run: Callable[[], Any], min_cpu_s: float) -> tuple[int, float, float]:
+    """Repeat ``run`` until it used >= ``min_cpu_s`` of process CPU time: (products, wall s, CPU s)."""
+    n, wall, cpu = 0, time.perf_counter(), time.process_time()
+    while True:
+        run()
+        n += 1
+        spent = time.process_time() - cpu
+        if spent >= min_cpu_s:
+            return n, time.perf_counter() - wall, spent
+
+
+def ceiling_row(library: str, work: float, samples: list) -> dict[str, Any]:
+    """Median rates over ``samples`` of (products, wall s, CPU s); ``ms``: median wall time of one product."""
+    n, wall, cpu = (np.asarray(col, dtype=float) for col in zip(*samples))
+    ms = float(np.median(wall / n)) * 1e3
+    return {"library": library, "gflops_per_s": round(work / ms / 1e6, 2),
+            "gflops_per_cpu_s": round(float(np.median(work * n / cpu)) / 1e9, 2), "ms": round(ms, 6),
+            "iters": len(samples), "cpu_s_per_sample": round(float(np.median(cpu)), 3)}
 
 
 def _error(e: Exception) -> str:
@@ -157,13 +181,21 @@ def build_runs(cfg: CeilingConfig, tmp: Path, keys: set[str] | None = None
 
 
 def ceiling_worker_main(conn: Any, cfg: CeilingConfig, keys: list[str] | None) -> None:
-    """A process that holds one product per ceiling key and times it on request: ``("time", key)`` -> seconds.
+    """A process that holds one product per ceiling key and samples it on request:
+    ``("time", key)`` -> (products, wall s, CPU s) of >= ``cfg.min_sample_cpu_s`` CPU.
 
-    The bench calls it right after each backend's timed call, so each ceiling is measured in the same
-    moments as the rows compared with it (on a shared machine the load moves within seconds)."""
+    The bench calls it in every timed round, so each ceiling is measured in the same moments as the rows
+    compared with it (on a shared machine the load moves within seconds). The core's FMA / int8 peak is
+    probed once at start (``info["peak"]``)."""
+    from clap_edge.apps.peak_probe import peak_probe
+
     with tempfile.TemporaryDirectory(prefix="clap-edge-ceiling-") as tmp:
         try:
             runs, out = build_runs(cfg, Path(tmp), set(keys) if keys is not None else None)
+            try:
+                out["peak"] = peak_probe(cfg.min_sample_cpu_s)
+            except Exception as e:  # context only: never lose the ceilings over it
+                out["peak"] = {"error": _error(e)}
             conn.send(("ok", {**out, "keys": {k: lib for k, (lib, _) in runs.items()}}))
         except BaseException as e:
             conn.send(("error", _error(e)))
@@ -175,23 +207,20 @@ def ceiling_worker_main(conn: Any, cfg: CeilingConfig, keys: list[str] | None) -
                 return
             try:
                 _, run = runs[args[0]]
-                t = time.perf_counter()
-                run()
-                conn.send(("ok", time.perf_counter() - t))
+                conn.send(("ok", sample(run, cfg.min_sample_cpu_s)))
             except BaseException as e:
                 conn.send(("error", _error(e)))
 
 
-def _time(run: Callable[[], Any], seconds: float) -> dict[str, Any]:
-    times = []
+def _time(run: Callable[[], Any], seconds: float, min_cpu_s: float) -> list[tuple[int, float, float]]:
+    """Samples of >= ``min_cpu_s`` CPU each for about ``seconds`` of wall time (at least 3)."""
+    samples = []
     deadline = time.perf_counter() + seconds
-    while len(times) < 3 or time.perf_counter() < deadline:
-        t = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t) * 1e3)
-        if len(times) >= 200:
+    while len(samples) < 3 or time.perf_counter() < deadline:
+        samples.append(sample(run, min_cpu_s))
+        if len(samples) >= 100:
             break
-    return {"median": float(np.median(times)), "iters": len(times), "times_ms": times}
+    return samples
 
 
 def _onnx_models(tmp: Path, a: np.ndarray, w: np.ndarray) -> dict[str, Path]:

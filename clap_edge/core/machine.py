@@ -6,7 +6,7 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_info"]
+__all__ = ["cpu_info", "int8_path", "INT8_PATHS"]
 
 
 def cpu_info() -> tuple[str, list[str]]:
@@ -28,3 +28,30 @@ def _read_cpu() -> tuple[str, tuple[str, ...]]:
     except OSError:
         pass
     return cpu_model, tuple(flags)
+
+
+INT8_PATHS = ("amx", "vnni", "avx2", "arm-dot", "other")
+
+
+def int8_path(flags: list[str] | tuple[str, ...] | None = None) -> str:
+    """How this CPU multiplies int8 (the path int8 speed and accuracy depend on), from its flags:
+
+    ``amx`` (AMX tiles), ``vnni`` (AVX512-VNNI / AVX-VNNI: u8 x s8 -> s32 in one instruction),
+    ``avx2`` (``vpmaddubsw``: u8 x s8 pairs summed in *16 bits*, which saturates: the reason ONNX Runtime
+    has ``reduce_range`` and NNCF an overflow fix), ``arm-dot`` (Arm SDOT/UDOT), else ``other``.
+    ``CLAP_EDGE_INT8_PATH`` overrides it (to export for, or test, another CPU's path)."""
+    import os
+
+    forced = os.environ.get("CLAP_EDGE_INT8_PATH")
+    if forced in INT8_PATHS:
+        return forced
+    have = set(cpu_info()[1] if flags is None else flags)
+    if "amx_int8" in have:
+        return "amx"
+    if have & {"avx512_vnni", "avx_vnni", "avx_vnni_int8"}:
+        return "vnni"
+    if "avx2" in have:
+        return "avx2"
+    if have & {"asimddp", "dotprod"}:
+        return "arm-dot"
+    return "other"

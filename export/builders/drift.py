@@ -57,26 +57,29 @@ def _r(x: float) -> float:
     return round(float(x), 6)
 
 
-def onnx_predictor(path: str | os.PathLike) -> Predict:
+def onnx_predictor(path: str | os.PathLike, threads: int | None = None) -> Predict:
     """Logits from an ONNX model in ONNX Runtime's CPU provider (one session, reused)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda batch: session.run([OUTPUT_LOGITS], {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
 
 
-def openvino_predictor(path: str | os.PathLike) -> Predict:
+def openvino_predictor(path: str | os.PathLike, threads: int | None = None) -> Predict:
     """Logits from an OpenVINO IR on the CPU plugin; float parts in fp32 (as the runtime's int8 precision)."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
     index = next(i for i, out in enumerate(compiled.outputs) if OUTPUT_LOGITS in out.get_names())
     return lambda batch: np.array(list(request.infer({0: np.ascontiguousarray(batch, np.float32)}).values())[index])
 
 
-def predictor_for(path: str | os.PathLike) -> Predict:
-    return openvino_predictor(path) if Path(path).suffix == ".xml" else onnx_predictor(path)
+def predictor_for(path: str | os.PathLike, threads: int | None = None) -> Predict:
+    return (openvino_predictor if Path(path).suffix == ".xml" else onnx_predictor)(path, threads)

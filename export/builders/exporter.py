@@ -210,6 +210,8 @@ def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, pa
             made[v.OPENVINO_INT8_BIN] = path.with_suffix(".bin")
         report = compare_logits(fp32_logits, predictor_for(path)(calib))
         parity[key] = report.as_manifest("_vs_fp32")
+        if key in v.INT8_VARIANTS:  # the CPU, its int8 path, the remedies and the speed vs fp32: auto reads them
+            parity[key].update(v.int8_record(fp32_path, path, calib))
         if key in ("qdq", "openvino-int8"):
             parity[key].update(calibration_images=int(len(quant_images)),
                                calibration_method=cfg.calibration_method if key == "qdq" else "nncf-mixed")

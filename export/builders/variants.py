@@ -9,7 +9,17 @@ on real images). ONNX Runtime CPU fuses the pairs into integer kernels; TensorRT
 QDQ graph for its int8 engines. Only GEMMs with a constant weight are quantised: the attention
 products (activation x activation), LayerNorm, Softmax and the final logits product stay float.
 openvino-int8: NNCF post-training quantisation (transformer preset) of the OpenVINO model read from
-model.onnx, saved as OpenVINO IR (model.int8.xml + .bin), again with the logits product in float.
+model.onnx, saved as OpenVINO IR (model.int8.xml + .bin). Quantised: the MatMuls with a constant weight
+(QKV / out projections, MLP) and the Conv patch embedding; kept float (NNCF ignored scope): the logits
+product and the activation x activation MatMuls (attention Q.K^T and P.V; NNCF's transformer preset
+would quantise them), LayerNorm, Softmax, GELU.
+
+Which CPU runs the int8 kernels decides both speed and accuracy (:func:`clap_edge.core.machine.int8_path`).
+Without VNNI/AMX (``avx2``), x86 integer GEMMs multiply u8 x s8 pairs with ``vpmaddubsw``, whose 16-bit
+sum saturates; the documented remedies are applied there: ONNX Runtime's ``reduce_range`` (7-bit
+weights) for the dynamic and QDQ forms, and NNCF's overflow fix (7-bit weight range, all layers) for the
+OpenVINO form. The CPU's path, flags and the remedies used are recorded with each variant
+(:func:`int8_record`), with the variant's CPU time against fp32 measured at export.
 fp16: weights and most ops in fp16, but LayerNorm, Softmax and the reductions that
 normalise embeddings stay fp32 (they overflow or lose the small differences between
 logits), and the model's input/outputs stay float32 so callers see one interface.
@@ -30,6 +40,7 @@ from clap_edge.export.bundle.names import OUTPUT_LOGITS
 log = logging.getLogger(__name__)
 
 INT8_OP_TYPES = ("MatMul", "Gemm")
+INT8_VARIANTS = ("int8", "qdq", "openvino-int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_CALIBRATION_METHOD = "minmax"  # measured best worst-domain agreement: bench/results/int8_calibration.json
 CALIBRATION_BATCH = 8
@@ -37,8 +48,23 @@ OPENVINO_INT8_XML, OPENVINO_INT8_BIN = "model.int8.xml", "model.int8.bin"
 FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "ReduceL2", "ReduceSum", "ReduceMean", "Pow", "Sqrt", "Div", "Erf")
 
 
-def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: bool = True) -> Path:
-    """Write a dynamically quantised (QInt8 weights) copy of ``src`` to ``dst``."""
+def saturating_path(path: str | None = None) -> bool:
+    """Whether this CPU's int8 path sums u8 x s8 pairs in 16 bits (x86 without VNNI / AMX)."""
+    from clap_edge.core.machine import int8_path
+
+    return (path or int8_path()) == "avx2"
+
+
+def remedies(path: str | None = None) -> list[str]:
+    """The documented int8 remedies applied for this CPU's int8 path (see the module docstring)."""
+    return ["reduce_range (ORT)", "overflow_fix=enable (NNCF)"] if saturating_path(path) else []
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: bool = True,
+                  reduce_range: bool | None = None) -> Path:
+    """Write a dynamically quantised (QInt8 weights) copy of ``src`` to ``dst``.
+
+    ``reduce_range`` None: on where this CPU's int8 path saturates (:func:`saturating_path`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # ORT logs a generic "consider pre-processing" advice on the root logger for every model;
@@ -53,6 +79,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=output_matmuls(src),
+            reduce_range=saturating_path() if reduce_range is None else reduce_range,
         )
     finally:
         logging.getLogger().removeFilter(advice)
@@ -75,7 +102,8 @@ def output_matmuls(src: str | os.PathLike) -> list[str]:
 
 
 def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray,
-                 method: str = DEFAULT_CALIBRATION_METHOD, batch: int = CALIBRATION_BATCH) -> Path:
+                 method: str = DEFAULT_CALIBRATION_METHOD, batch: int = CALIBRATION_BATCH,
+                 reduce_range: bool | None = None) -> Path:
     """Write a statically quantised QDQ copy of ``src`` to ``dst``, calibrated on ``images``.
 
     ``images``: preprocessed float32 [n, 3, H, W] (the runtime's own preprocessing, so the
@@ -106,6 +134,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
             nodes_to_quantize=weight_gemms(src),
             nodes_to_exclude=output_matmuls(src),
             calibrate_method=methods[method],
+            reduce_range=saturating_path() if reduce_range is None else reduce_range,
             # Outputs stay float: the bias Add and residual that follow are float anyway, and a second
             # per-tensor rounding of the GEMM output costs accuracy for no speed (ORT then fuses
             # DQ -> MatMul into MatMulIntegerToFloat).
@@ -194,13 +223,20 @@ def quantize_openvino_int8(src: str | os.PathLike, dst_xml: str | os.PathLike, i
     model = ov.Core().read_model(str(src))
     batches = [np.ascontiguousarray(images[i:i + CALIBRATION_BATCH], dtype=np.float32)
                for i in range(0, len(images), CALIBRATION_BATCH)]
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    # Without VNNI the u8 x s8 pairs saturate in 16 bits: NNCF's fix (7-bit weights) on every layer, not
+    # only the first (its default)
+    overflow = OverflowFix.ENABLE if saturating_path() else OverflowFix.FIRST_LAYER
     quantised = nncf.quantize(
         model,
         nncf.Dataset(batches),
         preset=nncf.QuantizationPreset(preset),
         model_type=nncf.ModelType.TRANSFORMER,
         subset_size=len(batches),
-        ignored_scope=nncf.IgnoredScope(names=_openvino_output_matmuls(model), validate=False),
+        ignored_scope=nncf.IgnoredScope(names=_openvino_output_matmuls(model) + _openvino_activation_matmuls(model),
+                                        validate=False),
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow),
     )
     dst_xml = Path(dst_xml)
     ov.save_model(quantised, str(dst_xml), compress_to_fp16=False)
@@ -220,6 +256,51 @@ def _openvino_output_matmuls(model) -> list[str]:
                 names.append(node.get_friendly_name())
                 break
     return names
+
+
+def _openvino_activation_matmuls(model) -> list[str]:
+    """MatMuls of two activations (attention Q.K^T and P.V): kept float as in the ONNX int8 forms (no weight
+    to pre-quantise, and their rounding lands straight on the attention scores)."""
+    def constant(value) -> bool:
+        node = value.get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze") and node.inputs():
+            node = node.input_value(0).get_node()
+        return node.get_type_name() == "Constant"
+
+    return [op.get_friendly_name() for op in model.get_ops()
+            if op.get_type_name() == "MatMul" and not constant(op.input_value(1)) and not constant(op.input_value(0))]
+
+
+def int8_record(fp32: str | os.PathLike, variant: str | os.PathLike, batch: np.ndarray, calls: int = 5,
+                min_cpu_s: float = 0.2) -> dict[str, object]:
+    """What the runtime's ``auto`` needs to trust an int8 variant on a CPU: the CPU (model, flags, int8
+    path), the remedies applied, and the variant's CPU time per call against fp32 at batch 1 on this
+    CPU, one thread, calls alternated, mean CPU time (``speed_vs_fp32`` > 1: the variant is faster)."""
+    import time
+
+    from clap_edge.core.machine import cpu_info, int8_path
+    from clap_edge.export.builders.drift import onnx_predictor, openvino_predictor, predictor_for
+
+    x = np.ascontiguousarray(batch[:1], dtype=np.float32)
+    # fp32 in the variant's own library (OpenVINO reads model.onnx itself): the choice auto makes is per library
+    same_library = openvino_predictor if Path(variant).suffix == ".xml" else onnx_predictor
+    runs = {"fp32": same_library(fp32, threads=1), "variant": predictor_for(variant, threads=1)}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    for k, run in runs.items():
+        run(x)  # warm-up: weight packing, allocation
+    # alternated calls until each side has >= min_cpu_s of CPU (small models: many calls, so noise averages out)
+    while min(len(c) for c in cpu.values()) < calls or min(sum(c) for c in cpu.values()) < min_cpu_s:
+        for k, run in runs.items():
+            start = time.process_time()
+            run(x)
+            cpu[k].append(time.process_time() - start)
+        if len(cpu["fp32"]) >= 500:
+            break
+    fp32_ms, ms = (float(np.mean(cpu[k])) * 1e3 for k in ("fp32", "variant"))
+    model, flags = cpu_info()
+    isa = [f for f in flags if f.startswith(("avx", "amx", "fma", "asimd")) or f in ("f16c", "neon")]
+    return {"cpu_model": model, "cpu_flags": isa, "int8_path": int8_path(), "remedies": remedies(),
+            "cpu_ms_fp32": round(fp32_ms, 3), "cpu_ms": round(ms, 3), "speed_vs_fp32": round(fp32_ms / ms, 3)}
 
 
 class _DropMessages(logging.Filter):

@@ -133,12 +133,13 @@ def choose_auto_backend(bundle: Bundle) -> str:
     """The fastest backend a recorded ``clap-edge bench --record`` measured here, else AUTO_ORDER's first.
 
     Never a variant whose recorded top-1 agreement with fp32 (the manifest's ``drift``, else ``parity``)
-    is below 99%, however fast it was."""
-    from clap_edge.runtime.bench_record import agreement_ok, recorded_fastest_backend  # json only
+    is below the int8 floor (99.5%), however fast it was; never an int8 variant measured slower than fp32
+    on this CPU's int8 path (``bench_record.int8_speed_ok``)."""
+    from clap_edge.runtime.bench_record import agreement_ok, int8_speed_ok, recorded_fastest_backend  # json only
 
     available = available_backends(bundle)
     candidates = [s for s in available + [a for a in ALIASES if can_run(bundle, a)]
-                  if agreement_ok(bundle, spec_variant(s))]
+                  if agreement_ok(bundle, spec_variant(s)) and int8_speed_ok(bundle, spec_variant(s))]
     fastest = recorded_fastest_backend(bundle, sorted(candidates))
     if fastest is not None:
         return fastest

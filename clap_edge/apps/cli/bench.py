@@ -27,7 +27,15 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list, help="Comma-separated batch sizes.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True, help="Intra-op threads per backend.")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed rounds per batch size.")
-@click.option("--iters", type=click.IntRange(min=1), default=20, show_default=True, help="Timed rounds per batch size.")
+@click.option("--iters", type=click.IntRange(min=1), default=None,
+              help="Exact timed rounds per batch size (default: rounds for --budget seconds).")
+@click.option("--budget", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              help="Wall seconds of timed rounds per batch size (p90/p99 need >= 50 calls).")
+@click.option("--min-iters", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed rounds at least, whatever the budget (50 for p90/p99).")
+@click.option("--peers", is_flag=True,
+              help="Also run the plain tools on the same model (bare ONNX Runtime session, OpenVINO default "
+                   "config, open_clip eager), alternated call by call with ours; adds the lead ratios.")
 @click.option("--end-to-end", "end_to_end", type=click.Path(exists=True, file_okay=False), default=None,
               help="Image folder: also time files -> predictions through the pipelined path.")
 @click.option("--agreement-images", type=click.Path(exists=True, file_okay=False), default=None,
@@ -45,16 +53,19 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> list[in
 @click.option("--compile-mode", default=None,
               help="torch.compile mode for torch-compile (e.g. reduce-overhead: CUDA graphs on a GPU).")
 @click.option("--quiet", is_flag=True, help="No progress bar and no table.")
-def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agreement_images, json_path, plot_path, record,
+def bench(bundle, backends, batch_sizes, threads, warmup, iters, budget, min_iters, peers, end_to_end, agreement_images, json_path, plot_path, record,
           openvino_precision, no_ceiling, device, compile_mode, quiet):
     """Benchmark backends on BUNDLE: p50/p90/p99 latency, images/s, peak RSS, speed-up vs torch,
     GFLOP/s and top-1 agreement vs fp32, with the backends interleaved round by round. Each row's
     GFLOP/s is also given as a fraction of its library's measured large-GEMM ceiling at its precision.
+    Rates, ratios and fractions use process CPU time (they hold on a busy machine); the machine's load
+    average is recorded with every row.
 
     \b
     Example:
       clap-edge bench my-bundle --backends torch,onnxruntime,onnxruntime-int8,openvino \\
           --batch-sizes 1,8,32 --threads 1 --json bench.json --plot bench.png
+      clap-edge bench my-bundle --backends onnxruntime,openvino --peers --batch-sizes 1 --min-iters 50
     """
     from clap_edge.export.bundle import Bundle
     from clap_edge.apps.bench import BenchConfig, preprocess_folder, record_bench, run_bench
@@ -71,7 +82,7 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, end_to_end, agr
         options.update({spec: {"mode": compile_mode} for spec in (names or ["torch-compile"])
                         if spec.split(":")[0] == "torch-compile"})
     cfg = BenchConfig(bundle=bundle, backends=names, batch_sizes=batch_sizes, threads=threads, warmup=warmup,
-                      iters=iters, end_to_end=end_to_end, backend_options=options, ceiling=not no_ceiling, device=device,
+                      iters=iters, budget_s=budget, min_iters=min_iters, peers=peers, end_to_end=end_to_end, backend_options=options, ceiling=not no_ceiling, device=device,
                       agreement=preprocess_folder(Bundle.open(bundle), agreement_images) if agreement_images else None)
     report = run_bench(cfg, progress=not quiet)
     if not report["results"]:
@@ -98,30 +109,50 @@ def _print_table(report: dict) -> None:
     from clap_edge.apps.console import stdout_console
 
     env = report["env"]
-    table = Table(title=f"{env['bundle']['model_name']} on {env['cpu_model']} ({env['threads']} thread(s))",
-                  caption=_caption(report), caption_justify="left")
-    columns = ["backend", "precision", "mode", "batch", "p50 ms", "p99 ms", "images/s", "x torch", "GFLOP/s",
-               "ceiling", "of ceil.", "RSS MB", "agree %|e2e"]
+    load = env.get("load_average_before"), env.get("load_average_after")
+    table = Table(title=f"{env['bundle']['model_name']} on {env['cpu_model']} ({env['threads']} thread(s)), "
+                        f"load {_load(load[0])} -> {_load(load[1])}; x base: {env.get('speedup_baseline') or '-'}")
+    columns = ["backend", "precision", "mode", "batch", "n", "p50 ms", "p99 ms", "cpu ms", "img/cpu-s", "x base",
+               "x peer", "GF/cpu-s", "ceiling", "of ceil.", "of peak", "load", "RSS MB", "top-1|e2e"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("backend", "precision", "mode") else "right")
     for r in report["results"]:
-        table.add_row(r["backend"], str(r.get("precision", "")), r["mode"], str(r["batch_size"]), _f(r.get("p50_ms")),
-                      _f(r.get("p99_ms")), _f(r["images_per_s"]), _f(r.get("speedup_vs_torch")),
-                      _f(r.get("gflops_per_s")), _f(r.get("ceiling_gflops_per_s")),
-                      "-" if r.get("fraction_of_ceiling") is None else f"{r['fraction_of_ceiling']:.0%}",
+        model = r["mode"] == "model"
+        table.add_row(r["backend"], str(r.get("precision", "")), r["mode"], str(r["batch_size"]), _f(r.get("iters")),
+                      _f(r.get("p50_ms")), _f(r.get("p99_ms")), _f(r.get("cpu_p50_ms")),
+                      _f(r.get("images_per_cpu_s") if model else r["images_per_s"]), _f(r.get("speedup_vs_torch")),
+                      _f(r.get("vs_best_peer")), _f(r.get("gflops_per_cpu_s")), _f(r.get("ceiling_gflops_per_s")),
+                      _fraction(r), _pct(r.get("fraction_of_peak")),
+                      "-" if not r.get("load_1min") else "{:.1f}-{:.1f}".format(*r["load_1min"]),
                       _f(r.get("peak_rss_mb")),
-                      _pct(r.get("top1_agreement_vs_fp32")) if r["mode"] == "model" else
-                      _f(r.get("fraction_of_model_only")))
-    stdout_console(min_width=130).print(table)
+                      _agree_pct(r.get("top1_agreement_vs_fp32")) if model else _f(r.get("fraction_of_model_only")))
+    stdout_console(min_width=170).print(table)
+    for batch, lead in (report.get("lead") or {}).items():
+        click.echo(f"batch {batch}: best clap-edge {lead['best_clap_edge']} / best peer {lead['best_peer']} = "
+                   f"{lead['ratio']:.2f}x (images per CPU-second)", err=True)
     for name, error in report.get("errors", {}).items():
         click.secho(f"{name}: {error.splitlines()[0]}", fg="yellow", err=True)
+
+
+def _fraction(r: dict) -> str:
+    if r.get("fraction_flag"):
+        return f"noise ({r['fraction_of_ceiling_raw']:.2f})"
+    return _pct(r.get("fraction_of_ceiling"))
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _load(value) -> str:
+    return f"{value[0]:.1f}" if value else "?"
 
 
 def _f(value) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def _pct(fraction) -> str:
+def _agree_pct(fraction) -> str:
     return "-" if fraction is None else f"{100 * fraction:.1f}"
 
 
@@ -148,10 +179,10 @@ def _caption(report: dict) -> str:
     rows = [r for r in report["results"] if r["mode"] == "model"]
     n = next((r.get("agreement_n_images") for r in rows if r.get("agreement_n_images")), None)
     reference = next((r.get("agreement_reference") for r in rows if r.get("agreement_reference")), "fp32")
-    lines = [f"agree %: images whose top-1 class equals {reference}'s (fp32), of {n} (the bundle's calibration "
+    lines = [f"top-1 (%): images whose top-1 class equals {reference}'s (fp32), of {n} (the bundle's calibration "
              "batch, or --agreement-images); a small n, not a test-set accuracy" if n else
-             "agree %: not measured (no calibration batch in the bundle and no --agreement-images)",
-             "e2e rows: end-to-end images/s as a fraction of model-only"]
+             "top-1 (%): not measured (no calibration batch in the bundle and no --agreement-images)",
+             "e2e rows (top-1|e2e column): end-to-end images/s as a fraction of model-only"]
     reasons = {f"{r['backend']} ({r.get('precision')})": ceiling_reason(r, report["env"]) for r in rows}
     lines += [f"ceiling - for {name}: {why}" for name, why in reasons.items() if why]
     return "\n".join(lines)
