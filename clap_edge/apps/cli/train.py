@@ -97,6 +97,7 @@ def train(ctx, method, model_name, pretrained, classes, out, steps, batch_size, 
     check_output_file(out)
     if cache_dir:
         check_output_dir(cache_dir, "--cache-dir")
+    _check_classes(method, classes)
     note(f"loading {model_name} ({pretrained or 'random init'}) with open_clip ...", enabled=not as_json)
     from clap_edge.models import load_model
     from clap_edge.train import result_summary
@@ -170,6 +171,16 @@ def _imaug_run(classes, images, tau_image, crop_scale, color_jitter, mask, persp
         config.progress = progress
         return train_imaug_head(loaded, data, config)
     return run
+
+
+def _check_classes(method: str, classes: str | None) -> None:
+    """The class list is read (and refused) before the slow imports; the run reads it again, which is cheap."""
+    from clap_edge.prompts import load_class_names
+
+    if classes is None and method == "clap":
+        raise click.UsageError("--classes is required with --method clap")
+    if classes is not None:
+        load_class_names(classes)
 
 
 def _numbers(text: str, option: str, count: int, ints: tuple[int, ...] = ()) -> tuple:
