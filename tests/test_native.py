@@ -142,6 +142,9 @@ def test_native_bench_rows_have_the_python_bench_fields(native_tools, runtime_bu
     for row in e2e:
         assert row["failed"] > 0  # the broken file is counted, the rest classified
         assert row["images_per_s"] > 0 and row["fraction_of_model_only"] > 0
+        # paired: the same batches through the model alone, and the CPU time of both
+        assert row["n_images"] == 3 * row["batch_size"] and row["model_ms_per_batch"] > 0
+        assert row["cpu_ms_per_batch"] > 0 and row["model_cpu_ms_per_batch"] >= 0
     assert report["env"]["cpu_model"]
 
 
