@@ -8,6 +8,7 @@ before the CTest step) really compares the two runtimes; where they are missing 
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -141,6 +142,9 @@ def test_native_bench_rows_have_the_python_bench_fields(native_tools, runtime_bu
     for row in e2e:
         assert row["failed"] > 0  # the broken file is counted, the rest classified
         assert row["images_per_s"] > 0 and row["fraction_of_model_only"] > 0
+        # paired: the same batches through the model alone, and the CPU time of both
+        assert row["n_images"] == 3 * row["batch_size"] and row["model_ms_per_batch"] > 0
+        assert row["cpu_ms_per_batch"] > 0 and row["model_cpu_ms_per_batch"] >= 0
     assert report["env"]["cpu_model"]
 
 
@@ -173,3 +177,90 @@ def test_native_and_python_agree_on_every_conformance_case(native_tools, tmp_pat
             disagree.append(f"{case['id']}: " + "; ".join(why))
     assert len(cases) >= 100
     assert not disagree, f"{len(disagree)} of {len(cases)} cases disagree:\n" + "\n".join(disagree)
+
+
+# ---- the relocatable package (CPack tarball): runs with an empty environment, and a project links it ----
+
+GLIBC_AND_COMPILER_LIBS = {"libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "libstdc++.so.6",
+                           "libgcc_s.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "linux-vdso.so.1"}
+
+
+@pytest.fixture(scope="module")
+def package(native_tools, tmp_path_factory) -> Path:
+    """`cpack` in the tools' build dir, the tarball unpacked into a fresh folder; returns the package root."""
+    build = native_tools["clap-edge-classify"].parents[2]
+    out = tmp_path_factory.mktemp("cpack")
+    made = _run(["cpack", "-G", "TGZ", "-B", out], cwd=build)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    tarballs = list(out.glob("clap-edge-native-*-linux-*.tar.gz"))
+    assert len(tarballs) == 1, list(out.iterdir())
+    unpacked = tmp_path_factory.mktemp("unpacked")
+    subprocess.run(["tar", "xzf", tarballs[0], "-C", unpacked], check=True)
+    (root,) = unpacked.iterdir()
+    return root
+
+
+def _elf_files(root: Path) -> list[Path]:
+    return [p for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()
+            and p.read_bytes()[:4] == b"\x7fELF"]
+
+
+def test_package_libraries_resolve_inside_it(package):
+    """Every ELF file's libraries resolve inside the package or to glibc / libstdc++ / libgcc, its RUNPATH
+    is $ORIGIN-relative only (no path of the build machine or of a virtual environment), and it holds
+    exactly the OpenVINO parts the CPU device loads."""
+    elves = _elf_files(package)
+    assert {p.name for p in (package / "bin").iterdir()} >= {"clap-edge-classify", "clap-edge-bench"}
+    for elf in elves:
+        ldd = subprocess.run(["ldd", elf], capture_output=True, text=True, env={})
+        assert ldd.returncode == 0 and "not found" not in ldd.stdout, (elf, ldd.stdout)
+        for line in ldd.stdout.splitlines():
+            name, _, where = line.strip().partition(" => ")
+            if "statically linked" in line or not where:
+                assert name.split()[0].rsplit("/", 1)[-1] in GLIBC_AND_COMPILER_LIBS, (elf, line)
+                continue
+            path = where.split(" (")[0]
+            assert path.startswith(str(package)) or name in GLIBC_AND_COMPILER_LIBS, (elf.name, line)
+        dyn = subprocess.run(["readelf", "-d", elf], capture_output=True, text=True).stdout
+        for entry in re.findall(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[(.*)\]", dyn):
+            assert all(p.startswith("$ORIGIN") for p in entry.split(":")), (elf.name, entry)
+    parts = sorted(re.sub(r"\.so.*", "", p.name) for p in (package / "lib").glob("libopenvino_*"))
+    assert parts == ["libopenvino_intel_cpu_plugin", "libopenvino_ir_frontend", "libopenvino_onnx_frontend"], parts
+
+
+def test_package_tools_run_with_an_empty_environment(package, runtime_bundle, images):
+    """bin/clap-edge-classify under `env -i` (no PATH, no LD_LIBRARY_PATH, no virtual environment) gives the
+    Python runtime's answers on the same bundle and images."""
+    pngs = sorted(str(p) for p in images.glob("*.png"))
+    native = subprocess.run(["env", "-i", package / "bin" / "clap-edge-classify", runtime_bundle, *pngs, "--json",
+                             "--top-k", "3", "--precision", "fp32"], capture_output=True, text=True, timeout=300)
+    python = _run([*CLI, "classify", runtime_bundle, *pngs, "--json", "--top-k", "3", "--backend", "onnxruntime"])
+    assert native.returncode == python.returncode == 0, native.stderr + python.stderr
+    n_lines = [json.loads(line) for line in native.stdout.splitlines()]
+    p_lines = [json.loads(line) for line in python.stdout.splitlines()]
+    assert [r["path"] for r in n_lines] == [r["path"] for r in p_lines] == pngs
+    for n, p in zip(n_lines, p_lines):
+        assert n["labels"] == p["labels"] and np.allclose(n["scores"], p["scores"], atol=2e-3), (n, p)
+    help_ = subprocess.run(["env", "-i", package / "bin" / "clap-edge-bench", "--help"], capture_output=True, text=True)
+    assert help_.returncode == 0 and "Usage: clap-edge-bench" in help_.stdout
+
+
+def test_package_links_into_a_consumer_project(package, runtime_bundle, images, tmp_path):
+    """A CMake project (tests/cpp/consumer: a C++ and a C program) finds the unpacked package with
+    find_package(clap_edge), builds, and runs under `env -i` with the Python runtime's top label."""
+    build = tmp_path / "build"
+    for cmd in (["cmake", "-S", ROOT / "tests" / "cpp" / "consumer", "-B", build, "-G", "Ninja",
+                 "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_PREFIX_PATH={package}"],
+                ["cmake", "--build", build, "-j2"]):
+        done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "OpenVINO_DIR"})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    image = images / "rgb_97x131.png"
+    python = _run([*CLI, "classify", runtime_bundle, image, "--json", "--top-k", "1", "--backend", "onnxruntime"])
+    top = json.loads(python.stdout)["labels"][0]
+    cpp = subprocess.run(["env", "-i", build / "consumer", runtime_bundle, image], capture_output=True, text=True)
+    assert cpp.returncode == 0 and cpp.stdout == f"{top}\n", cpp.stdout + cpp.stderr
+    c = subprocess.run(["env", "-i", build / "classify_c", runtime_bundle, image, image.with_name("nope.png")],
+                       capture_output=True, text=True)
+    assert c.returncode == 1, c.stdout + c.stderr  # one image classified, one missing
+    assert f"{image}\t{top} " in c.stdout and "nope.png\terror 3: " in c.stdout, c.stdout

@@ -21,7 +21,7 @@ from typing import Any
 
 from clap_edge.core.classnames import describe_duplicate, nfc_duplicate
 from clap_edge.core.preprocess import PreprocessCfg
-from clap_edge.export.bundle.textrules import file_name_problem, name_problem
+from clap_edge.export.bundle.textrules import escape_controls, file_name_problem, name_problem
 from clap_edge.export.bundle.names import (CLASSES_FILE, INPUT_IMAGE, META_FILES, MIN_SCHEMA_VERSION,
                                              OUTPUT_EMBEDDING, OUTPUT_LOGITS, REEXPORT_HINT, SCHEMA_VERSION,
                                              VARIANT_FILES)
@@ -51,7 +51,8 @@ class ManifestFieldError(ValueError):
     """A manifest field is wrong: ``field`` is its JSON path (e.g. ``preprocess.std[1]``)."""
 
     def __init__(self, path: str, problem: str):
-        super().__init__(f"manifest field {path}: {problem}" if path else f"manifest: {problem}")
+        shown = escape_controls(path)  # the path holds the manifest's own keys: one line whatever they hold
+        super().__init__(f"manifest field {shown}: {problem}" if path else f"manifest: {problem}")
         self.field, self.problem = path, problem
 
 

@@ -69,6 +69,28 @@ def name_problem(s: str, max_chars: int) -> str | None:
     return None
 
 
+def escape_controls(s: str) -> str:
+    """``s`` with its control characters escaped as repr() escapes them (quotes and backslashes left as they are).
+
+    Field paths hold the manifest's own keys: a key with a newline must not make an error two lines. The C++ twin is
+    ``escape_controls`` in runtime/cpp/src/manifest.cpp; both escape exactly C0, DEL..NBSP, soft hyphen, U+2028/9
+    and surrogates.
+    """
+    return "".join(_ESCAPES.get(c) or _escape_one(c) for c in s)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(c: str) -> str:
+    cp = ord(c)
+    if cp < 0x20 or 0x7F <= cp <= 0xA0 or cp == 0xAD:
+        return f"\\x{cp:02x}"
+    if cp in (0x2028, 0x2029) or 0xD800 <= cp <= 0xDFFF:
+        return f"\\u{cp:04x}"
+    return c
+
+
 def file_name_problem(name: str) -> str | None:
     if not name or len(name) > 255:
         return "must have 1..255 characters"

@@ -189,8 +189,17 @@ TEST(Engines, SidecarParsingAndSelection) {
   a.name = "a"; b.name = "b"; c.name = "c"; d.name = "d";
   const std::vector<EngineInfo> all{b, c, d, a};
   std::string why;
-  EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.3.1", "auto", &why)->name, "a");  // fp16 first
-  EXPECT_EQ(select_engine(all, "nvidia h100 80gb hbm3", "10.3.0", "int8", &why)->name, "b");
+  EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.3.0", "auto", &why)->name, "a");  // fp16 first
+  EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.3.0", "int8", &why)->name, "b");
+  // as the Python selection: another patch release or another spelling of the GPU is another build target
+  EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.3.1", "auto", &why), nullptr);
+  EXPECT_EQ(select_engine(all, "nvidia h100 80gb hbm3", "10.3.0", "int8", &why), nullptr);
+  EXPECT_EQ(select_engine(all, "NVIDIA H100 80GB HBM3", "10.3.0+cuda12", "auto", &why)->name, "a");
+  EXPECT_THROW(cuda_device_index("1abc"), Error);
+  EXPECT_THROW(cuda_device_index("-1"), Error);
+  EXPECT_THROW(cuda_device_index("99999999999"), Error);
+  EXPECT_EQ(cuda_device_index("CPU"), 0);
+  EXPECT_EQ(cuda_device_index("3"), 3);
   EXPECT_EQ(select_engine(all, "NVIDIA L4", "10.3.0", "auto", &why)->name, "c");
   EXPECT_EQ(select_engine(all, "NVIDIA A100", "10.3.0", "auto", &why), nullptr);
   EXPECT_NE(why.find("built for NVIDIA H100"), std::string::npos) << why;

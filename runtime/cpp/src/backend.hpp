@@ -21,5 +21,7 @@ class Backend {
 std::unique_ptr<Backend> make_openvino_backend(const Bundle& bundle, const Options& options);
 bool tensorrt_available();  // compiled with TensorRT
 std::unique_ptr<Backend> make_tensorrt_backend(const Bundle& bundle, const Options& options);
+// What backend "auto" resolves to on this machine (engines.hpp auto_backend with this GPU and TensorRT).
+std::string auto_backend_here(const Bundle& bundle, const Options& options);
 
 }  // namespace clap_edge

@@ -11,6 +11,7 @@
 
 #include <iostream>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace clap_edge {
@@ -31,12 +32,21 @@ std::string trt_version() {
   return std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." + std::to_string(v % 100);
 }
 
+// One execution context with its stream and device buffers: owns raw CUDA handles, so it is move-only (a copy
+// would free them twice).
 struct Context {
   std::unique_ptr<nvinfer1::IExecutionContext> ctx;
   cudaStream_t stream = nullptr;
   void* d_input = nullptr;
   void* d_logits = nullptr;
   void* d_embedding = nullptr;
+  Context() = default;
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  Context(Context&& o) noexcept
+      : ctx(std::move(o.ctx)), stream(std::exchange(o.stream, nullptr)), d_input(std::exchange(o.d_input, nullptr)),
+        d_logits(std::exchange(o.d_logits, nullptr)), d_embedding(std::exchange(o.d_embedding, nullptr)) {}
+  Context& operator=(Context&&) = delete;
   ~Context() {
     cudaFree(d_input);
     cudaFree(d_logits);
@@ -49,25 +59,12 @@ class TensorRTBackend : public Backend {
  public:
   TensorRTBackend(const Bundle& bundle, const Options& options) {
     const Manifest& m = bundle.manifest();
-    device_ = options.device == "CPU" ? 0 : std::stoi(options.device);
+    device_ = cuda_device_index(options.device);
     cuda_check(cudaSetDevice(device_), "cudaSetDevice");
     cudaDeviceProp prop{};
     cuda_check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties");
-    std::vector<EngineInfo> infos;
     std::string refused;  // stale or swapped engines: never run, on any GPU (as the Python selection)
-    for (const auto& e : m.engines) {
-      if (e.sidecar.empty()) continue;
-      const std::vector<char> text = bundle.read_file(e.sidecar);
-      EngineInfo info = parse_engine_sidecar(std::string(text.begin(), text.end()), bundle.root() + "/" + e.sidecar);
-      info.name = e.name;
-      info.file = e.file;
-      const std::string why = engine_unusable_reason(m, info, bundle.root());
-      if (!why.empty()) {
-        refused += (refused.empty() ? std::string() : std::string("; ")) + e.file + ": " + why;
-        continue;
-      }
-      infos.push_back(info);
-    }
+    const std::vector<EngineInfo> infos = runnable_tensorrt_engines(bundle, &refused);
     std::string why_not;
     const EngineInfo* chosen = select_engine(infos, prop.name, trt_version(), options.precision, &why_not);
     if (!chosen && !refused.empty()) why_not = infos.empty() ? refused : refused + "; " + why_not;
@@ -90,6 +87,8 @@ class TensorRTBackend : public Backend {
   std::string library_version() const override { return trt_version(); }
 
   BatchOutput infer(const float* batch, int64_t n, int height, int width) override {
+    // The CUDA device is per host thread: a caller's thread may never have selected ours (or another one).
+    cuda_check(cudaSetDevice(device_), "cudaSetDevice");
     std::unique_ptr<Context> c = acquire();
     BatchOutput out;
     out.n = n;
@@ -171,6 +170,20 @@ class TensorRTBackend : public Backend {
 
 bool tensorrt_available() { return true; }
 
+std::string auto_backend_here(const Bundle& bundle, const Options& options) {
+  int device = 0, count = 0;
+  try {
+    device = cuda_device_index(options.device);
+  } catch (const Error&) {
+    return "openvino";  // not a CUDA device: OpenVINO's (e.g. "GPU")
+  }
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device >= count ||
+      cudaGetDeviceProperties(&prop, device) != cudaSuccess)
+    return "openvino";
+  return auto_backend(bundle, true, prop.name, trt_version(), options.precision);
+}
+
 std::unique_ptr<Backend> make_tensorrt_backend(const Bundle& bundle, const Options& options) {
   return std::make_unique<TensorRTBackend>(bundle, options);
 }
@@ -182,6 +195,10 @@ std::unique_ptr<Backend> make_tensorrt_backend(const Bundle& bundle, const Optio
 namespace clap_edge {
 
 bool tensorrt_available() { return false; }
+
+std::string auto_backend_here(const Bundle& bundle, const Options& options) {
+  return auto_backend(bundle, false, "", "", options.precision);
+}
 
 std::unique_ptr<Backend> make_tensorrt_backend(const Bundle&, const Options&) {
   throw Error("backend 'tensorrt' is not in this build: TensorRT was not found when it was configured "

@@ -59,7 +59,7 @@ Classifier Classifier::open(const std::string& bundle_dir, const std::string& ba
   const int draft = kDraftOversample * std::max(s.cfg.height, s.cfg.width);
   s.decode.draft_width = s.decode.draft_height = draft;
   std::string name = backend;
-  if (name == "auto") name = tensorrt_available() && !m.engines.empty() ? "tensorrt" : "openvino";
+  if (name == "auto") name = auto_backend_here(*s.bundle, options);
   if (name == "openvino") s.backend = make_openvino_backend(*s.bundle, options);
   else if (name == "tensorrt") s.backend = make_tensorrt_backend(*s.bundle, options);
   else throw Error("unknown backend '" + backend + "' (this build has: openvino" +

@@ -20,6 +20,7 @@
 
 #include "clap_edge/errors.hpp"
 #include "clap_edge/image.hpp"
+#include "decode.hpp"
 #include "exif.hpp"
 
 extern "C" {
@@ -151,65 +152,93 @@ int draft_scale(int w, int h, int draft_w, int draft_h) {
   return 1;
 }
 
-Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& data, const DecodeOptions& opt, int* orientation) {
-  jpeg_decompress_struct cinfo {};
+// Everything a libjpeg decode touches lives here, outside the frame that calls setjmp (which only holds a
+// pointer to it): after a longjmp no local of that frame has changed since setjmp, so none is indeterminate,
+// and the destructor frees libjpeg's state and the pixels whichever way the decode ends.
+struct JpegJob {
+  jpeg_decompress_struct cinfo{};
   JpegError err;
-  cinfo.err = jpeg_std_error(&err.pub);
-  err.pub.error_exit = jpeg_error_exit;
-  err.pub.emit_message = jpeg_emit_message;
+  bool created = false;
   Image raw;
-  if (setjmp(err.jump)) {
-    jpeg_destroy_decompress(&cinfo);
-    fail(path, std::string("cannot decode image: ") + err.message);
+  int orientation = 1;
+  // a problem found between libjpeg calls (not by libjpeg): reported after the libjpeg steps return
+  enum { kNone, kHeaderTooLarge, kTooLarge, kLayout } problem = kNone;
+  int64_t w = 0, h = 0;
+  ~JpegJob() {
+    if (created) jpeg_destroy_decompress(&cinfo);
   }
-  jpeg_create_decompress(&cinfo);
-  jpeg_mem_src(&cinfo, data.data(), static_cast<unsigned long>(data.size()));
-  jpeg_save_markers(&cinfo, JPEG_APP0 + 1, 0xFFFF);
-  jpeg_read_header(&cinfo, TRUE);
-  if (opt.max_pixels > 0 && int64_t(cinfo.image_width) * cinfo.image_height > 2 * opt.max_pixels) {
-    const int64_t w = cinfo.image_width, h = cinfo.image_height;
-    jpeg_destroy_decompress(&cinfo);
-    check_header(path, w, h, opt.max_pixels);
+};
+
+// The libjpeg calls; false when libjpeg aborted (job->err.message says why). No C++ object is created in
+// this frame, so the longjmp skips no destructor.
+bool run_jpeg(JpegJob* job, const uint8_t* data, size_t size, const DecodeOptions* opt) {
+  job->cinfo.err = jpeg_std_error(&job->err.pub);
+  job->err.pub.error_exit = jpeg_error_exit;
+  job->err.pub.emit_message = jpeg_emit_message;
+  if (setjmp(job->err.jump)) return false;
+  jpeg_create_decompress(&job->cinfo);
+  job->created = true;
+  j_decompress_ptr c = &job->cinfo;  // not modified after setjmp
+  jpeg_mem_src(c, data, static_cast<unsigned long>(size));
+  jpeg_save_markers(c, JPEG_APP0 + 1, 0xFFFF);
+  jpeg_read_header(c, TRUE);
+  job->w = c->image_width;
+  job->h = c->image_height;
+  if (opt->max_pixels > 0 && job->w * job->h > 2 * opt->max_pixels) {
+    job->problem = JpegJob::kHeaderTooLarge;
+    return true;
   }
-  *orientation = 1;
-  for (jpeg_saved_marker_ptr m = cinfo.marker_list; m; m = m->next) {
+  for (jpeg_saved_marker_ptr m = c->marker_list; m; m = m->next) {
     if (m->marker == JPEG_APP0 + 1 && m->data_length > 6 && std::memcmp(m->data, "Exif\0\0", 6) == 0) {
-      *orientation = exif_orientation(m->data + 6, m->data_length - 6);
+      job->orientation = exif_orientation(m->data + 6, m->data_length - 6);
       break;
     }
   }
-  int channels;
-  switch (cinfo.num_components) {
-    case 1: cinfo.out_color_space = JCS_GRAYSCALE; channels = 1; break;
-    case 3: cinfo.out_color_space = JCS_RGB; channels = 3; break;
-    case 4: cinfo.out_color_space = JCS_CMYK; channels = 4; break;
-    default: jpeg_destroy_decompress(&cinfo); fail(path, "cannot decode image: unsupported JPEG colour layout");
+  switch (c->num_components) {
+    case 1: c->out_color_space = JCS_GRAYSCALE; break;
+    case 3: c->out_color_space = JCS_RGB; break;
+    case 4: c->out_color_space = JCS_CMYK; break;
+    default: job->problem = JpegJob::kLayout; return true;
   }
   // The draft size is in the displayed frame; a 90-degree EXIF rotation swaps it into the stored frame.
-  int dw = opt.draft_width, dh = opt.draft_height;
-  if (*orientation >= 5 && *orientation <= 8) std::swap(dw, dh);
-  const int scale = draft_scale(int(cinfo.image_width), int(cinfo.image_height), dw, dh);
+  const bool rotated = job->orientation >= 5 && job->orientation <= 8;
+  const int scale = draft_scale(int(c->image_width), int(c->image_height), rotated ? opt->draft_height : opt->draft_width,
+                                rotated ? opt->draft_width : opt->draft_height);
   if (scale > 1) {
-    cinfo.scale_num = 1;
-    cinfo.scale_denom = scale;
+    c->scale_num = 1;
+    c->scale_denom = unsigned(scale);
   }
-  jpeg_calc_output_dimensions(&cinfo);
-  if (opt.max_pixels > 0 && int64_t(cinfo.output_width) * cinfo.output_height > opt.max_pixels) {
-    const auto w = cinfo.output_width, h = cinfo.output_height;
-    jpeg_destroy_decompress(&cinfo);
-    check_pixels(path, w, h, opt.max_pixels);
+  jpeg_calc_output_dimensions(c);
+  job->w = c->output_width;
+  job->h = c->output_height;
+  if (opt->max_pixels > 0 && job->w * job->h > opt->max_pixels) {
+    job->problem = JpegJob::kTooLarge;
+    return true;
   }
-  jpeg_start_decompress(&cinfo);
-  raw = Image(int(cinfo.output_width), int(cinfo.output_height), channels);
-  while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = raw.row(int(cinfo.output_scanline));
-    jpeg_read_scanlines(&cinfo, &row, 1);
-    if (err.truncated) break;
+  jpeg_start_decompress(c);
+  job->raw = Image(int(c->output_width), int(c->output_height), c->out_color_components);
+  while (c->output_scanline < c->output_height) {
+    JSAMPROW row = job->raw.row(int(c->output_scanline));
+    jpeg_read_scanlines(c, &row, 1);
+    if (job->err.truncated) return true;
   }
-  if (!err.truncated) jpeg_finish_decompress(&cinfo);
-  jpeg_destroy_decompress(&cinfo);
-  if (err.truncated) fail(path, "cannot decode image: image file is truncated");
-  if (channels == 4) {
+  jpeg_finish_decompress(c);
+  return true;
+}
+
+Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& data, const DecodeOptions& opt, int* orientation) {
+  const auto job = std::make_unique<JpegJob>();
+  if (!run_jpeg(job.get(), data.data(), data.size(), &opt)) fail(path, std::string("cannot decode image: ") + job->err.message);
+  switch (job->problem) {
+    case JpegJob::kHeaderTooLarge: check_header(path, job->w, job->h, opt.max_pixels); break;
+    case JpegJob::kTooLarge: check_pixels(path, job->w, job->h, opt.max_pixels); break;
+    case JpegJob::kLayout: fail(path, "cannot decode image: unsupported JPEG colour layout");
+    case JpegJob::kNone: break;
+  }
+  if (job->err.truncated) fail(path, "cannot decode image: image file is truncated");
+  *orientation = job->orientation;
+  const Image& raw = job->raw;
+  if (raw.channels == 4) {
     // CMYK;I: Pillow inverts the stored samples (Adobe convention), then cmyk2rgb: nk - c * nk / 255.
     Image rgb(raw.width, raw.height, 3);
     const size_t n = size_t(raw.width) * raw.height;
@@ -223,12 +252,12 @@ Image decode_jpeg(const std::string& path, const std::vector<uint8_t>& data, con
     }
     return rgb;
   }
-  if (channels == 1) {  // L -> RGB: Pillow replicates the grey level
+  if (raw.channels == 1) {  // L -> RGB: Pillow replicates the grey level
     Image rgb(raw.width, raw.height, 3);
     for (size_t i = 0; i < raw.pixels.size(); ++i) rgb.pixels[3 * i] = rgb.pixels[3 * i + 1] = rgb.pixels[3 * i + 2] = raw.pixels[i];
     return rgb;
   }
-  return raw;
+  return std::move(job->raw);
 }
 
 // ---- PNG -------------------------------------------------------------------------------------------
@@ -240,7 +269,7 @@ struct PngReader {
 
 void png_read_mem(png_structp png, png_bytep out, png_size_t n) {
   auto* r = static_cast<PngReader*>(png_get_io_ptr(png));
-  if (r->pos + n > r->data->size()) png_error(png, "image file is truncated");
+  if (n > r->data->size() - r->pos) png_error(png, "image file is truncated");
   std::memcpy(out, r->data->data() + r->pos, n);
   r->pos += n;
 }
@@ -253,66 +282,85 @@ void png_error_fn(png_structp png, png_const_charp msg) {
 
 void png_warning_fn(png_structp, png_const_charp) {}
 
-Image decode_png(const std::string& path, const std::vector<uint8_t>& data, const DecodeOptions& opt, int* orientation) {
+// As JpegJob: the state of one libpng decode, outside the frame that calls setjmp.
+struct PngJob {
   std::string message;
-  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &message, png_error_fn, png_warning_fn);
-  png_infop info = png ? png_create_info_struct(png) : nullptr;
-  if (!png || !info) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    fail(path, "cannot decode image: out of memory");
-  }
-  PngReader reader{&data};
+  png_structp png = nullptr;
+  png_infop info = nullptr;
+  PngReader reader;
   std::vector<uint8_t> buffer;
   std::vector<png_bytep> rows;
   png_uint_32 w = 0, h = 0;
   int depth = 0, color = 0, channels = 0;
   bool grey16 = false;
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    fail(path, "cannot decode image: " + message);
-  }
-  png_set_read_fn(png, &reader, png_read_mem);
+  int orientation = 1;
+  enum { kNone, kHeaderTooLarge, kTooLarge } problem = kNone;
+  ~PngJob() { png_destroy_read_struct(&png, &info, nullptr); }
+};
+
+bool run_png(PngJob* job, const DecodeOptions* opt) {
+  if (setjmp(png_jmpbuf(job->png))) return false;
+  png_structp png = job->png;  // not modified after setjmp
+  png_infop info = job->info;
+  png_set_read_fn(png, &job->reader, png_read_mem);
   png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+  // No chunk can hold more bytes than the file: a chunk claiming more (fuzzing found a 940-byte PNG whose eXIf
+  // chunk claims 2 GB) is refused before libpng allocates it, and ends as the truncated file it is.
+  png_set_chunk_malloc_max(png, job->reader.data->size() + 1);
   png_read_info(png, info);
-  png_get_IHDR(png, info, &w, &h, &depth, &color, nullptr, nullptr, nullptr);
-  if (opt.max_pixels > 0 && int64_t(w) * h > 2 * opt.max_pixels) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    check_header(path, w, h, opt.max_pixels);
+  png_get_IHDR(png, info, &job->w, &job->h, &job->depth, &job->color, nullptr, nullptr, nullptr);
+  const int64_t pixels = int64_t(job->w) * job->h;
+  if (opt->max_pixels > 0 && pixels > 2 * opt->max_pixels) {
+    job->problem = PngJob::kHeaderTooLarge;
+    return true;
   }
-  if (opt.max_pixels > 0 && int64_t(w) * h > opt.max_pixels) {
-    png_destroy_read_struct(&png, &info, nullptr);
-    check_pixels(path, w, h, opt.max_pixels);
+  if (opt->max_pixels > 0 && pixels > opt->max_pixels) {
+    job->problem = PngJob::kTooLarge;
+    return true;
   }
-  const bool has_trns = png_get_valid(png, info, PNG_INFO_tRNS) != 0;
-  if (color == PNG_COLOR_TYPE_PALETTE) {
+  if (job->color == PNG_COLOR_TYPE_PALETTE) {
     png_set_palette_to_rgb(png);
-    if (has_trns) png_set_tRNS_to_alpha(png);  // Pillow: P with transparency -> RGBA -> composited
-  } else if (color == PNG_COLOR_TYPE_GRAY && depth < 8) {
+    // Pillow: P with transparency -> RGBA -> composited
+    if (png_get_valid(png, info, PNG_INFO_tRNS) != 0) png_set_tRNS_to_alpha(png);
+  } else if (job->color == PNG_COLOR_TYPE_GRAY && job->depth < 8) {
     png_set_expand_gray_1_2_4_to_8(png);
   }
   // Pillow keeps 16-bit grey as I;16 (scaled later); every other 16-bit layout keeps the high byte.
-  grey16 = depth == 16 && color == PNG_COLOR_TYPE_GRAY;
-  if (depth == 16 && !grey16) png_set_strip_16(png);
+  job->grey16 = job->depth == 16 && job->color == PNG_COLOR_TYPE_GRAY;
+  if (job->depth == 16 && !job->grey16) png_set_strip_16(png);
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
-  channels = png_get_channels(png, info);
+  job->channels = png_get_channels(png, info);
   const size_t rowbytes = png_get_rowbytes(png, info);
-  buffer.resize(rowbytes * h);
-  rows.resize(h);
-  for (png_uint_32 y = 0; y < h; ++y) rows[y] = buffer.data() + y * rowbytes;
-  png_read_image(png, rows.data());
+  job->buffer.resize(rowbytes * job->h);
+  job->rows.resize(job->h);
+  for (png_uint_32 y = 0; y < job->h; ++y) job->rows[y] = job->buffer.data() + y * rowbytes;
+  png_read_image(png, job->rows.data());
   png_read_end(png, info);
-  *orientation = 1;
 #ifdef PNG_eXIf_SUPPORTED
   png_bytep exif = nullptr;
   png_uint_32 exif_len = 0;
-  if (png_get_eXIf_1(png, info, &exif_len, &exif) && exif && exif_len > 0) *orientation = exif_orientation(exif, exif_len);
+  if (png_get_eXIf_1(png, info, &exif_len, &exif) && exif && exif_len > 0)
+    job->orientation = exif_orientation(exif, exif_len);
 #endif
-  png_destroy_read_struct(&png, &info, nullptr);
+  return true;
+}
 
-  Image out(int(w), int(h), 3);
-  const size_t n = size_t(w) * h;
-  if (grey16) {
+Image decode_png(const std::string& path, const std::vector<uint8_t>& data, const DecodeOptions& opt, int* orientation) {
+  const auto job = std::make_unique<PngJob>();
+  job->reader.data = &data;
+  job->png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &job->message, png_error_fn, png_warning_fn);
+  job->info = job->png ? png_create_info_struct(job->png) : nullptr;
+  if (!job->png || !job->info) fail(path, "cannot decode image: out of memory");
+  if (!run_png(job.get(), &opt)) fail(path, "cannot decode image: " + job->message);
+  if (job->problem == PngJob::kHeaderTooLarge) check_header(path, job->w, job->h, opt.max_pixels);
+  if (job->problem == PngJob::kTooLarge) check_pixels(path, job->w, job->h, opt.max_pixels);
+  *orientation = job->orientation;
+  const std::vector<uint8_t>& buffer = job->buffer;
+  const int channels = job->channels;
+  Image out(int(job->w), int(job->h), 3);
+  const size_t n = size_t(job->w) * job->h;
+  if (job->grey16) {
     for (size_t i = 0; i < n; ++i) {
       const uint32_t v = (uint32_t(buffer[2 * i]) << 8) | buffer[2 * i + 1];
       const uint8_t g = uint8_t((v * 255 + 32767) / 65535);
@@ -326,7 +374,7 @@ Image decode_png(const std::string& path, const std::vector<uint8_t>& data, cons
     return out;
   }
   // grey + alpha (2) or RGBA (4): expand to RGBA, composite on white
-  Image rgba(int(w), int(h), 4);
+  Image rgba(int(job->w), int(job->h), 4);
   for (size_t i = 0; i < n; ++i) {
     for (int c = 0; c < 3; ++c) rgba.pixels[4 * i + c] = buffer[i * channels + (channels == 2 ? 0 : c)];
     rgba.pixels[4 * i + 3] = buffer[i * channels + channels - 1];
@@ -361,12 +409,17 @@ Image apply_orientation(const Image& in, int orientation) {
 
 }  // namespace
 
-Image load_image(const std::string& path, const DecodeOptions& options) {
-  const std::vector<uint8_t> data = read_file(path);  // a JPEG or a PNG by its magic bytes
+Image decode_image(const std::string& label, const std::vector<uint8_t>& data, const DecodeOptions& options) {
   int orientation = 1;
-  Image img = is_jpeg(data.data(), data.size()) ? decode_jpeg(path, data, options, &orientation)
-                                               : decode_png(path, data, options, &orientation);
+  Image img;
+  if (is_jpeg(data.data(), data.size())) img = decode_jpeg(label, data, options, &orientation);
+  else if (is_png(data.data(), data.size())) img = decode_png(label, data, options, &orientation);
+  else fail(label, "cannot decode image: not an image file the runtime can read");
   return apply_orientation(img, orientation);
+}
+
+Image load_image(const std::string& path, const DecodeOptions& options) {
+  return decode_image(path, read_file(path), options);  // a JPEG or a PNG by its magic bytes
 }
 
 }  // namespace clap_edge

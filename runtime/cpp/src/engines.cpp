@@ -1,6 +1,7 @@
 #include "engines.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -9,18 +10,11 @@
 namespace clap_edge {
 namespace {
 
-std::string lower_trim(std::string s) {
-  s.erase(0, s.find_first_not_of(" \t"));
-  s.erase(s.find_last_not_of(" \t") + 1);
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return char(std::tolower(c)); });
-  return s;
-}
-
-std::string major_minor(const std::string& v) {
-  const auto first = v.find('.');
-  if (first == std::string::npos) return v;
-  const auto second = v.find('.', first + 1);
-  return v.substr(0, second);
+// export/bundle/engines.py same_version: equal, or equal releases where one side has no local part ("+cu124").
+bool same_version(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  const auto pa = a.find('+'), pb = b.find('+');
+  return a.substr(0, pa) == b.substr(0, pb) && (pa == std::string::npos || pb == std::string::npos);
 }
 
 std::string first_string(const nlohmann::json& j, std::initializer_list<const char*> keys) {
@@ -69,6 +63,7 @@ EngineInfo parse_engine_sidecar(const std::string& text, const std::string& wher
   if (info.min_batch < 1 || info.max_batch < info.min_batch || info.opt_batch < info.min_batch ||
       info.opt_batch > info.max_batch)
     throw BundleError(where + ": engine sidecar batch profile must satisfy 1 <= min <= opt <= max");
+  info.kind = first_string(j, {"engine"});
   info.file = first_string(j, {"file"});
   info.source_model = first_string(j, {"source_model"});
   info.source_sha256 = first_string(j, {"source_sha256"});
@@ -104,8 +99,9 @@ const EngineInfo* select_engine(const std::vector<EngineInfo>& engines, const st
   std::string reasons;
   for (const auto& e : engines) {
     std::string reason;
-    if (lower_trim(e.gpu) != lower_trim(gpu)) reason = "built for " + e.gpu;
-    else if (major_minor(e.library_version) != major_minor(library_version))
+    // The Python rules (export/bundle/engines.py mismatch): the exact GPU name, the same TensorRT version.
+    if (e.gpu != gpu) reason = "built for " + e.gpu;
+    else if (!same_version(e.library_version, library_version))
       reason = "built with TensorRT " + e.library_version;
     else if (precision != "auto" && e.precision != precision) reason = "precision " + e.precision;
     if (reason.empty()) fits.push_back(&e);
@@ -119,6 +115,48 @@ const EngineInfo* select_engine(const std::vector<EngineInfo>& engines, const st
     for (const EngineInfo* e : fits)
       if (e->precision == want) return e;
   return fits.front();
+}
+
+int cuda_device_index(const std::string& device) {
+  if (device == "CPU") return 0;
+  const bool digits = !device.empty() && device.size() <= 4 &&
+                      std::all_of(device.begin(), device.end(), [](unsigned char c) { return std::isdigit(c); });
+  if (!digits) throw Error("device '" + device + "' is not a CUDA device index (0, 1, ...) for the tensorrt backend");
+  return std::stoi(device);  // at most 4 digits: cannot overflow
+}
+
+std::vector<EngineInfo> runnable_tensorrt_engines(const Bundle& bundle, std::string* refused) {
+  const Manifest& m = bundle.manifest();
+  std::vector<EngineInfo> infos;
+  auto refuse = [&](const std::string& file, const std::string& why) {
+    if (refused) *refused += (refused->empty() ? "" : "; ") + file + ": " + why;
+  };
+  for (const auto& e : m.engines) {
+    if (e.sidecar.empty()) continue;
+    const std::vector<char> text = bundle.read_file(e.sidecar);
+    EngineInfo info = parse_engine_sidecar(std::string(text.begin(), text.end()), bundle.root() + "/" + e.sidecar);
+    if (!info.kind.empty() && info.kind != "tensorrt") continue;  // an AOTInductor (or other) engine
+    info.name = e.name;
+    info.file = e.file;
+    const std::string why = engine_unusable_reason(m, info, bundle.root());
+    if (!why.empty()) {
+      refuse(e.file, why);  // stale or swapped: never run, on any GPU (as the Python selection)
+      continue;
+    }
+    infos.push_back(info);
+  }
+  return infos;
+}
+
+std::string auto_backend(const Bundle& bundle, bool tensorrt_built, const std::string& gpu,
+                         const std::string& library_version, const std::string& precision) {
+  if (!tensorrt_built || gpu.empty()) return "openvino";
+  try {
+    const auto engines = runnable_tensorrt_engines(bundle, nullptr);
+    return select_engine(engines, gpu, library_version, precision, nullptr) ? "tensorrt" : "openvino";
+  } catch (const BundleError&) {  // an unreadable sidecar: that engine does not fit; OpenVINO still can run
+    return "openvino";
+  }
 }
 
 }  // namespace clap_edge

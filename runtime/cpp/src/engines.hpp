@@ -11,6 +11,7 @@ namespace clap_edge {
 
 struct EngineInfo {
   std::string name, file;
+  std::string kind;             // the sidecar's "engine": tensorrt | aoti ("" in sidecars that predate it)
   std::string gpu;              // e.g. "NVIDIA H100 80GB HBM3"
   std::string library_version;  // e.g. "10.3.0"
   std::string precision;        // fp32 | fp16 | int8 | ...
@@ -29,10 +30,24 @@ EngineInfo parse_engine_sidecar(const std::string& json_text, const std::string&
 // engine_sha256 its sidecar records (the engine was swapped).
 std::string engine_unusable_reason(const Manifest& manifest, const EngineInfo& engine, const std::string& root);
 
-// The engine built for this GPU and library (major.minor), of `precision` ("auto": fp16, then fp32, then int8,
+// The engine built for this GPU (exact name) and library version (as export/bundle/engines.py same_version), of `precision` ("auto": fp16, then fp32, then int8,
 // then any); nullptr when none fits, with the reasons in *why_not.
 const EngineInfo* select_engine(const std::vector<EngineInfo>& engines, const std::string& gpu,
                                 const std::string& library_version, const std::string& precision,
                                 std::string* why_not);
+
+// The CUDA device index Options::device names: "0", "1", ... ("CPU", the default, is device 0). Throws Error with
+// one line for anything else (std::stoi would throw std::invalid_argument or accept "1abc").
+int cuda_device_index(const std::string& device);
+
+// The bundle's TensorRT engines whose sidecars are valid and that are neither stale nor swapped (they may run on
+// the GPU they were built for); the reasons for the others in *refused. Reads (and sha256-checks) the sidecars.
+std::vector<EngineInfo> runnable_tensorrt_engines(const Bundle& bundle, std::string* refused);
+
+// The backend "auto" runs, as the Python runtime decides: "tensorrt" when this build has TensorRT and an engine
+// of the bundle fits this GPU (gpu: its name, "" when none is visible), TensorRT version and precision; else
+// "openvino". Never an engine built for another GPU or library, never an AOTInductor one, never a stale one.
+std::string auto_backend(const Bundle& bundle, bool tensorrt_built, const std::string& gpu,
+                         const std::string& library_version, const std::string& precision);
 
 }  // namespace clap_edge

@@ -21,42 +21,55 @@ namespace {
 constexpr size_t kDepth = 32, kClasses = 200000, kNameChars = 1024, kTemplates = 10000, kFiles = 10000;
 constexpr int64_t kEmbedDim = 65536, kImageSide = 16384, kMaxBytes = int64_t(1) << 50, kMaxDim = int64_t(1) << 31;
 
+std::string escape_controls(const std::string& s);
+
 struct Checker {
   std::string where;
   [[noreturn]] void bad(const std::string& path, const std::string& problem) const {
-    throw BundleError(where + ": manifest field " + (path.empty() ? "" : path + ": ") + problem);
+    throw BundleError(where + ": manifest field " + (path.empty() ? "" : escape_controls(path) + ": ") + problem);
   }
 };
 
 std::vector<uint32_t> code_points(const std::string& s);
 
+// One code point as Python's repr() writes it inside quotes (quotes and backslashes escaped only if asked).
+void append_repr(std::string& out, uint32_t cp, bool escape_quotes) {
+  char buf[16];
+  if (escape_quotes && (cp == '\\' || cp == '\'')) {
+    out += '\\';
+    out += char(cp);
+  } else if (cp == '\n') out += "\\n";
+  else if (cp == '\r') out += "\\r";
+  else if (cp == '\t') out += "\\t";
+  else if (cp < 0x20 || (cp >= 0x7F && cp <= 0xA0) || cp == 0xAD) {
+    std::snprintf(buf, sizeof buf, "\\x%02x", cp);
+    out += buf;
+  } else if (cp == 0x2028 || cp == 0x2029 || (cp >= 0xD800 && cp <= 0xDFFF)) {
+    std::snprintf(buf, sizeof buf, "\\u%04x", cp);
+    out += buf;
+  } else if (cp < 0x80) {
+    out += char(cp);
+  } else {  // re-encode as UTF-8
+    if (cp < 0x800) out += {char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};
+    else if (cp < 0x10000) out += {char(0xE0 | (cp >> 12)), char(0x80 | ((cp >> 6) & 0x3F)), char(0x80 | (cp & 0x3F))};
+    else out += {char(0xF0 | (cp >> 18)), char(0x80 | ((cp >> 12) & 0x3F)), char(0x80 | ((cp >> 6) & 0x3F)),
+                 char(0x80 | (cp & 0x3F))};
+  }
+}
+
 // Python's repr() of a str, for messages: one line whatever the name holds.
 std::string quote(const std::string& s) {
   std::string out = "'";
-  char buf[16];
-  for (uint32_t cp : code_points(s)) {
-    if (cp == '\\' || cp == '\'') {
-      out += '\\';
-      out += char(cp);
-    } else if (cp == '\n') out += "\\n";
-    else if (cp == '\r') out += "\\r";
-    else if (cp == '\t') out += "\\t";
-    else if (cp < 0x20 || (cp >= 0x7F && cp <= 0xA0) || cp == 0xAD) {
-      std::snprintf(buf, sizeof buf, "\\x%02x", cp);
-      out += buf;
-    } else if (cp == 0x2028 || cp == 0x2029 || (cp >= 0xD800 && cp <= 0xDFFF)) {
-      std::snprintf(buf, sizeof buf, "\\u%04x", cp);
-      out += buf;
-    } else if (cp < 0x80) {
-      out += char(cp);
-    } else {  // re-encode as UTF-8
-      if (cp < 0x800) out += {char(0xC0 | (cp >> 6)), char(0x80 | (cp & 0x3F))};
-      else if (cp < 0x10000) out += {char(0xE0 | (cp >> 12)), char(0x80 | ((cp >> 6) & 0x3F)), char(0x80 | (cp & 0x3F))};
-      else out += {char(0xF0 | (cp >> 18)), char(0x80 | ((cp >> 12) & 0x3F)), char(0x80 | ((cp >> 6) & 0x3F)),
-                   char(0x80 | (cp & 0x3F))};
-    }
-  }
+  for (uint32_t cp : code_points(s)) append_repr(out, cp, true);
   return out + "'";
+}
+
+// A field path holds the manifest's own keys: their control characters are escaped as repr() escapes them, so that a
+// key with a newline cannot make the error two lines (textrules.escape_controls is the Python twin).
+std::string escape_controls(const std::string& s) {
+  std::string out;
+  for (uint32_t cp : code_points(s)) append_repr(out, cp, false);
+  return out;
 }
 
 std::string kind(const ojson& v) {

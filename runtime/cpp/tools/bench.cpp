@@ -1,6 +1,6 @@
 // clap-edge-bench: latency / throughput of the native runtime on one bundle, with the fields of
 // `clap-edge bench` rows, plus end to end from image files (decode + preprocess + infer, pipelined) against
-// the model alone, and the decode + preprocess cost per image measured on its own.
+// the model alone on the same batches (paired, interleaved, one clock), with CPU time.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -28,7 +28,8 @@ const char* const kUsage = "Usage: clap-edge-bench [OPTIONS] BUNDLE";
 const char* const kHelp = R"(Usage: clap-edge-bench [OPTIONS] BUNDLE
 
   Benchmark the native runtime on BUNDLE: per batch size, model-only latency percentiles and
-  throughput and, with --end-to-end, throughput from image files (decode + preprocess + infer).
+  throughput and, with --end-to-end, batches of image files timed as files -> predictions (decode +
+  preprocess + infer) and, interleaved, as the same batches' tensors through the model alone.
 
 Options:
   --backend TEXT        openvino, tensorrt (when built with it)  [default: openvino]
@@ -75,6 +76,13 @@ std::string cpu_model() {
   while (std::getline(f, line))
     if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
   return "unknown";
+}
+
+// CPU seconds of this process (all threads: the inference and decode workers too).
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -125,7 +133,6 @@ int run(int argc, char** argv) {
       if (files.empty()) fail(end_to_end + ": no image files found");
     }
     json results = json::array();
-    std::map<int, double> model_ips;
     for (int bs : batch_sizes) {
       reset_peak_rss();
       std::mt19937 rng(static_cast<unsigned>(bs));
@@ -142,7 +149,6 @@ int run(int argc, char** argv) {
       double sum = 0;
       for (double v : ms) sum += v;
       const double ips = bs * double(ms.size()) / (sum / 1000.0);
-      model_ips[bs] = ips;
       results.push_back({{"backend", clf.backend_name()}, {"runtime", "native"}, {"mode", "model"},
                          {"batch_size", bs}, {"threads", options.threads}, {"precision", clf.precision()},
                          {"p50_ms", r(percentile(ms, 50), 3)}, {"p90_ms", r(percentile(ms, 90), 3)},
@@ -152,39 +158,67 @@ int run(int argc, char** argv) {
                 << " images/s\n";
     }
     if (!files.empty()) {
-      // Decode + preprocess alone, one image at a time on one thread: the per-image cost the pipeline hides.
-      std::vector<double> prep_ms;
+      // End to end against model only, paired: each timed batch is `bs` image files (the readable ones of DIR,
+      // cycled); the same batch is timed both as files -> predictions (decode + preprocess in `workers` threads,
+      // infer, top-k: Classifier::predict) and as its preprocessed tensor through the same infer (prepared
+      // untimed), with the same clock, alternating which goes first. The overhead per batch is their difference.
+      std::vector<std::string> good;
+      size_t failed = 0;
       for (const auto& f : files) {
-        const auto t = Clock::now();
-        try { clf.preprocess(f); } catch (const ImageError&) { continue; }
-        prep_ms.push_back(seconds_since(t) * 1000.0);
+        try {
+          clf.preprocess(f);
+          good.push_back(f);
+        } catch (const ImageError&) {
+          ++failed;  // counted, never timed
+        }
       }
-      double prep_mean = 0;
-      for (double v : prep_ms) prep_mean += v / double(std::max<size_t>(1, prep_ms.size()));
+      if (good.empty()) fail(end_to_end + ": no image file could be decoded");
       for (int bs : batch_sizes) {
-        const size_t reps = std::max<size_t>(1, (6 * size_t(bs) + files.size() - 1) / files.size());  // >= 6 batches
-        std::vector<std::string> run;
-        for (size_t k = 0; k < reps; ++k) run.insert(run.end(), files.begin(), files.end());
-        size_t failed = 0;
-        auto count = [&](const FileResult& fr) { failed += fr.ok ? 0 : 1; };
-        clf.predict_files(std::vector<std::string>(run.begin(), run.begin() + std::min(run.size(), size_t(bs))), bs, 1,
-                          [](const FileResult&) {});  // warm-up
-        const auto t = Clock::now();
-        clf.predict_files(run, bs, 1, count);
-        const double secs = seconds_since(t);
-        const double ips = double(run.size()) / secs;
-        const double batches = std::ceil(double(run.size()) / bs);
+        std::vector<double> e2e_ms, model_ms;
+        double e2e_cpu = 0, model_cpu = 0;
+        std::vector<float> x(pixels * size_t(bs));
+        size_t next = 0;
+        for (int i = -std::max(warmup, 1); i < iters; ++i) {  // negative i: untimed warm-up
+          std::vector<std::string> paths;
+          for (int k = 0; k < bs; ++k) paths.push_back(good[next++ % good.size()]);
+          for (int k = 0; k < bs; ++k) {
+            const std::vector<float> t = clf.preprocess(paths[size_t(k)]);
+            std::copy(t.begin(), t.end(), x.begin() + std::ptrdiff_t(size_t(k) * pixels));
+          }
+          auto time_e2e = [&] {
+            const double c = cpu_seconds();
+            const auto t = Clock::now();
+            clf.predict(paths, 1, bs);
+            if (i >= 0) e2e_ms.push_back(seconds_since(t) * 1000.0), e2e_cpu += cpu_seconds() - c;
+          };
+          auto time_model = [&] {
+            const double c = cpu_seconds();
+            const auto t = Clock::now();
+            clf.infer(x.data(), bs);
+            if (i >= 0) model_ms.push_back(seconds_since(t) * 1000.0), model_cpu += cpu_seconds() - c;
+          };
+          if (i % 2 == 0) time_e2e(), time_model();
+          else time_model(), time_e2e();
+        }
+        double e2e_sum = 0, model_sum = 0;
+        for (double v : e2e_ms) e2e_sum += v;
+        for (double v : model_ms) model_sum += v;
+        const double n = double(iters), e2e_mean = e2e_sum / n, model_mean = model_sum / n;
+        const double ips = bs * 1000.0 / e2e_mean, paired_model_ips = bs * 1000.0 / model_mean;
         results.push_back({{"backend", clf.backend_name()}, {"runtime", "native"}, {"mode", "end_to_end"},
                            {"batch_size", bs}, {"threads", options.threads}, {"workers", options.workers},
-                           {"precision", clf.precision()}, {"images_per_s", r(ips, 2)}, {"n_images", run.size()},
-                           {"failed", failed}, {"model_only_images_per_s", r(model_ips[bs], 2)},
-                           {"fraction_of_model_only", r(ips / model_ips[bs], 3)},
-                           {"ms_per_batch", r(secs * 1000.0 / batches, 3)},
-                           {"model_ms_per_batch", r(1000.0 * bs / model_ips[bs], 3)},
-                           {"overhead_ms_per_batch", r(secs * 1000.0 / batches - 1000.0 * bs / model_ips[bs], 3)},
-                           {"decode_preprocess_ms_per_image", r(prep_mean, 3)}});
+                           {"precision", clf.precision()}, {"images_per_s", r(ips, 2)}, {"iters", iters},
+                           {"n_images", size_t(iters) * size_t(bs)}, {"failed", failed},
+                           {"model_only_images_per_s", r(paired_model_ips, 2)},
+                           {"fraction_of_model_only", r(ips / paired_model_ips, 3)},
+                           {"ms_per_batch", r(e2e_mean, 3)}, {"p50_ms", r(percentile(e2e_ms, 50), 3)},
+                           {"model_ms_per_batch", r(model_mean, 3)},
+                           {"model_p50_ms", r(percentile(model_ms, 50), 3)},
+                           {"overhead_ms_per_batch", r(e2e_mean - model_mean, 3)},
+                           {"cpu_ms_per_batch", r(1000.0 * e2e_cpu / n, 3)},
+                           {"model_cpu_ms_per_batch", r(1000.0 * model_cpu / n, 3)}});
         std::cerr << "end2end   batch " << bs << ": " << r(ips, 2) << " images/s ("
-                  << r(100.0 * ips / model_ips[bs], 1) << "% of model only)\n";
+                  << r(100.0 * ips / paired_model_ips, 1) << "% of model only on the same batches)\n";
       }
     }
     char stamp[32];

@@ -216,9 +216,10 @@ int guarded_main(int (*body)(int, char**), int argc, char** argv) {
   } catch (const std::bad_alloc&) {
     std::cout.flush();
     fail("out of memory");
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // a library's message may span lines (ov::Exception): its first one
     std::cout.flush();
-    fail(e.what());
+    const std::string what = e.what();
+    fail(what.substr(0, what.find('\n')));
   } catch (...) {
     std::cout.flush();
     fail("unexpected error");
