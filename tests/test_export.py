@@ -265,8 +265,8 @@ def _variant_vs_fp32_by_hand(bundle_dir, variant: str) -> tuple[float, float]:
     from safetensors.numpy import load_file
 
     batch = np.load(Path(bundle_dir) / "calibration.npy")
-    w = load_file(str(Path(bundle_dir) / "classes.safetensors"))["class_embeddings"].astype(np.float64)
-    scale = json.loads((Path(bundle_dir) / "manifest.json").read_text())["logit_scale"]
-    fp32, other = (scale * ort.InferenceSession(str(Path(bundle_dir) / name), providers=["CPUExecutionProvider"])
-                   .run(["embedding"], {"image": batch})[0].astype(np.float64) @ w.T for name in ("model.onnx", variant))
+    w = load_file(str(Path(bundle_dir) / "classes.safetensors"))["class_embeddings"]
+    scale = np.float32(json.loads((Path(bundle_dir) / "manifest.json").read_text())["logit_scale"])
+    fp32, other = ((scale * ort.InferenceSession(str(Path(bundle_dir) / name), providers=["CPUExecutionProvider"])
+                    .run(["embedding"], {"image": batch})[0]) @ w.T for name in ("model.onnx", variant))
     return float(np.mean(fp32.argmax(1) == other.argmax(1))), float(np.abs(fp32 - other).max())
