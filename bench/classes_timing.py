@@ -65,6 +65,9 @@ def export(model: str, classes: list[str], out: Path) -> Path:
     from clap_edge.export.builders.exporter import ExportConfig, export_bundle
 
     if not out.exists():
+        import torch
+
+        torch.manual_seed(0)  # random-init models (ViT-B-32): the same weights as torch_matrix's reference
         print(f"exporting {model} with --text-encoder to {out}", file=sys.stderr)
         export_bundle(ExportConfig(out=out, model_name=model, pretrained=PRETRAINED.get(model), classes=classes,
                                    torch_program=False, text_encoder=True))
@@ -75,6 +78,9 @@ def torch_matrix(model: str, names: list[str]) -> np.ndarray:
     from clap_edge.fuse import class_embeddings
     from clap_edge.models import load_model
 
+    import torch
+
+    torch.manual_seed(0)  # as export() for random-init models
     loaded = load_model(model, PRETRAINED.get(model))
     return class_embeddings(loaded.model, loaded.tokenizer, names).numpy()
 
