@@ -34,7 +34,7 @@ TORCH_BACKENDS = ["clap_edge.runtime.backends.torch", "clap_edge.runtime.backend
 TORCH_LIBS = {"torch", "torchvision", "open_clip", "open_clip_train"}
 APP_LIBS = {"rich", "click"}
 # What `pip install clap-edge` (the edge runtime) brings, besides the standard library: pyproject's dependencies.
-BASE_LIBS = {"numpy", "PIL", "onnxruntime", "safetensors", "click", "rich"}
+BASE_LIBS = {"numpy", "PIL", "onnxruntime", "safetensors", "click", "rich", "ftfy", "regex"}  # ftfy, regex: the tokenizer
 # Heavy libraries: never imported at module level in core, runtime or apps (only inside the loader that needs them).
 HEAVY_LIBS = TORCH_LIBS | {"tensorrt", "openvino", "ray", "tritonclient", "nncf", "onnx", "onnxscript", "matplotlib",
                            "model_signing", "cryptography", "cuda", "pyarrow", "starlette"}

@@ -271,8 +271,8 @@ def _openvino_activation_matmuls(model) -> list[str]:
             if op.get_type_name() == "MatMul" and not constant(op.input_value(1)) and not constant(op.input_value(0))]
 
 
-def int8_record(fp32: str | os.PathLike, variant: str | os.PathLike, batch: np.ndarray, calls: int = 5,
-                min_cpu_s: float = 0.2) -> dict[str, object]:
+def int8_record(fp32: str | os.PathLike, variant: str | os.PathLike, batch: np.ndarray, classes,
+                calls: int = 5, min_cpu_s: float = 0.2) -> dict[str, object]:
     """What the runtime's ``auto`` needs to trust an int8 variant on a CPU: the CPU (model, flags, int8
     path), the remedies applied, and the variant's CPU time per call against fp32 at batch 1 on this
     CPU, one thread, calls alternated, mean CPU time (``speed_vs_fp32`` > 1: the variant is faster)."""
@@ -284,7 +284,7 @@ def int8_record(fp32: str | os.PathLike, variant: str | os.PathLike, batch: np.n
     x = np.ascontiguousarray(batch[:1], dtype=np.float32)
     # fp32 in the variant's own library (OpenVINO reads model.onnx itself): the choice auto makes is per library
     same_library = openvino_predictor if Path(variant).suffix == ".xml" else onnx_predictor
-    runs = {"fp32": same_library(fp32, threads=1), "variant": predictor_for(variant, threads=1)}
+    runs = {"fp32": same_library(fp32, classes, threads=1), "variant": predictor_for(variant, classes, threads=1)}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     for k, run in runs.items():
         run(x)  # warm-up: weight packing, allocation
