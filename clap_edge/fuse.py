@@ -1,6 +1,9 @@
-"""The fused classifier: image batch -> logits, one module that exports as one graph.
+"""The fused classifier: image batch -> logits; its image part exports as one graph.
 
     image -> open_clip encode_image -> CLAP head at alpha -> L2 normalise -> logit_scale * emb @ classes.T
+
+The exported graph (:meth:`FusedClassifier.image_model`) ends at the normalised embedding: the class
+matrix is data in the bundle (schema 4), applied by the runtime, so classes change without a re-export.
 
 The head's inference scale ``alpha`` is folded into its projection weight, so the
 exported graph has no extra multiply; ``alpha == 0`` (or no head) drops the head and
@@ -141,15 +144,38 @@ class FusedClassifier(nn.Module):
     def embed_dim(self) -> int:
         return int(self.classes.shape[0])
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
         z = self.image_encoder(image)
         if self.head is not None:
             z = self.head(z)
-        embedding = l2_normalize(z)
+        return l2_normalize(z)
+
+    def image_model(self) -> nn.Module:
+        """image -> embedding [N, d]: the part that is exported (model.onnx, model.pt2)."""
+        return _ImageEmbedding(self).eval()
+
+    def class_bias(self) -> torch.Tensor | None:
+        """The per-class bias the bundle stores ([C], the model's scalar logit_bias), or None."""
+        return None if self.logit_bias is None else self.logit_bias.expand(self.num_classes).clone()
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.embed(image)
         logits = self.logit_scale * embedding @ self.classes
         if self.logit_bias is not None:
             logits = logits + self.logit_bias
         return logits, embedding
+
+
+class _ImageEmbedding(nn.Module):
+    def __init__(self, fused: FusedClassifier):
+        super().__init__()
+        self.image_encoder, self.head = fused.image_encoder, fused.head
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        z = self.image_encoder(image)
+        if self.head is not None:
+            z = self.head(z)
+        return l2_normalize(z)
 
 
 def build_fused(

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from clap_edge.core.errors import BundleError
-from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
+from clap_edge.export.bundle.classes import ClassMatrix
+from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING
 
 
 @dataclass
@@ -45,8 +46,10 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> ParityReport
     return ParityReport(diff, agree, int(reference.shape[0]))
 
 
-def run_onnx(path: str | os.PathLike, batch: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, embedding) of an ONNX model on ONNX Runtime's CPU provider."""
+def run_onnx(path: str | os.PathLike, batch: np.ndarray, classes: ClassMatrix,
+             threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embedding) of an ONNX image model on ONNX Runtime's CPU provider; the logits are ``classes``
+    applied to its embedding output, as every runtime does (schema 4)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -54,7 +57,7 @@ def run_onnx(path: str | os.PathLike, batch: np.ndarray, threads: int | None = N
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    logits, embedding = session.run([OUTPUT_LOGITS, OUTPUT_EMBEDDING],
-                                    {INPUT_IMAGE: np.ascontiguousarray(batch, dtype=np.float32)})
-    return np.asarray(logits, np.float32), np.asarray(embedding, np.float32)
+    embedding = np.asarray(session.run([OUTPUT_EMBEDDING], {INPUT_IMAGE: np.ascontiguousarray(batch, np.float32)})[0],
+                           np.float32)
+    return classes.logits(embedding), embedding
 

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 
 from clap_edge.core.errors import BundleError, ImageError
-from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle import Bundle, ClassMatrix
+from clap_edge.export.bundle.manifest import ManifestFieldError, check_unique_names
 from clap_edge.runtime.backends import RunnerOptions, create_runner
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
 from clap_edge.runtime.batching import decode_one, predict_each
@@ -117,6 +118,38 @@ class Classifier:
                 raise BundleError(f"{self.bundle.label}: the {self.runner.name} model gives {name} of shape "
                                   f"{list(arr.shape)} for one image; the manifest implies {list(want)}")
         self.runner.inference_times.clear()  # the probe is not a measurement
+
+    # ---- classes (schema 4: data the runtime applies) --------------------------------
+
+    def set_class_matrix(self, class_names: Sequence[str], class_matrix: np.ndarray,
+                         bias: np.ndarray | None = None) -> None:
+        """Use these classes from now on, in memory (the bundle is not changed): W [C, d], optional b [C]."""
+        names = list(class_names)
+        weights = np.ascontiguousarray(class_matrix, dtype=np.float32)
+        if not names or weights.shape != (len(names), self.bundle.embed_dim):
+            raise ValueError(f"the class matrix has shape {list(weights.shape)}; {len(names)} classes need "
+                             f"[{len(names)}, {self.bundle.embed_dim}]")
+        if bias is not None:
+            bias = np.ascontiguousarray(bias, dtype=np.float32)
+            if bias.shape != (len(names),):
+                raise ValueError(f"the class bias has shape {list(bias.shape)}, expected [{len(names)}]")
+        if not np.isfinite(weights).all() or (bias is not None and not np.isfinite(bias).all()):
+            raise ValueError("the class matrix or bias holds NaN or infinite values")
+        try:
+            check_unique_names(names)
+        except ManifestFieldError as e:
+            raise ValueError(str(e)) from None
+        self.runner.classes = ClassMatrix(weights, bias, self.runner.classes.scale)
+        self.class_names = names
+
+    def set_classes(self, class_names: Sequence[str], templates: Sequence[str] | None = None) -> None:
+        """Zero-shot classes from words, in memory: the bundle's text encoder (``export --text-encoder``)
+        embeds each name with the bundle's templates (or ``templates``). Torch-free."""
+        from clap_edge.runtime.text import TextEncoder
+
+        with TextEncoder.open(self.bundle, threads=self.runner.options.threads) as encoder:
+            matrix = encoder.class_embeddings(list(class_names), templates)
+        self.set_class_matrix(class_names, matrix)
 
     def close(self) -> None:
         self.runner.deactivate()

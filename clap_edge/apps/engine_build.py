@@ -97,7 +97,9 @@ def _reference(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     calibration = bundle.calibration()
     if calibration is None:
         raise BundleError(f"{bundle.root}: no calibration.npy to check the engine's parity on (re-export the bundle)")
-    logits, _ = run_onnx(bundle.variant_file("fp32"), calibration)
+    from clap_edge.export.bundle import ClassMatrix
+
+    logits, _ = run_onnx(bundle.variant_file("fp32"), calibration, ClassMatrix.from_bundle(bundle))
     return calibration, logits
 
 

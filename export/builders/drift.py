@@ -20,7 +20,8 @@ from typing import Callable
 import numpy as np
 
 from clap_edge.export.builders.calibration import EvalSet
-from clap_edge.export.bundle.names import OUTPUT_LOGITS
+from clap_edge.export.bundle.classes import ClassMatrix
+from clap_edge.export.bundle.names import OUTPUT_EMBEDDING
 
 BATCH = 32
 Predict = Callable[[np.ndarray], np.ndarray]  # preprocessed batch -> logits
@@ -57,26 +58,28 @@ def _r(x: float) -> float:
     return round(float(x), 6)
 
 
-def onnx_predictor(path: str | os.PathLike) -> Predict:
-    """Logits from an ONNX model in ONNX Runtime's CPU provider (one session, reused)."""
+def onnx_predictor(path: str | os.PathLike, classes: ClassMatrix) -> Predict:
+    """Logits (``classes`` applied to the embedding) from an ONNX model in ONNX Runtime's CPU provider."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda batch: session.run([OUTPUT_LOGITS], {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    return lambda batch: classes.logits(session.run([OUTPUT_EMBEDDING],
+                                                    {name: np.ascontiguousarray(batch, dtype=np.float32)})[0])
 
 
-def openvino_predictor(path: str | os.PathLike) -> Predict:
+def openvino_predictor(path: str | os.PathLike, classes: ClassMatrix) -> Predict:
     """Logits from an OpenVINO IR on the CPU plugin; float parts in fp32 (as the runtime's int8 precision)."""
     import openvino as ov
 
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     request = compiled.create_infer_request()
-    index = next(i for i, out in enumerate(compiled.outputs) if OUTPUT_LOGITS in out.get_names())
-    return lambda batch: np.array(list(request.infer({0: np.ascontiguousarray(batch, np.float32)}).values())[index])
+    index = next(i for i, out in enumerate(compiled.outputs) if OUTPUT_EMBEDDING in out.get_names())
+    return lambda batch: classes.logits(
+        np.array(list(request.infer({0: np.ascontiguousarray(batch, np.float32)}).values())[index]))
 
 
-def predictor_for(path: str | os.PathLike) -> Predict:
-    return openvino_predictor(path) if Path(path).suffix == ".xml" else onnx_predictor(path)
+def predictor_for(path: str | os.PathLike, classes: ClassMatrix) -> Predict:
+    return openvino_predictor(path, classes) if Path(path).suffix == ".xml" else onnx_predictor(path, classes)

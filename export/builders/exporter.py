@@ -23,9 +23,9 @@ from clap_edge.core.errors import BundleError, CheckpointError, ClapEdgeError, P
 from clap_edge.core.io import staging_tempdir
 from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.builders.calibration import preprocessor_for
-from clap_edge.export.bundle import BundleWriter
-from clap_edge.export.bundle.manifest import HeadInfo, Manifest, ModelInfo, TensorSpec
-from clap_edge.export.bundle.names import CALIBRATION_FILE, INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
+from clap_edge.export.bundle import BundleWriter, ClassMatrix
+from clap_edge.export.bundle.manifest import ClassesInfo, HeadInfo, Manifest, ModelInfo, TensorSpec
+from clap_edge.export.bundle.names import CALIBRATION_FILE, INPUT_IMAGE, OUTPUT_EMBEDDING
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,14 @@ def export_bundle(cfg: ExportConfig) -> Path:
         tmp = Path(tmp)
         say("exporting ONNX")
         example = torch.from_numpy(calib[:2].copy()) if len(calib) >= 2 else torch.from_numpy(np.repeat(calib, 2, 0))
-        result = export_onnx(fused, example, tmp / "model.onnx", opset=cfg.opset)
+        result = export_onnx(fused.image_model(), example, tmp / "model.onnx", opset=cfg.opset)
+        bias = fused.class_bias()
+        classes = ClassMatrix(fused.classes.T.contiguous().numpy(), None if bias is None else bias.numpy(),
+                              float(fused.logit_scale))
 
         say("checking parity torch vs ONNX Runtime")
         ref_logits, _ = run_torch(fused, calib)
-        fp32_logits, _ = run_onnx(result.path, calib)
+        fp32_logits, _ = run_onnx(result.path, calib, classes)
         fp32 = compare_logits(ref_logits, fp32_logits)
         if not fp32.within(cfg.parity_tolerance):
             raise BundleError(
@@ -109,8 +112,8 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 f"{fp32.top1_agreement:.1%} on {fp32.n_images} images; nothing was written"
             )
         parity = {"fp32": fp32.as_manifest(tolerance=cfg.parity_tolerance)}
-        variants = _build_variants(cfg, result.path, calib, fp32_logits, tmp, say, parity, pre)
-        drift = _score_drift(cfg, result.path, variants, class_names, pre, say)
+        variants = _build_variants(cfg, result.path, calib, fp32_logits, tmp, say, parity, pre, classes)
+        drift = _score_drift(cfg, result.path, variants, class_names, pre, say, classes)
 
         say("writing bundle")
         with BundleWriter(out, overwrite=cfg.overwrite) as writer:
@@ -123,7 +126,7 @@ def export_bundle(cfg: ExportConfig) -> Path:
             if head is not None:
                 _save_head(head, alpha, writer.staging / "head.safetensors")
                 writer.add_file("head.safetensors")
-            writer.add_class_embeddings(fused.classes.T.numpy())
+            writer.add_class_embeddings(classes.weights, classes.bias)
             writer.add_file(CALIBRATION_FILE, _npy_bytes(calib))
             writer.manifest = Manifest(
                 model=ModelInfo(model_name, pretrained, _head_manifest(head, alpha)),
@@ -134,8 +137,9 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 templates=tuple(templates),
                 preprocess=pre,
                 inputs=[TensorSpec(INPUT_IMAGE, ["N", *image_shape])],
-                outputs=[TensorSpec(OUTPUT_LOGITS, ["N", len(class_names)]),
-                         TensorSpec(OUTPUT_EMBEDDING, ["N", fused.embed_dim])],
+                outputs=[TensorSpec(OUTPUT_EMBEDDING, ["N", fused.embed_dim])],
+                classes=ClassesInfo(bias=classes.bias is not None,
+                                    provenance={"method": "zero-shot-text", "templates": len(templates)}),
                 opset=result.opset,
                 flops_per_image=flops_per_image(fused, image_shape),
                 parity=parity,
@@ -182,7 +186,7 @@ def _resolve(cfg: ExportConfig):
 
 
 def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, parity,
-                    pre: dict[str, Any] | None = None) -> dict[str, Path]:
+                    pre: dict[str, Any] | None, classes) -> dict[str, Path]:
     """Reduced-precision copies of model.onnx (bundle file name -> path) with their agreement vs fp32
     on the calibration batch recorded in ``parity`` (keyed by variant name)."""
     from clap_edge.export.builders import variants as v
@@ -208,7 +212,7 @@ def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, pa
             check_onnx(path)
         else:  # OpenVINO IR: the weights file travels with the graph
             made[v.OPENVINO_INT8_BIN] = path.with_suffix(".bin")
-        report = compare_logits(fp32_logits, predictor_for(path)(calib))
+        report = compare_logits(fp32_logits, predictor_for(path, classes)(calib))
         parity[key] = report.as_manifest("_vs_fp32")
         if key in ("qdq", "openvino-int8"):
             parity[key].update(calibration_images=int(len(quant_images)),
@@ -229,7 +233,8 @@ def _quantisation_images(cfg, calib: np.ndarray, pre: dict[str, Any] | None) -> 
     return calibration_images(cfg.calibration, pre, cfg.calibration_count)
 
 
-def _score_drift(cfg, fp32_path: Path, variants: dict[str, Path], class_names, pre, say) -> dict[str, Any] | None:
+def _score_drift(cfg, fp32_path: Path, variants: dict[str, Path], class_names, pre, say,
+                 classes) -> dict[str, Any] | None:
     """With ``cfg.eval``: every reduced-precision variant scored against fp32 (manifest ``drift``)."""
     from clap_edge.export.bundle.names import VARIANT_FILES
 
@@ -244,7 +249,8 @@ def _score_drift(cfg, fp32_path: Path, variants: dict[str, Path], class_names, p
         return None
     say(f"scoring {', '.join(by_variant)} against fp32 on {cfg.eval}")
     eval_set = load_eval_set(cfg.eval, list(class_names), pre, cfg.eval_split, cfg.eval_per_class)
-    return score_drift(eval_set, predictor_for(fp32_path), {k: predictor_for(p) for k, p in by_variant.items()})
+    return score_drift(eval_set, predictor_for(fp32_path, classes),
+                       {k: predictor_for(p, classes) for k, p in by_variant.items()})
 
 
 def _calibration_batch(source: Any, pre: PreprocessCfg) -> np.ndarray:

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from clap_edge.core.errors import BundleError, first_line
-from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
+from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = INPUT_IMAGE
-OUTPUT_NAMES = (OUTPUT_LOGITS, OUTPUT_EMBEDDING)
+OUTPUT_NAMES = (OUTPUT_EMBEDDING,)  # schema 4: the image model ends at the embedding
 MIN_DYNAMO_OPSET = 18  # the dynamo exporter's lowest native opset; lower ones are version-converted
 MAX_BATCH = 4096
 
@@ -47,7 +47,7 @@ def export_program(model: torch.nn.Module, example: torch.Tensor) -> "torch.expo
 def export_onnx(
     model: torch.nn.Module, example: torch.Tensor, path: str | os.PathLike, opset: int = 17
 ) -> OnnxExportResult:
-    """Write ``model`` as ONNX to ``path`` (input ``image``, outputs ``logits``, ``embedding``, dynamic N)."""
+    """Write ``model`` as ONNX to ``path`` (input ``image``, output ``embedding``, dynamic N)."""
     import onnx
 
     path = Path(path)

@@ -27,6 +27,7 @@ from clap_edge.export.bundle.names import (CLASSES_FILE, INPUT_IMAGE, META_FILES
                                              VARIANT_FILES)
 
 __all__ = ["Manifest", "ModelInfo", "HeadInfo", "PreprocessCfg", "TensorSpec", "FileEntry", "EngineEntry",
+           "ClassesInfo", "TextInfo",
            "ManifestFieldError", "check_version", "loads", "dumps", "to_json", "check_unique_names", "LIMITS"]
 
 # Bounds (also in the schema): a manifest is small; anything beyond these is an attack or a bug.
@@ -102,6 +103,26 @@ class EngineEntry:
 
 
 @dataclass(frozen=True)
+class ClassesInfo:
+    """How classes.safetensors is applied (schema 4): ``bias`` says a ``class_bias`` [C] tensor is there;
+    ``provenance`` records how the class matrix was made ({"method": "zero-shot-text" | "linear-probe" | ...})."""
+
+    bias: bool = False
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TextInfo:
+    """The optional text encoder: ``file`` (token ids [N, context_length] int64 -> class embedding [N, d]),
+    its int8 variant if any, and the tokenizer (``tokenizer``: {"kind", "files": {role: file}, ...})."""
+
+    file: str
+    context_length: int
+    tokenizer: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A bundle's manifest, typed and frozen: what :class:`~clap_edge.export.bundle.Bundle` exposes and the
     writer takes. Sequences are tuples; mappings are plain dicts that nothing may change (build a new one
@@ -125,6 +146,8 @@ class Manifest:
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)
     drift: dict[str, dict[str, Any]] | None = None
     engines: tuple[EngineEntry, ...] | None = None
+    classes: ClassesInfo = field(default_factory=ClassesInfo)
+    text: TextInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown top-level keys, kept as they are
 
     def __post_init__(self):
@@ -227,7 +250,7 @@ def to_json(value: Any) -> Any:
     return value
 
 
-_DROP_IF_NONE = {"drift", "engines", "sidecar", "clap_edge_version"}
+_DROP_IF_NONE = {"drift", "engines", "sidecar", "clap_edge_version", "text"}
 
 
 def check_unique_names(names: list[str], what: str = "class_names") -> None:
@@ -262,7 +285,7 @@ def _parse_manifest(d: Any) -> Manifest:
     _check_json(d, "", 0)
     obj = _obj(d, "")
     version = check_version(obj)
-    for key in ("model", "class_names", "embed_dim", "preprocess", "inputs", "outputs", "files"):
+    for key in ("model", "class_names", "embed_dim", "logit_scale", "preprocess", "inputs", "outputs", "files"):
         if key not in obj:
             raise ManifestFieldError(key, "is missing")
     files = {name: _file_entry(name, e) for name, e in _obj(obj["files"], "files").items()}
@@ -285,7 +308,7 @@ def _parse_manifest(d: Any) -> Manifest:
         outputs=_tensors(obj["outputs"], "outputs"),
         files=files,
         alpha=_num(obj.get("alpha", 0.0), "alpha"),
-        logit_scale=_opt(obj.get("logit_scale"), "logit_scale", lambda v, p: _num(v, p, lo=0.0, open_lo=True)),
+        logit_scale=_num(obj["logit_scale"], "logit_scale", lo=0.0, open_lo=True),
         templates=_str_list(obj.get("templates", []), "templates", LIMITS["templates"]),
         opset=_opt(obj.get("opset"), "opset", lambda v, p: _int(v, p, 1, 1000)),
         flops_per_image=_opt(obj.get("flops_per_image"), "flops_per_image", lambda v, p: _num(v, p, lo=0.0)),
@@ -293,6 +316,8 @@ def _parse_manifest(d: Any) -> Manifest:
         parity=_free_sections(obj.get("parity", {}), "parity"),
         drift=_opt(obj.get("drift"), "drift", _free_sections),
         engines=_opt(obj.get("engines"), "engines", lambda v, p: _engines(v, p, files)),
+        classes=_classes(obj.get("classes", {})),
+        text=_opt(obj.get("text"), "text", lambda v, p: _text(v, p, files)),
         extra={k: v for k, v in obj.items() if k not in _KNOWN},
     )
     _check_shapes(m)
@@ -312,8 +337,11 @@ def _check_shapes(m: Manifest) -> None:
         raise ManifestFieldError("inputs[0].shape", f"{list(image.shape)} does not match [N, {want[0]}, {want[1]}, "
                                  f"{want[2]}] (preprocess.size {list(m.preprocess.size)})")
     outputs = {o.name: (i, o) for i, o in enumerate(m.outputs)}
-    for name, width, what in ((OUTPUT_LOGITS, len(m.class_names), "classes"),
-                              (OUTPUT_EMBEDDING, m.embed_dim, "embedding dims")):
+    if OUTPUT_LOGITS in outputs:  # schema 4: the model ends at the embedding; logits are the runtime's
+        raise ManifestFieldError(f"outputs[{outputs[OUTPUT_LOGITS][0]}].name", f"{OUTPUT_LOGITS!r} is not a model "
+                                 f"output in schema_version {SCHEMA_VERSION} (the model ends at the embedding; the "
+                                 f"runtime applies {CLASSES_FILE}); {REEXPORT_HINT}")
+    for name, width, what in ((OUTPUT_EMBEDDING, m.embed_dim, "embedding dims"),):
         if name not in outputs:
             raise ManifestFieldError("outputs", f"lists no {name!r} output")
         i, spec = outputs[name]
@@ -322,6 +350,35 @@ def _check_shapes(m: Manifest) -> None:
         if _is_int(spec.shape[1]) and spec.shape[1] != width:
             raise ManifestFieldError(f"outputs[{i}].shape", f"{name!r} has width {spec.shape[1]} but the bundle "
                                      f"has {width} {what}")
+
+
+def _classes(v: Any) -> ClassesInfo:
+    o = _obj(v, "classes")
+    unknown = sorted(set(o) - {"bias", "provenance"})
+    if unknown:
+        raise ManifestFieldError(f"classes.{unknown[0]}", "is not a classes field (bias, provenance)")
+    bias = o.get("bias", False)
+    if not isinstance(bias, bool):
+        raise ManifestFieldError("classes.bias", f"must be true or false, got {_kind(bias)}")
+    return ClassesInfo(bias=bias, provenance=_obj(o.get("provenance", {}), "classes.provenance"))
+
+
+def _text(v: Any, path: str, files: dict[str, FileEntry]) -> TextInfo:
+    o = _obj(v, path)
+    for key in ("file", "context_length", "tokenizer"):
+        if key not in o:
+            raise ManifestFieldError(f"{path}.{key}", "is missing")
+    name = _str(o["file"], f"{path}.file")
+    _check_file_name(name, f"{path}.file")
+    if name not in files:
+        raise ManifestFieldError(f"{path}.file", f"names {name!r}, which files does not list")
+    tok = _obj(o["tokenizer"], f"{path}.tokenizer")
+    for role, file in _obj(tok.get("files", {}), f"{path}.tokenizer.files").items():
+        _check_file_name(_str(file, f"{path}.tokenizer.files.{role}"), f"{path}.tokenizer.files.{role}")
+        if file not in files:
+            raise ManifestFieldError(f"{path}.tokenizer.files.{role}", f"names {file!r}, which files does not list")
+    return TextInfo(file=name, context_length=_int(o["context_length"], f"{path}.context_length", 1, 65_536),
+                    tokenizer=tok, extra={k: x for k, x in o.items() if k not in ("file", "context_length", "tokenizer")})
 
 
 def _model(v: Any) -> ModelInfo:

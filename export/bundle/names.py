@@ -9,6 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 
+# Version 4 (from 3): classes are data. The exported image model ends at the CLAP-projected, L2-normalised
+# embedding (its one output, OUTPUT_EMBEDDING); classes.safetensors holds the class matrix W [C, d]
+# (CLASSES_TENSOR) and, when the manifest's `classes.bias` is true, a bias b [C] (CLASSES_BIAS); every runtime
+# computes logits = logit_scale * embedding @ W.T + b (logit_scale is required). Changing the classes rewrites
+# one small file and the manifest, never a model, a variant or an engine. Version-3 bundles are refused with
+# the re-export line: their graphs end at baked-in logits, so a runtime would need a second code path
+# (and a second conformance story) for a format no device needs once re-exported.
 # Version 3 (from 2): the manifest is read into one typed, frozen Manifest by the same rules in Python,
 # C++ and manifest.schema.json (names without control characters, NFC-unique; file names as plain relative
 # paths; numbers in range); engine sidecars (sidecar.schema.json) record the engine file's own sha256
@@ -18,8 +25,8 @@ import os
 # clap-edge reads (>= 3); re-export the bundle with clap-edge >= 0.2 (`clap-edge export`)".
 # Version 2 (from 1): manifest.sha256 beside the manifest; every field typed and range-checked;
 # inputs/outputs named by INPUT_IMAGE / OUTPUT_*; optional `drift`, `engines` and a `bundle.sig` signature.
-SCHEMA_VERSION = 3
-MIN_SCHEMA_VERSION = 3  # the oldest version this code opens
+SCHEMA_VERSION = 4
+MIN_SCHEMA_VERSION = 4  # the oldest version this code opens
 REEXPORT_HINT = "re-export the bundle with clap-edge >= 0.2 (`clap-edge export`)"
 
 MANIFEST = "manifest.json"
@@ -28,14 +35,20 @@ SIGNATURE_FILE = "bundle.sig"  # OpenSSF model-signing (sigstore bundle JSON) ov
 SCHEMA_FILE = "manifest.schema.json"  # shipped in this package
 
 CLASSES_FILE = "classes.safetensors"
-CLASSES_TENSOR = "class_embeddings"
+CLASSES_TENSOR = "class_embeddings"  # W [C, d] float32
+CLASSES_BIAS = "class_bias"  # b [C] float32, present when the manifest's classes.bias is true
+TEXT_FILE = "text.onnx"  # optional text encoder: token ids [N, context_length] int64 -> class embedding [N, d]
+TEXT_INT8_FILE = "text.int8.onnx"
+TOKENIZER_DIR = "tokenizer"  # the tokenizer's files (bpe vocab, tokenizer.json config)
 HEAD_FILE = "head.safetensors"
 CALIBRATION_FILE = "calibration.npy"
 
 # Tensor names of the exported model.
 INPUT_IMAGE = "image"
-OUTPUT_LOGITS = "logits"
-OUTPUT_EMBEDDING = "embedding"
+OUTPUT_LOGITS = "logits"  # computed by the runtime from the class matrix (and by Triton's baked graph)
+OUTPUT_EMBEDDING = "embedding"  # the image model's one output
+INPUT_TOKENS = "tokens"  # text.onnx input [N, context_length] int64
+OUTPUT_TEXT_EMBEDDING = "text_embedding"  # text.onnx output [N, d]
 
 # Files the bundle itself manages: never listed in the manifest's `files`.
 META_FILES = (MANIFEST, MANIFEST_DIGEST, SIGNATURE_FILE)

@@ -27,7 +27,7 @@ from clap_edge.core.io import read_regular, staging_tempdir
 from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.bundle.filehead import check_file
 from clap_edge.export.bundle.manifest import LIMITS, Manifest, ManifestFieldError, check_version, loads
-from clap_edge.export.bundle.names import (CALIBRATION_FILE, CLASSES_FILE, CLASSES_TENSOR, MANIFEST,
+from clap_edge.export.bundle.names import (CALIBRATION_FILE, CLASSES_BIAS, CLASSES_FILE, CLASSES_TENSOR, MANIFEST,
                                              MANIFEST_DIGEST, sha256_file)
 
 
@@ -204,12 +204,21 @@ class Bundle:
         return batch.astype(np.float32)
 
     def class_embeddings(self) -> np.ndarray:
-        """The class embeddings [C, d] (float32, finite), checked against the manifest."""
+        """The class matrix W [C, d] (float32, finite), checked against the manifest."""
+        return self.class_tensors()[0]
+
+    def class_bias(self) -> np.ndarray | None:
+        """The class bias b [C] (float32, finite) when the manifest's ``classes.bias`` is true, else None."""
+        return self.class_tensors()[1]
+
+    def class_tensors(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(W [C, d], b [C] or None) from classes.safetensors, checked against the manifest."""
         from safetensors.numpy import load_file
 
         path = self.file(CLASSES_FILE)
         try:
-            emb = load_file(str(path))[CLASSES_TENSOR]
+            tensors = load_file(str(path))
+            emb = tensors[CLASSES_TENSOR]
         except Exception as e:
             raise BundleError(f"{self.label}: {CLASSES_FILE} is unreadable ({e})") from e
         expected = (len(self.class_names), self.embed_dim)
@@ -218,10 +227,16 @@ class Bundle:
                 f"{self.label}: {CLASSES_FILE} has shape {list(emb.shape)} but the manifest lists "
                 f"{expected[0]} classes of dimension {expected[1]}"
             )
-        if emb.dtype != np.float32 or not np.isfinite(emb).all():
-            raise BundleError(f"{self.label}: {CLASSES_FILE} must hold finite float32 values "
-                              f"(dtype {emb.dtype}, {int((~np.isfinite(emb)).sum())} non-finite)")
-        return emb
+        _check_finite32(emb, self.label, CLASSES_TENSOR)
+        bias = None
+        if self.manifest.classes.bias:
+            bias = tensors.get(CLASSES_BIAS)
+            if bias is None or bias.shape != (expected[0],):
+                raise BundleError(f"{self.label}: {CLASSES_FILE} must hold {CLASSES_BIAS} of shape [{expected[0]}] "
+                                  "(the manifest's classes.bias is true), found "
+                                  f"{'none' if bias is None else list(bias.shape)}")
+            _check_finite32(bias, self.label, CLASSES_BIAS)
+        return emb, bias
 
     def close(self) -> None:
         if self._tmpdir is not None:
@@ -233,6 +248,12 @@ class Bundle:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_finite32(a: np.ndarray, label: str, name: str) -> None:
+    if a.dtype != np.float32 or not np.isfinite(a).all():
+        raise BundleError(f"{label}: {CLASSES_FILE} must hold finite float32 values "
+                          f"({name}: dtype {a.dtype}, {int((~np.isfinite(a)).sum())} non-finite)")
 
 
 def _read_manifest(root: Path, label: str) -> tuple[Manifest, str]:

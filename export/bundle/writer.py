@@ -19,12 +19,12 @@ from clap_edge.core.errors import BundleError
 from clap_edge.core.io import atomic_directory, atomic_path
 from clap_edge.export.bundle.manifest import (EngineEntry, FileEntry, Manifest, ManifestFieldError, dumps, loads,
                                                 to_json)
-from clap_edge.export.bundle.names import (CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST, META_FILES,
+from clap_edge.export.bundle.names import (CLASSES_BIAS, CLASSES_FILE, CLASSES_TENSOR, MANIFEST, MANIFEST_DIGEST, META_FILES,
                                              SCHEMA_VERSION, SIGNATURE_FILE, VARIANT_FILES, sha256_file)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BundleWriter", "pack_tar", "write_manifest", "file_entries", "add_to_bundle"]
+__all__ = ["BundleWriter", "save_classes", "pack_tar", "write_manifest", "file_entries", "add_to_bundle"]
 
 
 class BundleWriter:
@@ -67,11 +67,10 @@ class BundleWriter:
             self._variants[variant] = name
         return dest
 
-    def add_class_embeddings(self, embeddings: np.ndarray) -> Path:
-        from safetensors.numpy import save_file
-
+    def add_class_embeddings(self, embeddings: np.ndarray, bias: np.ndarray | None = None) -> Path:
+        """classes.safetensors: the class matrix [C, d] (and the bias [C]; the manifest's classes.bias says so)."""
         assert self.staging is not None
-        save_file({CLASSES_TENSOR: np.ascontiguousarray(embeddings, dtype=np.float32)}, str(self.staging / CLASSES_FILE))
+        save_classes(self.staging / CLASSES_FILE, embeddings, bias)
         return self.add_file(CLASSES_FILE)
 
     def _finalise(self) -> None:
@@ -94,6 +93,17 @@ class BundleWriter:
                 self._ctx.__exit__(type(e), e, e.__traceback__)
                 raise
         self._ctx.__exit__(exc_type, exc, tb)
+
+
+def save_classes(path: str | os.PathLike, embeddings: np.ndarray, bias: np.ndarray | None = None) -> None:
+    """Write classes.safetensors (W under CLASSES_TENSOR, b under CLASSES_BIAS if given) atomically."""
+    from safetensors.numpy import save_file
+
+    tensors = {CLASSES_TENSOR: np.ascontiguousarray(embeddings, dtype=np.float32)}
+    if bias is not None:
+        tensors[CLASSES_BIAS] = np.ascontiguousarray(bias, dtype=np.float32)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def pack_tar(bundle_dir: str | os.PathLike, tar_path: str | os.PathLike) -> Path:

@@ -2,6 +2,8 @@
 
 A runner is built from a bundle, ``activate()``-d (load the model, create sessions),
 fed preprocessed float32 batches ``[N, 3, H, W]`` by ``infer()``, and ``deactivate()``-d.
+Backends return the model's one output, the embedding [N, d]; ``infer()`` applies the bundle's class
+matrix (schema 4: classes are data) so every backend gives the same logits from the same embedding.
 It is a context manager and keeps its own inference timings. Heavy libraries are
 imported inside ``activate()``, never at module import.
 """
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from clap_edge.core.errors import BackendUnavailableError
-from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle import Bundle, ClassMatrix
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Runner(ABC):
         self.variant = self.variant_for(self.requested_precision)
         #: the numeric precision actually used (e.g. "fp32", "int8", "bf16"), set on activate
         self.precision: str = self.requested_precision
+        #: what turns embeddings into logits (Classifier.set_classes replaces it)
+        self.classes: ClassMatrix = ClassMatrix.from_bundle(bundle)
 
     @classmethod
     def is_available(cls) -> bool:
@@ -111,9 +115,9 @@ class Runner(ABC):
             raise RuntimeError(f"{self.name} runner is not active; call activate() or use it as a context manager")
         batch = self._check_batch(batch)
         start = time.perf_counter()
-        out = self.infer_impl(batch)
+        embedding = np.asarray(self.infer_impl(batch), dtype=np.float32)
         self.inference_times.append(time.perf_counter() - start)
-        return out
+        return RunnerOutput(logits=self.classes.logits(embedding), embedding=embedding)
 
     def deactivate(self) -> None:
         if self.is_active:
@@ -130,7 +134,8 @@ class Runner(ABC):
     def activate_impl(self) -> None: ...
 
     @abstractmethod
-    def infer_impl(self, batch: np.ndarray) -> RunnerOutput: ...
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        """The model's embedding output [N, d] for a checked float32 batch."""
 
     def deactivate_impl(self) -> None:
         pass

@@ -15,7 +15,7 @@ from clap_edge.core.errors import BundleError
 from clap_edge.export.bundle.engines import (ENGINE_KINDS, DeviceInfo, EngineChoice, engine_entries, host_cpu,
                                               load_sidecar, select_engine, usable_reason, visible_gpus)
 from clap_edge.export.bundle import Bundle
-from clap_edge.runtime.backends.base import Runner, RunnerOutput
+from clap_edge.runtime.backends.base import Runner
 
 __all__ = ["EngineRunner", "plan_chunks", "run_in_chunks"]
 
@@ -34,17 +34,16 @@ def plan_chunks(n: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
     return chunks
 
 
-def run_in_chunks(batch: np.ndarray, lo: int, hi: int, run: Any) -> RunnerOutput:
-    """``run(x) -> (logits, embedding)`` over ``batch`` in engine-sized chunks (padding short tails)."""
-    logits, embedding = [], []
+def run_in_chunks(batch: np.ndarray, lo: int, hi: int, run: Any) -> np.ndarray:
+    """``run(x) -> embedding`` over ``batch`` in engine-sized chunks (padding short tails)."""
+    embedding = []
     for start, stop, size in plan_chunks(len(batch), lo, hi):
         x = batch[start:stop]
         if size > len(x):
             x = np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), dtype=x.dtype)])
-        out_logits, out_embedding = run(x)
-        logits.append(np.asarray(out_logits[: stop - start], dtype=np.float32))
+        out_embedding = run(x)
         embedding.append(np.asarray(out_embedding[: stop - start], dtype=np.float32))
-    return RunnerOutput(logits=np.concatenate(logits), embedding=np.concatenate(embedding))
+    return np.concatenate(embedding)
 
 
 class EngineRunner(Runner):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from clap_edge.runtime.backends.aoti.loader import hosts_for, load_package
-from clap_edge.runtime.backends.base import RunnerOutput
 from clap_edge.runtime.backends.engines import EngineRunner, run_in_chunks
 
 __all__ = ["AotiRunner"]
@@ -33,14 +32,16 @@ class AotiRunner(EngineRunner):
         self.model = load_package(torch, choice.path, device)
         self._torch = torch
 
-    def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         lo, hi = self.batch_range
 
         def run(x: np.ndarray):
             with torch.inference_mode():
-                logits, embedding = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self._device))
-            return logits.float().cpu().numpy(), embedding.float().cpu().numpy()
+                embedding = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self._device))
+            if isinstance(embedding, (tuple, list)):  # AOTInductor packages return their outputs as a list
+                embedding = embedding[0]
+            return embedding.float().cpu().numpy()
 
         return run_in_chunks(batch, lo, hi, run)
 

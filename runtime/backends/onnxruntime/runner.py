@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from clap_edge.export.bundle.names import OUTPUT_EMBEDDING, OUTPUT_LOGITS
-from clap_edge.runtime.backends.base import Runner, RunnerOutput
+from clap_edge.export.bundle.names import OUTPUT_EMBEDDING
+from clap_edge.runtime.backends.base import Runner
 from clap_edge.runtime.backends.onnxruntime.loader import PROVIDERS, load_session
 
 __all__ = ["OnnxRuntimeRunner", "OnnxRuntimeInt8Runner", "PROVIDERS"]
@@ -40,12 +40,11 @@ class OnnxRuntimeRunner(Runner):
         self.providers = list(self.session.get_providers())
         self._input_name = self.bundle.manifest.inputs[0].name
         # by name, not by the manifest's order: the outputs list may be in any order (the C++ runtime agrees)
-        self._output_names = [OUTPUT_LOGITS, OUTPUT_EMBEDDING]
+        self._output_names = [OUTPUT_EMBEDDING]
         self.precision = self.requested_precision
 
-    def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
-        logits, embedding = self.session.run(self._output_names, {self._input_name: batch})
-        return RunnerOutput(logits=logits, embedding=embedding)
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(self._output_names, {self._input_name: batch})[0]
 
     def deactivate_impl(self) -> None:
         self.session = None

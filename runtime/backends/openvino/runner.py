@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from clap_edge.export.bundle import Bundle
-from clap_edge.export.bundle.names import OUTPUT_EMBEDDING, OUTPUT_LOGITS
-from clap_edge.runtime.backends.base import Runner, RunnerOptions, RunnerOutput
+from clap_edge.export.bundle.names import OUTPUT_EMBEDDING
+from clap_edge.runtime.backends.base import Runner, RunnerOptions
 from clap_edge.runtime.backends.openvino.loader import compile_bundle_model, compile_config, compiled_precision
 
 __all__ = ["OpenVINORunner"]
@@ -43,12 +43,10 @@ class OpenVINORunner(Runner):
         self._out_index = {out.get_any_name(): i for i, out in enumerate(self._compiled.outputs)}
         self.precision = "int8" if self.requested_precision == "int8" else compiled_precision(self._compiled)
 
-    def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         outs = list(self._request.infer({0: batch}, share_inputs=True).values())
-        logits = np.asarray(outs[self._out_index[OUTPUT_LOGITS]], dtype=np.float32)
-        embedding = np.asarray(outs[self._out_index[OUTPUT_EMBEDDING]], dtype=np.float32)
-        # copies: the request reuses its output tensors on the next call
-        return RunnerOutput(logits=logits.copy(), embedding=embedding.copy())
+        # a copy: the request reuses its output tensors on the next call
+        return np.array(outs[self._out_index[OUTPUT_EMBEDDING]], dtype=np.float32)
 
     def deactivate_impl(self) -> None:
         self._request = None

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from clap_edge.core.errors import BackendUnavailableError, BundleError
-from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING, OUTPUT_LOGITS
+from clap_edge.export.bundle.names import INPUT_IMAGE, OUTPUT_EMBEDDING
 
 INPUT_NAME = INPUT_IMAGE
-OUTPUT_NAMES = (OUTPUT_LOGITS, OUTPUT_EMBEDDING)
+OUTPUT_NAMES = (OUTPUT_EMBEDDING,)  # schema 4: the model ends at the embedding
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "check_cuda", "TrtBuffers", "deserialize"]
 

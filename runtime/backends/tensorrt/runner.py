@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from clap_edge.export.bundle.names import OUTPUT_EMBEDDING, OUTPUT_LOGITS
-from clap_edge.runtime.backends.base import RunnerOutput
+from clap_edge.export.bundle.names import OUTPUT_EMBEDDING
 from clap_edge.runtime.backends.engines import EngineRunner, run_in_chunks
 from clap_edge.runtime.backends.tensorrt.loader import (INPUT_NAME, OUTPUT_NAMES, TrtBuffers, check_cuda, deserialize,
                                                         import_cudart)
@@ -56,11 +55,11 @@ class TensorRTRunner(EngineRunner):
         self.stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._cudart = cudart
 
-    def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         lo, hi = self.batch_range
         return run_in_chunks(batch, lo, hi, self._run)
 
-    def _run(self, x: np.ndarray) -> tuple[Any, Any]:
+    def _run(self, x: np.ndarray) -> Any:
         cudart, b, n = self._cudart, self.buffers, len(x)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         b.host[INPUT_NAME][:n] = x
@@ -73,7 +72,7 @@ class TensorRTRunner(EngineRunner):
             check_cuda(cudart.cudaMemcpyAsync(b.host_ptr[name], b.device[name], n * b.nbytes_per_row[name], d2h,
                                               self.stream), "copy to host")
         check_cuda(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-        return b.host[OUTPUT_LOGITS][:n].copy(), b.host[OUTPUT_EMBEDDING][:n].copy()
+        return b.host[OUTPUT_EMBEDDING][:n].copy()
 
     def deactivate_impl(self) -> None:
         if getattr(self, "buffers", None) is not None:

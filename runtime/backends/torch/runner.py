@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clap_edge.runtime.backends.base import Runner, RunnerOutput
+from clap_edge.runtime.backends.base import Runner
 from clap_edge.runtime.backends.torch.loader import DTYPES, load_program_module
 
 __all__ = ["TorchRunner"]
@@ -36,11 +36,11 @@ class TorchRunner(Runner):
         self._torch = torch
         self.precision = self.requested_precision
 
-    def infer_impl(self, batch: np.ndarray) -> RunnerOutput:
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         with torch.inference_mode():
-            logits, embedding = self.module(torch.from_numpy(batch).to(self.device, self._dtype))
-        return RunnerOutput(logits=logits.float().cpu().numpy(), embedding=embedding.float().cpu().numpy())
+            embedding = self.module(torch.from_numpy(batch).to(self.device, self._dtype))
+        return embedding.float().cpu().numpy()
 
     def deactivate_impl(self) -> None:
         self.module = None
