@@ -29,7 +29,7 @@ import torch
 from clap_edge.core.datasets import find_splits, scan_domains
 from clap_edge.core.errors import ClapEdgeError
 from clap_edge.core.metrics import Top1, paired_bootstrap, paired_difference_ci
-from clap_edge.core.probe import ProbeConfig, fit_probe, l2_normalize
+from clap_edge.core.probe import Probe, ProbeConfig, fit_probe, l2_normalize
 from clap_edge.core.progress import Progress, or_silent
 from clap_edge.head import CLAPHead
 from clap_edge.models import LoadedModel
@@ -52,6 +52,10 @@ class FewShotConfig:
             raise ClapEdgeError(f"few-shot counts must be >= 1, got {list(self.shots)}")
         if self.draws < 1:
             raise ClapEdgeError(f"few-shot draws must be >= 1, got {self.draws}")
+
+    def draw_probe(self, draw: int) -> ProbeConfig:
+        """Draw r fits with seed ``probe.seed + r`` (``clap-edge adapt --seed`` repeats it)."""
+        return replace(self.probe, seed=self.probe.seed + draw)
 
     def settings(self) -> dict:
         return {"shots": list(self.shots), "draws": self.draws, "alpha": self.alpha, "n_boot": self.n_boot,
@@ -112,6 +116,13 @@ def draw_shots(labels: Mapping[str, np.ndarray], domains: list[str], n_classes: 
     return out
 
 
+def fit_draw(feats: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], shots: list[tuple[str, int]],
+             n_classes: int, probe: ProbeConfig) -> Probe:
+    """The probe of one draw: fitted on the shots' features in the shots' order (``clap-edge adapt``'s order)."""
+    x = np.stack([feats[d][i] for d, i in shots])
+    return fit_probe(x, np.asarray([labels[d][i] for d, i in shots]), n_classes, probe)
+
+
 # ---- evaluation -------------------------------------------------------------------
 
 
@@ -133,11 +144,8 @@ def evaluate_fewshot(shot_feats: dict[str, dict[str, np.ndarray]], shot_labels: 
             hits = {key: [] for key in keys}
             for r in range(config.draws):
                 shots = draw_shots(shot_labels, train_domains, n_classes, k, r, config.seed)
-                y = np.asarray([shot_labels[d][i] for d, i in shots])
-                probe_cfg = replace(config.probe, seed=config.probe.seed + r)
                 for key in keys:
-                    x = np.stack([shot_feats[key][d][i] for d, i in shots])
-                    probe = fit_probe(x, y, n_classes, probe_cfg)
+                    probe = fit_draw(shot_feats[key], shot_labels, shots, n_classes, config.draw_probe(r))
                     hits[key].append(probe.predict(test_feats[key][held]) == test_labels[held])
             scores = {key: np.mean(h, axis=0) for key, h in hits.items()}
             top1[held][k] = paired_bootstrap(scores, config.n_boot, config.seed)
