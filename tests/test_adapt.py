@@ -158,3 +158,50 @@ def test_bad_shot_folders_are_one_line_exit_2(toy, tmp_path, case):
     lines = [line for line in r.stderr.splitlines() if not line.startswith("embedding ")]  # the progress line
     assert len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], lines
     assert not (tmp_path / "o").exists()
+
+
+def test_fewshot_evaluation_pairs_clip_and_clap_on_the_same_shots():
+    from clap_edge.core.probe import ProbeConfig
+    from clap_edge.fewshot import FewShotConfig, draw_shots, evaluate_fewshot
+
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(3, 8))
+    labels = {d: np.repeat(np.arange(3), 10) for d in ("a", "b", "c")}
+    clean = {d: means[y] + 0.3 * rng.normal(size=(30, 8)) for d, y in labels.items()}
+    noisy = {d: f + 3.0 * rng.normal(size=f.shape) for d, f in clean.items()}
+    feats = {"clip": noisy, "clap": clean}
+    config = FewShotConfig(shots=(1, 4), draws=2, probe=ProbeConfig(epochs=50), n_boot=200)
+    res = evaluate_fewshot(feats, labels, feats, labels, 3, config)
+    out = res.as_dict()
+    assert list(out["domains"]) == ["a", "b", "c"] and list(out["domains"]["a"]) == ["1", "4"]
+    for by_k in out["domains"].values():
+        for cells in by_k.values():
+            assert len(cells["clip"]["draws"]) == 2 and cells["clip"]["n"] == 30
+            assert cells["clap"]["minus_clip"]["points"] == pytest.approx(cells["clap"]["top1"] - cells["clip"]["top1"],
+                                                                          abs=0.02)
+    assert all(out["domains"][d]["4"]["clap"]["minus_clip"]["ci95"][0] > 0 for d in "abc")  # clean features win
+    # a domain's shots do not depend on which other domain is held out, and never include the held-out one
+    ab = draw_shots(labels, ["a", "b"], 3, 4, 0, 0)
+    ac = draw_shots(labels, ["a", "c"], 3, 4, 0, 0)
+    assert [s for s in ab if s[0] == "a"] == [s for s in ac if s[0] == "a"] and not any(d == "c" for d, _ in ab)
+    assert len(ab) == 3 * 2 * 4
+
+
+def test_eval_cli_few_shot_table_plot_and_settings(toy, tmp_path):
+    root, _, _ = toy
+    r = CliRunner().invoke(main, ["eval", str(root / "data"), "--head", str(root / "head.safetensors"),
+                                  "--prompts", "C", "--alphas", "0", "--alpha", "0.3", "--few-shot", "1,2",
+                                  "--shot-draws", "2", "--out", str(tmp_path / "ev"), "--json"])
+    assert r.exit_code == 0, r.output
+    few = json.loads((tmp_path / "ev" / "eval.json").read_text())["few_shot"]
+    assert few["settings"]["probe"]["lr"] == 0.005 and few["settings"]["probe"]["epochs"] == 1000
+    assert few["settings"]["probe"]["batch_size"] == 32 and few["shot_split"] == "val" and few["alphas"] == {"clap": 0.3}
+    assert set(few["domains"]) == set(DOMAINS) and set(few["mean"]) == {"1", "2"}
+    for by_k in few["domains"].values():
+        for cells in by_k.values():
+            assert cells["clip"]["n"] == cells["clap"]["n"] == 6 * len(CLASSES)
+            assert cells["clip"]["ci95"][0] <= cells["clip"]["top1"] <= cells["clip"]["ci95"][1]
+    assert (tmp_path / "ev" / "eval-fewshot.png").stat().st_size > 0
+    assert "| held-out domain | shots/class | clip | clap | clap - clip |" in (tmp_path / "ev" / "eval.md").read_text()
+    bad = CliRunner().invoke(main, ["eval", str(root / "data"), "--model", "clap-edge-toy", "--few-shot", "1,x"])
+    assert bad.exit_code == 2 and "--few-shot '1,x'" in bad.stderr
