@@ -158,9 +158,12 @@ def evaluate_fewshot(shot_feats: dict[str, dict[str, np.ndarray]], shot_labels: 
 
 def evaluate_fewshot_folder(dataset: str | Path, loaded: LoadedModel, heads: dict[str, CLAPHead],
                             config: FewShotConfig, class_names: list[str] | None = None,
-                            per_class: int | None = None, progress: Progress | None = None
-                            ) -> tuple[FewShotResult, list[str]]:
-    """Encode the dataset once with the frozen model, then :func:`evaluate_fewshot` on CLIP and every head."""
+                            per_class: int | None = None, shot_pool: int | None = None,
+                            progress: Progress | None = None) -> tuple[FewShotResult, list[str]]:
+    """Encode the dataset once with the frozen model, then :func:`evaluate_fewshot` on CLIP and every head.
+
+    ``per_class`` caps the images per class and domain of every split; ``shot_pool`` those of the shot split
+    only (the draws pick from the first ``shot_pool``: a cheaper encode when the split is large)."""
     from clap_edge.zeroshot import encode_images
 
     progress = or_silent(progress)
@@ -174,7 +177,8 @@ def evaluate_fewshot_folder(dataset: str | Path, loaded: LoadedModel, heads: dic
         progress(f"encoding {split} images", 0, len(domains))
         raw = {}
         for name, images in domains.items():
-            f = encode_images(loaded, images.head(per_class))
+            cap = min(n for n in (per_class, shot_pool if split == shot_split != "test" else None, 1 << 30) if n is not None)
+            f = encode_images(loaded, images.head(cap))
             if f.failed:  # a shot index must point at its file's features: skip nothing silently
                 raise ClapEdgeError(f"few-shot evaluation: unreadable images {f.failed[:3]}")
             raw[name], labels.setdefault(split, {})[name] = f.features, f.labels
