@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clap_edge.core.classnames import format_template  # noqa: F401  (torch-free: the runtime fills templates too)
 from clap_edge.core.errors import PromptError
 from clap_edge.head import CLAPHead
 
@@ -44,15 +45,6 @@ def fold_head(head: CLAPHead | None, alpha: float | None = None) -> CLAPHead | N
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded
-
-
-def format_template(template: str, class_name: str) -> str:
-    """Fill a template: ``{c}`` (ours) or ``{}`` (open_clip's) stands for the class name."""
-    if "{c}" in template:
-        return template.replace("{c}", class_name)
-    if "{}" in template:
-        return template.replace("{}", class_name)
-    raise PromptError(f"template {template!r} has no '{{c}}' placeholder for the class name")
 
 
 @torch.no_grad()

@@ -110,3 +110,89 @@ def test_schema_3_refused_with_reexport_line(runtime_bundle, tmp_path):
     write_manifest(root, data, validate=False)
     with pytest.raises(BundleError, match=r"schema_version: 3 is older .*re-export the bundle"):
         Bundle.open(root)
+
+
+# ---- words on the device: export --text-encoder, `clap-edge classes`, Classifier.set_classes ----------------
+
+TEMPLATES = ["a photo of a {c}.", "a sketch of the {c}"]
+NO_TORCH = ("import sys; sys.modules.update({m: None for m in ('torch', 'open_clip', 'torchvision')}); "
+            "from clap_edge.apps.cli import main; main()")
+
+
+@pytest.fixture(scope="module")
+def text_bundle(tmp_path_factory):
+    import torch
+
+    from clap_edge.export.builders.exporter import ExportConfig, export_bundle
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("text") / "bundle"
+    return export_bundle(ExportConfig(out=out, model_name="clap-edge-tiny", classes=["cat", "dog", "car"],
+                                      templates=TEMPLATES, torch_program=False, text_encoder=True))
+
+
+def _torch_classes(names):
+    """The reference: open_clip + torch, as an export embeds classes (clap_edge.fuse.class_embeddings)."""
+    import torch
+
+    from clap_edge.fuse import class_embeddings
+    from clap_edge.models import load_model
+
+    torch.manual_seed(0)  # the same random init as the fixture's export
+    loaded = load_model("clap-edge-tiny")
+    return class_embeddings(loaded.model, loaded.tokenizer, names, TEMPLATES).numpy()
+
+
+def test_text_encoder_listed_checked_and_within_1e5(text_bundle):
+    with Bundle.open(text_bundle) as b:
+        text = b.manifest.text
+        assert text.file == "text.onnx" and text.context_length == 32
+        assert set(text.tokenizer["files"].values()) <= set(b.manifest.files)
+        assert b.verify_all()[text.file] == "ok"
+        assert text.extra["parity"]["fp32"]["max_abs_diff"] <= 1e-5
+        np.testing.assert_allclose(b.class_embeddings(), _torch_classes(["cat", "dog", "car"]), atol=1e-5)
+
+
+def test_classes_cli_without_torch_matches_a_torch_export(text_bundle, tmp_path, batch):
+    import subprocess
+    import sys
+
+    names = ["forklift", "pallet jack", "Kätzchen", "café crème", "🚜 tractor"]
+    run = subprocess.run([sys.executable, "-c", NO_TORCH, "classes", str(text_bundle), "--set", ",".join(names),
+                          "--out", str(tmp_path / "new"), "--json"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["classes"] == names and result["removed"] == ["cat", "dog", "car"]
+    reference = _torch_classes(names)
+    with Bundle.open(tmp_path / "new") as b:
+        assert b.manifest.classes.provenance["method"] == "zero-shot-text"
+        assert np.abs(b.class_embeddings() - reference).max() <= 1e-5
+        scale = b.manifest.logit_scale
+    with Classifier.open(tmp_path / "new", backend="onnxruntime") as clf:
+        out = clf.runner.infer(batch)
+    want = scale * out.embedding.astype(np.float64) @ reference.T.astype(np.float64)
+    assert (out.logits.argmax(1) == want.argmax(1)).all()
+    # add / remove keep the other rows as they were; a missing name is one line, exit 2
+    run = subprocess.run([sys.executable, "-c", NO_TORCH, "classes", str(tmp_path / "new"), "--add", "cat",
+                          "--remove", "pallet jack,Kätzchen", "--in-place"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with Bundle.open(tmp_path / "new") as b:
+        assert b.class_names == ["forklift", "café crème", "🚜 tractor", "cat"]
+        np.testing.assert_allclose(b.class_embeddings(), _torch_classes(b.class_names), atol=1e-5)
+    bad = subprocess.run([sys.executable, "-c", NO_TORCH, "classes", str(text_bundle), "--remove", "zebra",
+                          "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: ") and "zebra" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_set_classes_in_memory_and_bundles_without_text(text_bundle, runtime_bundle, batch):
+    names = ["forklift", "pallet"]
+    with Classifier.open(text_bundle, backend="onnxruntime") as clf:
+        clf.set_classes(names)
+        logits = clf.runner.infer(batch).logits
+        assert clf.predict_batch(batch, top_k=1)[0].label in names
+    emb = Classifier.open(text_bundle, backend="onnxruntime").runner.infer(batch).embedding
+    np.testing.assert_allclose(logits, clf.runner.classes.scale * emb @ _torch_classes(names).T, atol=1e-3)
+    with Classifier.open(runtime_bundle, backend="onnxruntime") as clf:
+        with pytest.raises(BundleError, match="no text encoder in this bundle; export it with"):
+            clf.set_classes(names)

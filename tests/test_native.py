@@ -173,3 +173,24 @@ def test_native_and_python_agree_on_every_conformance_case(native_tools, tmp_pat
             disagree.append(f"{case['id']}: " + "; ".join(why))
     assert len(cases) >= 100
     assert not disagree, f"{len(disagree)} of {len(cases)} cases disagree:\n" + "\n".join(disagree)
+
+
+def test_native_applies_a_rewritten_class_matrix_and_bias(native_tools, runtime_bundle, images, tmp_path):
+    """Schema 4: classes are data. A bundle whose classes were rewritten (new names, matrix and bias, as
+    `clap-edge classes` / `adapt` write them) gives the same answers in C++ as in Python."""
+    import numpy as np
+
+    from clap_edge.export.bundle import rewrite_classes
+
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((4, 64)).astype(np.float32)
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    new = rewrite_classes(runtime_bundle, tmp_path / "rewritten", class_names=["forklift", "pallet", "Kätzchen", "🚜"],
+                          class_matrix=w, bias=np.array([0.3, -0.2, 0.0, 0.1], np.float32),
+                          provenance={"method": "linear-probe"})
+    native = _run([native_tools["clap-edge-classify"], new, images, "--json", "--top-k", "4", "--precision", "fp32"])
+    python = _run([*CLI, "classify", new, images, "--json", "--top-k", "4", "--backend", "onnxruntime"])
+    assert native.returncode == python.returncode == 1, native.stderr + python.stderr
+    for n, p in zip(*[[json.loads(x) for x in r.stdout.splitlines()] for r in (native, python)]):
+        if "error" not in p:
+            assert n["labels"] == p["labels"] and np.allclose(n["scores"], p["scores"], atol=1e-4), (n, p)

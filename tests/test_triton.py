@@ -37,8 +37,8 @@ def test_onnxruntime_repository_matches_manifest(runtime_bundle, tmp_path):
     assert inp.name == m["inputs"][0]["name"] and list(inp.dims) == m["inputs"][0]["shape"][1:]
     assert inp.data_type == model_config_pb2.TYPE_FP32
     outs = {o.name: o for o in cfg.output}
-    assert set(outs) == {o["name"] for o in m["outputs"]}
-    for o in m["outputs"]:
+    assert set(outs) == {o["name"] for o in m["outputs"]} | {"logits"}  # logits: the class matrix baked in
+    for o in m["outputs"] + [{"name": "logits", "shape": ["N", len(m["class_names"])]}]:
         assert list(outs[o["name"]].dims) == o["shape"][1:]
         assert outs[o["name"]].data_type == model_config_pb2.TYPE_FP32
     assert outs["logits"].label_filename == "labels.txt" and outs["embedding"].label_filename == ""
@@ -46,8 +46,7 @@ def test_onnxruntime_repository_matches_manifest(runtime_bundle, tmp_path):
     (group,) = cfg.instance_group
     assert group.count == 3 and group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert (dest / "labels.txt").read_text().splitlines() == m["class_names"]
-    model = dest / "1" / "model.onnx"
-    assert hashlib.sha256(model.read_bytes()).hexdigest() == m["files"]["model.onnx"]["sha256"]
+    _assert_baked(runtime_bundle, dest / "1" / "model.onnx", "model.onnx")
     pre = json.loads((dest / "preprocess.json").read_text())
     assert pre["preprocess"]["mean"] == m["preprocess"]["mean"] and pre["shape"][1:] == m["inputs"][0]["shape"][1:]
 
@@ -69,7 +68,7 @@ def test_label_file_order_is_the_logit_order(runtime_bundle, tmp_path):
         reference = clf.predict(images, top_k=1)
     logits = dict(zip([o.name for o in session.get_outputs()],
                       session.run(None, {cfg.input[0].name: batch})))["logits"]
-    assert logits.shape[1] == cfg.output[0].dims[0] == len(labels)
+    assert logits.shape[1] == {o.name: o for o in cfg.output}["logits"].dims[0] == len(labels)
     assert [labels[i] for i in logits.argmax(axis=1)] == [p.label for p in reference]
 
 
@@ -78,8 +77,24 @@ def test_openvino_and_int8(runtime_bundle, tmp_path):
                                                                          model_name="tiny-ov"))
     cfg = _parse(dest)
     assert cfg.backend == "openvino" and cfg.platform == "" and cfg.default_model_filename == "model.onnx"
-    digest = hashlib.sha256((dest / "1" / "model.onnx").read_bytes()).hexdigest()
-    assert digest == _manifest(runtime_bundle)["files"]["model.int8.onnx"]["sha256"]
+    _assert_baked(runtime_bundle, dest / "1" / "model.onnx", "model.int8.onnx")
+
+
+def _assert_baked(bundle, baked, source):
+    """The repository's model is the bundle's model (same embedding) with the runtime's logits appended."""
+    import onnxruntime as ort
+
+    from clap_edge.export.bundle import Bundle, ClassMatrix
+
+    with Bundle.open(bundle) as b:
+        classes = ClassMatrix.from_bundle(b)
+        batch = np.random.default_rng(5).standard_normal((3, *b.input_shape)).astype(np.float32)
+    run = lambda path, names: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        names, {"image": batch})
+    (emb,) = run(bundle / source, ["embedding"])
+    baked_emb, baked_logits = run(baked, ["embedding", "logits"])
+    np.testing.assert_array_equal(baked_emb, emb)
+    np.testing.assert_allclose(baked_logits, classes.logits(emb), atol=1e-4)  # the runtime's own logits
 
 
 @pytest.fixture
@@ -182,7 +197,7 @@ def test_crafted_output_name_cannot_inject_a_model_filename(runtime_bundle, tmp_
     intended = triton.model_config(m, TritonConfig())
     cfg = text_format.Parse(triton.model_config_text(m, TritonConfig()), model_config_pb2.ModelConfig())
     assert cfg == intended and cfg.default_model_filename == "" and cfg.output[0].name == INJECTION
-    assert len(cfg.output) == len(m.outputs)
+    assert len(cfg.output) == len(m.outputs) + 1  # + the baked logits
 
 
 @pytest.mark.parametrize("name", ["../escape", ".", "..", "a/b", "name\n", "", "-x", "x" * 129])
@@ -254,7 +269,13 @@ def test_cli_trusted_key_checks_the_bytes_it_copies(runtime_bundle, keys, tmp_pa
     labels = (tmp_path / "repo3" / "clap_edge" / "labels.txt").read_text().splitlines()
     assert labels == _manifest(runtime_bundle)["class_names"] != _manifest(signed)["class_names"]
     model = (tmp_path / "repo3" / "clap_edge" / "1" / "model.onnx").read_bytes()
-    assert model == (runtime_bundle / "model.onnx").read_bytes() != (signed / "model.onnx").read_bytes()
+    from clap_edge.export.builders.triton import bake_classes
+    from clap_edge.export.bundle import Bundle, ClassMatrix
+
+    with Bundle.open(runtime_bundle) as b:  # the repository holds the verified model, with its classes baked in
+        expected = bake_classes(runtime_bundle / "model.onnx", tmp_path / "expected.onnx", ClassMatrix.from_bundle(b))
+    assert b"forged" in (signed / "model.onnx").read_bytes()
+    assert model == expected.read_bytes() and b"forged" not in model
 
 
 def test_full_disk_is_one_line_and_leaves_nothing(runtime_bundle, tmp_path, monkeypatch):

@@ -28,3 +28,14 @@ def describe_duplicate(first: str, second: str) -> str:
     if first == second:
         return f"{second!r} appears twice"
     return f"{second!r} appears as {ascii(first)} and {ascii(second)}, equal after Unicode NFC"
+
+
+def format_template(template: str, class_name: str) -> str:
+    """Fill a template: ``{c}`` (ours) or ``{}`` (open_clip's) stands for the class name."""
+    from clap_edge.core.errors import PromptError
+
+    if "{c}" in template:
+        return template.replace("{c}", class_name)
+    if "{}" in template:
+        return template.replace("{}", class_name)
+    raise PromptError(f"template {template!r} has no '{{c}}' placeholder for the class name")

@@ -24,7 +24,7 @@ from clap_edge.core.io import staging_tempdir
 from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.builders.calibration import preprocessor_for
 from clap_edge.export.bundle import BundleWriter, ClassMatrix
-from clap_edge.export.bundle.manifest import ClassesInfo, HeadInfo, Manifest, ModelInfo, TensorSpec
+from clap_edge.export.bundle.manifest import ClassesInfo, HeadInfo, Manifest, ModelInfo, TensorSpec, TextInfo
 from clap_edge.export.bundle.names import CALIBRATION_FILE, INPUT_IMAGE, OUTPUT_EMBEDDING
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class ExportConfig:
     openvino_int8: bool = False  # model.int8.xml/.bin: NNCF post-training int8 as OpenVINO IR
     fp16: bool = False
     torch_program: bool = True  # write model.pt2
+    text_encoder: bool = False  # text.onnx (+ text.int8.onnx with int8) and the tokenizer: classes on the device
     overwrite: bool = False
     calibration: Any = None  # folder of images, or a float32 array [n,3,H,W] already preprocessed
     calibration_count: int = 64  # images the static quantisers calibrate on (evenly spaced over the folder)
@@ -114,6 +115,11 @@ def export_bundle(cfg: ExportConfig) -> Path:
         parity = {"fp32": fp32.as_manifest(tolerance=cfg.parity_tolerance)}
         variants = _build_variants(cfg, result.path, calib, fp32_logits, tmp, say, parity, pre, classes)
         drift = _score_drift(cfg, result.path, variants, class_names, pre, say, classes)
+        text = None
+        if cfg.text_encoder:
+            from clap_edge.export.builders.text_export import export_text
+
+            text = export_text(loaded, head, alpha, tmp, cfg.int8, say)
 
         say("writing bundle")
         with BundleWriter(out, overwrite=cfg.overwrite) as writer:
@@ -128,6 +134,8 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 writer.add_file("head.safetensors")
             writer.add_class_embeddings(classes.weights, classes.bias)
             writer.add_file(CALIBRATION_FILE, _npy_bytes(calib))
+            for name, path in (text.files if text else {}).items():
+                writer.add_file(name, path)
             writer.manifest = Manifest(
                 model=ModelInfo(model_name, pretrained, _head_manifest(head, alpha)),
                 embed_dim=fused.embed_dim,
@@ -144,6 +152,10 @@ def export_bundle(cfg: ExportConfig) -> Path:
                 flops_per_image=flops_per_image(fused, image_shape),
                 parity=parity,
                 drift=drift or None,
+                text=None if text is None else TextInfo(
+                    file=text.section["file"], context_length=text.section["context_length"],
+                    tokenizer=text.section["tokenizer"],
+                    extra={k: v for k, v in text.section.items() if k not in ("file", "context_length", "tokenizer")}),
                 files={},  # the writer lists every file it staged, with its sha256
             )  # checked in full (Manifest.from_dict) when the writer writes it
     say(f"wrote {out}")

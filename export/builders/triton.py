@@ -10,6 +10,12 @@
                           Triton receives the preprocessed float32 tensor [N, 3, H, W]
         1/model.onnx      (onnxruntime, openvino) or 1/model.plan (tensorrt, from the bundle's engines)
 
+Schema-4 bundles keep the class matrix as data beside a model that ends at the embedding. Triton has no
+such runtime step, so for the ONNX backends the matrix is baked in: the repository's model.onnx is the
+bundle's model with ``logits = logit_scale * embedding @ W.T (+ b)`` appended as graph nodes (a checked copy
+of the bundle's model, then the bake). A TensorRT plan is a compiled engine and cannot be extended here:
+its repository serves the ``embedding`` output only (apply classes.safetensors in the client).
+
 ``config.pbtxt`` is generated, never templated: a ``ModelConfig`` message of tritonclient's
 ``model_config_pb2`` printed by protobuf's ``text_format`` (which escapes), with every name checked by a
 strict rule first. Output file names are fixed here, never taken from the manifest; labels.txt refuses a
@@ -31,11 +37,12 @@ from typing import Any, Sequence
 
 from clap_edge.core.errors import BundleError, ClapEdgeError, OutputError, first_line
 from clap_edge.core.io import atomic_directory
-from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle import Bundle, ClassMatrix
 from clap_edge.export.bundle.manifest import Manifest, TensorSpec, to_json
-from clap_edge.export.bundle.names import OUTPUT_LOGITS, sha256_file
+from clap_edge.export.bundle.names import OUTPUT_EMBEDDING, OUTPUT_LOGITS, sha256_file
 
-__all__ = ["TritonConfig", "export_triton", "model_config", "model_config_text", "labels_text", "TRITON_BACKENDS"]
+__all__ = ["TritonConfig", "export_triton", "model_config", "model_config_text", "labels_text", "TRITON_BACKENDS",
+           "bake_classes"]
 
 # backend -> (config key, value, model file name in the version directory, instance kind)
 TRITON_BACKENDS = {
@@ -107,7 +114,14 @@ def export_triton(bundle: str | os.PathLike | Bundle, repo: str | os.PathLike, c
             (tmp / PREPROCESS_FILE).write_text(json.dumps(_preprocess_doc(bundle), indent=2) + "\n", encoding="utf-8")
             (tmp / "1").mkdir()
             # Output file names are fixed here, never taken from the manifest's text.
-            _copy_checked(bundle, model_name, tmp / "1" / TRITON_BACKENDS[config.backend][2])
+            model_dest = tmp / "1" / TRITON_BACKENDS[config.backend][2]
+            if config.backend == "tensorrt":
+                _copy_checked(bundle, model_name, model_dest)
+            else:
+                checked = tmp / "source.onnx"
+                _copy_checked(bundle, model_name, checked)
+                bake_classes(checked, model_dest, ClassMatrix.from_bundle(bundle))
+                checked.unlink()
             if engine is not None and isinstance(engine.get("sidecar"), str):  # what GPU / TensorRT the plan needs
                 _copy_checked(bundle, engine["sidecar"], tmp / ENGINE_SIDECAR)
     except ClapEdgeError:
@@ -125,6 +139,34 @@ def _copy_checked(bundle: Bundle, name: str, dest: Path) -> None:
     if sha256_file(dest) != want:
         raise BundleError(f"{bundle.label}: {name!r} changed while it was copied (sha256 no longer "
                           f"{want[:16]}...); nothing was written")
+
+
+def bake_classes(src: str | os.PathLike, dest: str | os.PathLike, classes: ClassMatrix) -> Path:
+    """Write ``src`` (an image model ending at ``embedding``) to ``dest`` with ``logits`` appended:
+    ``logit_scale * embedding @ W.T (+ b)`` as constant MatMul / Mul / Add nodes (float32)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    if OUTPUT_EMBEDDING not in {o.name for o in graph.output} or OUTPUT_LOGITS in {o.name for o in graph.output}:
+        raise BundleError(f"{src}: expected a model whose output is {OUTPUT_EMBEDDING!r} (schema 4), "
+                          f"found {[o.name for o in graph.output]}")
+    weights = (np.float32(classes.scale) * classes.weights.astype(np.float32)).T  # scale folded: one op fewer
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weights), "clap_edge_class_matrix"))
+    last = "clap_edge_scaled" if classes.bias is not None else OUTPUT_LOGITS
+    graph.node.append(helper.make_node("MatMul", [OUTPUT_EMBEDDING, "clap_edge_class_matrix"], [last],
+                                       name="clap_edge_classes"))
+    if classes.bias is not None:
+        graph.initializer.append(numpy_helper.from_array(classes.bias.astype(np.float32), "clap_edge_class_bias"))
+        graph.node.append(helper.make_node("Add", [last, "clap_edge_class_bias"], [OUTPUT_LOGITS],
+                                           name="clap_edge_class_bias_add"))
+    batch = graph.output[0].type.tensor_type.shape.dim[0]
+    graph.output.append(helper.make_tensor_value_info(
+        OUTPUT_LOGITS, onnx.TensorProto.FLOAT, [batch.dim_param or batch.dim_value or "N", classes.num_classes]))
+    onnx.save_model(model, str(dest))
+    return Path(dest)
 
 
 def labels_text(class_names: Sequence[str], label: str = "bundle") -> bytes:
@@ -154,7 +196,10 @@ def model_config(manifest: Manifest, config: TritonConfig, max_batch_size: int |
         cfg.default_model_filename = filename  # the OpenVINO backend reads ONNX when named; fixed, never the manifest's
     for t in _tensors(manifest, "inputs"):
         cfg.input.append(_tensor(pb.ModelInput, t, "input"))
-    for t in _tensors(manifest, "outputs"):
+    outputs = list(_tensors(manifest, "outputs"))
+    if config.backend != "tensorrt":  # the class matrix is baked into the ONNX graph (bake_classes)
+        outputs.append(TensorSpec(OUTPUT_LOGITS, ["N", len(manifest.class_names)]))
+    for t in outputs:
         out = _tensor(pb.ModelOutput, t, "output")
         if out.name == OUTPUT_LOGITS:
             out.label_filename = LABELS_FILE

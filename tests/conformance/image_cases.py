@@ -104,6 +104,22 @@ def build_files(root: Path, files: dict[str, dict[str, Any]]) -> None:
             raise ValueError(f"{name}: unknown file spec {spec}")
 
 
+def reference_logits(bundle: Path, batch) -> Any:
+    """Schema 4 by hand: ONNX Runtime's embedding of model.onnx, then logit_scale * embedding @ W.T (+ b) in float64
+    with W (and b) read straight from classes.safetensors (not through the runtime's ClassMatrix)."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+    from safetensors.numpy import load_file
+
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    emb = sess.run(["embedding"], {"image": batch.astype(np.float32)})[0].astype(np.float64)
+    tensors = load_file(str(bundle / "classes.safetensors"))
+    scale = json.loads((bundle / "manifest.json").read_text())["logit_scale"]
+    return scale * emb @ tensors["class_embeddings"].astype(np.float64).T + tensors.get("class_bias", 0.0)
+
+
 def _reference(bundle: Path, paths: list[str], classes: list[str]) -> dict[str, dict[str, Any]]:
     """Labels and scores (all classes, best first): Python preprocessing, then ONNX Runtime on model.onnx."""
     import numpy as np
@@ -115,8 +131,7 @@ def _reference(bundle: Path, paths: list[str], classes: list[str]) -> dict[str, 
         return {}
     with Classifier.open(bundle, backend="onnxruntime") as clf:
         batch = np.stack([clf.preprocess(p) for p in paths])
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    logits = sess.run(["logits"], {"image": batch.astype(np.float32)})[0].astype(np.float64)
+    logits = reference_logits(bundle, batch)
     e = np.exp(logits - logits.max(1, keepdims=True))
     probs = e / e.sum(1, keepdims=True)
     out = {}

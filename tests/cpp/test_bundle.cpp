@@ -22,13 +22,13 @@ const std::string kHash(64, 'a');
 
 json valid_manifest() {
   return json::parse(R"({
-    "schema_version": 3, "model": {"model_name": "clap-edge-tiny", "pretrained": null},
-    "class_names": ["cat", "dog", "car"], "embed_dim": 8,
+    "schema_version": 4, "model": {"model_name": "clap-edge-tiny", "pretrained": null},
+    "class_names": ["cat", "dog", "car"], "embed_dim": 8, "logit_scale": 100.0,
     "preprocess": {"size": [32, 32], "mode": "RGB", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
                    "interpolation": "bicubic", "resize_mode": "shortest", "fill_color": 0},
     "inputs": [{"name": "image", "shape": ["N", 3, 32, 32], "dtype": "float32"}],
-    "outputs": [{"name": "logits", "shape": ["N", 3], "dtype": "float32"},
-                {"name": "embedding", "shape": ["N", 8], "dtype": "float32"}],
+    "outputs": [{"name": "embedding", "shape": ["N", 8], "dtype": "float32"}],
+    "classes": {"bias": true, "provenance": {"method": "zero-shot-text"}},
     "variants": {"fp32": "model.onnx"},
     "files": {"model.onnx": {"sha256": ")" + kHash + R"(", "bytes": 10},
               "classes.safetensors": {"sha256": ")" + kHash + R"(", "bytes": 100}}})");
@@ -64,9 +64,9 @@ TEST(Manifest, RefusesEachBrokenRuleNamingTheField) {
     std::string expect;
   };
   const std::vector<Case> cases{
-      {[](json& m) { m["schema_version"] = 4; }, "schema_version: 4 is newer"},
-      {[](json& m) { m["schema_version"] = 2; },
-       "schema_version: 2 is older than this clap-edge reads (>= 3); re-export the bundle with clap-edge >= 0.2"},
+      {[](json& m) { m["schema_version"] = 5; }, "schema_version: 5 is newer"},
+      {[](json& m) { m["schema_version"] = 3; },
+       "schema_version: 3 is older than this clap-edge reads (>= 4); re-export the bundle with clap-edge >= 0.2"},
       {[](json& m) { m["schema_version"] = "2"; }, "schema_version: must be an integer"},
       {[](json& m) { m.erase("files"); }, "files: is missing"},
       {[](json& m) { m["class_names"] = json::array(); }, "class_names: must have 1..200000 items"},
@@ -85,8 +85,16 @@ TEST(Manifest, RefusesEachBrokenRuleNamingTheField) {
       {[](json& m) { m["preprocess"]["fill_color"] = 300; }, "preprocess.fill_color: must be an integer in [0, 255]"},
       {[](json& m) { m["preprocess"]["size"] = {4294967328ULL, 32}; }, "preprocess.size[0]: must be an integer"},
       {[](json& m) { m["inputs"][0]["shape"] = {"N", 3, 48, 48}; }, "inputs[0].shape: ['N', 3, 48, 48] does not match [N, 3, 32, 32]"},
-      {[](json& m) { m["outputs"][0]["shape"] = {"N", 4}; }, "'logits' has width 4 but the bundle has 3 classes"},
-      {[](json& m) { m["outputs"].erase(1); }, "outputs: lists no 'embedding' output"},
+      {[](json& m) { m["outputs"][0]["shape"] = {"N", 4}; }, "'embedding' has width 4 but the bundle has 8 embedding dims"},
+      {[](json& m) { m["outputs"][0]["name"] = "pooled"; }, "outputs: lists no 'embedding' output"},
+      {[](json& m) { m["outputs"].push_back({{"name", "logits"}, {"shape", {"N", 3}}}); },
+       "outputs[1].name: 'logits' is not a model output in schema_version 4"},
+      {[](json& m) { m.erase("logit_scale"); }, "logit_scale: is missing"},
+      {[](json& m) { m["logit_scale"] = 0; }, "logit_scale: must be > 0"},
+      {[](json& m) { m["classes"]["bias"] = 1; }, "classes.bias: must be true or false"},
+      {[](json& m) { m["classes"]["matrix"] = 1; }, "classes.matrix: is not a classes field"},
+      {[](json& m) { m["text"] = {{"file", "text.onnx"}, {"context_length", 77}, {"tokenizer", json::object()}}; },
+       "text.file: names 'text.onnx', which files does not list"},
       {[](json& m) { m["files"]["../escape.onnx"] = {{"sha256", kHash}, {"bytes", 1}}; }, "outside the bundle"},
       {[](json& m) { m["files"]["./a.onnx"] = {{"sha256", kHash}, {"bytes", 1}}; }, "outside the bundle"},
       {[](json& m) { m["files"]["a\nb"] = {{"sha256", kHash}, {"bytes", 1}}; }, "files['a\\nb']: names a path outside"},
@@ -118,7 +126,7 @@ TEST(Manifest, NumbersAndTextThatDoNotFitAreRefusedNotWrapped) {
   };
   EXPECT_NE(with("\"embed_dim\":8", "\"embed_dim\":1e400").find("not finite"), std::string::npos);
   EXPECT_NE(with("\"embed_dim\":8", "\"embed_dim\":" + std::string(5000, '9')).find("an integer of 5,000 digits"), std::string::npos);
-  EXPECT_NE(with("\"schema_version\":3", "\"schema_version\":18446744073709551618").find("schema_version"), std::string::npos);
+  EXPECT_NE(with("\"schema_version\":4", "\"schema_version\":18446744073709551618").find("schema_version"), std::string::npos);
   EXPECT_EQ(with("\"embed_dim\":8", "\"embed_dim\":8.0"), "");  // an integral float is an integer (JSON Schema)
   EXPECT_NE(with("\"cat\"", "\"c\\ud800\"").find("surrogate"), std::string::npos);
   EXPECT_NE(problem(text + std::string(1, '\0')).find("not valid JSON"), std::string::npos);

@@ -47,13 +47,16 @@ if TYPE_CHECKING:
 @click.option("--eval-per-class", type=click.IntRange(min=1), default=None,
               help="at most this many --eval images per class and domain (default: all).")
 @click.option("--no-torch-program", is_flag=True, help="leave out model.pt2 (the torch backend's program).")
+@click.option("--text-encoder", is_flag=True,
+              help="add text.onnx (+ text.int8.onnx with --int8) and the tokenizer: `clap-edge classes` and "
+                   "Classifier.set_classes then change the classes on the device, without torch.")
 @click.option("--tolerance", type=float, default=1e-3, show_default=True,
               help="max |dlogit| torch vs ONNX Runtime (fp32) before the export fails.")
 @click.option("--force", is_flag=True, help="replace BUNDLE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="print the written manifest's summary as JSON.")
 def export(head_path, out, model_name, pretrained, classes, alpha, no_head, templates_file, calibration,
            calibration_count, calibration_method, opset, int8, int8_static, openvino_int8, fp16, eval_dir,
-           eval_per_class, no_torch_program, tolerance, force, as_json):
+           eval_per_class, no_torch_program, text_encoder, tolerance, force, as_json):
     """Export a CLAP head (or plain CLIP with --no-head) as a bundle: ONNX, variants, manifest.
 
     The export checks torch vs ONNX Runtime on a calibration batch and writes nothing
@@ -95,6 +98,7 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         openvino_int8=openvino_int8,
         fp16=fp16,
         torch_program=not no_torch_program,
+        text_encoder=text_encoder,
         overwrite=force,
         calibration=calibration,
         calibration_count=calibration_count,

@@ -76,11 +76,9 @@ class OpenVINOBackend : public Backend {
     }
     for (size_t i = 0; i < compiled_.outputs().size(); ++i) {
       const auto& names = compiled_.outputs()[i].get_names();
-      if (names.count("logits")) logits_ = int(i);
       if (names.count("embedding")) embedding_ = int(i);
     }
-    if (logits_ < 0 || embedding_ < 0)
-      throw BundleError(bundle.root() + ": " + file + " does not have outputs 'logits' and 'embedding'");
+    if (embedding_ < 0) throw BundleError(bundle.root() + ": " + file + " does not have the output 'embedding'");
     try {
       precision_ = int8 ? "int8" : precision_name(compiled_.get_property(ov::hint::inference_precision));
     } catch (const std::exception&) {
@@ -101,7 +99,6 @@ class OpenVINOBackend : public Backend {
                        const_cast<float*>(batch));  // read only; no copy
       request.set_input_tensor(input);
       request.infer();
-      copy(request.get_output_tensor(logits_), out.logits);
       copy(request.get_output_tensor(embedding_), out.embedding);
     } catch (...) {
       release(std::move(request));
@@ -133,7 +130,7 @@ class OpenVINOBackend : public Backend {
   }
 
   ov::CompiledModel compiled_;
-  int logits_ = -1, embedding_ = -1;
+  int embedding_ = -1;
   std::string precision_;
   std::mutex mutex_;
   std::vector<ov::InferRequest> idle_;

@@ -35,11 +35,9 @@ struct Context {
   std::unique_ptr<nvinfer1::IExecutionContext> ctx;
   cudaStream_t stream = nullptr;
   void* d_input = nullptr;
-  void* d_logits = nullptr;
   void* d_embedding = nullptr;
   ~Context() {
     cudaFree(d_input);
-    cudaFree(d_logits);
     cudaFree(d_embedding);
     if (stream) cudaStreamDestroy(stream);
   }
@@ -93,14 +91,12 @@ class TensorRTBackend : public Backend {
     std::unique_ptr<Context> c = acquire();
     BatchOutput out;
     out.n = n;
-    out.logits.resize(size_t(n * classes_));
     out.embedding.resize(size_t(n * dim_));
     try {
       // The engine's profile bounds the batch: run larger batches in chunks of max_batch.
       for (int64_t start = 0; start < n; start += info_.max_batch) {
         const int64_t b = std::min<int64_t>(info_.max_batch, n - start);
-        run(*c, batch + start * pixels_, b, height, width, out.logits.data() + start * classes_,
-            out.embedding.data() + start * dim_);
+        run(*c, batch + start * pixels_, b, height, width, out.embedding.data() + start * dim_);
       }
     } catch (...) {
       release(std::move(c));
@@ -111,7 +107,7 @@ class TensorRTBackend : public Backend {
   }
 
  private:
-  void run(Context& c, const float* in, int64_t b, int height, int width, float* logits, float* embedding) {
+  void run(Context& c, const float* in, int64_t b, int height, int width, float* embedding) {
     // Batches smaller than the profile minimum are padded with zeros (their outputs are dropped).
     const int64_t run_b = std::max<int64_t>(b, info_.min_batch);
     cuda_check(cudaMemsetAsync(c.d_input, 0, size_t(run_b * pixels_) * sizeof(float), c.stream), "cudaMemsetAsync");
@@ -121,11 +117,8 @@ class TensorRTBackend : public Backend {
       throw Error("TensorRT rejected input shape [" + std::to_string(run_b) + ", 3, " + std::to_string(height) + ", " +
                   std::to_string(width) + "] for engine " + info_.file);
     c.ctx->setTensorAddress(input_.c_str(), c.d_input);
-    c.ctx->setTensorAddress("logits", c.d_logits);
     c.ctx->setTensorAddress("embedding", c.d_embedding);
     if (!c.ctx->enqueueV3(c.stream)) throw Error("TensorRT enqueueV3 failed for engine " + info_.file);
-    cuda_check(cudaMemcpyAsync(logits, c.d_logits, size_t(b * classes_) * sizeof(float), cudaMemcpyDeviceToHost,
-                               c.stream), "cudaMemcpyAsync");
     cuda_check(cudaMemcpyAsync(embedding, c.d_embedding, size_t(b * dim_) * sizeof(float), cudaMemcpyDeviceToHost,
                                c.stream), "cudaMemcpyAsync");
     cuda_check(cudaStreamSynchronize(c.stream), "cudaStreamSynchronize");
@@ -147,7 +140,6 @@ class TensorRTBackend : public Backend {
     cuda_check(cudaStreamCreate(&c->stream), "cudaStreamCreate");
     const size_t maxb = size_t(info_.max_batch);
     cuda_check(cudaMalloc(&c->d_input, maxb * pixels_ * sizeof(float)), "cudaMalloc");
-    cuda_check(cudaMalloc(&c->d_logits, maxb * classes_ * sizeof(float)), "cudaMalloc");
     cuda_check(cudaMalloc(&c->d_embedding, maxb * dim_ * sizeof(float)), "cudaMalloc");
     return c;
   }

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 
@@ -184,16 +185,18 @@ std::shared_ptr<Bundle> Bundle::open(const std::string& dir) {
   const auto j = parse_manifest_json(text, where);  // JSON and schema_version first, then the digest, then fields
   check_manifest_digest(root, dir, text);
   std::shared_ptr<Bundle> bundle(new Bundle(dir, validate_manifest(j, where)));
-  if (bundle->has_file(kClassesFile)) bundle->check_classes();  // as Bundle.open(verify=True) in Python
+  if (bundle->has_file(kClassesFile)) bundle->load_classes();  // as Bundle.open(verify=True) in Python
   return bundle;
 }
 
-// classes.safetensors (sha256-checked): its class_embeddings tensor is F32 [C, d] as the manifest says.
-void Bundle::check_classes() const {
+// classes.safetensors (sha256-checked): its class_embeddings tensor is F32 [C, d] as the manifest says, and
+// class_bias F32 [C] when the manifest's classes.bias is true; both finite (as Bundle.class_tensors in Python).
+void Bundle::load_classes() {
   const std::vector<char> data = read_file(kClassesFile);
   uint64_t len = 0;
   for (int i = 7; i >= 0; --i) len = (len << 8) | static_cast<unsigned char>(data[size_t(i)]);  // head_problem: fits
-  std::string shape = "?", dtype = "?";
+  std::string shape = "?", dtype = "?", bias_shape = "none", bias_dtype = "F32";
+  uint64_t w_begin = 0, b_begin = 0;
   try {
     const auto header = nlohmann::json::parse(data.begin() + 8, data.begin() + 8 + std::ptrdiff_t(len));
     const auto& t = header.at("class_embeddings");
@@ -201,6 +204,15 @@ void Bundle::check_classes() const {
     for (const auto& d : t.at("shape")) shape += (shape.empty() ? "[" : ", ") + d.dump();
     shape += "]";
     dtype = t.at("dtype").get<std::string>();
+    w_begin = t.at("data_offsets").at(0).get<uint64_t>();
+    if (header.contains("class_bias")) {
+      const auto& b = header.at("class_bias");
+      bias_shape.clear();
+      for (const auto& d : b.at("shape")) bias_shape += (bias_shape.empty() ? "[" : ", ") + d.dump();
+      bias_shape = bias_shape.empty() ? "[]" : bias_shape + "]";
+      bias_dtype = b.at("dtype").get<std::string>();
+      b_begin = b.at("data_offsets").at(0).get<uint64_t>();
+    }
     // as safetensors in Python: the tensor's data must exist and the file end where the data ends
     uint64_t end = 0;
     for (const auto& [key, tensor] : header.items()) {
@@ -219,7 +231,25 @@ void Bundle::check_classes() const {
     throw BundleError(root_ + ": " + kClassesFile + " has shape " + shape + " but the manifest lists " +
                       std::to_string(manifest_.class_names.size()) + " classes of dimension " +
                       std::to_string(manifest_.embed_dim));
-  if (dtype != "F32") throw BundleError(root_ + ": " + kClassesFile + " must hold finite float32 values (dtype " + dtype + ")");
+  const size_t C = manifest_.class_names.size(), D = size_t(manifest_.embed_dim);
+  const char* base = data.data() + 8 + len;
+  auto floats = [&](uint64_t begin, size_t count, std::vector<float>& out, const char* name, const std::string& dt) {
+    out.resize(count);
+    if (dt == "F32") std::memcpy(out.data(), base + begin, count * sizeof(float));
+    size_t bad = 0;
+    for (float v : out) bad += !std::isfinite(v);
+    if (dt != "F32" || bad)
+      throw BundleError(root_ + ": " + kClassesFile + " must hold finite float32 values (" + name + ": dtype " +
+                        (dt == "F32" ? std::string("float32") : dt) + ", " + std::to_string(dt == "F32" ? bad : 0) +
+                        " non-finite)");
+  };
+  floats(w_begin, C * D, class_matrix_, "class_embeddings", dtype);
+  if (manifest_.class_bias) {
+    if (bias_shape != "[" + std::to_string(C) + "]")
+      throw BundleError(root_ + ": " + kClassesFile + " must hold class_bias of shape [" + std::to_string(C) +
+                        "] (the manifest's classes.bias is true), found " + bias_shape);
+    floats(b_begin, C, class_bias_, "class_bias", bias_dtype);
+  }
 }
 
 // lstat (a symbolic link is refused, as in Python), open without blocking or following, fstat, size against the

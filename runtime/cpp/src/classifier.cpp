@@ -64,14 +64,12 @@ Classifier Classifier::open(const std::string& bundle_dir, const std::string& ba
   else if (name == "tensorrt") s.backend = make_tensorrt_backend(*s.bundle, options);
   else throw Error("unknown backend '" + backend + "' (this build has: openvino" +
                    std::string(tensorrt_available() ? ", tensorrt" : "") + ")");
-  // One tiny inference: the model must give [1, C] logits and [1, d] embeddings, as the manifest says.
+  // One tiny inference: the model must give a [1, d] embedding, as the manifest says.
   std::vector<float> zeros(size_t(3) * s.cfg.height * s.cfg.width, 0.0f);
   const BatchOutput out = s.backend->infer(zeros.data(), 1, s.cfg.height, s.cfg.width);
-  if (out.logits.size() != m.class_names.size() || out.embedding.size() != size_t(m.embed_dim))
-    throw BundleError(bundle_dir + ": the " + name + " model gives " + std::to_string(out.logits.size()) +
-                      " logits and " + std::to_string(out.embedding.size()) + " embedding values for one image; "
-                      "the manifest implies " + std::to_string(m.class_names.size()) + " and " +
-                      std::to_string(m.embed_dim));
+  if (out.embedding.size() != size_t(m.embed_dim))
+    throw BundleError(bundle_dir + ": the " + name + " model gives " + std::to_string(out.embedding.size()) +
+                      " embedding values for one image; the manifest implies " + std::to_string(m.embed_dim));
   return clf;
 }
 
@@ -94,7 +92,26 @@ std::vector<float> Classifier::preprocess(const Image& image) const {
 
 BatchOutput Classifier::infer(const float* batch, int64_t n) const {
   if (n < 1) return BatchOutput{};
-  return impl_->backend->infer(batch, n, impl_->cfg.height, impl_->cfg.width);
+  BatchOutput out = impl_->backend->infer(batch, n, impl_->cfg.height, impl_->cfg.width);
+  // Schema 4: classes are data. logits = logit_scale * embedding @ W.T + b, in float32 as runtime/backends/base.py.
+  const Bundle& b = *impl_->bundle;
+  const auto& W = b.class_matrix();
+  const auto& bias = b.class_bias();
+  const size_t C = b.manifest().class_names.size(), D = size_t(b.manifest().embed_dim);
+  const float scale = float(b.manifest().logit_scale);
+  out.logits.assign(size_t(n) * C, 0.0f);
+  std::vector<float> scaled(D);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* e = out.embedding.data() + size_t(r) * D;
+    for (size_t k = 0; k < D; ++k) scaled[k] = scale * e[k];
+    for (size_t c = 0; c < C; ++c) {
+      const float* w = W.data() + c * D;
+      double acc = 0;
+      for (size_t k = 0; k < D; ++k) acc += double(scaled[k]) * double(w[k]);
+      out.logits[size_t(r) * C + c] = float(acc) + (bias.empty() ? 0.0f : bias[c]);
+    }
+  }
+  return out;
 }
 
 namespace {

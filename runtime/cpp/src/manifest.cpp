@@ -327,6 +327,37 @@ void engines(const Checker& ck, const ojson& v, Manifest& m) {
   }
 }
 
+// classes {bias, provenance} (schema 4), as manifest.py's _classes.
+void classes(const Checker& ck, const ojson& v, Manifest& m) {
+  const ojson& o = obj(ck, v, "classes");
+  for (const auto& [k, x] : o.items())
+    if (k != "bias" && k != "provenance") ck.bad("classes." + k, "is not a classes field (bias, provenance)");
+  if (o.contains("bias")) {
+    if (!o["bias"].is_boolean()) ck.bad("classes.bias", "must be true or false, got " + kind(o["bias"]));
+    m.class_bias = o["bias"].get<bool>();
+  }
+  if (o.contains("provenance")) obj(ck, o["provenance"], "classes.provenance");
+}
+
+// text {file, context_length, tokenizer} (the optional text encoder), as manifest.py's _text.
+void text(const Checker& ck, const ojson& v, const Manifest& m) {
+  const ojson& o = obj(ck, v, "text");
+  for (const char* key : {"file", "context_length", "tokenizer"})
+    if (!o.contains(key)) ck.bad(std::string("text.") + key, "is missing");
+  const std::string f = str(ck, o["file"], "text.file");
+  check_file_name(ck, f, "text.file");
+  if (!m.files.count(f)) ck.bad("text.file", "names " + quote(f) + ", which files does not list");
+  const ojson& tok = obj(ck, o["tokenizer"], "text.tokenizer");
+  const ojson none = ojson::object();
+  for (const auto& [role, file] : obj(ck, tok.contains("files") ? tok["files"] : none, "text.tokenizer.files").items()) {
+    const std::string p = "text.tokenizer.files." + role;
+    const std::string name = str(ck, file, p);
+    check_file_name(ck, name, p);
+    if (!m.files.count(name)) ck.bad(p, "names " + quote(name) + ", which files does not list");
+  }
+  integer(ck, o["context_length"], "text.context_length", 1, 65536);
+}
+
 void check_shapes(const Checker& ck, Manifest& m, const std::vector<Tensor>& inputs, const std::vector<Tensor>& outputs) {
   const Tensor& image = inputs[0];
   if (image.name != "image") ck.bad("inputs[0].name", "must be 'image', got " + quote(image.name));
@@ -338,7 +369,12 @@ void check_shapes(const Checker& ck, Manifest& m, const std::vector<Tensor>& inp
   m.input_name = image.name;
   m.input_height = m.preprocess.height;
   m.input_width = m.preprocess.width;
-  const std::pair<const char*, int64_t> widths[] = {{"logits", int64_t(m.class_names.size())}, {"embedding", m.embed_dim}};
+  for (size_t i = 0; i < outputs.size(); ++i)  // schema 4: the model ends at the embedding; logits are the runtime's
+    if (outputs[i].name == "logits")
+      ck.bad("outputs[" + std::to_string(i) + "].name",
+             "'logits' is not a model output in schema_version 4 (the model ends at the embedding; the runtime "
+             "applies classes.safetensors); re-export the bundle with clap-edge >= 0.2 (`clap-edge export`)");
+  const std::pair<const char*, int64_t> widths[] = {{"embedding", m.embed_dim}};
   for (const auto& [name, width] : widths) {
     size_t i = 0;
     while (i < outputs.size() && outputs[i].name != name) ++i;
@@ -436,7 +472,7 @@ Manifest validate_manifest(const ojson& j, const std::string& where) {
   const Checker ck{where};
   Manifest m;
   m.schema_version = int(j["schema_version"].get<double>());
-  for (const char* key : {"model", "class_names", "embed_dim", "preprocess", "inputs", "outputs", "files"})
+  for (const char* key : {"model", "class_names", "embed_dim", "logit_scale", "preprocess", "inputs", "outputs", "files"})
     if (!j.contains(key)) ck.bad(key, "is missing");
   for (const auto& [name, e] : obj(ck, j["files"], "files").items()) {
     const std::string p = "files[" + quote(name) + "]";
@@ -468,7 +504,7 @@ Manifest validate_manifest(const ojson& j, const std::string& where) {
   const auto outputs = tensors(ck, j["outputs"], "outputs");
   const ojson none_list = ojson::array(), none_obj = ojson::object(), zero = 0.0;
   number(ck, j.contains("alpha") ? j["alpha"] : zero, "alpha");
-  if (const ojson* v = get(j, "logit_scale")) number(ck, *v, "logit_scale", true);
+  m.logit_scale = number(ck, j["logit_scale"], "logit_scale", true);
   const ojson& templates = list(ck, j.contains("templates") ? j["templates"] : none_list, "templates", 0, kTemplates);
   for (size_t i = 0; i < templates.size(); ++i) str(ck, templates[i], "templates[" + std::to_string(i) + "]");
   if (const ojson* v = get(j, "opset")) integer(ck, *v, "opset", 1, 1000);
@@ -495,6 +531,8 @@ Manifest validate_manifest(const ojson& j, const std::string& where) {
       for (const auto& [k, x] : obj(ck, *v, section).items()) obj(ck, x, std::string(section) + "." + k);
   }
   if (const ojson* v = get(j, "engines")) engines(ck, *v, m);
+  if (const ojson* v = get(j, "classes")) classes(ck, *v, m);
+  if (const ojson* v = get(j, "text")) text(ck, *v, m);
   check_shapes(ck, m, inputs, outputs);
   return m;
 }

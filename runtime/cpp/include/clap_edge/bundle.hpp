@@ -13,9 +13,10 @@
 namespace clap_edge {
 
 // Manifest schema versions this runtime reads (export/bundle/names.py SCHEMA_VERSION; 2 adds the JSON Schema).
-// Version 3: typed manifest rules, engine digests in sidecars; older bundles are refused (re-export).
-constexpr int kMinSchemaVersion = 3;
-constexpr int kMaxSchemaVersion = 3;
+// Version 3: typed manifest rules, engine digests in sidecars. Version 4: classes are data (the model ends at the
+// embedding; classes.safetensors holds W [C, d] and optionally b [C]); older bundles are refused (re-export).
+constexpr int kMinSchemaVersion = 4;
+constexpr int kMaxSchemaVersion = 4;
 
 struct FileEntry {
   std::string sha256;  // lower-case hex
@@ -34,6 +35,8 @@ struct Manifest {
   std::string model_name;
   std::vector<std::string> class_names;
   int embed_dim = 0;
+  double logit_scale = 0;   // logits = logit_scale * embedding @ W.T + b (schema 4)
+  bool class_bias = false;  // classes.bias: classes.safetensors holds class_bias [C]
   PreprocessConfig preprocess;
   std::string input_name = "image";
   int input_height = 0, input_width = 0;  // model input [N, 3, H, W]
@@ -62,15 +65,19 @@ class Bundle {
   std::string file(const std::string& name) const;
   // The bytes of a listed file, checked against its sha256 (the check and the read see the same bytes).
   std::vector<char> read_file(const std::string& name) const;
+  // The class matrix W [C * d] (row-major) and bias b [C] (empty when the manifest has none), read at open.
+  const std::vector<float>& class_matrix() const { return class_matrix_; }
+  const std::vector<float>& class_bias() const { return class_bias_; }
 
  private:
   Bundle(std::string root, Manifest m) : root_(std::move(root)), manifest_(std::move(m)) {}
   int open_listed(const std::string& name) const;
-  void check_classes() const;  // an open fd of a checked, listed regular file
+  void load_classes();  // classes.safetensors: W (and b), checked against the manifest
   std::string root_;
   Manifest manifest_;
   mutable std::mutex mutex_;
   mutable std::set<std::string> verified_;
+  std::vector<float> class_matrix_, class_bias_;
 };
 
 }  // namespace clap_edge

@@ -32,10 +32,10 @@ struct Prediction {
   std::vector<float> logits;        // [n_classes]
 };
 
-// The raw model outputs of one batch.
+// The outputs of one batch: the model's embedding and the logits the class matrix gives (schema 4).
 struct BatchOutput {
   int64_t n = 0;
-  std::vector<float> logits;     // [n, n_classes]
+  std::vector<float> logits;     // [n, n_classes] (Classifier::infer fills them; backends give the embedding)
   std::vector<float> embedding;  // [n, embed_dim]
 };
 
