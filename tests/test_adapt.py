@@ -205,3 +205,22 @@ def test_eval_cli_few_shot_table_plot_and_settings(toy, tmp_path):
     assert "| held-out domain | shots/class | clip | clap | clap - clip |" in (tmp_path / "ev" / "eval.md").read_text()
     bad = CliRunner().invoke(main, ["eval", str(root / "data"), "--model", "clap-edge-toy", "--few-shot", "1,x"])
     assert bad.exit_code == 2 and "--few-shot '1,x'" in bad.stderr
+
+
+
+def test_adapt_in_place_and_output_choice(toy, tmp_path):
+    from clap_edge.export.bundle import Bundle
+
+    root, _, bundle = toy
+    copy = shutil.copytree(bundle, tmp_path / "copy")
+    shots = tmp_path / "shots"
+    for c in ("moon", "star"):
+        shutil.copytree(root / "data" / "val" / "id" / c, shots / c)
+    r = CliRunner().invoke(main, ["adapt", str(copy), "--shots", str(shots), "--in-place", "--method", "prototype"])
+    assert r.exit_code == 0, r.output
+    assert "held-out check: 2 shots left out of the fit" in r.stdout
+    with Bundle.open(copy) as b:
+        assert list(b.class_names) == ["moon", "star"]
+        assert b.manifest.classes.provenance["method"] == "prototype"
+    both = CliRunner().invoke(main, ["adapt", str(copy), "--shots", str(shots), "--in-place", "--out", str(tmp_path / "x")])
+    assert both.exit_code == 2 and "either --out NEW or --in-place" in both.stderr
