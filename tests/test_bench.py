@@ -170,8 +170,9 @@ def _agreement_by_hand(bundle_path, folder) -> float:
     bundle = Bundle.open(bundle_path)
     pre = Preprocessor(bundle.preprocess)
     batch = np.stack([pre(Image.open(p)) for p in list_images([folder])])
+    w = bundle.class_embeddings()  # schema 4: logits = scale * embedding @ W.T (argmax needs no scale)
     logits = [ort.InferenceSession(str(bundle.root / name), providers=["CPUExecutionProvider"])
-              .run(["logits"], {"image": batch})[0] for name in ("model.onnx", "model.int8.onnx")]
+              .run(["embedding"], {"image": batch})[0] @ w.T for name in ("model.onnx", "model.int8.onnx")]
     return float(np.mean(logits[0].argmax(1) == logits[1].argmax(1)))
 
 

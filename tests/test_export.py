@@ -40,21 +40,24 @@ def test_onnx_matches_torch_on_tiny_with_dynamic_batch(fused, tmp_path):
     from clap_edge.export.builders.onnx_export import export_onnx, run_torch
     from clap_edge.export.parity import compare_logits, run_onnx
 
-    result = export_onnx(fused, torch.from_numpy(_random_batch(2, seed=1)), tmp_path / "m.onnx")
+    from clap_edge.export.bundle import ClassMatrix
+
+    result = export_onnx(fused.image_model(), torch.from_numpy(_random_batch(2, seed=1)), tmp_path / "m.onnx")
     graph = onnx.load(str(result.path)).graph
     assert [i.name for i in graph.input] == ["image"]
-    assert [o.name for o in graph.output] == ["logits", "embedding"]
+    assert [o.name for o in graph.output] == ["embedding"]  # schema 4: the class matrix is data
+    classes = ClassMatrix(fused.classes.T.numpy(), None, float(fused.logit_scale))
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     assert result.opset == 17
     for n in (1, 5):  # batch sizes other than the traced one
         batch = _random_batch(n)
         ref_logits, ref_emb = run_torch(fused, batch)
-        logits, emb = run_onnx(result.path, batch)
+        logits, emb = run_onnx(result.path, batch, classes)
         report = compare_logits(ref_logits, logits)
         assert report.max_abs_logit_diff <= 1e-4 and report.top1_agreement == 1.0, report
         assert np.abs(ref_emb - emb).max() <= 1e-5
-    program_logits, _ = result.program.module()(torch.from_numpy(_random_batch(3)))
-    np.testing.assert_allclose(program_logits.detach().numpy(), run_torch(fused, _random_batch(3))[0], atol=1e-5)
+    program_emb = result.program.module()(torch.from_numpy(_random_batch(3)))
+    np.testing.assert_allclose(program_emb.detach().numpy(), run_torch(fused, _random_batch(3))[1], atol=1e-5)
 
 
 def test_manifest_fields(tiny_bundle):
@@ -67,7 +70,8 @@ def test_manifest_fields(tiny_bundle):
     assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
     assert isinstance(m.preprocess, PreprocessCfg) and m.preprocess.size == (64, 64)
     assert m.inputs == (TensorSpec("image", ("N", 3, 64, 64), "float32"),)
-    assert m.outputs == (TensorSpec("logits", ("N", 4)), TensorSpec("embedding", ("N", 64)))
+    assert m.outputs == (TensorSpec("embedding", ("N", 64)),)
+    assert m.classes.bias is False and m.classes.provenance == {"method": "zero-shot-text", "templates": 1}
     assert m.opset == 17 and m.flops_per_image > 1e6
     assert m.variants == {"fp32": "model.onnx", "int8": "model.int8.onnx", "torch": "model.pt2"}
     fp32 = m.parity["fp32"]
@@ -93,10 +97,12 @@ def test_bundle_round_trip(tiny_bundle, tiny_head_path):
     calib = np.load(bundle.file("calibration.npy"))
     assert calib.shape == (8, 3, 64, 64) and calib.dtype == np.float32
     # the stored program and the ONNX model are the same classifier
-    logits, embedding = run_onnx(bundle.variant_file("fp32"), calib)
+    from clap_edge.export.bundle import ClassMatrix
+
+    logits, embedding = run_onnx(bundle.variant_file("fp32"), calib, ClassMatrix.from_bundle(bundle))
     program = torch.export.load(str(bundle.variant_file("torch")))
-    pt_logits, pt_emb = program.module()(torch.from_numpy(calib))
-    assert compare_logits(pt_logits.detach().numpy(), logits).max_abs_logit_diff <= 1e-4
+    pt_emb = program.module()(torch.from_numpy(calib)).detach().numpy()
+    assert np.abs(pt_emb - embedding).max() <= 1e-5
     # logits are logit_scale * embedding @ classes.T with the bundle's own class embeddings
     np.testing.assert_allclose(logits, bundle.manifest.logit_scale * embedding @ emb.T, atol=1e-4)
     head = CLAPHead.load(bundle.file("head.safetensors"))
@@ -148,9 +154,7 @@ def test_newer_schema_refused(tiny_bundle, tmp_path):
 
 def test_class_count_mismatch(tiny_bundle, tmp_path):
     copy = _copy(tiny_bundle, tmp_path)
-    outputs = json.loads((copy / "manifest.json").read_text())["outputs"]
-    outputs[0]["shape"] = ["N", 3]  # consistent manifest, so the class embeddings' own check is what fails
-    _edit_manifest(copy, class_names=TINY_CLASSES[:3], outputs=outputs)
+    _edit_manifest(copy, class_names=TINY_CLASSES[:3])  # the class embeddings' own check is what fails
     with pytest.raises(BundleError, match=r"classes\.safetensors has shape \[4, 64\].*3 classes"):
         Bundle.open(copy)
 
@@ -160,8 +164,8 @@ def test_failed_parity_writes_nothing(tmp_path, monkeypatch, tiny_bundle):
 
     real = parity.run_onnx
 
-    def drifting(path, batch, threads=None):  # an ONNX model that disagrees with torch
-        logits, emb = real(path, batch, threads)
+    def drifting(path, batch, classes, threads=None):  # an ONNX model that disagrees with torch
+        logits, emb = real(path, batch, classes, threads)
         return logits + 0.01, emb
 
     monkeypatch.setattr(parity, "run_onnx", drifting)
@@ -243,16 +247,12 @@ def _b32_batch() -> np.ndarray:
     return np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32)
 
 
-def test_int8_quantises_the_encoder_but_keeps_the_logits_product_fp32(tiny_bundle):
+def test_int8_quantises_the_encoder(tiny_bundle):
     import onnx
-
-    from clap_edge.export.builders.variants import output_matmuls
 
     fp32 = onnx.load(str(tiny_bundle / "model.onnx"))
     int8 = onnx.load(str(tiny_bundle / "model.int8.onnx"))
-    assert output_matmuls(tiny_bundle / "model.onnx")  # the logits MatMul is found...
-    producer = {out: n.op_type for n in int8.graph.node for out in n.output}
-    assert producer["logits"] in ("MatMul", "Gemm")  # ...and left in float
+    assert [o.name for o in int8.graph.output] == ["embedding"]  # the class matrix is not in the graph at all
     quantised = [n for n in int8.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
     float_matmuls = [n for n in fp32.graph.node if n.op_type in ("MatMul", "Gemm")]
     assert 0 < len(quantised) < len(float_matmuls)
@@ -262,7 +262,11 @@ def _variant_vs_fp32_by_hand(bundle_dir, variant: str) -> tuple[float, float]:
     """(top-1 agreement, max |dlogit|) of a variant vs model.onnx on calibration.npy, straight from onnxruntime."""
     import onnxruntime as ort
 
+    from safetensors.numpy import load_file
+
     batch = np.load(Path(bundle_dir) / "calibration.npy")
-    fp32, other = (ort.InferenceSession(str(Path(bundle_dir) / name), providers=["CPUExecutionProvider"])
-                   .run(["logits"], {"image": batch})[0] for name in ("model.onnx", variant))
+    w = load_file(str(Path(bundle_dir) / "classes.safetensors"))["class_embeddings"].astype(np.float64)
+    scale = json.loads((Path(bundle_dir) / "manifest.json").read_text())["logit_scale"]
+    fp32, other = (scale * ort.InferenceSession(str(Path(bundle_dir) / name), providers=["CPUExecutionProvider"])
+                   .run(["embedding"], {"image": batch})[0].astype(np.float64) @ w.T for name in ("model.onnx", variant))
     return float(np.mean(fp32.argmax(1) == other.argmax(1))), float(np.abs(fp32 - other).max())

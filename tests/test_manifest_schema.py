@@ -56,7 +56,9 @@ def test_schema_is_valid_draft_2020_12_and_names_match_names_py():
     assert shipped == {
         "schema_version": names.SCHEMA_VERSION, "manifest": names.MANIFEST, "manifest_digest": names.MANIFEST_DIGEST,
         "signature": names.SIGNATURE_FILE, "classes_file": names.CLASSES_FILE, "classes_tensor": names.CLASSES_TENSOR,
-        "input_image": names.INPUT_IMAGE, "output_logits": names.OUTPUT_LOGITS,
+        "classes_bias": names.CLASSES_BIAS, "text_file": names.TEXT_FILE, "input_tokens": names.INPUT_TOKENS,
+        "output_text_embedding": names.OUTPUT_TEXT_EMBEDDING, "input_image": names.INPUT_IMAGE,
+        "output_logits": names.OUTPUT_LOGITS,
         "output_embedding": names.OUTPUT_EMBEDDING, "variant_files": names.VARIANT_FILES,
     }
     assert schema["properties"]["schema_version"] == {"type": "integer", "minimum": names.SCHEMA_VERSION,

@@ -78,7 +78,7 @@ def test_typed_views(runtime_bundle):
 def _fields(n_classes: int = 2, dim: int = 4) -> Manifest:
     return Manifest(model=ModelInfo("tiny"), embed_dim=dim, class_names=[f"c{i}" for i in range(n_classes)],
                     preprocess=PreprocessCfg(size=(8, 8)), inputs=[TensorSpec("image", ["N", 3, 8, 8])],
-                    outputs=[TensorSpec("logits", ["N", n_classes]), TensorSpec("embedding", ["N", dim])],
+                    outputs=[TensorSpec("embedding", ["N", dim])], logit_scale=100.0,
                     files={}, parity={"fp32": {"top1_agreement": 1.0}})
 
 
@@ -98,14 +98,14 @@ def test_writer_takes_a_manifest_and_fills_files_variants_and_versions(tmp_path)
         assert dataclasses.replace(m, files={}, variants={}, clap_edge_version=None) == _fields()
 
 
-_WIDE_LOGITS = (TensorSpec("logits", ("N", 3)), TensorSpec("embedding", ("N", 4)))  # 3 logits for 2 classes
+_WIDE_LOGITS = (TensorSpec("embedding", ("N", 4)), TensorSpec("logits", ("N", 2)))  # a schema-3 model's logits
 
 
 @pytest.mark.parametrize("given, problem", [
     (None, "no manifest to write"),
     ({"class_names": ["a"]}, "no manifest to write"),  # a raw dict is not what the writer takes
     (dataclasses.replace(_fields(), outputs=_WIDE_LOGITS), r"refusing to write an invalid manifest.json: "
-                                                           r"manifest field outputs\[0\]\.shape: 'logits' has width 3"),
+                                                           r"manifest field outputs\[1\]\.name: 'logits' is not a model output"),
 ])
 def test_writer_refuses_anything_but_a_valid_manifest_and_leaves_nothing(tmp_path, given, problem):
     out = tmp_path / "b"

@@ -254,21 +254,21 @@ def test_class_count_mismatch(runtime_bundle, tmp_path):
 
 
 def test_model_output_width_is_checked_against_the_manifest(runtime_bundle, tmp_path):
-    """Manifest and class embeddings agree on 6 classes, but the model still outputs 5 logits."""
+    """Manifest and class matrix agree on 65-d embeddings, but the model still outputs 64."""
     from safetensors.numpy import save_file
 
     bundle = _copy_bundle(runtime_bundle, tmp_path)
     manifest = json.loads((bundle / MANIFEST).read_text())
-    emb = np.vstack([Bundle.open(runtime_bundle).class_embeddings(), np.eye(1, 64, dtype=np.float32)])
+    emb = np.hstack([Bundle.open(runtime_bundle).class_embeddings(), np.zeros((5, 1), dtype=np.float32)])
     save_file({"class_embeddings": emb}, str(bundle / "classes.safetensors"))
     manifest["files"]["classes.safetensors"] = {"sha256": sha256_file(bundle / "classes.safetensors"),
                                                 "bytes": (bundle / "classes.safetensors").stat().st_size}
-    manifest["outputs"][0]["shape"] = ["N", 6]
-    _rewrite_manifest(bundle, class_names=CLASSES + ["extra"], files=manifest["files"], outputs=manifest["outputs"])
-    with pytest.raises(BundleError, match=r"model.onnx declares 'logits' with shape \['N', 5\]"):
+    manifest["outputs"][0]["shape"] = ["N", 65]
+    _rewrite_manifest(bundle, embed_dim=65, files=manifest["files"], outputs=manifest["outputs"])
+    with pytest.raises(BundleError, match=r"model.onnx declares 'embedding' with shape \['N', 64\]"):
         Classifier.open(bundle, backend="onnxruntime")
     pytest.importorskip("torch")
-    with pytest.raises(BundleError, match=r"gives logits of shape \[1, 5\].*\[1, 6\]"):
+    with pytest.raises(BundleError, match=r"gives embeddings of shape \[1, 64\].*\[1, 65\]"):
         Classifier.open(bundle, backend="torch")
 
 

@@ -168,7 +168,7 @@ def test_manifest_edit_without_its_digest_is_refused(runtime_bundle, tmp_path):
         Bundle.open(b)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_old_schema_is_one_line_saying_re_export(runtime_bundle, tmp_path, version):
     from clap_edge.export.bundle.writer import write_manifest
 
@@ -183,7 +183,7 @@ def test_old_schema_is_one_line_saying_re_export(runtime_bundle, tmp_path, versi
     result = _cli("inspect", b)
     assert result.exit_code == 2
     assert result.stderr.strip().endswith(f"manifest.json: manifest field schema_version: {version} is older than "
-                                          "this clap-edge reads (>= 3); re-export the bundle with clap-edge >= 0.2 "
+                                          "this clap-edge reads (>= 4); re-export the bundle with clap-edge >= 0.2 "
                                           "(`clap-edge export`)")
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from clap_edge.core.errors import BackendUnavailableError
+from clap_edge.core.errors import BackendUnavailableError, BundleError
 from clap_edge.export.bundle import Bundle, ClassMatrix
 
 
@@ -117,6 +117,10 @@ class Runner(ABC):
         start = time.perf_counter()
         embedding = np.asarray(self.infer_impl(batch), dtype=np.float32)
         self.inference_times.append(time.perf_counter() - start)
+        if embedding.ndim != 2 or embedding.shape != (len(batch), self.classes.weights.shape[1]):
+            raise BundleError(f"{self.bundle.label}: the {self.name} model gives embeddings of shape "
+                              f"{list(embedding.shape)} for {len(batch)} images; the manifest implies "
+                              f"[{len(batch)}, {self.classes.weights.shape[1]}]")
         return RunnerOutput(logits=self.classes.logits(embedding), embedding=embedding)
 
     def deactivate(self) -> None:
