@@ -47,7 +47,9 @@ def test_demo_reports_progress_for_every_long_step(demo_report):
 
 def test_demo_writes_the_documented_report(demo_report):
     out, report, messages = demo_report
-    assert len(messages) == 6  # one line per step
+    from clap_edge.apps.demo import STEPS
+
+    assert len(messages) == STEPS == 7  # one line per step
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     from clap_edge.toyworld.world import DOMAINS
@@ -130,3 +132,20 @@ def test_demo_is_deterministic_for_fixed_seeds(demo_report, tmp_path):
 def test_demo_help_has_an_example():
     res = CliRunner().invoke(main, ["demo", "--help"])
     assert res.exit_code == 0 and "clap-edge demo --out" in res.output
+
+
+def test_demo_few_shot_section(demo_report):
+    out, report, _ = demo_report
+    from clap_edge.toyworld.world import DOMAINS
+
+    few = report["few_shot"]
+    assert list(few["domains"]) == list(DOMAINS) and few["alphas"] == {"clap": report["alpha"]}
+    assert few["settings"]["shots"] == [1, 4, 16] and few["settings"]["probe"]["lr"] == 0.005
+    for by_k in few["domains"].values():
+        assert list(by_k) == ["1", "4", "16"]
+        for cells in by_k.values():
+            assert cells["clip"]["n"] == cells["clap"]["n"] == 8 * 4 and len(cells["clap"]["draws"]) == 2
+            d = cells["clap"]["minus_clip"]
+            assert d["ci95"][0] <= d["points"] <= d["ci95"][1]
+    assert (out / "fewshot.png").stat().st_size > 0
+    assert "## Few-shot linear probe, leave one domain out" in (out / "report.md").read_text()

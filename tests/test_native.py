@@ -285,3 +285,25 @@ def test_native_applies_a_rewritten_class_matrix_and_bias(native_tools, runtime_
     for n, p in zip(*[[json.loads(x) for x in r.stdout.splitlines()] for r in (native, python)]):
         if "error" not in p:
             assert n["labels"] == p["labels"] and np.allclose(n["scores"], p["scores"], atol=1e-4), (n, p)
+
+
+def test_native_answers_a_bundle_adapted_from_photos(native_tools, runtime_bundle, images, tmp_path):
+    """`clap-edge adapt` (the linear probe's matrix and bias, from the bundle's own embeddings of a few
+    photos) -> the C++ runtime gives the Python runtime's answers."""
+    from clap_edge.runtime.adapt import AdaptConfig, adapt_bundle
+
+    rng = np.random.default_rng(3)
+    for name, tint in (("red box", (200, 40, 40)), ("green box", (40, 200, 40)), ("cat", (90, 90, 200))):
+        (tmp_path / "shots" / name).mkdir(parents=True)
+        for k in range(4):
+            pixels = np.clip(rng.normal(tint, 40, size=(48, 64, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "shots" / name / f"{k}.png")
+    report = adapt_bundle(runtime_bundle, tmp_path / "shots", tmp_path / "adapted", config=AdaptConfig(seed=1))
+    assert report["bias"] and report["new_classes"] == ["green box", "red box"]
+    native = _run([native_tools["clap-edge-classify"], report["out"], images, "--json", "--top-k", "3",
+                   "--precision", "fp32"])
+    python = _run([*CLI, "classify", report["out"], images, "--json", "--top-k", "3", "--backend", "onnxruntime"])
+    assert native.returncode == python.returncode == 1, native.stderr + python.stderr
+    for n, p in zip(*[[json.loads(x) for x in r.stdout.splitlines()] for r in (native, python)]):
+        if "error" not in p:
+            assert n["labels"] == p["labels"] and np.allclose(n["scores"], p["scores"], atol=1e-4), (n, p)

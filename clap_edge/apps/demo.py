@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME, PRETRAINED = "clap-edge-toy", "toyworld"
 DEPLOY_FAMILY = "PC"  # the bundles' class prompts: "a photo of a {class}"
 STYLE_ISOLATING = ("style_swap", "style_swap_render")
-STEPS = 6
+STEPS = 7
 
 
 @dataclass
@@ -47,6 +47,9 @@ class DemoConfig:
     bench_batch_sizes: tuple[int, ...] = (1, 32)
     bench_iters: int = 10
     threads: int = 1
+    few_shot: tuple[int, ...] = (1, 4, 16)  # shots per class and domain (the authors' protocol, fewer counts)
+    few_shot_draws: int = 2
+    few_shot_pool: int = 16  # val images per class and domain the shots are drawn from (a cheaper encode)
     n_boot: int = 1000
     seeds: dict[str, int] = field(default_factory=lambda: {"dataset": 0, "train": 0, "bootstrap": 0})
 
@@ -80,10 +83,13 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print,
                                         lambda: _train_head(out / "clap_head.safetensors", config, bars))
         zero_shot = step("alpha grid (alpha chosen on val)", lambda: _alpha_grid(dataset, head_path, config, bars))
         alpha = zero_shot.alphas[f"clap/{DEPLOY_FAMILY}"]
+        few_shot = step("few-shot probes (leave one domain out)",
+                        lambda: _few_shot(dataset, head_path, alpha, out, config, bars))
         bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset, bars))
     evaluation = step("evaluate bundles on test", lambda: _evaluate(dataset, bundles, config, bars))
     bench = step("bench backends", lambda: _bench(bundles["clap"], out, config, bars))
     report = _report(config, dataset, bundles, zero_shot, evaluation, bench, train_summary, timings)
+    report["few_shot"] = few_shot
     _write(out, report, _in_world_order(evaluation.table))
     return report
 
@@ -155,6 +161,46 @@ def _alpha_grid(dataset: Path, head_path: Path, config: DemoConfig, bars=_no_bar
         result, _ = evaluate_folder(dataset, loaded, {"clap": CLAPHead.load(head_path)}, eval_cfg,
                                     class_names=list(CLASSES), progress=progress)
     return result
+
+
+def _few_shot(dataset: Path, head_path: Path, alpha: float, out: Path, config: DemoConfig,
+              bars=_no_bars) -> dict[str, Any]:
+    """The authors' few-shot protocol on the toy world: a linear probe on shots from the other domains' val
+    images, tested on the held-out domain, CLIP vs CLAP features (at the deployed alpha); ``fewshot.png``."""
+    from clap_edge.core.probe import ProbeConfig
+    from clap_edge.core.report import plot_fewshot
+    from clap_edge.fewshot import FewShotConfig, evaluate_fewshot_folder
+    from clap_edge.head import CLAPHead
+    from clap_edge.models import load_model
+    from clap_edge.toyworld.world import CLASSES
+
+    seed = config.seeds["bootstrap"]
+    fs_cfg = FewShotConfig(shots=config.few_shot, draws=config.few_shot_draws, probe=ProbeConfig(seed=seed),
+                           alpha=alpha, n_boot=config.n_boot, seed=seed)
+    with bars() as progress:
+        result, _ = evaluate_fewshot_folder(dataset, load_model(MODEL_NAME, PRETRAINED),
+                                            {"clap": CLAPHead.load(head_path)}, fs_cfg, class_names=list(CLASSES),
+                                            shot_pool=config.few_shot_pool, progress=progress)
+    report = result.as_dict()
+    report["domains"] = _in_world_order(report["domains"])
+    plot_fewshot(report, out / "fewshot.png", title=f"toy world: few-shot linear probe, leave one domain out "
+                                                    f"(CLAP alpha {alpha:g}; {config.few_shot_draws} shot draws)")
+    return report
+
+
+def _few_shot_section(report: dict[str, Any]) -> list[str]:
+    from clap_edge.core.report import fewshot_markdown
+
+    few = report.get("few_shot")
+    if not few:
+        return []
+    s = few["settings"]
+    return ["", "## Few-shot linear probe, leave one domain out (`fewshot.png`)", "",
+            f"The CLAP authors' protocol (`eval_fewshots.py`): k shots per class from each *other* domain's val "
+            f"images, the linear probe (Adam lr {s['probe']['lr']}, up to {s['probe']['epochs']} epochs, batch "
+            f"{s['probe']['batch_size']}, early stop), tested on the held-out domain's test images; CLIP vs CLAP "
+            f"features (alpha {few['alphas'].get('clap', 0):g}) on the same shots. Top-1 %, mean of {s['draws']} "
+            "shot draws, paired 95% bootstrap CI over the test images.", "", fewshot_markdown(few)]
 
 
 def _export(out: Path, head_path: Path, alpha: float, dataset: Path, bars=_no_bars) -> dict[str, str]:
@@ -380,6 +426,8 @@ def render_markdown(report: dict[str, Any], table: dict[str, dict[str, Top1]]) -
         f"## Backends (threads={report['config']['threads']})",
         "",
         bench_markdown_table(report["bench"]) if report["bench"].get("results") else "(not run)",
+        "",
+        *_few_shot_section(report),
         "",
         f"Step timings (s): {report['timings_s']}",
         "",

@@ -227,3 +227,55 @@ def plot_alpha_curves(grids: Mapping[str, AlphaGrid], path: str | Path, chosen: 
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.09, 1, 1))
     return _save(fig, path)
+
+
+# ---- few-shot: the dict of FewShotResult.as_dict() (domain -> k -> key -> cell) ------------------------------
+
+def fewshot_markdown(result: Mapping[str, Any]) -> str:
+    """Rows (held-out domain, shots per class), columns CLIP, each head, head minus CLIP (paired 95% CI);
+    a mean row per shot count (domains weighed equally)."""
+    domains = result["domains"]
+    first = next(iter(domains.values()))
+    keys = list(next(iter(first.values())))
+    heads = [k for k in keys if k != "clip"]
+    rows = []
+    for domain, by_k in domains.items():
+        for k, cells in by_k.items():
+            d = [cells[h]["minus_clip"] for h in heads]
+            rows.append([domain, k, *(_cell(Top1(c["top1"], tuple(c["ci95"]), c["n"])) for c in cells.values()),
+                         *(f"{x['points']:+.1f} [{x['ci95'][0]:+.1f}, {x['ci95'][1]:+.1f}]" for x in d)])
+    for k, means in result["mean"].items():
+        rows.append(["**mean**", k, *(f"**{means[key]:.1f}**" for key in keys),
+                     *(f"**{means[h] - means['clip']:+.1f}**" for h in heads)])
+    return markdown(["held-out domain", "shots/class", *keys, *(f"{h} - clip" for h in heads)], rows,
+                    right=range(1, 2 + len(keys) + len(heads)))
+
+
+def plot_fewshot(result: Mapping[str, Any], path: str | os.PathLike,
+                 title: str = "few-shot linear probe, leave one domain out") -> Path:
+    """One panel per held-out domain: top-1 vs shots per class, one line per feature set, 95% CI bars."""
+    plt = _pyplot()
+    domains = result["domains"]
+    cols = min(4, len(domains))
+    rows = -(-len(domains) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.1 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(domains):]:
+        ax.set_visible(False)
+    for ax, (domain, by_k) in zip(axes.flat, domains.items()):
+        ks = [int(k) for k in by_k]
+        for key in next(iter(by_k.values())):
+            cells = [by_k[str(k)][key] for k in ks]
+            tops = [c["top1"] for c in cells]
+            err = [[t - c["ci95"][0] for t, c in zip(tops, cells)], [c["ci95"][1] - t for t, c in zip(tops, cells)]]
+            ax.errorbar(ks, tops, yerr=err, marker="o", ms=3, capsize=2, label=f"{key} (95% CI)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_title(f"held out: {domain}", fontsize=9)
+        ax.set_xlabel("shots per class and domain", fontsize=8)
+        ax.grid(alpha=0.3)
+    for row in axes:
+        row[0].set_ylabel("top-1 (%)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -18,7 +18,7 @@ from clap_edge.core.errors import ClapEdgeError, os_error_line
 
 # Modules in this package that each define one or more commands; each exposes ``COMMANDS``.
 COMMAND_MODULES = ["train", "bench", "classify", "export", "toy", "evaluate", "demo", "models", "sign", "engine", "serve",
-                   "classes"]
+                   "classes", "adapt"]
 
 # Top-level module of a library a command imports -> the pip extra that installs it (pyproject.toml).
 EXTRA_FOR_MODULE = {

@@ -38,21 +38,30 @@ from clap_edge.apps.cli.checks import (check_bundle_classes, check_model_name, c
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="write eval.md, eval.json and eval.png here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="bootstrap and noise seed.")
+@click.option("--few-shot", "few_shot", default=None, metavar="K,K,...",
+              help="also the authors' few-shot evaluation: a linear probe on K shots per class from every other "
+                   "domain, tested on the held-out one, CLIP vs CLAP features (e.g. 1,2,4,8,16).")
+@click.option("--shot-draws", type=click.IntRange(min=1), default=3, show_default=True,
+              help="few-shot: independent shot draws per K (paired CIs over the test images).")
+@click.option("--probe", "probe_method", type=click.Choice(["linear", "prototype"]), default="linear",
+              show_default=True, help="few-shot: the authors' Adam-trained linear probe, or class prototypes.")
 @click.option("--json", "as_json", is_flag=True, help="print the JSON result.")
 def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts, alpha, alphas, alpha_objective,
-             style_draws, style_vocab, per_class, out, seed, as_json):
+             style_draws, style_vocab, per_class, out, seed, few_shot, shot_draws, probe_method, as_json):
     """Zero-shot top-1 per domain with paired-bootstrap 95% CIs, for a grid of alphas.
 
     DATASET holds `val/` and `test/` splits of `<domain>/<class>/*` images (as `clap-edge toy
     dataset` writes), or one such tree used as the test split. Heads are evaluated on the
     frozen model for every alpha of --alphas (table, plot, CLAP minus CLIP with paired CIs);
     the reported alpha is chosen on `val/` (never on test) by --alpha-objective unless --alpha
-    is given. Bundles are run through the runtime, so fp32 and int8 exports are scored alike.
+    is given. --few-shot adds the paper's few-shot table (leave one domain out; CLAP features at
+    --alpha, else at each head's own alpha; probe settings recorded in the JSON). Bundles are run through the runtime, so fp32 and int8 exports are scored alike.
 
     \b
     Example:
       clap-edge toy dataset toy-data
       clap-edge eval toy-data --head head.safetensors --prompts C,PC,S --style-vocab toy --alpha-objective worst
+      clap-edge eval toy-data --head head.safetensors --few-shot 1,2,4,8,16 --out eval-out
     """
     from clap_edge.core.errors import ClapEdgeError
 
@@ -68,6 +77,11 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
     if config is not None:
         tables["model"], result["model"] = _eval_heads(dataset, heads, model_name, pretrained, config, per_class,
                                                        progress=not as_json)
+    if few_shot:
+        if not (heads or model_name):
+            raise ClapEdgeError("--few-shot needs the model's features: pass --head or --model")
+        result["few_shot"] = _eval_few_shot(dataset, heads, model_name, pretrained, few_shot, shot_draws,
+                                            probe_method, alpha, per_class, seed, progress=not as_json)
     if named:
         tables["bundles"], result["bundles"] = _eval_bundles(dataset, named, variants, per_class, seed,
                                                              progress=not as_json)
@@ -131,6 +145,28 @@ def _eval_heads(dataset, heads, model_name, pretrained, config, per_class, progr
     return res, {"model_name": model_name, "pretrained": pretrained, "classes": class_names, **res.as_dict()}
 
 
+def _eval_few_shot(dataset, heads, model_name, pretrained, shots, draws, method, alpha, per_class, seed, progress):
+    from clap_edge.apps.progress import progress_bar
+    from clap_edge.core.errors import ClapEdgeError
+    from clap_edge.core.probe import ProbeConfig
+    from clap_edge.fewshot import FewShotConfig, evaluate_fewshot_folder
+    from clap_edge.head import CLAPHead
+    from clap_edge.models import load_model
+
+    try:
+        ks = tuple(int(k) for k in shots.split(",") if k.strip())
+    except ValueError:
+        raise ClapEdgeError(f"--few-shot {shots!r}: not a comma list of integers") from None
+    config = FewShotConfig(shots=ks, draws=draws, probe=ProbeConfig(method=method, seed=seed), alpha=alpha, seed=seed)
+    loaded_heads = {Path(h).stem if len(heads) > 1 else "clap": CLAPHead.load(h) for h in heads}
+    first = next(iter(loaded_heads.values()), None)
+    loaded = load_model(model_name or first.config.model_name, pretrained or (first.config.pretrained if first
+                                                                              else None))
+    with progress_bar(enabled=progress) as bar:
+        res, _ = evaluate_fewshot_folder(dataset, loaded, loaded_heads, config, per_class=per_class, progress=bar)
+    return res.as_dict()
+
+
 def _eval_bundles(dataset, named, variants, per_class, seed, progress):
     from clap_edge.core.datasets import find_splits
     from clap_edge.apps.accuracy import evaluate_bundles
@@ -156,6 +192,13 @@ def _emit(tables, result, out, as_json):
         md += "".join(f"\n\n### {key}: top-1 per alpha (minus CLIP, paired 95% CI); chosen alpha in bold "
                       f"({res.objective} validation objective)\n\n{alpha_grid_markdown(grid, res.alphas.get(key))}"
                       for key, grid in res.grid.items())
+    few = result.get("few_shot")
+    if few:  # after the zero-shot tables
+        from clap_edge.core.report import fewshot_markdown
+
+        md += (f"\n\n### few-shot: {few['settings']['probe']['method']} probe, leave one domain out (top-1 %, "
+               f"paired 95% CI over test images; mean of {few['settings']['draws']} shot draws)\n\n"
+               + fewshot_markdown(few))
     if out:
         out = Path(out)
         write_json(out / "eval.json", result)
@@ -167,6 +210,10 @@ def _emit(tables, result, out, as_json):
             plot_table(t, out / f"eval-{kind}.png")
         if res is not None and res.grid:
             plot_alpha_curves(res.grid, out / "eval-alpha.png", res.alphas)
+        if few:
+            from clap_edge.core.report import plot_fewshot
+
+            plot_fewshot(few, out / "eval-fewshot.png")
     click.echo(json.dumps(result, indent=2) if as_json else md)
 
 
