@@ -17,7 +17,7 @@ def demo_report(tmp_path_factory):
     from clap_edge.apps.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    config = DemoConfig(out=str(out), per_class=4, train_steps=40, alphas=(0.0, 0.1, 0.3), bench_iters=2,
+    config = DemoConfig(out=str(out), per_class=4, test_per_class=4, attack_per_class=1, train_steps=40, alphas=(0.0, 0.1, 0.3), bench_iters=2,
                         bench_batch_sizes=(1,), bench_backends=("onnxruntime", "onnxruntime-int8"), n_boot=100,
                         style_draws=2)
     messages: list[str] = []
@@ -27,7 +27,7 @@ def demo_report(tmp_path_factory):
 
 def test_demo_writes_the_documented_report(demo_report):
     out, report, messages = demo_report
-    assert len(messages) == 6  # one line per step
+    assert len(messages) == 7  # one line per step
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     from clap_edge.toyworld.world import DOMAINS
