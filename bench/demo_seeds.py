@@ -28,18 +28,21 @@ from clap_edge.core.report import write_json
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_seed(seed: int, out: Path, bench: bool, extra: list[str]) -> dict:
+def run_seed(seed: int, out: Path, full: bool, extra: list[str], reuse: bool) -> dict:
+    """The first seed runs the whole demo; the others stop after the headline (--headline-only)."""
     folder, timing = out / f"seed-{seed}", out / f"seed-{seed}.time"
-    cmd = ["clap-edge", "demo", "--seed", str(seed), "--out", str(folder), *extra] + ([] if bench else ["--no-bench"])
+    cmd = ["clap-edge", "demo", "--seed", str(seed), "--out", str(folder), *extra] + ([] if full else ["--headline-only"])
     print(" ".join(cmd), file=sys.stderr, flush=True)
-    with open(out / f"seed-{seed}.log", "w") as log:
-        subprocess.run(["/usr/bin/time", "-f", "%U %S %e %M", "-o", str(timing), *cmd], stdout=log,
-                       stderr=subprocess.STDOUT, check=True)
+    if not (reuse and timing.exists() and (folder / "report.json").exists()):
+        with open(out / f"seed-{seed}.log", "w") as log:
+            subprocess.run(["/usr/bin/time", "-f", "%U %S %e %M", "-o", str(timing), *cmd], stdout=log,
+                           stderr=subprocess.STDOUT, check=True)
     user, system, wall, rss_kb = timing.read_text().split()[-4:]
     report = json.loads((folder / "report.json").read_text())
     return {"seed": seed, "command": " ".join(cmd), "user_s": float(user), "sys_s": float(system),
             "cpu_s": round(float(user) + float(system), 1), "wall_s": float(wall), "max_rss_mb": int(rss_kb) // 1024,
-            "step_wall_s": report["timings_s"], "headline": report["headline"], "alphas": report["alphas"],
+            "headline_only": bool(report.get("headline_only")), "step_wall_s": report["timings_s"],
+            "headline": report["headline"], "alphas": report["alphas"],
             "attacks": report.get("attacks", {}).get("clap_minus_clip")}
 
 
@@ -51,6 +54,7 @@ def main() -> None:
     p.add_argument("--results", default=str(ROOT / "bench/results/demo_seeds.json"))
     p.add_argument("--report-dir", default=str(ROOT / "bench/results/demo"),
                    help="where the first seed's report (with the spread) is copied")
+    p.add_argument("--reuse", action="store_true", help="keep seeds whose report.json and timing exist")
     p.add_argument("demo_args", nargs="*", help="extra `clap-edge demo` options, after --")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -58,7 +62,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda s: run_seed(s, out, s == seeds[0], args.demo_args), seeds))
+        runs = list(pool.map(lambda s: run_seed(s, out, s == seeds[0], args.demo_args, args.reuse), seeds))
     load_after = os.getloadavg()
     s = spread([json.loads((out / f"seed-{r['seed']}" / "report.json").read_text()) for r in runs])
     first = out / f"seed-{seeds[0]}"

@@ -52,6 +52,9 @@ class DemoConfig:
     n_boot: int = 1000
     seeds: dict[str, int] = field(default_factory=lambda: {"dataset": 0, "train": 0, "bootstrap": 0})
     bench: bool = True  # the backend bench step (bench/demo_seeds.py skips it on the extra seeds)
+    # Stop after the alpha grid: the headline needs only the dataset, the head and the grid (bench/demo_seeds.py's
+    # extra seeds; export, runtime evaluation, attacks and bench are the same code whatever the seed).
+    headline_only: bool = False
     # White-box attacks, CLIP vs CLAP (prompt PC, the chosen alpha), on a small subset to keep the demo short:
     # PGD-20 costs 21 forward+backward passes per image. `clap-edge eval --attack` runs the full set.
     attacks: tuple[str, ...] = ("fgsm", "pgd20")
@@ -83,6 +86,8 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
                                         lambda: _train_head(out / "clap_head.safetensors", config))
         zero_shot = step("alpha grid (alpha chosen on val)", lambda: _alpha_grid(dataset, head_path, config))
         alpha = zero_shot.alphas[f"clap/{DEPLOY_FAMILY}"]
+        if config.headline_only:
+            return _headline_report(out, config, zero_shot, train_summary, timings)
         bundles = step("export bundles", lambda: _export(out, head_path, alpha, dataset))
     evaluation = step("evaluate bundles on test", lambda: _evaluate(dataset, bundles, config))
     with _torch_threads(config.threads):
@@ -91,6 +96,17 @@ def run_demo(config: DemoConfig, say: Callable[[str], None] = print) -> dict[str
     report = _report(config, dataset, bundles, zero_shot, evaluation, bench, train_summary, timings)
     report["attacks"] = attacks
     _write(out, report, _in_world_order(evaluation.table))
+    return report
+
+
+def _headline_report(out: Path, config: DemoConfig, zero_shot, train_summary, timings) -> dict[str, Any]:
+    from clap_edge.core.report import write_json
+
+    family = {k: k.split("/", 1)[1] for k in zero_shot.grid}
+    report = {"headline": headline(zero_shot, config), "alphas": {family[k]: a for k, a in zero_shot.alphas.items()},
+              "seeds": dict(config.seeds), "train": train_summary, "timings_s": timings, "headline_only": True,
+              "config": {k: v for k, v in asdict(config).items() if k != "seeds"}}
+    write_json(out / "report.json", report)
     return report
 
 

@@ -31,9 +31,11 @@ import click
 @click.option("--keep", type=click.Choice(["final", "best"]), default="final", show_default=True,
               help="final head weights, or those of the best loss window.")
 @click.option("--bench/--no-bench", default=True, show_default=True, help="run the backend bench step.")
+@click.option("--headline-only", is_flag=True,
+              help="stop after the alpha grid: report.json with the headline only (for runs over many seeds).")
 @click.option("--json", "as_json", is_flag=True, help="print report.json instead of the summary table.")
 def demo(out, per_class, test_per_class, seed, steps, threads, bench_iters, alpha_objective, batching, noise_sharing,
-         noise_pool, keep, bench, as_json):
+         noise_pool, keep, bench, headline_only, as_json):
     """Generate the toy world, train a CLAP head, report top-1 per domain, prompt family and alpha
     (CLAP minus CLIP with paired CIs; alpha chosen on val), export CLIP and CLAP bundles (fp32 +
     int8), evaluate them through the runtime, benchmark the backends; write OUT/report.md,
@@ -50,9 +52,10 @@ def demo(out, per_class, test_per_class, seed, steps, threads, bench_iters, alph
 
     config = DemoConfig.seeded(seed, out=out, per_class=per_class, test_per_class=test_per_class, train_steps=steps,
                                threads=threads, bench_iters=bench_iters, alpha_objective=alpha_objective,
-                               batching=batching, noise_sharing=noise_sharing, noise_pool=noise_pool, keep=keep, bench=bench)
+                               batching=batching, noise_sharing=noise_sharing, noise_pool=noise_pool, keep=keep, bench=bench,
+                               headline_only=headline_only)
     report = run_demo(config, say=lambda msg: click.echo(msg, err=True))
-    if as_json:
+    if as_json or headline_only:
         click.echo(json.dumps(report, indent=2))
         return
     report_md = Path(out) / "report.md"
