@@ -30,13 +30,14 @@ def main() -> None:
     p.add_argument("--demo", required=True, help="a `clap-edge demo --out` folder (data/ and clap_head.safetensors)")
     p.add_argument("--attacks", default="fgsm,pgd20,cw20")
     p.add_argument("--per-class", type=int, default=25, help="attacked test images per class and domain")
+    # --per-class 60 for the alpha grid: the demo's val split (60 per class) decides alpha, as in the demo
     p.add_argument("--out", default=str(ROOT / "bench/results/attacks"))
     args = p.parse_args()
     demo = Path(args.demo)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = ["clap-edge", "eval", str(demo / "data"), "--head", str(demo / "clap_head.safetensors"), "--prompts", "PC",
-           "--alpha-objective", "worst", "--attack", args.attacks, "--attack-per-class", str(args.per_class),
+           "--alpha-objective", "worst", "--per-class", "60", "--attack", args.attacks, "--attack-per-class", str(args.per_class),
            "--out", str(out), "--json"]
     print(" ".join(cmd), file=sys.stderr, flush=True)
     load_before = os.getloadavg()

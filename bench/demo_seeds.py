@@ -66,12 +66,15 @@ def main() -> None:
     load_after = os.getloadavg()
     s = spread([json.loads((out / f"seed-{r['seed']}" / "report.json").read_text()) for r in runs])
     first = out / f"seed-{seeds[0]}"
-    attach_spread(first, s)
-    report_dir = Path(args.report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    for f in first.iterdir():
-        if f.suffix in (".md", ".json", ".png"):
-            shutil.copy(f, report_dir / f.name)
+    if runs[0]["headline_only"]:  # collected with --reuse from headline-only runs: no full report to update
+        print(f"{first}: a headline-only run; the demo report is left as it is", file=sys.stderr)
+    else:
+        attach_spread(first, s)
+        report_dir = Path(args.report_dir)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        for f in first.iterdir():
+            if f.suffix in (".md", ".json", ".png"):
+                shutil.copy(f, report_dir / f.name)
     model, flags = cpu_info()
     write_json(args.results, {
         "command": "python bench/demo_seeds.py " + " ".join(sys.argv[1:]),
