@@ -12,7 +12,6 @@ eval's own outputs (``eval.md``, ``eval.json``, ``eval-attacks.png``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -47,10 +46,11 @@ def main() -> None:
     user, system, wall, rss_kb = timing.read_text().split()[-4:]
     timing.unlink()
     model, flags = cpu_info()
-    demo_report = json.loads((demo / "report.json").read_text())
+    from clap_edge.toyworld.dataset import read_info
+
     write_json(out / "run.json", {
         "command": "python bench/attacks.py " + " ".join(sys.argv[1:]), "eval_command": " ".join(cmd),
-        "demo_seeds": demo_report["seeds"],
+        "dataset_seed": read_info(demo / "data").seed,  # the demo's report.json may not exist yet
         "machine": {"cpu": model, "cores": os.cpu_count(),
                     "flags": [f for f in flags if re.match(r"avx|amx|fma|sse4|vnni", f)],
                     "load_average_1_5_15_before": [round(x, 2) for x in load_before],
