@@ -18,7 +18,7 @@ def demo_report(tmp_path_factory):
     from clap_edge.apps.demo import DemoConfig, run_demo
 
     out = tmp_path_factory.mktemp("demo")
-    config = DemoConfig(out=str(out), per_class=4, train_steps=40, alphas=(0.0, 0.1, 0.3), bench_iters=2,
+    config = DemoConfig(out=str(out), per_class=4, test_per_class=4, attack_per_class=1, train_steps=40, alphas=(0.0, 0.1, 0.3), bench_iters=2,
                         bench_batch_sizes=(1,), bench_backends=("onnxruntime", "onnxruntime-int8"), n_boot=100,
                         style_draws=2)
     messages: list[str] = []
@@ -49,7 +49,7 @@ def test_demo_writes_the_documented_report(demo_report):
     out, report, messages = demo_report
     from clap_edge.apps.demo import STEPS
 
-    assert len(messages) == STEPS == 7  # one line per step
+    assert len(messages) == STEPS == 8  # one line per step
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     from clap_edge.toyworld.world import DOMAINS
@@ -98,6 +98,14 @@ def test_demo_writes_the_documented_report(demo_report):
     for row in rows:
         assert row["batch_size"] == 1 and row["p50_ms"] > 0 and row["images_per_s"] > 0
     assert set(report["clap_minus_clip_fp32"]) == set(DOMAINS)
+    assert h["style_isolating_domains"]["n_images"] == 2 * 8 * 4 and h["id"]["n_images"] == 8 * 4
+    assert all(h[k]["verdict"] in ("helps", "costs", "no_distinguishable_effect") for k in ("id", "style_laden_prompts"))
+    attacks = report["attacks"]
+    assert [a["name"] for a in attacks["attacks"]] == ["fgsm", "pgd20"] and set(attacks["domains"]) == {"id", "style_swap"}
+    for cells in attacks["domains"].values():
+        assert set(cells) == {f"{m} {a}" for m in ("clip", "clap") for a in ("clean", "fgsm", "pgd20")}
+        assert all(c["n"] == 8 for c in cells.values())
+    assert "## attacks" in (out / "report.md").read_text() and (out / "attacks.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_demo_bundles_and_files_are_usable(demo_report):
@@ -149,3 +157,49 @@ def test_demo_few_shot_section(demo_report):
             assert d["ci95"][0] <= d["points"] <= d["ci95"][1]
     assert (out / "fewshot.png").stat().st_size > 0
     assert "## Few-shot linear probe, leave one domain out" in (out / "report.md").read_text()
+
+
+def test_demo_seed_reaches_dataset_training_and_bootstrap(monkeypatch, tmp_path):
+    from clap_edge.apps import demo as demo_app
+
+    seen = []
+    monkeypatch.setattr(demo_app, "run_demo", lambda config, say, bars=None: seen.append(config) or {"ok": 1})
+    res = CliRunner().invoke(main, ["demo", "--seed", "7", "--test-per-class", "3", "--out", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert seen[0].seeds == {"dataset": 7, "train": 7, "bootstrap": 7} and seen[0].test_per_class == 3
+
+
+def test_demo_dataset_changes_with_the_seed_and_reproduces(tmp_path):
+    from clap_edge.apps.demo import DemoConfig, _make_dataset
+
+    def pngs(seed, name):
+        root = _make_dataset(tmp_path / name, DemoConfig.seeded(seed, per_class=1, test_per_class=2))
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+    a, again, other = pngs(0, "a"), pngs(0, "again"), pngs(1, "other")
+    assert a == again
+    assert a.keys() == other.keys() and sum(a[k] != other[k] for k in a) > len(a) // 2
+    from clap_edge.toyworld.world import CLASSES, DOMAINS
+
+    assert sum(k.startswith("test/") for k in a) == 2 * len(CLASSES) * len(DOMAINS)
+    assert sum(k.startswith("val/") for k in a) == len(CLASSES) * len(DOMAINS)
+
+
+def test_spread_over_seeds_says_which_verdicts_hold(demo_report):
+    import copy
+
+    from clap_edge.apps.demo_spread import attach_spread, spread
+
+    out, report, _ = demo_report
+    other = copy.deepcopy(report)
+    other["seeds"] = {k: 1 for k in report["seeds"]}
+    flipped = "costs" if report["headline"]["id"]["verdict"] != "costs" else "helps"
+    other["headline"]["id"].update(verdict=flipped, points=report["headline"]["id"]["points"] + 2.0)
+    s = spread([report, other])
+    assert s["seeds"] == [0, 1]
+    assert s["headline"]["style_isolating_domains"]["holds"] and not s["headline"]["id"]["holds"]
+    assert s["headline"]["id"]["mean_points"] == pytest.approx(report["headline"]["id"]["points"] + 1.0, abs=0.01)
+    assert s["headline"]["id"]["verdict_counts"] == {report["headline"]["id"]["verdict"]: 1, flipped: 1}
+    attach_spread(out, s)
+    md = (out / "report.md").read_text()
+    assert "## Across seeds (2 runs, seeds 0, 1" in md and "| id | 32 |" in md and "| no: " in md

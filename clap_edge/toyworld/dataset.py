@@ -39,6 +39,7 @@ class DatasetInfo:
     domains: list[str] = field(default_factory=lambda: list(DOMAINS))
     splits: list[str] = field(default_factory=lambda: list(DATASET_SPLITS))
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
+    test_per_class: int | None = None  # None: per_class (a larger test split narrows the reported CIs)
 
     def split_root(self, split: str) -> Path:
         """The ``<domain>/<class>/*.png`` root of ``split``."""
@@ -63,20 +64,24 @@ def generate(domain: str, split: str, per_class: int, seed: int = 0) -> tuple[np
 
 def write_dataset(root: str | Path, domains: tuple[str, ...] | list[str] = DOMAINS,
                   splits: tuple[str, ...] | list[str] = DATASET_SPLITS, per_class: int = 100, seed: int = 0,
-                  overwrite: bool = False, progress: Callable[[str, str], None] | None = None) -> DatasetInfo:
-    """Write PNGs for every (split, domain) under ``root`` (atomically: all or nothing)."""
+                  overwrite: bool = False, progress: Callable[[str, str], None] | None = None,
+                  test_per_class: int | None = None) -> DatasetInfo:
+    """Write PNGs for every (split, domain) under ``root`` (atomically: all or nothing).
+
+    ``test_per_class`` sizes the test split on its own (default: ``per_class``)."""
     from PIL import Image
 
     for d in domains:
         domain_spec(d)
     for s in splits:
         split_root(root, s)
-    info = DatasetInfo(str(root), seed, per_class, list(domains), list(splits))
+    info = DatasetInfo(str(root), seed, per_class, list(domains), list(splits), test_per_class=test_per_class)
+    sizes = {s: per_class for s in splits} | ({"test": test_per_class} if test_per_class else {})
     try:
         with atomic_directory(root, overwrite=overwrite) as tmp:
             for split in splits:
                 for domain in domains:
-                    images, factors = generate(domain, split, per_class, seed)
+                    images, factors = generate(domain, split, sizes[split], seed)
                     _write_pngs(tmp / split / domain, images, factors.label, Image)
                     if progress is not None:
                         progress(split, domain)

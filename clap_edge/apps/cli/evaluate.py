@@ -37,7 +37,16 @@ from clap_edge.apps.cli.checks import (check_bundle_classes, check_model_name, c
 @click.option("--per-class", type=int, default=None, help="use at most N images per class and domain.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None,
               help="write eval.md, eval.json and eval.png here.")
-@click.option("--seed", type=int, default=0, show_default=True, help="bootstrap and noise seed.")
+@click.option("--attack", "attack", default=None,
+              help="white-box attacks on CLIP and each head at its alpha: fgsm, pgd20, cw20 (comma list; the "
+                   "authors' steps and step sizes; needs the [robust] extra).")
+@click.option("--eps", type=float, default=0.031, show_default=True,
+              help="L-inf attack budget in pixel units ([0, 1]; the authors' 0.031 is about 8/255).")
+@click.option("--attack-per-class", type=click.IntRange(min=1), default=20, show_default=True,
+              help="attack at most N images per class and domain (PGD-20 costs 21 forward+backward passes each).")
+@click.option("--attack-scores", type=click.Choice(["cosine", "logits"]), default="cosine", show_default=True,
+              help="what the attack's loss reads: cosine similarities (the authors') or the scaled logits.")
+@click.option("--seed", type=int, default=0, show_default=True, help="bootstrap, noise and attack random-start seed.")
 @click.option("--few-shot", "few_shot", default=None, metavar="K,K,...",
               help="also the authors' few-shot evaluation: a linear probe on K shots per class from every other "
                    "domain, tested on the held-out one, CLIP vs CLAP features (e.g. 1,2,4,8,16).")
@@ -47,7 +56,8 @@ from clap_edge.apps.cli.checks import (check_bundle_classes, check_model_name, c
               show_default=True, help="few-shot: the authors' Adam-trained linear probe, or class prototypes.")
 @click.option("--json", "as_json", is_flag=True, help="print the JSON result.")
 def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts, alpha, alphas, alpha_objective,
-             style_draws, style_vocab, per_class, out, seed, few_shot, shot_draws, probe_method, as_json):
+             style_draws, style_vocab, per_class, out, attack, eps, attack_per_class, attack_scores, seed, few_shot,
+             shot_draws, probe_method, as_json):
     """Zero-shot top-1 per domain with paired-bootstrap 95% CIs, for a grid of alphas.
 
     DATASET holds `val/` and `test/` splits of `<domain>/<class>/*` images (as `clap-edge toy
@@ -62,24 +72,30 @@ def evaluate(dataset, heads, model_name, pretrained, bundles, variants, prompts,
       clap-edge toy dataset toy-data
       clap-edge eval toy-data --head head.safetensors --prompts C,PC,S --style-vocab toy --alpha-objective worst
       clap-edge eval toy-data --head head.safetensors --few-shot 1,2,4,8,16 --out eval-out
+      clap-edge eval toy-data --head head.safetensors --attack fgsm,pgd20,cw20 --out eval-out
     """
     from clap_edge.core.errors import ClapEdgeError
 
     if not heads and not bundles and not model_name:
         raise ClapEdgeError("nothing to evaluate: pass --head, --model or --bundle")
+    if attack and not (heads or model_name):
+        raise ClapEdgeError("--attack attacks the model: pass --head (CLAP vs CLIP) or --model (CLIP)")
+    if few_shot and not (heads or model_name):
+        raise ClapEdgeError("--few-shot needs the model's features: pass --head or --model")
     if heads or model_name:
         require_extra("eval", "train")
+    specs = _attack_specs(attack, eps) if attack else None  # bad names fail before any work
     named = _check_inputs(dataset, heads, model_name, pretrained, bundles, out)  # before any model or image
-    config = None
+    tables, result = {}, {"dataset": str(dataset)}
     if heads or model_name:
         config = _eval_config(prompts, alpha, alphas, alpha_objective, style_draws, style_vocab, seed)
-    tables, result = {}, {"dataset": str(dataset)}
-    if config is not None:
-        tables["model"], result["model"] = _eval_heads(dataset, heads, model_name, pretrained, config, per_class,
-                                                       progress=not as_json)
+        tables["model"], result["model"], loaded, loaded_heads = _eval_heads(
+            dataset, heads, model_name, pretrained, config, per_class, progress=not as_json)
+        if specs:
+            tables["attacks"], result["attacks"] = _eval_attacks(
+                dataset, loaded, loaded_heads, tables["model"], result["model"]["classes"], specs,
+                attack_per_class, attack_scores == "cosine", config, progress=not as_json)
     if few_shot:
-        if not (heads or model_name):
-            raise ClapEdgeError("--few-shot needs the model's features: pass --head or --model")
         result["few_shot"] = _eval_few_shot(dataset, heads, model_name, pretrained, few_shot, shot_draws,
                                             probe_method, alpha, per_class, seed, progress=not as_json)
     if named:
@@ -142,7 +158,35 @@ def _eval_heads(dataset, heads, model_name, pretrained, config, per_class, progr
     # domains in the demo's order, so a domain keeps its place and colour from one plot to the next
     res.domains = in_world_order(res.domains)
     res.grid = {key: in_world_order(grid) for key, grid in res.grid.items()}
-    return res, {"model_name": model_name, "pretrained": pretrained, "classes": class_names, **res.as_dict()}
+    return res, {"model_name": model_name, "pretrained": pretrained, "classes": class_names, **res.as_dict()}, \
+        loaded, loaded_heads
+
+
+def _attack_specs(attack, eps):
+    from clap_edge.attacks import parse_attacks
+
+    return parse_attacks(attack, eps)
+
+
+def _eval_attacks(dataset, loaded, heads, res, class_names, specs, per_class, cosine, config, progress):
+    """CLIP and every head (at its chosen alpha) under each attack, on the test split's first images per class."""
+    from clap_edge.apps.progress import progress_bar
+    from clap_edge.attacks import build_models, evaluate_attacks
+    from clap_edge.core.datasets import find_splits, scan_domains
+    from clap_edge.core.preprocess import PreprocessCfg
+    from clap_edge.zeroshot import PROMPT_FORMATS
+
+    # The attacked classifier's prompts: the first plain family asked for (the authors attack with C).
+    family = next((f for f in config.prompt_formats if f in ("C", "CP", "PC")), "C")
+    alphas = {name: res.alphas.get(f"{name}/{family}", next(a for k, a in res.alphas.items()
+                                                            if k.startswith(f"{name}/"))) for name in heads}
+    _, domains = scan_domains(find_splits(dataset)["test"], class_names)
+    domains = {d: images.head(per_class) for d, images in domains.items()}
+    models = build_models(loaded, class_names, heads, alphas, PROMPT_FORMATS[family], cosine)
+    with progress_bar(enabled=progress) as bar:
+        robust = evaluate_attacks(models, domains, PreprocessCfg.from_open_clip(loaded.preprocess_cfg), specs,
+                                  len(class_names), alphas, family, config.n_boot, config.seed, progress=bar)
+    return robust.table, {**robust.as_dict(), "per_class": per_class}
 
 
 def _eval_few_shot(dataset, heads, model_name, pretrained, shots, draws, method, alpha, per_class, seed, progress):
@@ -187,7 +231,11 @@ def _emit(tables, result, out, as_json):
     res = tables.get("model")
     if res is not None:  # the model table at the chosen alphas, then one alpha grid per head and family
         tables["model"] = res.domains
-    md = "\n\n".join(f"### {kind}\n\n{markdown_table(t)}" for kind, t in tables.items())
+    md = "\n\n".join(f"### {kind}\n\n{markdown_table(t)}" for kind, t in tables.items() if kind != "attacks")
+    if "attacks" in tables:
+        from clap_edge.apps.robustness import attacks_markdown
+
+        md += "\n\n" + attacks_markdown(result["attacks"], tables["attacks"])
     if res is not None and res.grid:
         md += "".join(f"\n\n### {key}: top-1 per alpha (minus CLIP, paired 95% CI); chosen alpha in bold "
                       f"({res.objective} validation objective)\n\n{alpha_grid_markdown(grid, res.alphas.get(key))}"
@@ -207,7 +255,7 @@ def _emit(tables, result, out, as_json):
 
         atomic_write_text(out / "eval.md", md + "\n")
         for kind, t in tables.items():
-            plot_table(t, out / f"eval-{kind}.png")
+            plot_table(t, out / f"eval-{kind}.png", title=_PLOT_TITLES.get(kind, "zero-shot top-1 per domain"))
         if res is not None and res.grid:
             plot_alpha_curves(res.grid, out / "eval-alpha.png", res.alphas)
         if few:
@@ -216,5 +264,7 @@ def _emit(tables, result, out, as_json):
             plot_fewshot(few, out / "eval-fewshot.png")
     click.echo(json.dumps(result, indent=2) if as_json else md)
 
+
+_PLOT_TITLES = {"attacks": "zero-shot top-1 under attack per domain (whiskers: paired bootstrap 95% CI)"}
 
 COMMANDS = [evaluate]
