@@ -78,9 +78,11 @@ def export(args) -> Path:
     out = Path(args.bundle)
     if out.exists():
         return out
+    full = args.set == "full"  # "light": fp32 everywhere + dynamic int8 (what a loaded 2-core box finishes)
     cfg = ExportConfig(out=out, model_name=args.model, pretrained=args.pretrained, classes=args.classes.split(","),
-                       int8=True, int8_static=True, openvino_int8=True, fp16=True, torch_program=False,
-                       executorch=("fp32", "int8"), litert=tuple(args.litert.split(",")) if args.litert else (),
+                       int8=True, int8_static=full, openvino_int8=full, fp16=full, torch_program=False,
+                       executorch=("fp32", "int8") if full else ("fp32",),
+                       litert=tuple(args.litert.split(",")) if args.litert else (),
                        litert_python=args.litert_python, calibration=args.calibration, calibration_count=16,
                        eval=args.eval, eval_per_class=args.eval_per_class,
                        progress=lambda m: print(f"[export] {m}", file=sys.stderr, flush=True))
@@ -124,6 +126,8 @@ def main() -> int:
     p.add_argument("--litert", default="fp32,int8", help="LiteRT precisions to build ('' for none)")
     p.add_argument("--litert-python", default=None)
     p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--set", choices=("full", "light"), default="full",
+                   help="full: every variant; light: fp32 variants + ONNX dynamic int8 (use --litert fp32)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     args.bundle = args.bundle or f"/tmp/clap-edge-mobile-{args.model}"

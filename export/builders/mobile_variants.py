@@ -18,8 +18,9 @@ PRECISIONS = ("fp32", "int8")
 # --target profile -> the variants worth building for it (docs/mobile.md has the table and the reasons)
 TARGETS: dict[str, dict[str, Any]] = {
     "x86": {"int8": True, "int8_static": True, "openvino_int8": True, "executorch": (), "litert": ()},
+    # litert int8 is left out: litert-torch 0.10.0 fails on the quantised patch-embedding conv (docs/mobile.md)
     "arm-phone": {"int8": False, "int8_static": False, "openvino_int8": False, "executorch": ("fp32", "int8"),
-                  "litert": ("fp32", "int8")},
+                  "litert": ("fp32",)},
     "jetson": {"int8": False, "int8_static": True, "openvino_int8": False, "fp16": True, "executorch": (),
                "litert": ()},
 }
