@@ -128,7 +128,7 @@ def build_litert(program_path: str | os.PathLike, dst: str | os.PathLike, images
     images_path.unlink(missing_ok=True)
     if done.returncode != 0 or not Path(dst).is_file():
         tail = [ln for ln in (done.stderr or "").strip().splitlines() if ln.strip()][-1:] or ["no output"]
-        raise ClapEdgeError(f"LiteRT conversion ({python}) failed with exit code {done.returncode}: {tail[0][:300]}")
+        raise ClapEdgeError(f"LiteRT conversion ({python}) failed with exit code {done.returncode}: {tail[0][:400]}")
     return Path(dst)
 
 
