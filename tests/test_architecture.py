@@ -28,15 +28,16 @@ DOC = ROOT / "docs" / "architecture.md"
 SOURCES = {"clap_edge": "clap_edge", "export": "clap_edge.export", "runtime": "clap_edge.runtime"}
 ROOMS = ["core", "training", "export", "runtime", "apps"]
 
-# Backends that run torch programs: the only runtime modules that may reach torch.
+# Backends that run torch programs: the only runtime modules that may reach torch. (ExecuTorch's Python
+# runtime takes and returns torch tensors; the .pte itself runs without torch on a device.)
 TORCH_BACKENDS = ["clap_edge.runtime.backends.torch", "clap_edge.runtime.backends.aoti",
-                  "clap_edge.runtime.backends.tensorrt"]
+                  "clap_edge.runtime.backends.tensorrt", "clap_edge.runtime.backends.executorch"]
 TORCH_LIBS = {"torch", "torchvision", "open_clip", "open_clip_train"}
 APP_LIBS = {"rich", "click"}
 # What `pip install clap-edge` (the edge runtime) brings, besides the standard library: pyproject's dependencies.
 BASE_LIBS = {"numpy", "PIL", "onnxruntime", "safetensors", "click", "rich", "ftfy", "regex"}  # ftfy, regex: the tokenizer
 # Heavy libraries: never imported at module level in core, runtime or apps (only inside the loader that needs them).
-HEAVY_LIBS = TORCH_LIBS | {"tensorrt", "openvino", "ray", "tritonclient", "nncf", "onnx", "onnxscript", "matplotlib",
+HEAVY_LIBS = TORCH_LIBS | {"executorch", "ai_edge_litert", "litert_torch", "tensorrt", "openvino", "ray", "tritonclient", "nncf", "onnx", "onnxscript", "matplotlib",
                            "model_signing", "cryptography", "cuda", "pyarrow", "starlette"}
 # Optional in core/runtime, imported lazily by the one function that needs it (plots: the [train] extra has it).
 # optional features imported inside the function that needs them, with a one-line error naming the extra

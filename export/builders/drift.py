@@ -8,7 +8,8 @@ section, so ``inspect``, the demo report and ``auto`` all read the same numbers:
                        "domains": {"id": {"n_images": 480, "fp32_top1": 0.9, "top1": 0.9, "agreement": 1.0}, ...}}}
 
 Each variant runs in the library its runtime backend uses: the ONNX variants in ONNX Runtime
-(CPU), the OpenVINO IR in OpenVINO's CPU plugin with fp32 for the parts NNCF left in float.
+(CPU), the OpenVINO IR in OpenVINO's CPU plugin with fp32 for the parts NNCF left in float, .pte in
+ExecuTorch's runtime (XNNPACK), .tflite in ai-edge-litert's interpreter.
 """
 
 from __future__ import annotations
@@ -85,4 +86,9 @@ def openvino_predictor(path: str | os.PathLike, classes: ClassMatrix, threads: i
 
 
 def predictor_for(path: str | os.PathLike, classes: ClassMatrix, threads: int | None = None) -> Predict:
-    return (openvino_predictor if Path(path).suffix == ".xml" else onnx_predictor)(path, classes, threads)
+    suffix = Path(path).suffix
+    if suffix in (".pte", ".tflite"):  # phone/board variants: ExecuTorch's / LiteRT's own runtime
+        from clap_edge.export.builders.mobile import executorch_predictor, litert_predictor
+
+        return (executorch_predictor if suffix == ".pte" else litert_predictor)(path, classes, threads)
+    return (openvino_predictor if suffix == ".xml" else onnx_predictor)(path, classes, threads)

@@ -47,6 +47,9 @@ class ExportConfig:
     int8_static: bool = False  # model.qdq.onnx: static int8, QDQ form, calibrated (ONNX Runtime CPU, TensorRT)
     openvino_int8: bool = False  # model.int8.xml/.bin: NNCF post-training int8 as OpenVINO IR
     fp16: bool = False
+    executorch: tuple[str, ...] = ()  # "fp32" / "int8": model.pte / model.int8.pte (XNNPACK; phones, boards)
+    litert: tuple[str, ...] = ()  # "fp32" / "int8": model.tflite / model.int8.tflite (LiteRT CPU)
+    litert_python: str | None = None  # a Python with litert-torch (default: $CLAP_EDGE_LITERT_PYTHON or this one)
     torch_program: bool = True  # write model.pt2
     text_encoder: bool = False  # text.onnx (+ text.int8.onnx with int8) and the tokenizer: classes on the device
     overwrite: bool = False
@@ -114,6 +117,12 @@ def export_bundle(cfg: ExportConfig) -> Path:
             )
         parity = {"fp32": fp32.as_manifest(tolerance=cfg.parity_tolerance)}
         variants = _build_variants(cfg, result.path, calib, fp32_logits, tmp, say, parity, pre, classes)
+        if cfg.executorch or cfg.litert:
+            from clap_edge.export.builders.mobile_variants import build_mobile_variants
+
+            variants.update(build_mobile_variants(cfg, fused, result.program, calib, fp32_logits, tmp, say, parity,
+                                                  _quantisation_images(cfg, calib, pre) if "int8" in
+                                                  (*cfg.executorch, *cfg.litert) else None, classes))
         drift = _score_drift(cfg, result.path, variants, class_names, pre, say, classes)
         text = None
         if cfg.text_encoder:

@@ -62,6 +62,12 @@ VARIANT_FILES = {
     "fp16": "model.fp16.onnx",
     "openvino-int8": "model.int8.xml",  # OpenVINO IR (NNCF int8); its weights are model.int8.bin
     "torch": "model.pt2",
+    # phones and small boards (clap-edge export --executorch / --litert): ExecuTorch programs with the XNNPACK
+    # delegate and LiteRT (TFLite) flatbuffers. Readers that do not run them (the C++ runtime) ignore them.
+    "executorch-fp32": "model.pte",
+    "executorch-int8": "model.int8.pte",
+    "litert-fp32": "model.tflite",
+    "litert-int8": "model.int8.tflite",
 }
 REQUIRED_KEYS = ("schema_version", "model", "class_names", "embed_dim", "preprocess", "inputs", "outputs", "files")
 

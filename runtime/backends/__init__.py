@@ -24,6 +24,9 @@ BACKENDS: dict[str, tuple[str, str]] = {
     # compiled engines from the bundle's engines/ folder (clap-edge build-engine), picked by sidecar
     "tensorrt": ("clap_edge.runtime.backends.tensorrt.runner", "TensorRTRunner"),
     "aoti": ("clap_edge.runtime.backends.aoti.runner", "AotiRunner"),
+    # phones and small boards, verified here on their x86 CPU kernels: ExecuTorch (.pte, XNNPACK) and LiteRT
+    "executorch": ("clap_edge.runtime.backends.executorch.runner", "ExecuTorchRunner"),
+    "litert": ("clap_edge.runtime.backends.litert.runner", "LiteRTRunner"),
 }
 
 # Older names -> (backend, precision).

@@ -41,6 +41,15 @@ if TYPE_CHECKING:
 @click.option("--openvino-int8", is_flag=True,
               help="add model.int8.xml/.bin (NNCF int8 OpenVINO IR: --backend openvino --precision int8).")
 @click.option("--fp16", is_flag=True, help="add model.fp16.onnx (fp16 weights, GPU).")
+@click.option("--executorch", "executorch_precisions", default=None, metavar="fp32|int8|fp32,int8",
+              help="add model.pte / model.int8.pte (ExecuTorch, XNNPACK; phones and boards; int8 needs --calibration).")
+@click.option("--litert", "litert_precisions", default=None, metavar="fp32|int8|fp32,int8",
+              help="add model.tflite / model.int8.tflite (LiteRT CPU; int8 needs --calibration).")
+@click.option("--litert-python", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="a Python with litert-torch, which cannot share clap-edge[sign]'s environment "
+                   "(default: $CLAP_EDGE_LITERT_PYTHON, else this Python).")
+@click.option("--target", type=click.Choice(["x86", "arm-phone", "jetson"]), default=None,
+              help="add the variants worth shipping to that device (docs/mobile.md); explicit flags add more.")
 @click.option("--eval", "eval_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="labelled dataset (DIR/{val,test}/<domain>/<class>/*): score every variant against fp32 on its "
                    "test split (top-1 per domain, agreement) into the manifest's drift section.")
@@ -55,8 +64,9 @@ if TYPE_CHECKING:
 @click.option("--force", is_flag=True, help="replace BUNDLE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="print the written manifest's summary as JSON.")
 def export(head_path, out, model_name, pretrained, classes, alpha, no_head, templates_file, calibration,
-           calibration_count, calibration_method, opset, int8, int8_static, openvino_int8, fp16, eval_dir,
-           eval_per_class, no_torch_program, text_encoder, tolerance, force, as_json):
+           calibration_count, calibration_method, opset, int8, int8_static, openvino_int8, fp16, executorch_precisions,
+           litert_precisions, litert_python, target, eval_dir, eval_per_class, no_torch_program, text_encoder, tolerance,
+           force, as_json):
     """Export a CLAP head (or plain CLIP with --no-head) as a bundle: ONNX, variants, manifest.
 
     The export checks torch vs ONNX Runtime on a calibration batch and writes nothing
@@ -68,6 +78,8 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
       clap-edge export --model ViT-B-32 --classes cat,dog --no-head --out clip-bundle
       clap-edge export --head head.safetensors --out bundle --int8 --int8-static --openvino-int8 \\
           --calibration toy-data/val --eval toy-data
+      clap-edge export --head head.safetensors --out phone-bundle --target arm-phone --calibration toy-data/val
+      clap-edge export --head head.safetensors --out bundle --executorch fp32,int8 --calibration toy-data/val
     """
     from clap_edge.core.errors import ClapEdgeError
     from clap_edge.export.bundle import Bundle
@@ -82,8 +94,17 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         raise ClapEdgeError("--no-head needs --model NAME")
     if no_head and alpha not in (None, 0.0):
         raise ClapEdgeError("--alpha needs a head (--no-head means alpha 0)")
+    profile = _target_profile(target)
+    int8, int8_static, openvino_int8, fp16 = (int8 or profile["int8"], int8_static or profile["int8_static"],
+                                              openvino_int8 or profile["openvino_int8"], fp16 or profile["fp16"])
+    executorch = _precisions(executorch_precisions, "--executorch", profile["executorch"])
+    litert = _precisions(litert_precisions, "--litert", profile["litert"])
     if (int8_static or openvino_int8) and not calibration:
-        raise ClapEdgeError("--int8-static / --openvino-int8 need --calibration DIR (representative images)")
+        raise ClapEdgeError("--int8-static / --openvino-int8 need --calibration DIR (representative images)"
+                            + (f" (--target {target} builds them)" if target else ""))
+    if "int8" in (*executorch, *litert) and not calibration:
+        raise ClapEdgeError("int8 ExecuTorch / LiteRT variants need --calibration DIR (representative images)"
+                            + (f" (--target {target} builds them)" if target else ""))
     _check_inputs(out, force, model_name, pretrained)
     cfg = ExportConfig(
         out=out,
@@ -98,6 +119,9 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         int8_static=int8_static,
         openvino_int8=openvino_int8,
         fp16=fp16,
+        executorch=executorch,
+        litert=litert,
+        litert_python=litert_python,
         torch_program=not no_torch_program,
         text_encoder=text_encoder,
         overwrite=force,
@@ -274,6 +298,27 @@ def _num(value, fmt: str) -> str:
 
 def _gflops(flops) -> str:
     return "? FLOPs" if flops is None else f"{flops / 1e9:.3f} GFLOPs"
+
+
+def _target_profile(target: str | None) -> dict:
+    """The variants --target adds (all off without one)."""
+    if target is None:
+        return {"int8": False, "int8_static": False, "openvino_int8": False, "fp16": False, "executorch": (),
+                "litert": ()}
+    from clap_edge.export.builders.mobile_variants import target_settings
+
+    return {"fp16": False, **target_settings(target)}
+
+
+def _precisions(value: str | None, option: str, base: tuple[str, ...]) -> tuple[str, ...]:
+    """"fp32,int8" -> ("fp32", "int8"), merged with the target's; a bad name is one line, exit 2."""
+    from clap_edge.core.errors import ClapEdgeError
+
+    asked = [p.strip() for p in (value or "").split(",") if p.strip()]
+    bad = [p for p in asked if p not in ("fp32", "int8")]
+    if bad or (value is not None and not asked):
+        raise ClapEdgeError(f"{option}: expected fp32, int8 or fp32,int8, got {value!r}")
+    return tuple(dict.fromkeys([*base, *asked]))
 
 
 def _read_templates(path: str) -> list[str]:

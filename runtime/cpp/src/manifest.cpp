@@ -528,7 +528,10 @@ Manifest validate_manifest(const ojson& j, const std::string& where) {
     // the same suffixes as VARIANT_FILES in names.py: a runtime picks its reader by the variant, not by sniffing
     static const std::map<std::string, std::string> kVariantSuffix = {
         {"fp32", ".onnx"}, {"int8", ".onnx"}, {"qdq", ".onnx"}, {"fp16", ".onnx"}, {"openvino-int8", ".xml"},
-        {"torch", ".pt2"}};
+        {"torch", ".pt2"},
+        // phone/board variants: checked for their suffix, never run here (this runtime reads ONNX/OpenVINO)
+        {"executorch-fp32", ".pte"}, {"executorch-int8", ".pte"}, {"litert-fp32", ".tflite"},
+        {"litert-int8", ".tflite"}};
     if (auto it = kVariantSuffix.find(name); it != kVariantSuffix.end()) {
       const std::string& sfx = it->second;
       if (f.size() < sfx.size() || f.compare(f.size() - sfx.size(), sfx.size(), sfx) != 0)

@@ -1,0 +1,1 @@
+"""The executorch backend: loader (opens the .pte) and runner (activate / infer / deactivate)."""

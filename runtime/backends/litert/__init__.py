@@ -1,0 +1,1 @@
+"""The litert backend: loader (opens the .tflite) and runner (activate / infer / deactivate)."""
