@@ -201,6 +201,8 @@ def run_manifest_edits(bundle: Path, tmp: Path) -> Counter:
         except (KeyError, IndexError, TypeError) as e:
             results[f"FAIL corpus edit {name!r} does not apply: {e}"] += 1
             continue
+        if (m.get("classes") or {}).get("bias"):  # the manifest says a bias is there: give the bundle one
+            _add_class_bias(d, m)
         write_manifest(d, m, validate=False)
 
         def case(d=d):
@@ -213,6 +215,21 @@ def run_manifest_edits(bundle: Path, tmp: Path) -> Counter:
             outcome = "refused"
         results[outcome] += 1
     return results
+
+
+def _add_class_bias(d: Path, m: dict) -> None:
+    """classes.safetensors with a zero class_bias [C] beside W, and the manifest's entry for it updated."""
+    import hashlib
+
+    from safetensors.numpy import load_file, save_file
+
+    from clap_edge.export.bundle.names import CLASSES_BIAS, CLASSES_FILE
+
+    tensors = load_file(str(d / CLASSES_FILE))
+    tensors[CLASSES_BIAS] = np.zeros(len(m["class_names"]), np.float32)
+    save_file(tensors, str(d / CLASSES_FILE))
+    data = (d / CLASSES_FILE).read_bytes()
+    m["files"][CLASSES_FILE] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
 def _tar_with(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None,

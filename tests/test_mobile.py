@@ -70,8 +70,10 @@ def _onnx_logits(bundle, batch):
     """model.onnx in a plain ONNX Runtime session: the reference, run without the runtime's runners."""
     import onnxruntime as ort
 
+    from clap_edge.export.bundle import ClassMatrix
+
     session = ort.InferenceSession(str(bundle.root / "model.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"image": batch})[0]
+    return ClassMatrix.from_bundle(bundle).logits(session.run(["embedding"], {"image": batch})[0])
 
 
 def _check_backend_matches_onnx(mobile_bundle, toy_images, backend, variant):

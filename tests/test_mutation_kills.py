@@ -132,7 +132,7 @@ def test_file_size_bounds_are_inclusive():
 def test_symbolic_dimension_length_bounds():
     m = base_manifest()
     m["inputs"][0]["shape"][0] = "N" * 64
-    m["outputs"][0]["shape"][0] = m["outputs"][1]["shape"][0] = "N" * 64
+    m["outputs"][0]["shape"][0] = "N" * 64  # schema 4: one output, the embedding
     Manifest.from_dict(m)
     for bad in ("", "N" * 65):
         m = base_manifest()
@@ -359,17 +359,16 @@ def test_run_in_chunks_pads_short_tails_and_keeps_float32():
         plan_chunks(0, 1, 4)
     seen = []
 
-    def engine(x):  # an engine for batch range [4, 8]: records what it was given; float64 out
+    def engine(x):  # an engine for batch range [4, 8]: records what it was given; float64 embedding out
         seen.append((x.shape, x.dtype))
         assert 4 <= len(x) <= 8
-        return x.reshape(len(x), -1).astype(np.float64)[:, :2] + 1, x.reshape(len(x), -1).astype(np.float64)
+        return x.reshape(len(x), -1).astype(np.float64) + 1
 
     batch = np.arange(11 * 3, dtype=np.float32).reshape(11, 3)
     out = run_in_chunks(batch, 4, 8, engine)
     assert seen == [((8, 3), np.float32), ((4, 3), np.float32)]  # the 3-row tail padded to 4 with zeros
-    assert out.logits.dtype == np.float32 and out.embedding.dtype == np.float32
-    np.testing.assert_array_equal(out.embedding, batch)
-    np.testing.assert_array_equal(out.logits, batch[:, :2] + 1)
+    assert out.dtype == np.float32 and out.shape == (11, 3)  # the padding rows are dropped
+    np.testing.assert_array_equal(out, batch + 1)
 
 
 # ---- signing ----------------------------------------------------------------------------------

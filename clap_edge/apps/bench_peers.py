@@ -13,7 +13,8 @@ user's own machine. Each peer runs the bundle's own weights with that tool's *de
                         This is the ``torch`` baseline speed-ups are quoted against.
 
 Each peer is a duck-typed runner (``infer(batch) -> .logits``, ``precision``, ``deactivate()``), built in
-the bench worker process, so the peers are timed, CPU-timed and memory-measured exactly as ours.
+the bench worker process, so the peers are timed, CPU-timed and memory-measured exactly as ours. The model
+ends at the embedding (schema 4); every peer applies the bundle's class matrix with numpy, as ours do.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from clap_edge.core.errors import BackendUnavailableError
-from clap_edge.export.bundle import Bundle
+from clap_edge.export.bundle import Bundle, ClassMatrix
 
 PEER_PREFIX = "peer:"
 PEERS = ("peer:onnxruntime", "peer:openvino", "peer:open_clip")
@@ -40,7 +41,7 @@ class _Output:
 
 
 class _PeerRunner:
-    def __init__(self, name: str, precision: str, infer: Callable[[np.ndarray], _Output]):
+    def __init__(self, name: str, precision: str, infer: Callable[[np.ndarray], Any]):
         self.name, self.precision, self._infer = name, precision, infer
 
     def activate(self) -> "_PeerRunner":
@@ -64,7 +65,11 @@ def create_peer_runner(bundle: Bundle, name: str, threads: int | None) -> _PeerR
     builders = {"peer:onnxruntime": _onnxruntime, "peer:openvino": _openvino, "peer:open_clip": _open_clip}
     if name not in builders:
         raise BackendUnavailableError(f"unknown peer {name!r}; expected one of {', '.join(PEERS)}")
-    return builders[name](bundle, threads)
+    classes = ClassMatrix.from_bundle(bundle)
+    peer = builders[name](bundle, threads)
+    embed = peer._infer
+    peer._infer = lambda x: (lambda z: _Output(classes.logits(z), z))(embed(x))
+    return peer
 
 
 def _onnxruntime(bundle: Bundle, threads: int | None) -> _PeerRunner:
@@ -75,10 +80,7 @@ def _onnxruntime(bundle: Bundle, threads: int | None) -> _PeerRunner:
         so.intra_op_num_threads = int(threads)
     session = ort.InferenceSession(str(bundle.variant_file("fp32")), so, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    outputs = [o.name for o in session.get_outputs()]
-    return _PeerRunner("peer:onnxruntime", "fp32",
-                       lambda x: _Output(*session.run(None, {name: x})[:2]) if len(outputs) > 1
-                       else _Output(session.run(None, {name: x})[0]))
+    return _PeerRunner("peer:onnxruntime", "fp32", lambda x: session.run(None, {name: x})[0])
 
 
 def _openvino(bundle: Bundle, threads: int | None) -> _PeerRunner:
@@ -90,11 +92,7 @@ def _openvino(bundle: Bundle, threads: int | None) -> _PeerRunner:
     hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()  # e.g. "<Type: 'bfloat16'>" or "bf16"
     precision = "bf16" if "bf16" in hint or "bfloat16" in hint else "fp16" if "f16" in hint else "fp32"
 
-    def infer(x: np.ndarray) -> _Output:
-        out = list(request.infer({0: x}).values())
-        return _Output(np.asarray(out[0]), np.asarray(out[1]) if len(out) > 1 else None)
-
-    return _PeerRunner("peer:openvino", precision, infer)
+    return _PeerRunner("peer:openvino", precision, lambda x: np.asarray(list(request.infer({0: x}).values())[0]))
 
 
 def _open_clip(bundle: Bundle, threads: int | None) -> _PeerRunner:
@@ -116,16 +114,11 @@ def _open_clip(bundle: Bundle, threads: int | None) -> _PeerRunner:
     if missing:
         raise BackendUnavailableError(f"{bundle.root}: model.pt2 does not hold open_clip's {missing[0]!r} "
                                       f"(a head or a non-CLIP tower): peer:open_clip cannot rebuild it")
-    classes, scale, bias = state.get("classes"), state.get("logit_scale"), state.get("logit_bias")
 
-    def infer(x: np.ndarray) -> _Output:
+    def infer(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             z = visual(torch.from_numpy(x))
-            z = z * torch.rsqrt((z * z).sum(-1, keepdim=True).clamp_min(1e-24))
-            if classes is None:  # a bundle that ends at the embedding: the class matrix is the runtime's
-                return _Output(z.numpy(), z.numpy())
-            logits = scale * z @ classes
-            return _Output((logits if bias is None else logits + bias).numpy(), z.numpy())
+            return (z * torch.rsqrt((z * z).sum(-1, keepdim=True).clamp_min(1e-24))).numpy()
 
     return _PeerRunner("peer:open_clip", "fp32", infer)
 

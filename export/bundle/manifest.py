@@ -406,7 +406,7 @@ def _preprocess(v: Any) -> PreprocessCfg:
     allowed = {f.name for f in fields(PreprocessCfg)}
     unknown = sorted(set(o) - allowed)
     if unknown:
-        raise ManifestFieldError(f"preprocess.{unknown[0]}", f"is not a preprocess field ({sorted(allowed)})")
+        raise ManifestFieldError(f"preprocess.{unknown[0]}", "is not a preprocess field")
     missing = sorted(allowed - set(o))
     if missing:
         raise ManifestFieldError(f"preprocess.{missing[0]}", "is missing")

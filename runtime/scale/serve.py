@@ -289,11 +289,18 @@ def start(config: ServeConfig, pin: PinnedBundle, on_connect: Callable[[], None]
         raise ClapEdgeError(f"serving needs Ray Serve: pip install 'clap-edge[serve]' ({e})") from None
 
     cpus = config.num_cpus or max(2, int(np.ceil(config.replicas * config.replica_cpus)))
+    # Serve kills an HTTP proxy that is not ready within 5 s, which a busy 2-core machine misses; a local cluster's
+    # controller inherits this process's environment, so a longer ready check reaches it.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     connect(config.address, cpus, config.object_store_mb, config.metrics_port)
     if on_connect is not None:
         on_connect()
     _quiet_driver_logs()
-    ray_serve.start(http_options={"host": config.host, "port": config.port})
+    try:
+        ray_serve.start(http_options={"host": config.host, "port": config.port})
+    except Exception as e:  # ray.exceptions.ActorDiedError, TimeoutError: the proxy never came up
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ClapEdgeError(f"Ray Serve's HTTP proxy did not start on {config.host}:{config.port}: {first}") from None
     try:  # replicas log warnings and errors only, unless an access log (INFO lines) was asked for
         ray_serve.run(build_app(config, pin), name=APP_NAME, route_prefix="/", blocking=False,
                       logging_config={"enable_access_log": config.access_log,
