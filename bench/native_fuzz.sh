@@ -53,6 +53,7 @@ run_one() {
   if [ "$SECS" = 0 ]; then  # replay the committed corpus only (a regression run)
     "$OUT/bin/$h" -runs=0 "$corpus"; return
   fi
+  rm -f "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-*  # findings of an earlier run: not this one's
   local seeds; seeds=$(seed_dir "$h")
   ( cd "$work" && exec /usr/bin/time -f '%U %S %e' -o "$h.time" nice -n "$NICE" "$OUT/bin/$h" -max_total_time="$SECS" \
       -rss_limit_mb=2048 -timeout=20 -max_len=65536 -print_final_stats=1 corpus "$ROOT/$corpus" "$seeds" \
