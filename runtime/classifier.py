@@ -24,7 +24,7 @@ from PIL import Image
 
 from clap_edge.core.errors import BundleError, ImageError
 from clap_edge.export.bundle import Bundle, ClassMatrix
-from clap_edge.export.bundle.manifest import ManifestFieldError, check_unique_names
+from clap_edge.export.bundle.classes import checked_class_tensors
 from clap_edge.runtime.backends import RunnerOptions, create_runner
 from clap_edge.runtime.backends.base import Runner, RunnerOutput
 from clap_edge.runtime.batching import decode_one, predict_each
@@ -125,20 +125,7 @@ class Classifier:
                          bias: np.ndarray | None = None) -> None:
         """Use these classes from now on, in memory (the bundle is not changed): W [C, d], optional b [C]."""
         names = list(class_names)
-        weights = np.ascontiguousarray(class_matrix, dtype=np.float32)
-        if not names or weights.shape != (len(names), self.bundle.embed_dim):
-            raise ValueError(f"the class matrix has shape {list(weights.shape)}; {len(names)} classes need "
-                             f"[{len(names)}, {self.bundle.embed_dim}]")
-        if bias is not None:
-            bias = np.ascontiguousarray(bias, dtype=np.float32)
-            if bias.shape != (len(names),):
-                raise ValueError(f"the class bias has shape {list(bias.shape)}, expected [{len(names)}]")
-        if not np.isfinite(weights).all() or (bias is not None and not np.isfinite(bias).all()):
-            raise ValueError("the class matrix or bias holds NaN or infinite values")
-        try:
-            check_unique_names(names)
-        except ManifestFieldError as e:
-            raise ValueError(str(e)) from None
+        weights, bias = checked_class_tensors(names, class_matrix, bias, self.bundle.embed_dim)
         self.runner.classes = ClassMatrix(weights, bias, self.runner.classes.scale)
         self.class_names = names
 

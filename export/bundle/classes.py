@@ -26,7 +26,7 @@ from clap_edge.export.bundle.writer import file_entries, save_classes, write_man
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClassMatrix", "rewrite_classes"]
+__all__ = ["ClassMatrix", "checked_class_tensors", "rewrite_classes"]
 
 
 @dataclass(frozen=True)
@@ -118,24 +118,34 @@ def _write(root: Path, data: dict[str, Any], weights: np.ndarray, bias: np.ndarr
 
 
 def _checked_tensors(b: Bundle, names: list[str], matrix, bias) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        return checked_class_tensors(names, matrix, bias, b.manifest.embed_dim)
+    except ValueError as e:
+        raise BundleError(f"{b.label}: {e}") from None
+
+
+def checked_class_tensors(names: list[str], matrix, bias, embed_dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """W [C, d] and b [C] (or None) as float32 for ``names``; ValueError when a name, shape or value is wrong.
+
+    The one check of a class matrix, for a bundle being rewritten and for Classifier.set_class_matrix."""
     if not names:
-        raise BundleError(f"{b.label}: no class names")
+        raise ValueError("no class names")
     try:
         check_unique_names(names)
     except ManifestFieldError as e:
-        raise BundleError(f"{b.label}: {e}") from None
+        raise ValueError(str(e)) from None
     weights = np.ascontiguousarray(matrix, dtype=np.float32)
-    want = (len(names), b.manifest.embed_dim)
+    want = (len(names), embed_dim)
     if weights.shape != want:
-        raise BundleError(f"{b.label}: the class matrix has shape {list(weights.shape)}; {len(names)} classes of "
-                          f"this bundle's embedding need {list(want)}")
+        raise ValueError(f"the class matrix has shape {list(weights.shape)}; {len(names)} classes of "
+                         f"this bundle's embedding need {list(want)}")
     if bias is not None:
         bias = np.ascontiguousarray(bias, dtype=np.float32)
         if bias.shape != (len(names),):
-            raise BundleError(f"{b.label}: the class bias has shape {list(bias.shape)}, expected [{len(names)}]")
+            raise ValueError(f"the class bias has shape {list(bias.shape)}, expected [{len(names)}]")
     for what, a in (("class matrix", weights), ("class bias", bias)):
         if a is not None and not np.isfinite(a).all():
-            raise BundleError(f"{b.label}: the {what} holds {int((~np.isfinite(a)).sum())} NaN or infinite values")
+            raise ValueError(f"the {what} holds {int((~np.isfinite(a)).sum())} NaN or infinite values")
     return weights, bias
 
 
