@@ -79,26 +79,35 @@ def _print(report: dict) -> None:
     for r in report["results"]:
         print(f"{r['backend']:<18} n={r['iters']:<3} p50 {r['p50_ms']:8.2f} ms  cpu {r['cpu_p50_ms']:8.2f} ms  "
               f"{r['gflops_per_cpu_s']} GF/cpu-s  ceiling {r['ceiling_gflops_per_s']}  "
-              f"fraction {r['fraction_of_ceiling']} {r['fraction_flag'] or ''}  of peak {r['fraction_of_peak']}")
+              f"fraction {r['fraction_of_ceiling']} {r['fraction_flag'] or ''}  of peak {r['fraction_of_peak']}  "
+              f"of its own GEMMs {r.get('fraction_of_model_gemms')} {r.get('model_gemms_flag') or ''}")
 
 
 def compare(quiet_path: str, loaded_path: str) -> int:
+    """Both fractions side by side; exit 1 if a row's fraction of its own GEMMs moved by more than 10%.
+
+    The square-GEMM fraction is printed too: its ceiling stays in cache while the model streams its
+    weights, so it is not expected to hold under load (see apps/model_gemms.py)."""
     quiet, loaded = (json.load(open(p)) for p in (quiet_path, loaded_path))
     by = {(r["backend"], r["batch_size"]): r for r in loaded["results"]}
-    worst = 0.0
+    worst = {"fraction_of_model_gemms_raw": 0.0, "fraction_of_ceiling_raw": 0.0}
     for r in quiet["results"]:
         other = by.get((r["backend"], r["batch_size"]))
         if not other:
             continue
-        a, b = r["fraction_of_ceiling_raw"], other["fraction_of_ceiling_raw"]
-        gap = (b - a) / a if a and b else float("nan")
-        worst = max(worst, abs(gap))
+        parts = []
+        for field, label in (("fraction_of_model_gemms_raw", "of its GEMMs"), ("fraction_of_ceiling_raw", "of square GEMM")):
+            a, b = r.get(field), other.get(field)
+            gap = (b - a) / a if a and b else float("nan")
+            if gap == gap:
+                worst[field] = max(worst[field], abs(gap))
+            parts.append(f"{label}: quiet {a} loaded {b} ({gap:+.1%})")
         wall_a, wall_b = r["gflops_per_s"], other["gflops_per_s"]
-        print(f"{r['backend']:<18} fraction quiet {a} loaded {b}  ({gap:+.1%})   "
-              f"wall GFLOP/s quiet {wall_a} loaded {wall_b}")
+        print(f"{r['backend']:<18} " + "   ".join(parts) + f"   wall GFLOP/s quiet {wall_a} loaded {wall_b}")
     print(f"load: quiet {quiet['env']['load_average_before'][0]:.1f}, loaded {loaded['env']['load_average_before'][0]:.1f};"
-          f" worst fraction gap {worst:.1%}")
-    return 0 if worst <= 0.10 else 1
+          f" worst gap: of its GEMMs {worst['fraction_of_model_gemms_raw']:.1%},"
+          f" of the square GEMM {worst['fraction_of_ceiling_raw']:.1%}")
+    return 0 if worst["fraction_of_model_gemms_raw"] <= 0.10 else 1
 
 
 def main() -> int:

@@ -297,3 +297,22 @@ def test_peers_run_the_same_weights_and_open_clip_eager_is_the_baseline(runtime_
     assert report["env"]["speedup_baseline"].startswith("open_clip eager")
     assert rows["peer:open_clip"]["speedup_vs_torch"] == 1.0
     assert report["lead"]["2"]["best_clap_edge"] == "onnxruntime"
+
+
+def test_model_gemm_ceiling_is_sampled_per_batch_and_gives_each_row_a_fraction(report):
+    """(issue 21) The model's own products, built per batch size and sampled in the same rounds as the
+    square GEMM; fraction = the row's images per CPU-second / the products-alone ones, same batch."""
+    model_gemms = report["env"]["ceiling"]["model_gemms"]
+    assert sorted(model_gemms) == sorted(str(b) for b in BATCHES)
+    for r in (r for r in report["results"] if r["mode"] == "model"):
+        at_batch = model_gemms[str(r["batch_size"])]
+        assert at_batch["products"] > 0 and not at_batch["errors"], at_batch
+        found = at_batch["ceilings"][r["ceiling"]]
+        assert found["iters"] == 4 and found["cpu_s_per_sample"] >= 0.05
+        assert r["model_gemms_images_per_cpu_s"] == found["images_per_cpu_s"] > 0
+        assert r["fraction_of_model_gemms_raw"] == pytest.approx(r["images_per_cpu_s"] / found["images_per_cpu_s"],
+                                                                 abs=1e-3)
+        assert (r["fraction_of_model_gemms"] is None) == (r["fraction_of_model_gemms_raw"] > 1.0)
+    # a larger batch has proportionally more product work per call
+    small, large = (model_gemms[str(b)]["flops_per_call"] for b in BATCHES)
+    assert large == pytest.approx(small * BATCHES[1] / BATCHES[0], rel=1e-6)

@@ -113,49 +113,107 @@ class _WorkerHandle:
             self.process.join()
 
 
-class _CeilingHandle(_WorkerHandle):
-    """Parent side of the ceiling process: one GEMM per (library, precision) of the benchmarked backends."""
+class _CeilingProcess(_WorkerHandle):
+    """Parent side of one library's ceiling process: its GEMM per precision, and the model's own products.
+
+    One process per library: process CPU time then counts only that library's threads (a thread pool left
+    spinning by one library would otherwise be billed to the next library's sample)."""
+
+    def __init__(self, ctx: Any, library: str, keys: list[str], threads: int | None, sample_cpu_s: float):
+        from clap_edge.apps.ceiling import CeilingConfig, ceiling_worker_main
+
+        self.backend = f"ceiling:{library}"
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=ceiling_worker_main, daemon=True, name=f"clap-edge-bench-ceiling-{library}",
+                                   args=(child, CeilingConfig(threads=threads, libraries=(library,),
+                                                              min_sample_cpu_s=sample_cpu_s), keys))
+        self.process.start()
+        child.close()
+        self.info = self._reply()
+
+
+class _CeilingHandle:
+    """The ceilings of the benchmarked backends: one :class:`_CeilingProcess` per library, sampled in the
+    timed rounds (the square GEMM and, per batch size, the model's own products)."""
 
     @classmethod
     def start(cls, ctx: Any, threads: int | None, workers: dict[str, _WorkerHandle],
               errors: dict[str, str], sample_cpu_s: float = 0.2) -> "_CeilingHandle | None":
-        from clap_edge.apps.ceiling import CeilingConfig, ceiling_key, ceiling_worker_main
+        from clap_edge.apps.ceiling import ceiling_key
 
-        key_of = {name: ceiling_key(name, w.info["precision"]) for name, w in workers.items()}
-        keys = sorted({k for k in key_of.values() if k})
-        libraries = tuple(dict.fromkeys(k.split(":")[0] for k in keys))
-        handle = cls.__new__(cls)
-        handle.backend, handle.key_of = "ceiling", key_of
-        handle.conn, child = ctx.Pipe()
-        handle.process = ctx.Process(target=ceiling_worker_main, daemon=True, name="clap-edge-bench-ceiling",
-                                     args=(child, CeilingConfig(threads=threads, libraries=libraries,
-                                                                 min_sample_cpu_s=sample_cpu_s), keys))
-        handle.process.start()
-        child.close()
+        handle = cls()
+        handle.key_of = {name: ceiling_key(name, w.info["precision"]) for name, w in workers.items()}
+        keys = sorted({k for k in handle.key_of.values() if k})
+        handle.procs: dict[str, _CeilingProcess] = {}
         try:
-            handle.info = handle._reply()
+            for library in dict.fromkeys(k.split(":")[0] for k in keys):
+                handle.procs[library] = _CeilingProcess(ctx, library, [k for k in keys if k.startswith(library + ":")],
+                                                        threads, sample_cpu_s)
         except RuntimeError as e:  # the ceiling is context for the figures; never lose the bench over it
             errors["ceiling"] = str(e)
             handle.stop()
             return None
+        from clap_edge.apps.ceiling import DEFAULT_SHAPE, cpu_isa_flags
+
+        infos = [p.info for p in handle.procs.values()]
+        first = infos[0] if infos else {"shape": list(DEFAULT_SHAPE), "threads": threads, "cpu_flags": cpu_isa_flags()}
+        handle.info = {"shape": first["shape"], "threads": first["threads"], "cpu_flags": first["cpu_flags"],
+                       "keys": {k: lib for i in infos for k, lib in i["keys"].items()},
+                       "errors": {k: e for i in infos for k, e in i["errors"].items()},
+                       "peak": first.get("peak")}  # the core's peak (each process probes it; one is reported)
         handle.samples = {k: [] for k in handle.info["keys"]}
+        handle.model_batches: dict[int, dict[str, Any]] = {}  # batch -> the model-GEMM ceiling's info + samples
         return handle
 
-    def sample(self, backend: str, done: set[str]) -> None:
-        """One >= 200 ms-CPU sample of ``backend``'s GEMM, unless this round already sampled it (``done``)."""
+    def start_model_batch(self, bundle: Bundle, batch: int) -> None:
+        """Build the model's own products at ``batch`` in each ceiling process (see apps/model_gemms.py)."""
+        merged: dict[str, Any] = {"batch": batch, "keys": [], "errors": {}}
+        for library, proc in self.procs.items():
+            try:
+                info = proc.call("model_batch", str(bundle.variant_file("fp32")), list(bundle.input_shape), batch)
+            except RuntimeError as e:  # context only: the rows keep the square-GEMM ceiling
+                merged["errors"][library] = str(e)
+                continue
+            merged.update(flops=info["flops"], products=info["products"])
+            merged["keys"] += info["keys"]
+            merged["errors"].update(info["errors"])
+        self.model_batches[batch] = {**merged, "samples": {k: [] for k in merged["keys"]}}
+
+    def sample(self, backend: str, done: set[str], batch: int | None = None) -> None:
+        """One >= 200 ms-CPU sample of ``backend``'s GEMM (and of the model's own products at ``batch``),
+        unless this round already sampled it (``done``)."""
         key = self.key_of.get(backend)
         if key in self.samples and key not in done:
             done.add(key)
-            self.samples[key].append(self.call("time", key))
+            self.samples[key].append(self.procs[key.split(":")[0]].call("time", key))
+            model = self.model_batches.get(batch, {}).get("samples", {})
+            if key in model:
+                model[key].append(self.procs[key.split(":")[0]].call("time_model", key))
 
     def report(self) -> dict[str, Any]:
         from clap_edge.apps.ceiling import ceiling_row, flops
 
         work = flops(tuple(self.info["shape"]))
         ceilings = {k: ceiling_row(self.info["keys"][k], work, t) for k, t in self.samples.items() if t}
+        model_gemms = {str(b): {"flops_per_call": m.get("flops"), "products": m.get("products"),
+                                "errors": m.get("errors", {}),
+                                "ceilings": {k: {**ceiling_row(self.info["keys"][k], m["flops"], t),
+                                                 "images_per_cpu_s": _images_per_cpu_s(b, t)}
+                                             for k, t in m["samples"].items() if t}}
+                       for b, m in self.model_batches.items()}
         return {"shape": self.info["shape"], "threads": self.info["threads"], "cpu_flags": self.info["cpu_flags"],
-                "ceilings": ceilings, "errors": self.info["errors"], "interleaved": True,
-                "peak": self.info.get("peak"), "clock": "process CPU time (all threads) and wall"}
+                "ceilings": ceilings, "model_gemms": model_gemms, "errors": self.info["errors"], "interleaved": True,
+                "processes": "one per library", "peak": self.info.get("peak"),
+                "clock": "process CPU time (all threads) and wall"}
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+
+def _images_per_cpu_s(batch: int, samples: list) -> float:
+    """Median over samples of (products x batch) / CPU s: the model-GEMM ceiling in the rows' own unit."""
+    return round(float(np.median([n * batch / cpu for n, _, cpu in samples])), 3)
 
 
 # ---- the run ------------------------------------------------------------------------
@@ -199,7 +257,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
                 env["ceiling"] = {"error": ceiling_errors["ceiling"], "ceilings": {}}
         try:
             for batch_size in cfg.batch_sizes:
-                results += _bench_batch(workers, cfg, batch_size, advance, errors, ceiling)
+                results += _bench_batch(workers, cfg, batch_size, advance, errors, ceiling, bundle)
             drift = _agreement(workers, bundle, cfg)
             for row in results:
                 row.update(drift.get(row["backend"], {"top1_agreement_vs_fp32": None}))
@@ -230,7 +288,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
 
 def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size: int,
                  advance: Callable[[str], None], errors: dict[str, str],
-                 ceiling: "_CeilingHandle | None" = None) -> list[dict[str, Any]]:
+                 ceiling: "_CeilingHandle | None" = None, bundle: Bundle | None = None) -> list[dict[str, Any]]:
     live = dict(workers)
     times: dict[str, list] = {name: [] for name in live}
     loads: list[float] = []
@@ -248,12 +306,15 @@ def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size
             if record:
                 times[name] += t
                 if ceiling is not None:
-                    ceiling.sample(name, sampled)
+                    ceiling.sample(name, sampled, batch_size)
         if record and (load := _load_average()):
             loads.append(load[0])
 
     for worker in live.values():
         worker.call("start_batch", batch_size)
+    if ceiling is not None and bundle is not None:
+        advance(f"building the model-GEMM ceiling at batch {batch_size}")
+        ceiling.start_model_batch(bundle, batch_size)
     for _ in range(cfg.warmup):
         each_round("warm-up", record=False)
     start, done = time.perf_counter(), 0

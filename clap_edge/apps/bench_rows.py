@@ -10,6 +10,9 @@ GEMM ceiling) use CPU time, and wall-time figures are kept beside them for laten
 - ``fraction_of_ceiling`` = the row's GFLOP per CPU-second / the same-round GEMM ceiling's; a value above
   1.0 cannot be a real result (the model cannot beat the library's best kernel on its own product), so it
   is set to None and flagged in ``fraction_flag`` with the raw value kept.
+- ``fraction_of_model_gemms`` = the row's images per CPU-second / its library's on the model's own matrix
+  products alone (:mod:`clap_edge.apps.model_gemms`), at the row's batch, same rounds: the yardstick that
+  shares the model's weight footprint, so it holds under load where the square GEMM's does not.
 - ``speedup_vs_torch`` is against open_clip eager (``peer:open_clip``) where it was run, else the ``torch``
   runner (the bundle's model.pt2 program, eager); ``env["speedup_baseline"]`` says which.
 """
@@ -100,6 +103,22 @@ def add_ceiling_fractions(results: list[dict[str, Any]], ceiling: dict[str, Any]
             row["fraction_flag"] = f"noise: {fraction:.2f} of the ceiling (> {NOISE_ABOVE:g} is not a result)"
         row["fraction_of_ceiling_raw"] = fraction
         row["fraction_of_peak"] = _fraction_of_peak(row, peak)
+        _add_model_gemm_fraction(row, key, ceiling.get("model_gemms") or {})
+
+
+def _add_model_gemm_fraction(row: dict[str, Any], key: str | None, model_gemms: dict[str, Any]) -> None:
+    """``fraction_of_model_gemms``: the row's images per CPU-second / its library's on the model's own
+    products alone, at the row's batch, sampled in the same rounds (None where not measured; flagged as
+    noise above 1.0 like the square-GEMM fraction)."""
+    found = ((model_gemms.get(str(row.get("batch_size"))) or {}).get("ceilings") or {}).get(key or "", {})
+    top, mine = found.get("images_per_cpu_s"), row.get("images_per_cpu_s")
+    fraction = _r(mine / top, 3) if top and mine else None
+    row["model_gemms_images_per_cpu_s"] = top
+    row["fraction_of_model_gemms_raw"] = fraction
+    noisy = fraction is not None and fraction > NOISE_ABOVE
+    row["fraction_of_model_gemms"] = None if noisy else fraction
+    row["model_gemms_flag"] = f"noise: {fraction:.2f} of the model's GEMMs (> {NOISE_ABOVE:g} is not a result)" \
+        if noisy else None
 
 
 def _fraction_of_peak(row: dict[str, Any], peak: dict[str, Any]) -> float | None:

@@ -200,16 +200,35 @@ def ceiling_worker_main(conn: Any, cfg: CeilingConfig, keys: list[str] | None) -
         except BaseException as e:
             conn.send(("error", _error(e)))
             return
+        model_runs: dict[str, Callable[[], Any]] = {}
         while True:
             command, *args = conn.recv()
             if command == "stop":
                 conn.send(("ok", None))
                 return
             try:
-                _, run = runs[args[0]]
-                conn.send(("ok", sample(run, cfg.min_sample_cpu_s)))
+                if command == "model_batch":  # (model path, input shape, batch): the model's own products
+                    model_runs.clear()  # one batch size at a time: each copy holds the model's weights
+                    model_runs, reply = _model_gemm_runs(cfg, Path(tmp), *args, keys=list(runs))
+                    conn.send(("ok", reply))
+                elif command == "time_model":
+                    conn.send(("ok", sample(model_runs[args[0]], cfg.min_sample_cpu_s)))
+                else:
+                    _, run = runs[args[0]]
+                    conn.send(("ok", sample(run, cfg.min_sample_cpu_s)))
             except BaseException as e:
                 conn.send(("error", _error(e)))
+
+
+def _model_gemm_runs(cfg: CeilingConfig, tmp: Path, model_path: str, input_shape: list[int], batch: int,
+                     keys: list[str]) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
+    """The model-GEMM ceiling runs at ``batch`` (:mod:`clap_edge.apps.model_gemms`) and what the parent needs."""
+    from clap_edge.apps.model_gemms import build_model_gemms, model_gemm_runs
+
+    gemms = build_model_gemms(model_path, tuple(input_shape), batch, tmp / f"model_gemms_b{batch}.onnx")
+    runs, errors = model_gemm_runs(gemms, keys, cfg.threads, tmp)
+    return runs, {"batch": batch, "flops": gemms.flops, "products": gemms.products, "keys": sorted(runs),
+                  "errors": errors}
 
 
 def _time(run: Callable[[], Any], seconds: float, min_cpu_s: float) -> list[tuple[int, float, float]]:

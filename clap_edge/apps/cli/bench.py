@@ -57,8 +57,9 @@ def bench(bundle, backends, batch_sizes, threads, warmup, iters, budget, min_ite
           openvino_precision, no_ceiling, device, compile_mode, quiet):
     """Benchmark backends on BUNDLE: p50/p90/p99 latency, images/s, peak RSS, speed-up vs torch,
     GFLOP/s and top-1 agreement vs fp32, with the backends interleaved round by round. Each row's
-    GFLOP/s is also given as a fraction of its library's measured large-GEMM ceiling at its precision.
-    Rates, ratios and fractions use process CPU time (they hold on a busy machine); the machine's load
+    GFLOP/s is also given as a fraction of its library's measured large-GEMM ceiling at its precision,
+    and its speed as a fraction of the same library running only the model's own matrix products
+    ("of GEMMs": same weights and shapes, so it shares the model's memory traffic). Rates, ratios and fractions use process CPU time (they hold on a busy machine); the machine's load
     average is recorded with every row.
 
     \b
@@ -113,7 +114,7 @@ def _print_table(report: dict) -> None:
     table = Table(title=f"{env['bundle']['model_name']} on {env['cpu_model']} ({env['threads']} thread(s)), "
                         f"load {_load(load[0])} -> {_load(load[1])}; x base: {env.get('speedup_baseline') or '-'}")
     columns = ["backend", "precision", "mode", "batch", "n", "p50 ms", "p99 ms", "cpu ms", "img/cpu-s", "x base",
-               "x peer", "GF/cpu-s", "ceiling", "of ceil.", "of peak", "load", "RSS MB", "top-1|e2e"]
+               "x peer", "GF/cpu-s", "ceiling", "of ceil.", "of GEMMs", "of peak", "load", "RSS MB", "top-1|e2e"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("backend", "precision", "mode") else "right")
     for r in report["results"]:
@@ -122,11 +123,11 @@ def _print_table(report: dict) -> None:
                       _f(r.get("p50_ms")), _f(r.get("p99_ms")), _f(r.get("cpu_p50_ms")),
                       _f(r.get("images_per_cpu_s") if model else r["images_per_s"]), _f(r.get("speedup_vs_torch")),
                       _f(r.get("vs_best_peer")), _f(r.get("gflops_per_cpu_s")), _f(r.get("ceiling_gflops_per_s")),
-                      _fraction(r), _pct(r.get("fraction_of_peak")),
+                      _fraction(r), _model_gemm_fraction(r), _pct(r.get("fraction_of_peak")),
                       "-" if not r.get("load_1min") else "{:.1f}-{:.1f}".format(*r["load_1min"]),
                       _f(r.get("peak_rss_mb")),
                       _agree_pct(r.get("top1_agreement_vs_fp32")) if model else _f(r.get("fraction_of_model_only")))
-    stdout_console(min_width=170).print(table)
+    stdout_console(min_width=180).print(table)
     for batch, lead in (report.get("lead") or {}).items():
         click.echo(f"batch {batch}: best clap-edge {lead['best_clap_edge']} / best peer {lead['best_peer']} = "
                    f"{lead['ratio']:.2f}x (images per CPU-second)", err=True)
@@ -138,6 +139,12 @@ def _fraction(r: dict) -> str:
     if r.get("fraction_flag"):
         return f"noise ({r['fraction_of_ceiling_raw']:.2f})"
     return _pct(r.get("fraction_of_ceiling"))
+
+
+def _model_gemm_fraction(r: dict) -> str:
+    if r.get("model_gemms_flag"):
+        return f"noise ({r['fraction_of_model_gemms_raw']:.2f})"
+    return _pct(r.get("fraction_of_model_gemms"))
 
 
 def _pct(value) -> str:
