@@ -310,9 +310,26 @@ def test_model_gemm_ceiling_is_sampled_per_batch_and_gives_each_row_a_fraction(r
         found = at_batch["ceilings"][r["ceiling"]]
         assert found["iters"] == 4 and found["cpu_s_per_sample"] >= 0.05
         assert r["model_gemms_images_per_cpu_s"] == found["images_per_cpu_s"] > 0
-        assert r["fraction_of_model_gemms_raw"] == pytest.approx(r["images_per_cpu_s"] / found["images_per_cpu_s"],
-                                                                 abs=1e-3)
+        # paired round by round: the median of per-round ratios, near the ratio of the whole-run rates
+        assert r["fraction_of_model_gemms_raw"] == r["model_gemms_paired"] > 0
+        whole_run = r["images_per_cpu_s"] / found["images_per_cpu_s"]
+        assert 0.5 * whole_run < r["fraction_of_model_gemms_raw"] < 2 * whole_run
         assert (r["fraction_of_model_gemms"] is None) == (r["fraction_of_model_gemms_raw"] > 1.0)
     # a larger batch has proportionally more product work per call
     small, large = (model_gemms[str(b)]["flops_per_call"] for b in BATCHES)
     assert large == pytest.approx(small * BATCHES[1] / BATCHES[0], rel=1e-6)
+
+
+def test_paired_model_gemm_fraction_by_hand():
+    """Each round's model call pairs with the products sample taken after it: a machine that slows down
+    2x halfway through (both sides alike) leaves every per-round ratio, and so the median, unchanged."""
+    from clap_edge.apps.bench import _CeilingHandle
+
+    handle = _CeilingHandle()
+    handle.key_of = {"onnxruntime": "onnxruntime:fp32"}
+    # products: 2 calls per sample at 0.08 s CPU each, then everything 2x slower
+    handle.model_batches = {4: {"samples": {"onnxruntime:fp32": [(2, 0.2, 0.16)] * 3 + [(2, 0.4, 0.32)] * 3}}}
+    times = [(0.1, 0.1)] * 3 + [(0.2, 0.2)] * 3  # the model: 0.1 s CPU per call, then 0.2
+    assert handle.paired_fraction("onnxruntime", 4, times) == 0.8  # 0.08 / 0.1 in every round
+    assert handle.paired_fraction("onnxruntime", 4, times[:-1]) is None  # rounds do not pair up
+    assert handle.paired_fraction("openvino", 4, times) is None  # no ceiling for this backend

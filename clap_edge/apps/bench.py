@@ -190,6 +190,16 @@ class _CeilingHandle:
             if key in model:
                 model[key].append(self.procs[key.split(":")[0]].call("time_model", key))
 
+    def paired_fraction(self, backend: str, batch: int, times: list) -> float | None:
+        """Median over rounds of (the products' CPU time per image) / (the model's), each round's model
+        call paired with the products sample taken right after it: drift slower than a round cancels."""
+        key = self.key_of.get(backend)
+        samples = self.model_batches.get(batch, {}).get("samples", {}).get(key or "", [])
+        if not samples or len(samples) != len(times):  # a backend dropped mid-way: no pairing
+            return None
+        ratios = [(cpu / n) / model_cpu for (n, _, cpu), (_, model_cpu) in zip(samples, times) if model_cpu > 0]
+        return round(float(np.median(ratios)), 3) if ratios else None
+
     def report(self) -> dict[str, Any]:
         from clap_edge.apps.ceiling import ceiling_row, flops
 
@@ -321,8 +331,12 @@ def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size
     while live and not _enough(cfg, done, time.perf_counter() - start):
         each_round("timing", record=True)
         done += 1
-    return [model_row(name, batch_size, cfg.threads, worker.info["precision"], times[name],
+    rows = [model_row(name, batch_size, cfg.threads, worker.info["precision"], times[name],
                       worker.call("memory"), loads) for name, worker in live.items()]
+    if ceiling is not None:
+        for row in rows:
+            row["model_gemms_paired"] = ceiling.paired_fraction(row["backend"], batch_size, times[row["backend"]])
+    return rows
 
 
 def _enough(cfg: BenchConfig, rounds: int, elapsed: float) -> bool:

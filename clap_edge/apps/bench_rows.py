@@ -107,12 +107,15 @@ def add_ceiling_fractions(results: list[dict[str, Any]], ceiling: dict[str, Any]
 
 
 def _add_model_gemm_fraction(row: dict[str, Any], key: str | None, model_gemms: dict[str, Any]) -> None:
-    """``fraction_of_model_gemms``: the row's images per CPU-second / its library's on the model's own
-    products alone, at the row's batch, sampled in the same rounds (None where not measured; flagged as
-    noise above 1.0 like the square-GEMM fraction)."""
+    """``fraction_of_model_gemms``: the row's speed / its library's on the model's own products alone, at
+    the row's batch: the median of the per-round ratios where each round's model call is paired with the
+    products sample right after it (``model_gemms_paired``), else the ratio of the whole-run rates (None
+    where not measured; flagged as noise above 1.0 like the square-GEMM fraction)."""
     found = ((model_gemms.get(str(row.get("batch_size"))) or {}).get("ceilings") or {}).get(key or "", {})
     top, mine = found.get("images_per_cpu_s"), row.get("images_per_cpu_s")
     fraction = _r(mine / top, 3) if top and mine else None
+    if top and row.get("model_gemms_paired") is not None:  # round by round (bench.py): drift cancels
+        fraction = row["model_gemms_paired"]
     row["model_gemms_images_per_cpu_s"] = top
     row["fraction_of_model_gemms_raw"] = fraction
     noisy = fraction is not None and fraction > NOISE_ABOVE
