@@ -185,10 +185,11 @@ class _CeilingHandle:
         key = self.key_of.get(backend)
         if key in self.samples and key not in done:
             done.add(key)
-            self.samples[key].append(self.procs[key.split(":")[0]].call("time", key))
+            proc = self.procs[key.split(":")[0]]
             model = self.model_batches.get(batch, {}).get("samples", {})
-            if key in model:
-                model[key].append(self.procs[key.split(":")[0]].call("time_model", key))
+            if key in model:  # first: right after the model call it is paired with
+                model[key].append(proc.call("time_model", key))
+            self.samples[key].append(proc.call("time", key))
 
     def paired_fraction(self, backend: str, batch: int, times: list) -> float | None:
         """Median over rounds of (the products' CPU time per image) / (the model's), each round's model
