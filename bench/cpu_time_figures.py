@@ -75,12 +75,18 @@ def run(args: argparse.Namespace) -> int:
 def _print(report: dict) -> None:
     env = report["env"]
     print(f"load {env['load_average_before'][0]:.1f} -> {env['load_average_after'][0]:.1f}, "
-          f"burners {env.get('load_generator', {}).get('burner_processes', 0)}")
+          f"burners {env.get('load_generator', {}).get('burner_processes', 0)}, host steal {_steal_s(env)} s")
     for r in report["results"]:
         print(f"{r['backend']:<18} n={r['iters']:<3} p50 {r['p50_ms']:8.2f} ms  cpu {r['cpu_p50_ms']:8.2f} ms  "
               f"{r['gflops_per_cpu_s']} GF/cpu-s  ceiling {r['ceiling_gflops_per_s']}  "
               f"fraction {r['fraction_of_ceiling']} {r['fraction_flag'] or ''}  of peak {r['fraction_of_peak']}  "
               f"of its own GEMMs {r.get('fraction_of_model_gemms')} {r.get('model_gemms_flag') or ''}")
+
+
+def _steal_s(env: dict) -> float | None:
+    """CPU seconds the host took from this VM's vCPUs during the run (None where not recorded)."""
+    before, after = env.get("steal_ticks_before"), env.get("steal_ticks_after")
+    return round((after - before) / os.sysconf("SC_CLK_TCK"), 1) if before is not None and after is not None else None
 
 
 def compare(quiet_path: str, loaded_path: str) -> int:
@@ -105,6 +111,7 @@ def compare(quiet_path: str, loaded_path: str) -> int:
         wall_a, wall_b = r["gflops_per_s"], other["gflops_per_s"]
         print(f"{r['backend']:<18} " + "   ".join(parts) + f"   wall GFLOP/s quiet {wall_a} loaded {wall_b}")
     print(f"load: quiet {quiet['env']['load_average_before'][0]:.1f}, loaded {loaded['env']['load_average_before'][0]:.1f};"
+          f" host steal: quiet {_steal_s(quiet['env'])} s, loaded {_steal_s(loaded['env'])} s;"
           f" worst gap: of its GEMMs {worst['fraction_of_model_gemms_raw']:.1%},"
           f" of the square GEMM {worst['fraction_of_ceiling_raw']:.1%}")
     return 0 if worst["fraction_of_model_gemms_raw"] <= 0.10 else 1

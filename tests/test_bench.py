@@ -308,7 +308,7 @@ def test_model_gemm_ceiling_is_sampled_per_batch_and_gives_each_row_a_fraction(r
         at_batch = model_gemms[str(r["batch_size"])]
         assert at_batch["products"] > 0 and not at_batch["errors"], at_batch
         found = at_batch["ceilings"][r["ceiling"]]
-        assert found["iters"] == 4 and found["cpu_s_per_sample"] >= 0.05
+        assert found["iters"] == 4  # one single-call sample per timed round
         assert r["model_gemms_images_per_cpu_s"] == found["images_per_cpu_s"] > 0
         # paired round by round: the median of per-round ratios, near the ratio of the whole-run rates
         assert r["fraction_of_model_gemms_raw"] == r["model_gemms_paired"] > 0

@@ -36,7 +36,7 @@ import numpy as np
 
 from clap_edge.apps.bench_rows import add_ceiling_fractions, add_ratios, lead_summary, model_row
 from clap_edge.core.errors import BundleError
-from clap_edge.core.machine import cpu_info
+from clap_edge.core.machine import cpu_info, steal_ticks
 from clap_edge.export.bundle import Bundle
 from clap_edge.runtime.bench_record import load_bench_record, record_bench, recorded_fastest_backend
 
@@ -283,7 +283,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
                 ceiling.stop()
     env["speedup_baseline"] = add_ratios(results, env["bundle"]["flops_per_image"])
     add_ceiling_fractions(results, env.get("ceiling"))
-    env["load_average_after"] = _load_average()
+    env["load_average_after"], env["steal_ticks_after"] = _load_average(), steal_ticks()
     env["load_s"] = {name: w.info["load_s"] for name, w in workers.items()}
     report = {"env": env, "config": {"backends": backends, "batch_sizes": cfg.batch_sizes, "threads": cfg.threads,
                                      "warmup": cfg.warmup, "iters": cfg.iters, "budget_s": cfg.budget_s,
@@ -445,7 +445,8 @@ def environment(threads: int | None) -> dict[str, Any]:
         "cpu_model": cpu_info()[0], "cpu_flags": cpu_isa_flags(), "machine": platform.machine(),
         "cores": os.cpu_count(), "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads": threads, "python": platform.python_version(), "libraries": versions, "gpu": _gpu_name(),
-        "load_average_before": _load_average(),
+        "load_average_before": _load_average(), "virtual_machine": "hypervisor" in cpu_info()[1],
+        "steal_ticks_before": steal_ticks(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -9,7 +9,9 @@ Gemm / Conv with a constant weight, with the model's weights, fed the activation
 produces at the bench's batch size, and nothing else (no attention products, LayerNorm, GELU,
 reshapes). Its weight footprint and shapes are the model's, so it feels the same cache and memory
 pressure; the fraction ``model / its GEMMs alone`` (images per CPU-second, sampled in the same rounds)
-says how much of the time the rest of the graph and the runtime add.
+says how much of the time the rest of the graph and the runtime add. Each sample is one call, as each
+model row's timed call is one call per round: a second call back to back would find part of the
+weights still in cache, which the model's call (after the other backends ran) never does.
 
 Keys: ``onnxruntime:fp32``, ``onnxruntime:int8`` (the same products through ``quantize_int8``, the dynamic
 variant's quantiser), ``openvino:fp32`` and ``openvino:bf16``. Static int8 forms need a calibrated copy of

@@ -55,3 +55,16 @@ def int8_path(flags: list[str] | tuple[str, ...] | None = None) -> str:
     if have & {"asimddp", "dotprod"}:
         return "arm-dot"
     return "other"
+
+
+def steal_ticks() -> int | None:
+    """Steal time of all CPUs so far (USER_HZ ticks, the 8th field of /proc/stat's ``cpu`` line), None
+    where unreadable: on a virtual machine, time the host ran something else while a vCPU wanted to run.
+    The bench records it before and after a run: host contention slows a call without the guest's load
+    average showing it."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) if fields[0] == "cpu" and len(fields) > 8 else None
+    except (OSError, ValueError):
+        return None
