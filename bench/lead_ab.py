@@ -6,7 +6,11 @@ of them alike. Reports images per CPU-second (process CPU time: every library th
 included) and per wall second, median over the rounds, and each candidate's ratio to the first one.
 
     python bench/lead_ab.py /tmp/lead_vitb32 --library openvino --batch 8 --threads 1 --rounds 20 \
-        --json bench/results/lead_ab_openvino_b8_t1.json
+        --only latency,static --json bench/results/lead_ab/openvino_b8_t1.json
+
+Candidates: ``ORT`` and ``OV`` below (``plain`` = the peer: default options, threads matched), and with
+``--model NAME=PATH`` another model file of the same network on OpenVINO (``bench/lead_models.py`` writes
+them: a leaner attention export, int8 weight compression). ``bench/lead_ab.sh`` runs the committed set.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ ORT: dict[str, dict[str, Any]] = {
     "plain": {}, "ours": {"ours": True}, "override": {"ours": True, "override": True},
     "no_spin": {"ours": True, "no_spin": True}, "override+no_spin": {"ours": True, "override": True, "no_spin": True},
     "no_arena": {"ours": True, "no_arena": True}, "dev_alloc": {"ours": True, "dev_alloc": True}}
+MODELS: dict[str, str] = {}  # --model NAME=PATH, set in each worker
 OV: dict[str, dict[str, Any]] = {
     "plain": {}, "latency": {"PERFORMANCE_HINT": "LATENCY"},
     "static+latency": {"static": True, "PERFORMANCE_HINT": "LATENCY"},
@@ -39,9 +44,6 @@ OV: dict[str, dict[str, Any]] = {
     "split": {"split": True},
     "static+throughput": {"static": True, "PERFORMANCE_HINT": "THROUGHPUT"},
     "static+latency+denormals": {"static": True, "PERFORMANCE_HINT": "LATENCY", "CPU_DENORMALS_OPTIMIZATION": True},
-    "ir0": {"model_path": os.environ.get("LEAD_AB_IR0", ""), "PERFORMANCE_HINT": "LATENCY"},
-    "ir": {"model_path": os.environ.get("LEAD_AB_IR", ""), "PERFORMANCE_HINT": "LATENCY"},
-    "ir2": {"model_path": os.environ.get("LEAD_AB_IR2", ""), "PERFORMANCE_HINT": "LATENCY"},
     "static+latency+f16": {"static": True, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f16"}}
 
 
@@ -100,11 +102,15 @@ def ov_candidates(bundle: Bundle, batch: int, threads: int, variant: str, only: 
         r = c.create_infer_request()
         return lambda x: np.array(list(r.infer({0: x}, share_inputs=True).values())[0])
 
+    if only.startswith("model:"):  # another model file of the same network (bench/lead_models.py)
+        return {only: compiled(model_path=MODELS[only[len("model:"):]], PERFORMANCE_HINT="LATENCY")}
     return {only: compiled(**OV[only])}
 
 
-def _worker(conn: Any, bundle_path: str, library: str, name: str, batch: int, threads: int, variant: str) -> None:
+def _worker(conn: Any, bundle_path: str, library: str, name: str, batch: int, threads: int, variant: str,
+            models: dict[str, str]) -> None:
     """One candidate per process (as `clap-edge bench` runs each backend): its own threads, its own CPU clock."""
+    MODELS.update(models)
     bundle = Bundle.open(bundle_path)
     build = ort_candidates if library == "onnxruntime" else ov_candidates
     f = build(bundle, batch, threads, variant, only=name)[name]
@@ -124,7 +130,7 @@ def run(a: argparse.Namespace, names: list[str]) -> dict[str, dict]:
     pipes = {}
     for name in names:
         parent, child = ctx.Pipe()
-        ctx.Process(target=_worker, args=(child, a.bundle, a.library, name, a.batch, a.threads, a.variant),
+        ctx.Process(target=_worker, args=(child, a.bundle, a.library, name, a.batch, a.threads, a.variant, a.models),
                     daemon=True).start()
         pipes[name] = parent
     ref = {k: c.recv() for k, c in pipes.items()}
@@ -161,11 +167,15 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--only", default="", help="comma-separated candidate names to keep (default: all)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="openvino: also run this model file as candidate model:NAME (LATENCY hint)")
     p.add_argument("--json")
     a = p.parse_args()
+    a.models = dict(m.split("=", 1) for m in a.model)
     names = list((ORT if a.library == "onnxruntime" else OV))
     if a.only:
         names = ["plain"] + [n for n in a.only.split(",") if n != "plain"]
+    names += [f"model:{m}" for m in a.models]
     load0 = os.getloadavg()[0]
     res = run(a, names)
     report = {"args": vars(a), "load_start": load0, "load_end": os.getloadavg()[0],
