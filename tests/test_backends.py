@@ -133,26 +133,6 @@ def test_is_available_is_false_when_find_spec_raises_import_error(library, tmp_p
     assert fake.is_available() is False
 
 
-def test_openvino_splits_a_batch_over_one_stream_per_thread(bundle, batch, ort_out):
-    """threads=2: one single-thread stream per thread, the batch split over them, rows back in order;
-    a batch smaller than that runs on a one-stream LATENCY model; streams=1 turns the split off."""
-    with create_runner(bundle, "openvino", RunnerOptions(threads=2, precision="fp32")) as runner:
-        compiled = runner._compiled
-        assert str(compiled.get_property("PERFORMANCE_HINT")).endswith("THROUGHPUT")
-        assert int(compiled.get_property("NUM_STREAMS")) == 2 and len(runner._requests) == 2
-        assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 2
-        out = runner.infer(batch)  # 5 images: 3 on one stream, 2 on the other
-        assert runner._latency is None
-        single = runner.infer(batch[3:4])
-        latency = runner._latency[0]
-        assert int(latency.get_property("NUM_STREAMS")) == 1
-        assert str(latency.get_property("PERFORMANCE_HINT")).endswith("LATENCY")
-    assert np.abs(out.embedding - ort_out.embedding).max() <= 1e-4  # in order: the rows differ image to image
-    assert np.abs(single.embedding - ort_out.embedding[3:4]).max() <= 1e-4
-    with create_runner(bundle, "openvino", RunnerOptions(threads=2, precision="fp32", extra={"streams": 1})) as runner:
-        assert len(runner._requests) == 1 and int(runner._compiled.get_property("NUM_STREAMS")) == 1
-
-
 def test_onnxruntime_pool_threads_do_not_spin(bundle, batch, ort_out):
     """threads > 1: ORT's intra-op pool sleeps between ops (spinning is CPU time for nothing); same outputs."""
     from clap_edge.runtime.backends.onnxruntime.loader import ALLOW_SPINNING

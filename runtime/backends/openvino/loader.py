@@ -1,10 +1,8 @@
 """Read a bundle's model with OpenVINO and compile it for a device.
 
 OpenVINO's ONNX frontend reads the same ``model.onnx`` ONNX Runtime runs: no conversion step and
-no extra file. We pin the thread count and the performance hint: LATENCY (one stream using every thread)
-for one thread or for batches smaller than the thread count, THROUGHPUT with one single-thread stream per
-thread when a batch can be split over them (see the runner); the inference precision is the CPU plugin's
-choice (bf16 on AMX / AVX512-BF16 machines, fp32 elsewhere) unless asked.
+no extra file. We pin the LATENCY performance hint and the thread count; the inference precision
+is the CPU plugin's choice (bf16 on AMX / AVX512-BF16 machines, fp32 elsewhere) unless asked.
 """
 
 from __future__ import annotations
@@ -25,10 +23,8 @@ IR_WEIGHTS = {"openvino-int8": "model.int8.bin"}
 __all__ = ["PRECISION_HINTS", "compile_config", "compile_bundle_model", "compiled_precision"]
 
 
-def compile_config(threads: int | None, precision: str, streams: int = 1) -> dict[str, str]:
-    """The CPU plugin config; ``streams`` > 1: that many streams sharing ``threads`` (THROUGHPUT hint)."""
-    config = {"PERFORMANCE_HINT": "LATENCY"} if streams <= 1 else {"PERFORMANCE_HINT": "THROUGHPUT",
-                                                                     "NUM_STREAMS": str(int(streams))}
+def compile_config(threads: int | None, precision: str) -> dict[str, str]:
+    config = {"PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(int(threads))
     hint = PRECISION_HINTS.get(precision)
