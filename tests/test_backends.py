@@ -131,3 +131,16 @@ def test_is_available_is_false_when_find_spec_raises_import_error(library, tmp_p
     with pytest.raises(ImportError):  # what the old `except ValueError` let through
         importlib.util.find_spec(library)
     assert fake.is_available() is False
+
+
+def test_onnxruntime_pool_threads_do_not_spin(bundle, batch, ort_out):
+    """threads > 1: ORT's intra-op pool sleeps between ops (spinning is CPU time for nothing); same outputs."""
+    from clap_edge.runtime.backends.onnxruntime.loader import ALLOW_SPINNING
+
+    with create_runner(bundle, "onnxruntime", RunnerOptions(threads=2)) as runner:
+        assert runner.session.get_session_options().get_session_config_entry(ALLOW_SPINNING) == "0"
+        out = runner.infer(batch)
+    with create_runner(bundle, "onnxruntime", RunnerOptions(threads=1)) as runner:  # no pool: nothing to set
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            runner.session.get_session_options().get_session_config_entry(ALLOW_SPINNING)
+    assert np.abs(out.embedding - ort_out.embedding).max() <= 1e-5
