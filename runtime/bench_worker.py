@@ -8,6 +8,8 @@ the worker, so pipe overhead is never measured.
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 import traceback
 from pathlib import Path
@@ -71,7 +73,9 @@ class _Worker:
         self._inputs: dict[int, np.ndarray] = {}
 
     def info(self) -> dict[str, Any]:
-        return {"precision": self.runner.precision, "load_s": round(self.load_s, 3), "peak_rss_mb": peak_rss_mb()}
+        pages = getattr(self.runner, "huge_pages", None)  # peers have none: plain tools as a user gets them
+        return {"precision": self.runner.precision, "load_s": round(self.load_s, 3), "peak_rss_mb": peak_rss_mb(),
+                "huge_pages": dataclasses.asdict(pages) if pages is not None else None}
 
     def start_batch(self, batch_size: int) -> None:
         reset_peak_rss()

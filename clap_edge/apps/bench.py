@@ -285,6 +285,7 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     add_ceiling_fractions(results, env.get("ceiling"))
     env["load_average_after"], env["steal_ticks_after"] = _load_average(), steal_ticks()
     env["load_s"] = {name: w.info["load_s"] for name, w in workers.items()}
+    env["huge_pages"] = {name: w.info.get("huge_pages") for name, w in workers.items()}  # runtime/huge_pages.py
     report = {"env": env, "config": {"backends": backends, "batch_sizes": cfg.batch_sizes, "threads": cfg.threads,
                                      "warmup": cfg.warmup, "iters": cfg.iters, "budget_s": cfg.budget_s,
                                      "min_iters": cfg.min_iters, "peers": cfg.peers, "end_to_end": cfg.end_to_end},

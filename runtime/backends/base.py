@@ -11,6 +11,7 @@ imported inside ``activate()``, never at module import.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ class RunnerOptions:
     device: str = "cpu"
     precision: str | None = None  # None: the backend's default (see Runner.precisions)
     extra: dict[str, Any] = field(default_factory=dict)
+    # back a large model's weights with 2 MiB pages after loading (runtime/huge_pages.py); CLAP_EDGE_HUGE_PAGES=0: off
+    huge_pages: bool = field(default_factory=lambda: os.environ.get("CLAP_EDGE_HUGE_PAGES", "1") != "0")
 
 
 class Runner(ABC):
@@ -61,6 +64,8 @@ class Runner(ABC):
         self.precision: str = self.requested_precision
         #: what turns embeddings into logits (Classifier.set_classes replaces it)
         self.classes: ClassMatrix = ClassMatrix.from_bundle(bundle)
+        #: what activate() did about huge pages (None: not tried: off, not CPU, or a small model)
+        self.huge_pages: Any = None
 
     @classmethod
     def is_available(cls) -> bool:
@@ -100,6 +105,7 @@ class Runner(ABC):
 
     def activate(self) -> "Runner":
         if not self.is_active:
+            before = self._regions_before_load()
             try:
                 self.activate_impl()
             except ImportError as e:
@@ -108,7 +114,23 @@ class Runner(ABC):
                     raise self.not_installed_error() from e
                 raise
             self.is_active = True
+            if before is not None:  # 2 MiB pages under what the library just loaded (runtime/huge_pages.py)
+                from clap_edge.runtime.huge_pages import back_with_huge_pages
+
+                self.huge_pages = back_with_huge_pages(skip=set(before))
         return self
+
+    def _regions_before_load(self) -> list[tuple[int, int]] | None:
+        """The process's large anonymous mappings now, if this runner will back a large model's weights
+        with huge pages once loaded; None when it will not (off, not CPU, or the weights are small)."""
+        from clap_edge.runtime import huge_pages
+
+        if not self.options.huge_pages or self.options.device != "cpu" or self.variant not in self.bundle.variants:
+            return None
+        entry = self.bundle.manifest.files.get(self.bundle.variants[self.variant])
+        if entry is None or not huge_pages.worth_it(int(entry.bytes)):
+            return None
+        return huge_pages.anonymous_regions()
 
     def infer(self, batch: np.ndarray) -> RunnerOutput:
         if not self.is_active:
