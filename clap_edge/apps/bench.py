@@ -175,6 +175,7 @@ class _CeilingHandle:
                 merged["errors"][library] = str(e)
                 continue
             merged.update(flops=info["flops"], products=info["products"])
+            merged.setdefault("huge_pages", {})[library] = info.get("huge_pages")
             merged["keys"] += info["keys"]
             merged["errors"].update(info["errors"])
         self.model_batches[batch] = {**merged, "samples": {k: [] for k in merged["keys"]}}
@@ -207,6 +208,7 @@ class _CeilingHandle:
         work = flops(tuple(self.info["shape"]))
         ceilings = {k: ceiling_row(self.info["keys"][k], work, t) for k, t in self.samples.items() if t}
         model_gemms = {str(b): {"flops_per_call": m.get("flops"), "products": m.get("products"),
+                                "huge_pages": m.get("huge_pages"),
                                 "errors": m.get("errors", {}),
                                 "ceilings": {k: {**ceiling_row(self.info["keys"][k], m["flops"], t),
                                                  "images_per_cpu_s": _images_per_cpu_s(b, t)}

@@ -223,12 +223,19 @@ def ceiling_worker_main(conn: Any, cfg: CeilingConfig, keys: list[str] | None) -
 def _model_gemm_runs(cfg: CeilingConfig, tmp: Path, model_path: str, input_shape: list[int], batch: int,
                      keys: list[str]) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     """The model-GEMM ceiling runs at ``batch`` (:mod:`clap_edge.apps.model_gemms`) and what the parent needs."""
+    import dataclasses
+
     from clap_edge.apps.model_gemms import build_model_gemms, model_gemm_runs
+    from clap_edge.runtime.backends import RunnerOptions
+    from clap_edge.runtime.huge_pages import anonymous_regions, back_with_huge_pages
 
     gemms = build_model_gemms(model_path, tuple(input_shape), batch, tmp / f"model_gemms_b{batch}.onnx")
+    before = anonymous_regions()
     runs, errors = model_gemm_runs(gemms, keys, cfg.threads, tmp)
+    # the same page size under the products' weights as our runners give the model's (runtime/huge_pages.py)
+    pages = back_with_huge_pages(skip=set(before)) if RunnerOptions().huge_pages else None
     return runs, {"batch": batch, "flops": gemms.flops, "products": gemms.products, "keys": sorted(runs),
-                  "errors": errors}
+                  "errors": errors, "huge_pages": dataclasses.asdict(pages) if pages else None}
 
 
 def _time(run: Callable[[], Any], seconds: float, min_cpu_s: float) -> list[tuple[int, float, float]]:
