@@ -24,14 +24,15 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 PATHS = {"native": {}, "avx2": {"CLAP_EDGE_INT8_PATH": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
 SEEDS = (5, 23)
-PER_CLASS = 6
+PER_CLASS = 50  # images per class, domain and split: 800 validation and 800 test images per seed
 
 
-def one(seed: int, work: Path) -> dict:
+def one(seed: int, work: Path, max_drop: float | None) -> dict:
     """Export and score in this process (its environment picks the path)."""
     import torch
 
@@ -41,12 +42,14 @@ def one(seed: int, work: Path) -> dict:
     from clap_edge.toyworld.dataset import write_dataset
     from clap_edge.toyworld.world import CLASSES
 
-    data = work / f"data{seed}"
-    write_dataset(data, domains=("id", "both"), per_class=PER_CLASS, seed=seed)
+    data = work.parent / f"data{seed}"  # one dataset per seed, shared by the paths and modes
+    if not data.exists():
+        write_dataset(data, domains=("id", "both"), per_class=PER_CLASS, seed=seed)
     torch.manual_seed(0)
-    out = export_bundle(ExportConfig(out=work / f"bundle{seed}", model_name="clap-edge-toy", pretrained="toyworld",
+    out = export_bundle(ExportConfig(out=work / "bundle", model_name="clap-edge-toy", pretrained="toyworld",
                                      classes=list(CLASSES), int8=True, int8_static=True, openvino_int8=True,
-                                     torch_program=False, calibration=data / "val", calibration_count=16, eval=data))
+                                     torch_program=False, calibration=data / "val", eval=data,
+                                     int8_val_count=2 * 8 * PER_CLASS, int8_max_drop=max_drop))
     manifest = Bundle.open(out).manifest
     rows = {}
     for variant, drift in (manifest.drift or {}).items():
@@ -57,6 +60,7 @@ def one(seed: int, work: Path) -> dict:
             "max_domain_top1_drop_pts": round(max(d["fp32_top1"] - d["top1"] for d in drift["domains"].values())
                                               * 100, 3),
             "speed_vs_fp32": parity.get("speed_vs_fp32"), "remedies": parity.get("remedies"),
+            "accuracy_control": parity.get("accuracy_control"),
         }
     return {"seed": seed, "int8_path": int8_path(), "cpu_model": cpu_info()[0],
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "variants": rows}
@@ -66,28 +70,38 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/results/int8_per_cpu.json")
     parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--modes", default="off,on",
+                        help="accuracy control off (plain post-training int8) and/or on (the export's default)")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--max-drop", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(one(args.child, Path(args.work))))
+        print(json.dumps(one(args.child, Path(args.work), None if args.max_drop == "off" else float(args.max_drop))))
         return 0
     from clap_edge.apps.ceiling import cpu_isa_flags
     from clap_edge.core.report import write_json
+    from clap_edge.export.builders.int8_control import DEFAULT_MAX_DROP
     from clap_edge.runtime.bench_record import INT8_AGREEMENT_FLOOR
 
-    results = []
+    results, start = [], time.time()
     with tempfile.TemporaryDirectory(prefix="clap-edge-int8cpu-") as tmp:
         for path in args.paths.split(","):
-            for seed in SEEDS:
-                print(f"{path} seed {seed}", file=sys.stderr)
-                work = Path(tmp) / f"{path}-{seed}"
-                work.mkdir()
-                done = subprocess.run([sys.executable, __file__, "--child", str(seed), "--work", str(work)],
-                                      env={**os.environ, **PATHS[path]}, capture_output=True, text=True, check=True)
-                results.append({"path": path, **json.loads(done.stdout.strip().splitlines()[-1])})
-                print(json.dumps(results[-1]["variants"], indent=None), file=sys.stderr)
+            for seed in map(int, args.seeds.split(",")):
+                for mode in args.modes.split(","):
+                    print(f"{path} seed {seed} accuracy control {mode}", file=sys.stderr)
+                    work = Path(tmp) / f"{path}-{seed}-{mode}"
+                    work.mkdir()
+                    drop = "off" if mode == "off" else str(DEFAULT_MAX_DROP)
+                    done = subprocess.run([sys.executable, __file__, "--child", str(seed), "--work", str(work),
+                                           "--max-drop", drop], env={**os.environ, **PATHS[path]},
+                                          capture_output=True, text=True, check=True)
+                    results.append({"path": path, "accuracy_control": mode,
+                                    **json.loads(done.stdout.strip().splitlines()[-1])})
+                    print(json.dumps(results[-1]["variants"], indent=None), file=sys.stderr)
     report = {"cpu_flags": cpu_isa_flags(), "floor": INT8_AGREEMENT_FLOOR, "per_class": PER_CLASS,
+              "max_drop_on_validation": DEFAULT_MAX_DROP, "calibration_images": 64, "seconds": round(time.time() - start),
               "load_average": list(os.getloadavg()), "results": results,
               "note": "ONNX Runtime has no ISA cap: its 'avx2' rows apply the AVX2 remedies but run VNNI/AMX kernels"}
     write_json(args.out, report)

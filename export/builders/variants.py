@@ -61,10 +61,11 @@ def remedies(path: str | None = None) -> list[str]:
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: bool = True,
-                  reduce_range: bool | None = None) -> Path:
+                  reduce_range: bool | None = None, float_nodes: list[str] | tuple[str, ...] = ()) -> Path:
     """Write a dynamically quantised (QInt8 weights) copy of ``src`` to ``dst``.
 
-    ``reduce_range`` None: on where this CPU's int8 path saturates (:func:`saturating_path`)."""
+    ``reduce_range`` None: on where this CPU's int8 path saturates (:func:`saturating_path`).
+    ``float_nodes``: GEMMs kept in float as well (the accuracy control's choice, see int8_control)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # ORT logs a generic "consider pre-processing" advice on the root logger for every model;
@@ -78,7 +79,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
             op_types_to_quantize=list(INT8_OP_TYPES),
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=output_matmuls(src),
+            nodes_to_exclude=output_matmuls(src) + list(float_nodes),
             reduce_range=saturating_path() if reduce_range is None else reduce_range,
         )
     finally:
@@ -103,11 +104,14 @@ def output_matmuls(src: str | os.PathLike) -> list[str]:
 
 def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray,
                  method: str = DEFAULT_CALIBRATION_METHOD, batch: int = CALIBRATION_BATCH,
-                 reduce_range: bool | None = None) -> Path:
+                 reduce_range: bool | None = None, float_nodes: list[str] | tuple[str, ...] = (),
+                 cache_dir: str | os.PathLike | None = None) -> Path:
     """Write a statically quantised QDQ copy of ``src`` to ``dst``, calibrated on ``images``.
 
     ``images``: preprocessed float32 [n, 3, H, W] (the runtime's own preprocessing, so the
     calibrated ranges are those the deployed model sees). ``method``: minmax, entropy or percentile.
+    ``float_nodes``: weight GEMMs kept in float as well (int8_control). ``cache_dir``: where the calibrated
+    ranges are kept between calls (the accuracy control reruns the quantiser; calibration runs once).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -119,7 +123,9 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
     logging.getLogger().addFilter(advice)
     tmp = tempfile.TemporaryDirectory(prefix="clap-edge-calib-")
     try:
-        cache = _entropy_ranges(src, images, Path(tmp.name), batch) if method == "entropy" else None
+        cache = Path(cache_dir or tmp.name) / f"ranges-{method}.json"
+        if method == "entropy" and not cache.is_file():
+            cache = _entropy_ranges(src, images, cache, batch)
         quantize_static(
             str(src),
             str(dst),
@@ -131,8 +137,8 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
             weight_type=QuantType.QInt8,
             # Only the GEMMs with a constant weight: the attention products (two activations) stay float,
             # as in the dynamic variant. (MatMulConstBOnly alone does not keep them out of QDQ mode.)
-            nodes_to_quantize=weight_gemms(src),
-            nodes_to_exclude=output_matmuls(src),
+            nodes_to_quantize=[n for n in weight_gemms(src) if n not in float_nodes],
+            nodes_to_exclude=output_matmuls(src) + list(float_nodes),
             calibrate_method=methods[method],
             reduce_range=saturating_path() if reduce_range is None else reduce_range,
             # Outputs stay float: the bias Add and residual that follow are float anyway, and a second
@@ -148,7 +154,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
     return Path(dst)
 
 
-def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, tmp: Path, batch: int) -> Path | None:
+def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, cache: Path, batch: int) -> Path | None:
     """Entropy (KL) ranges from a 2048-bin histogram, as a calibration cache for quantize_static.
 
     quantize_static builds its entropy calibrator with 128 histogram bins and 128 quantised bins,
@@ -160,12 +166,13 @@ def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, tmp: Path, batch
     except ImportError:
         log.warning("this onnxruntime has no calibration cache: entropy calibration falls back to its 128-bin form")
         return None
-    calibrator = create_calibrator(Path(src), list(INT8_OP_TYPES), augmented_model_path=str(tmp / "augmented.onnx"),
+    calibrator = create_calibrator(Path(src), list(INT8_OP_TYPES),
+                                   augmented_model_path=str(cache.with_suffix(".augmented.onnx")),
                                    calibrate_method=CalibrationMethod.Entropy,
                                    extra_options={"num_bins": 2048, "num_quantized_bins": 128})
     calibrator.collect_data(_CalibrationReader(images, _input_name(src), batch))
-    save_tensors_data(calibrator.compute_data(), tmp / "entropy.json")
-    return tmp / "entropy.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def weight_gemms(src: str | os.PathLike) -> list[str]:
@@ -210,12 +217,15 @@ def _input_name(src: str | os.PathLike) -> str:
 
 
 def quantize_openvino_int8(src: str | os.PathLike, dst_xml: str | os.PathLike, images: np.ndarray,
-                           preset: str = "mixed") -> list[Path]:
+                           preset: str = "mixed", validation=None, classes=None) -> tuple[list[Path], dict]:
     """NNCF post-training int8 of the OpenVINO model read from ``src``; writes IR ``dst_xml`` + ``.bin``.
 
     The transformer model type keeps LayerNorm/Softmax/GELU maths in float (NNCF's transformer
     ignored patterns) and uses SmoothQuant; the logits product (embedding @ classes.T) is kept
-    in float as in the other int8 variants. Returns [xml, bin].
+    in float as in the other int8 variants. With ``validation`` (:class:`int8_control.Validation`) and
+    ``classes``: NNCF's ``quantize_with_accuracy_control`` keeps the layers that cost the most in float until
+    top-1 agreement with fp32 on the validation images reaches ``1 - validation.max_drop``.
+    Returns ([xml, bin], accuracy-control record for the manifest: {} without validation).
     """
     import nncf
     import openvino as ov
@@ -228,19 +238,65 @@ def quantize_openvino_int8(src: str | os.PathLike, dst_xml: str | os.PathLike, i
     # Without VNNI the u8 x s8 pairs saturate in 16 bits: NNCF's fix (7-bit weights) on every layer, not
     # only the first (its default)
     overflow = OverflowFix.ENABLE if saturating_path() else OverflowFix.FIRST_LAYER
-    quantised = nncf.quantize(
-        model,
-        nncf.Dataset(batches),
-        preset=nncf.QuantizationPreset(preset),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(batches),
-        ignored_scope=nncf.IgnoredScope(names=_openvino_output_matmuls(model) + _openvino_activation_matmuls(model),
-                                        validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow),
-    )
+    common = dict(preset=nncf.QuantizationPreset(preset), model_type=nncf.ModelType.TRANSFORMER,
+                  subset_size=len(batches),
+                  ignored_scope=nncf.IgnoredScope(names=_openvino_output_matmuls(model)
+                                                  + _openvino_activation_matmuls(model), validate=False))
+    params = AdvancedQuantizationParameters(overflow_fix=overflow)
+    record: dict = {}
+    if validation is None:
+        quantised = nncf.quantize(model, nncf.Dataset(batches), advanced_parameters=params, **common)
+    else:
+        quantised, record = _nncf_accuracy_control(model, nncf.Dataset(batches), validation, classes, params, common)
     dst_xml = Path(dst_xml)
     ov.save_model(quantised, str(dst_xml), compress_to_fp16=False)
-    return [dst_xml, dst_xml.with_suffix(".bin")]
+    return [dst_xml, dst_xml.with_suffix(".bin")], record
+
+
+def _nncf_accuracy_control(model, calibration, validation, classes, params, common):
+    """nncf.quantize_with_accuracy_control, metric = top-1 agreement with fp32 (fp32's = 1.0 by definition,
+    so max_drop is the agreement floor's complement); returns (model, record with the layers left in float)."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, AdvancedSmoothQuantParameters
+
+    from clap_edge.export.builders.int8_control import RANKING_IMAGES, openvino_validation_fn
+    from clap_edge.export.bundle.names import OUTPUT_EMBEDDING
+
+    def output_index(compiled) -> int:
+        return next(i for i, out in enumerate(compiled.outputs) if OUTPUT_EMBEDDING in out.get_names())
+
+    # SmoothQuant off: the restorer puts back a reverted layer's original weight but leaves SmoothQuant's 1/s on its
+    # input, which breaks the layer (measured: agreement fell from 0.95 to 0.15 as layers were reverted)
+    params.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=-1)
+    validate, batches = openvino_validation_fn(validation, classes.logits, output_index)
+    before = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"}
+    quantised = nncf.quantize_with_accuracy_control(
+        model, calibration, nncf.Dataset(batches), validate, max_drop=validation.max_drop,
+        drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=params,
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            ranking_subset_size=min(RANKING_IMAGES, len(batches))), **common)
+    compiled = __import__("openvino").Core().compile_model(quantised, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    agreement, _ = validate(compiled, batches)
+    quantised_mm = {n for n in before if _fake_quantised(quantised, n)}
+    ignored = set(_openvino_output_matmuls(model) + _openvino_activation_matmuls(model))
+    return quantised, {"max_drop": validation.max_drop, "val_images": int(len(validation.images)),
+                       "val_agreement": agreement,
+                       "float_nodes": sorted(before - quantised_mm - ignored),
+                       "quantisable_nodes": len(before - ignored)}
+
+
+def _fake_quantised(model, name: str) -> bool:
+    """Whether the MatMul ``name`` reads a FakeQuantize (directly or through a Convert) on any input."""
+    op = next(o for o in model.get_ops() if o.get_friendly_name() == name)
+    for value in op.input_values():
+        node = value.get_node()
+        for _ in range(3):
+            if node.get_type_name() == "FakeQuantize":
+                return True
+            if node.get_type_name() not in ("Convert", "Reshape", "Transpose") or not node.inputs():
+                break
+            node = node.input_value(0).get_node()
+    return False
 
 
 def _openvino_output_matmuls(model) -> list[str]:
