@@ -5,6 +5,11 @@ on the CPU's int8 kernels. The export therefore checks each int8 variant against
 (the calibration folder, never the test split the drift is scored on) and, where its top-1 agreement is below
 ``1 - max_drop``, keeps the layers whose quantisation costs the most in float until it holds:
 
+The target is held twice: the counted agreement, and the *expected* agreement on unseen images
+(:meth:`Validation.expected_disagreement`: every validation image's margin noise against every margin), since
+counted flips on a validation split say little about the next few near-ties (measured on the toy world: 99.75%
+counted on validation, 99.1% on the test split).
+
 - ONNX Runtime forms (dynamic ``int8`` and static ``qdq``): every weight GEMM is ranked by the logits error it
   causes when it alone is quantised (mean squared logit difference vs fp32 on a ranking subset of the validation
   images); the quantiser is rerun with the k most sensitive GEMMs excluded, k growing 1, 2, 3, 4, 6, 8, 12, ...
@@ -54,6 +59,23 @@ class Validation:
     def agreement(self, logits: np.ndarray) -> float:
         return float(np.mean(np.argmax(logits, axis=1) == np.argmax(self.fp32_logits, axis=1)))
 
+    def expected_disagreement(self, logits: np.ndarray) -> float:
+        """The share of *unseen* images whose top-1 this noise would flip: P(-dm > m) with dm (how quantisation moved an
+        image's top-1 - top-2 margin) and m (fp32's margin) drawn independently from the validation images. Counted
+        flips only see the few near-tied validation images; this uses every image's noise against every margin."""
+        ref = self.fp32_logits
+        order = np.argsort(ref, axis=1)
+        rows, top1, top2 = np.arange(len(ref)), order[:, -1], order[:, -2]
+        margin = ref[rows, top1] - ref[rows, top2]
+        shrink = margin - (logits[rows, top1] - logits[rows, top2])
+        return float(np.mean(np.sort(margin)[None, :] < shrink[:, None]))
+
+    def holds(self, logits: np.ndarray) -> tuple[bool, dict]:
+        """Whether a variant's validation logits meet the target: the counted and the expected agreement."""
+        agreement, expected = self.agreement(logits), 1.0 - self.expected_disagreement(logits)
+        return min(agreement, expected) >= self.target, {"val_agreement": round(agreement, 6),
+                                                          "val_expected_agreement": round(expected, 6)}
+
 
 def batched(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
     return np.concatenate([predict(images[i:i + BATCH]) for i in range(0, len(images), BATCH)])
@@ -64,23 +86,23 @@ def control_onnx(quantise: Quantise, candidates: list[str], logits: Logits, val:
     """Quantise; if the validation agreement is below target, rank ``candidates`` (node names) and rerun the
     quantiser with the most sensitive ones in float until it holds. Returns (dst, record for the manifest)."""
     path = quantise([], dst)
-    agreement = val.agreement(logits(path, val.images))
-    record = {"max_drop": val.max_drop, "val_images": int(len(val.images)), "val_agreement_all_int8": agreement}
-    if agreement >= val.target or not candidates:
-        return path, {**record, "val_agreement": agreement, "float_nodes": []}
+    ok, measured = val.holds(logits(path, val.images))
+    record = {"max_drop": val.max_drop, "val_images": int(len(val.images)),
+              **{f"{k}_all_int8": v for k, v in measured.items()}}
+    if ok or not candidates:
+        return path, {**record, **measured, "float_nodes": [], "quantisable_nodes": len(candidates)}
     order = rank_layers(quantise, candidates, logits, val, work)
     kept: list[str] = []
     for k in _steps(len(order)):
         kept = order[:k]
         path = quantise(kept, dst)
-        agreement = val.agreement(logits(path, val.images))
-        log.info("int8 accuracy control: %d of %d GEMMs in float, validation agreement %.4f", k, len(order),
-                 agreement)
-        if agreement >= val.target:
+        ok, measured = val.holds(logits(path, val.images))
+        log.info("int8 accuracy control: %d of %d GEMMs in float, validation %s", k, len(order), measured)
+        if ok:
             break
     else:
-        log.warning("int8 accuracy control: agreement %.4f < %.4f with every GEMM in float", agreement, val.target)
-    return path, {**record, "val_agreement": agreement, "float_nodes": kept, "quantisable_nodes": len(order)}
+        log.warning("int8 accuracy control: %s below %.4f with every GEMM in float", measured, val.target)
+    return path, {**record, **measured, "float_nodes": kept, "quantisable_nodes": len(order)}
 
 
 def rank_layers(quantise: Quantise, candidates: list[str], logits: Logits, val: Validation, work: Path) -> list[str]:
@@ -106,17 +128,23 @@ def _steps(n: int) -> list[int]:
 
 def openvino_validation_fn(val: Validation, embed_to_logits: Callable[[np.ndarray], np.ndarray],
                            output_index: Callable[[object], int]):
-    """NNCF's ``validation_fn``: top-1 agreement with fp32 of a compiled OpenVINO model on the validation batches
-    (with per-image values, so NNCF can rank layers on a subset)."""
+    """NNCF's ``validation_fn`` and its data: min(counted, expected) top-1 agreement with fp32 of a compiled
+    OpenVINO model on the validation images (per-image agreement as the values NNCF ranks layers on)."""
     reference = np.argmax(val.fp32_logits, axis=1)
 
     def validate(compiled, batches) -> tuple[float, list[float]]:
-        index, request, same = output_index(compiled), compiled.create_infer_request(), []
-        for batch in batches:
-            out = np.array(list(request.infer({0: batch[0]}).values())[index])
-            same.extend((np.argmax(embed_to_logits(out), axis=1) == batch[1]).astype(float).tolist())
-        return float(np.mean(same)), same
+        index, request, logits, rows = output_index(compiled), compiled.create_infer_request(), [], []
+        for image, row in batches:
+            logits.append(embed_to_logits(np.array(list(request.infer({0: image}).values())[index])))
+            rows.append(int(row[0]))
+        logits = np.concatenate(logits)
+        same = (np.argmax(logits, axis=1) == reference[rows]).astype(float).tolist()
+        if len(rows) < len(reference):  # a ranking subset: per-image agreement only
+            return float(np.mean(same)), same
+        ordered = np.empty_like(logits)
+        ordered[rows] = logits
+        return min(val.agreement(ordered), 1.0 - val.expected_disagreement(ordered)), same
 
-    batches = [(np.ascontiguousarray(val.images[i:i + 1], dtype=np.float32), reference[i:i + 1])
+    batches = [(np.ascontiguousarray(val.images[i:i + 1], dtype=np.float32), np.array([i]))
                for i in range(len(val.images))]
     return validate, batches
