@@ -13,6 +13,10 @@ model.onnx, saved as OpenVINO IR (model.int8.xml + .bin). Quantised: the MatMuls
 (QKV / out projections, MLP) and the Conv patch embedding; kept float (NNCF ignored scope): the logits
 product and the activation x activation MatMuls (attention Q.K^T and P.V; NNCF's transformer preset
 would quantise them), LayerNorm, Softmax, GELU.
+Accuracy control (the export's default where it has calibration images, :mod:`int8_control`): of the GEMMs above,
+those whose quantisation costs the most agreement with fp32 on validation images stay float as well; each int8
+variant's manifest parity entry lists them (``accuracy_control.float_nodes``). The OpenVINO form then runs NNCF's
+``quantize_with_accuracy_control`` without SmoothQuant (its restorer cannot revert a smoothed layer).
 
 Which CPU runs the int8 kernels decides both speed and accuracy (:func:`clap_edge.core.machine.int8_path`).
 Without VNNI/AMX (``avx2``), x86 integer GEMMs multiply u8 x s8 pairs with ``vpmaddubsw``, whose 16-bit
