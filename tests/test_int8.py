@@ -520,3 +520,18 @@ def test_accuracy_control_record_matches_the_variant_files(int8_bundle, toy_data
                          if n.op_type == quantised_op}
         assert not quantised & set(record["float_nodes"])
         assert len(quantised) == record["quantisable_nodes"] - len(record["float_nodes"])
+
+
+def test_static_int8_with_every_gemm_kept_float_quantises_nothing(tmp_path):
+    """ORT reads an empty nodes_to_quantize as 'all nodes': the control's last step (all float) must stay float."""
+    import onnx
+
+    from clap_edge.export.builders.variants import quantize_qdq
+
+    _one_gemm_model(tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((16, 32)).astype(np.float32)
+    for kept, quantise_ops in (([], 2), (["gemm"], 0)):  # x and the weight, or nothing
+        quantize_qdq(tmp_path / "m.onnx", tmp_path / "q.onnx", x, float_nodes=kept)
+        ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+        assert ops.count("QuantizeLinear") + ops.count("DequantizeLinear") >= quantise_ops
+        assert bool(quantise_ops) == ("DequantizeLinear" in ops)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -124,6 +125,10 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(methods)}")
+    quantised = [n for n in weight_gemms(src) if n not in float_nodes]
+    if not quantised:  # every GEMM kept float: ORT reads an empty nodes_to_quantize as "all nodes"
+        shutil.copyfile(src, dst)
+        return Path(dst)
     advice = _DropMessages("pre-processing before quantization")
     logging.getLogger().addFilter(advice)
     tmp = tempfile.TemporaryDirectory(prefix="clap-edge-calib-")
@@ -142,7 +147,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
             weight_type=QuantType.QInt8,
             # Only the GEMMs with a constant weight: the attention products (two activations) stay float,
             # as in the dynamic variant. (MatMulConstBOnly alone does not keep them out of QDQ mode.)
-            nodes_to_quantize=[n for n in weight_gemms(src) if n not in float_nodes],
+            nodes_to_quantize=quantised,
             nodes_to_exclude=output_matmuls(src) + list(float_nodes),
             calibrate_method=methods[method],
             reduce_range=saturating_path() if reduce_range is None else reduce_range,
