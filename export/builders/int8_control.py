@@ -102,6 +102,8 @@ def control_onnx(quantise: Quantise, candidates: list[str], logits: Logits, val:
             break
     else:
         log.warning("int8 accuracy control: %s below %.4f with every GEMM in float", measured, val.target)
+    if len(kept) == len(order):  # it holds only as the float model: no int8 left, and no speed to gain
+        log.warning("int8 accuracy control kept every GEMM in float: %s is the fp32 model", dst.name)
     return path, {**record, **measured, "float_nodes": kept, "quantisable_nodes": len(order)}
 
 
