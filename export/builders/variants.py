@@ -257,59 +257,13 @@ def quantize_openvino_int8(src: str | os.PathLike, dst_xml: str | os.PathLike, i
     if validation is None:
         quantised = nncf.quantize(model, nncf.Dataset(batches), advanced_parameters=params, **common)
     else:
-        quantised, record = _nncf_accuracy_control(model, nncf.Dataset(batches), validation, classes, params, common)
+        from clap_edge.export.builders.int8_control import nncf_accuracy_control
+
+        quantised, record = nncf_accuracy_control(model, nncf.Dataset(batches), validation, classes, params, common,
+                                                  common["ignored_scope"].names)
     dst_xml = Path(dst_xml)
     ov.save_model(quantised, str(dst_xml), compress_to_fp16=False)
     return [dst_xml, dst_xml.with_suffix(".bin")], record
-
-
-def _nncf_accuracy_control(model, calibration, validation, classes, params, common):
-    """nncf.quantize_with_accuracy_control, metric = top-1 agreement with fp32 (fp32's = 1.0 by definition,
-    so max_drop is the agreement floor's complement); returns (model, record with the layers left in float)."""
-    import nncf
-    import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters, AdvancedSmoothQuantParameters
-
-    from clap_edge.export.builders.int8_control import RANKING_IMAGES, batched, openvino_validation_fn
-    from clap_edge.export.bundle.names import OUTPUT_EMBEDDING
-
-    def output_index(compiled) -> int:
-        return next(i for i, out in enumerate(compiled.outputs) if OUTPUT_EMBEDDING in out.get_names())
-
-    # SmoothQuant off: the restorer puts back a reverted layer's original weight but leaves SmoothQuant's 1/s on its
-    # input, which breaks the layer (measured: agreement fell from 0.95 to 0.15 as layers were reverted)
-    params.smooth_quant_alphas = AdvancedSmoothQuantParameters(matmul=-1)
-    validate, batches = openvino_validation_fn(validation, classes.logits, output_index)
-    before = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"}
-    quantised = nncf.quantize_with_accuracy_control(
-        model, calibration, nncf.Dataset(batches), validate, max_drop=validation.max_drop,
-        drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=params,
-        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-            ranking_subset_size=min(RANKING_IMAGES, len(batches))), **common)
-    compiled = ov.Core().compile_model(quantised, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    request, index = compiled.create_infer_request(), output_index(compiled)
-    _, measured = validation.holds(batched(
-        lambda x: classes.logits(np.array(list(request.infer({0: x}).values())[index])), validation.images))
-    quantised_mm = {n for n in before if _fake_quantised(quantised, n)}
-    ignored = set(_openvino_output_matmuls(model) + _openvino_activation_matmuls(model))
-    return quantised, {"max_drop": validation.max_drop, "val_images": int(len(validation.images)),
-                       **measured,
-                       "float_nodes": sorted(before - quantised_mm - ignored),
-                       "quantisable_nodes": len(before - ignored)}
-
-
-def _fake_quantised(model, name: str) -> bool:
-    """Whether the MatMul ``name`` reads a FakeQuantize (directly or through a Convert) on any input."""
-    op = next(o for o in model.get_ops() if o.get_friendly_name() == name)
-    for value in op.input_values():
-        node = value.get_node()
-        for _ in range(3):
-            if node.get_type_name() == "FakeQuantize":
-                return True
-            if node.get_type_name() not in ("Convert", "Reshape", "Transpose") or not node.inputs():
-                break
-            node = node.input_value(0).get_node()
-    return False
 
 
 def _openvino_output_matmuls(model) -> list[str]:
