@@ -535,3 +535,12 @@ def test_static_int8_with_every_gemm_kept_float_quantises_nothing(tmp_path):
         ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
         assert ops.count("QuantizeLinear") + ops.count("DequantizeLinear") >= quantise_ops
         assert bool(quantise_ops) == ("DequantizeLinear" in ops)
+
+
+def test_one_max_drop_default_for_the_cli_and_the_exporter():
+    from clap_edge.apps.cli.export import export
+    from clap_edge.export.builders.exporter import ExportConfig
+    from clap_edge.export.builders.int8_control import DEFAULT_MAX_DROP
+
+    option = next(p for p in export.params if p.name == "int8_max_drop")
+    assert option.default == DEFAULT_MAX_DROP == ExportConfig.int8_max_drop == pytest.approx((1 - AGREEMENT_FLOOR) / 2)
