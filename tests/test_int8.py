@@ -545,3 +545,24 @@ def test_one_max_drop_default_for_the_cli_and_the_exporter():
 
     option = next(p for p in export.params if p.name == "int8_max_drop")
     assert option.default == DEFAULT_MAX_DROP == ExportConfig.int8_max_drop == pytest.approx((1 - AGREEMENT_FLOOR) / 2)
+
+
+def test_export_cli_runs_the_accuracy_control_unless_told_not_to(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from clap_edge.apps.cli import main
+
+    images = tmp_path / "val"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    records = {}
+    for name, extra in (("drop", ["--int8-max-drop", "0.5"]), ("off", ["--no-int8-control"])):  # default: see above
+        result = CliRunner().invoke(main, ["export", "--model", "clap-edge-tiny", "--no-head", "--classes", "a,b,c",
+                                           "--out", str(tmp_path / name), "--int8", "--calibration", str(images),
+                                           "--no-torch-program", *extra])
+        assert result.exit_code == 0, result.output
+        records[name] = Bundle.open(tmp_path / name).manifest.parity["int8"]["accuracy_control"]
+    assert records["drop"]["max_drop"] == 0.5 and records["drop"]["val_images"] == 8 and records["off"] is None
