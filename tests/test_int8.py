@@ -420,6 +420,8 @@ def test_expected_disagreement_crosses_every_images_margin_noise_with_every_marg
     assert val.expected_disagreement(noisy) == pytest.approx(1 / 9)
     assert val.agreement(noisy) == 1.0  # no image flips here, but the next near-tie would
     assert val.holds(noisy) == (True, {"val_agreement": 1.0, "val_expected_agreement": pytest.approx(8 / 9, abs=1e-6)})
+    # a stricter target: every image still agrees, but the expected agreement (8/9) is below 95%: it does not hold
+    assert not Validation(np.zeros((3, 1)), fp32, max_drop=0.05).holds(noisy)[0]
     flipped = fp32 + np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.6], [0.0, 0.0, 0.0]])  # image 1 now picks class 2
     assert val.agreement(flipped) == pytest.approx(2 / 3) and not val.holds(flipped)[0]
 
