@@ -1,7 +1,8 @@
 """int8 accuracy and speed per CPU int8 path, on the trained toy bundles, with the export's accuracy control off and on.
 
 For each int8 path reachable here, export ``clap-edge-toy/toyworld`` (``--bundles clip``: no head, as
-tests/test_int8.py builds it; ``clap``: a CLAP head trained as bench/int8_calibration.py trains it, or ``--head``) with the dynamic (``int8``), static QDQ
+tests/test_int8.py builds it; ``clap``: a CLAP head trained as bench/int8_calibration.py trains it, or ``--head``)
+with the dynamic (``int8``), static QDQ
 (``qdq``) and OpenVINO NNCF (``openvino-int8``) variants and score their drift against fp32 on the test
 split (top-1 agreement, top-1 change per domain), plus the export's CPU-time speed vs fp32:
 
@@ -118,7 +119,8 @@ def main() -> int:
                         print(json.dumps(results[-1]["variants"], indent=None), file=sys.stderr)
     report = {"cpu_flags": cpu_isa_flags(), "floor": INT8_AGREEMENT_FLOOR, "per_class": PER_CLASS,
               "heads": {b: {"head": str(h) if h else None, "alpha": a} for b, (h, a) in heads.items()},
-              "max_drop_on_validation": DEFAULT_MAX_DROP, "calibration_images": 64, "seconds": round(time.time() - start),
+              "max_drop_on_validation": DEFAULT_MAX_DROP, "calibration_images": 64,
+              "seconds": round(time.time() - start),
               "load_average": list(os.getloadavg()), "results": results,
               "note": "ONNX Runtime has no ISA cap: its 'avx2' rows apply the AVX2 remedies but run VNNI/AMX kernels"}
     write_json(args.out, report)
@@ -126,7 +128,7 @@ def main() -> int:
 
 
 def _train_head(work: Path) -> tuple[Path, float]:
-    """A CLAP head for the toy CLIP, trained and its alpha chosen as bench/int8_calibration.py does (on seed 5's val)."""
+    """A CLAP head for the toy CLIP, trained as bench/int8_calibration.py trains it (seed 5's data), at DEMO_ALPHA."""
     sys.path.insert(0, str(Path(__file__).parent))
     from int8_calibration import _prepare
     from clap_edge.toyworld.dataset import write_dataset

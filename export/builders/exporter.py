@@ -283,8 +283,10 @@ def _validation(cfg, fp32_path: Path, pre, classes):
         return None
     if not 0.0 <= cfg.int8_max_drop < 1.0:
         raise ClapEdgeError(f"int8 max drop must be in [0, 1), got {cfg.int8_max_drop}")
-    images = (np.ascontiguousarray(cfg.calibration[:cfg.int8_val_count], dtype=np.float32)
-              if isinstance(cfg.calibration, np.ndarray) else calibration_images(cfg.calibration, pre, cfg.int8_val_count))
+    if isinstance(cfg.calibration, np.ndarray):
+        images = np.ascontiguousarray(cfg.calibration[:cfg.int8_val_count], dtype=np.float32)
+    else:
+        images = calibration_images(cfg.calibration, pre, cfg.int8_val_count)
     return c.Validation(images, c.batched(onnx_predictor(fp32_path, classes), images), cfg.int8_max_drop)
 
 

@@ -69,8 +69,8 @@ if TYPE_CHECKING:
 @click.option("--force", is_flag=True, help="replace BUNDLE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="print the written manifest's summary as JSON.")
 def export(head_path, out, model_name, pretrained, classes, alpha, no_head, templates_file, calibration,
-           calibration_count, calibration_method, int8_max_drop, no_int8_control, opset, int8, int8_static, openvino_int8, fp16, executorch_precisions,
-           litert_precisions, litert_python, target, eval_dir, eval_per_class, no_torch_program, text_encoder, tolerance,
+           calibration_count, calibration_method, int8_max_drop, no_int8_control, opset, int8, int8_static,
+           openvino_int8, fp16, executorch_precisions, litert_precisions, litert_python, target, eval_dir, eval_per_class, no_torch_program, text_encoder, tolerance,
            force, as_json):
     """Export a CLAP head (or plain CLIP with --no-head) as a bundle: ONNX, variants, manifest.
 
