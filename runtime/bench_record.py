@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from clap_edge.core.io import atomic_write_text
-from clap_edge.core.machine import cpu_info
+from clap_edge.core.machine import INT8_AGREEMENT_FLOOR, cpu_info
 from clap_edge.export.bundle import Bundle
 
-# The one int8 floor: auto, the tests and the README all use it. A variant whose top-1 agrees with fp32 on
-# fewer images than this is never picked, however fast.
-INT8_AGREEMENT_FLOOR = 0.995
+# The one int8 floor (core.machine.INT8_AGREEMENT_FLOOR): a variant whose top-1 agrees with fp32 on fewer images
+# than this is never picked by auto, however fast.
 AUTO_MIN_AGREEMENT = INT8_AGREEMENT_FLOOR
 INT8_VARIANTS = ("int8", "qdq", "openvino-int8")
 

@@ -6,7 +6,11 @@ import functools
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_info", "int8_path", "INT8_PATHS"]
+__all__ = ["cpu_info", "int8_path", "INT8_PATHS", "INT8_AGREEMENT_FLOOR"]
+
+# The one int8 floor (top-1 agreement with fp32): the export's accuracy control, auto, the tests and the README
+# all use it. Lives in core so that export (which holds int8 variants to it) and runtime (auto) share it.
+INT8_AGREEMENT_FLOOR = 0.995
 
 
 def cpu_info() -> tuple[str, list[str]]:

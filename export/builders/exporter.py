@@ -23,6 +23,7 @@ from clap_edge.core.errors import BundleError, CheckpointError, ClapEdgeError, P
 from clap_edge.core.io import staging_tempdir
 from clap_edge.core.preprocess import PreprocessCfg
 from clap_edge.export.builders.calibration import preprocessor_for
+from clap_edge.export.builders.int8_control import DEFAULT_MAX_DROP
 from clap_edge.export.bundle import BundleWriter, ClassMatrix
 from clap_edge.export.bundle.manifest import ClassesInfo, HeadInfo, Manifest, ModelInfo, TensorSpec, TextInfo
 from clap_edge.export.bundle.names import CALIBRATION_FILE, INPUT_IMAGE, OUTPUT_EMBEDDING
@@ -56,6 +57,10 @@ class ExportConfig:
     calibration: Any = None  # folder of images, or a float32 array [n,3,H,W] already preprocessed
     calibration_count: int = 64  # images the static quantisers calibrate on (evenly spaced over the folder)
     calibration_method: str = "minmax"  # ONNX Runtime static int8: minmax (measured best), entropy or percentile
+    # int8 accuracy control (export/builders/int8_control.py): layers kept in float until top-1 agreement with fp32
+    # on validation images (the calibration folder, up to int8_val_count) is >= 1 - int8_max_drop; None: off
+    int8_max_drop: float | None = DEFAULT_MAX_DROP
+    int8_val_count: int = 512
     eval: str | os.PathLike | None = None  # labelled dataset (toy world layout): drift of every variant vs fp32
     eval_split: str = "test"
     eval_per_class: int | None = None  # at most this many images per class and domain (None: all)
@@ -210,24 +215,43 @@ def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, pa
                     pre: dict[str, Any] | None, classes) -> dict[str, Path]:
     """Reduced-precision copies of model.onnx (bundle file name -> path) with their agreement vs fp32
     on the calibration batch recorded in ``parity`` (keyed by variant name)."""
+    from clap_edge.export.builders import int8_control as c
     from clap_edge.export.builders import variants as v
     from clap_edge.export.builders.drift import predictor_for
     from clap_edge.export.builders.onnx_export import check_onnx
     from clap_edge.export.parity import compare_logits
 
     quant_images = _quantisation_images(cfg, calib, pre) if (cfg.int8_static or cfg.openvino_int8) else None
+    val = _validation(cfg, fp32_path, pre, classes) if (cfg.int8 or cfg.int8_static or cfg.openvino_int8) else None
+    control: dict[str, dict] = {}
+
+    def onnx_int8(quantise):  # quantise(src, dst, float_nodes) -> dst, under accuracy control where it is on
+        def build(src: Path, dst: Path) -> Path:
+            if val is None:
+                return quantise(src, dst, [])
+            path, control[dst.name] = c.control_onnx(
+                lambda kept, out: quantise(src, out, kept), [n for n in v.weight_gemms(src)
+                                                             if n not in v.output_matmuls(src)],
+                lambda model, images: c.batched(predictor_for(model, classes), images), val, dst, tmp)
+            return path
+        return build
+
+    def openvino_int8(src: Path, dst: Path) -> Path:
+        (xml, _), control[dst.name] = v.quantize_openvino_int8(src, dst, quant_images, validation=val, classes=classes)
+        return xml
+
     made: dict[str, Path] = {}
     for enabled, key, name, build in (
-        (cfg.int8, "int8", "model.int8.onnx", v.quantize_int8),
+        (cfg.int8, "int8", "model.int8.onnx", onnx_int8(lambda s, d, kept: v.quantize_int8(s, d, float_nodes=kept))),
         (cfg.int8_static, "qdq", "model.qdq.onnx",
-         lambda src, dst: v.quantize_qdq(src, dst, quant_images, cfg.calibration_method)),
-        (cfg.openvino_int8, "openvino-int8", v.OPENVINO_INT8_XML,
-         lambda src, dst: v.quantize_openvino_int8(src, dst, quant_images)[0]),
+         onnx_int8(lambda s, d, kept: v.quantize_qdq(s, d, quant_images, cfg.calibration_method, float_nodes=kept,
+                                                     cache_dir=tmp))),
+        (cfg.openvino_int8, "openvino-int8", v.OPENVINO_INT8_XML, openvino_int8),
         (cfg.fp16, "fp16", "model.fp16.onnx", v.convert_fp16),
     ):
         if not enabled:
             continue
-        say(f"building {key} variant")
+        say(f"building {key} variant" + (" (accuracy control)" if val is not None and key != "fp16" else ""))
         path = build(fp32_path, tmp / name)
         if path.suffix == ".onnx":
             check_onnx(path)
@@ -237,11 +261,33 @@ def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, pa
         parity[key] = report.as_manifest("_vs_fp32")
         if key in v.INT8_VARIANTS:  # the CPU, its int8 path, the remedies and the speed vs fp32: auto reads them
             parity[key].update(v.int8_record(fp32_path, path, calib, classes))
+            parity[key]["accuracy_control"] = control.get(name) or None
         if key in ("qdq", "openvino-int8"):
             parity[key].update(calibration_images=int(len(quant_images)),
                                calibration_method=cfg.calibration_method if key == "qdq" else "nncf-mixed")
         made[name] = path
     return made
+
+
+def _validation(cfg, fp32_path: Path, pre, classes):
+    """The accuracy control's validation images (the calibration folder or array; never the eval split) and fp32's
+    logits on them; None where the control is off or there are no calibration images (dynamic int8 alone)."""
+    from clap_edge.export.builders import int8_control as c
+    from clap_edge.export.builders.calibration import calibration_images
+    from clap_edge.export.builders.drift import onnx_predictor
+
+    if cfg.int8_max_drop is None:
+        return None
+    if cfg.calibration is None:
+        log.warning("int8 accuracy control is off: it needs validation images (--calibration DIR)")
+        return None
+    if not 0.0 <= cfg.int8_max_drop < 1.0:
+        raise ClapEdgeError(f"int8 max drop must be in [0, 1), got {cfg.int8_max_drop}")
+    if isinstance(cfg.calibration, np.ndarray):
+        images = np.ascontiguousarray(cfg.calibration[:cfg.int8_val_count], dtype=np.float32)
+    else:
+        images = calibration_images(cfg.calibration, pre, cfg.int8_val_count)
+    return c.Validation(images, c.batched(onnx_predictor(fp32_path, classes), images), cfg.int8_max_drop)
 
 
 def _quantisation_images(cfg, calib: np.ndarray, pre: dict[str, Any] | None) -> np.ndarray:

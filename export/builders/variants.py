@@ -13,6 +13,10 @@ model.onnx, saved as OpenVINO IR (model.int8.xml + .bin). Quantised: the MatMuls
 (QKV / out projections, MLP) and the Conv patch embedding; kept float (NNCF ignored scope): the logits
 product and the activation x activation MatMuls (attention Q.K^T and P.V; NNCF's transformer preset
 would quantise them), LayerNorm, Softmax, GELU.
+Accuracy control (the export's default where it has calibration images, :mod:`int8_control`): of the GEMMs above,
+those whose quantisation costs the most agreement with fp32 on validation images stay float as well; each int8
+variant's manifest parity entry lists them (``accuracy_control.float_nodes``). The OpenVINO form then runs NNCF's
+``quantize_with_accuracy_control`` without SmoothQuant (its restorer cannot revert a smoothed layer).
 
 Which CPU runs the int8 kernels decides both speed and accuracy (:func:`clap_edge.core.machine.int8_path`).
 Without VNNI/AMX (``avx2``), x86 integer GEMMs multiply u8 x s8 pairs with ``vpmaddubsw``, whose 16-bit
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -61,10 +66,11 @@ def remedies(path: str | None = None) -> list[str]:
 
 
 def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: bool = True,
-                  reduce_range: bool | None = None) -> Path:
+                  reduce_range: bool | None = None, float_nodes: list[str] | tuple[str, ...] = ()) -> Path:
     """Write a dynamically quantised (QInt8 weights) copy of ``src`` to ``dst``.
 
-    ``reduce_range`` None: on where this CPU's int8 path saturates (:func:`saturating_path`)."""
+    ``reduce_range`` None: on where this CPU's int8 path saturates (:func:`saturating_path`).
+    ``float_nodes``: GEMMs kept in float as well (the accuracy control's choice, see int8_control)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # ORT logs a generic "consider pre-processing" advice on the root logger for every model;
@@ -78,7 +84,8 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike, per_channel: b
             op_types_to_quantize=list(INT8_OP_TYPES),
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=output_matmuls(src),
+            # ORT rewrites a Gemm as "<name>_MatMul" + "<name>_Add" before quantising it: exclude it by that name too
+            nodes_to_exclude=output_matmuls(src) + [m for n in float_nodes for m in (n, f"{n}_MatMul")],
             reduce_range=saturating_path() if reduce_range is None else reduce_range,
         )
     finally:
@@ -103,11 +110,14 @@ def output_matmuls(src: str | os.PathLike) -> list[str]:
 
 def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndarray,
                  method: str = DEFAULT_CALIBRATION_METHOD, batch: int = CALIBRATION_BATCH,
-                 reduce_range: bool | None = None) -> Path:
+                 reduce_range: bool | None = None, float_nodes: list[str] | tuple[str, ...] = (),
+                 cache_dir: str | os.PathLike | None = None) -> Path:
     """Write a statically quantised QDQ copy of ``src`` to ``dst``, calibrated on ``images``.
 
     ``images``: preprocessed float32 [n, 3, H, W] (the runtime's own preprocessing, so the
     calibrated ranges are those the deployed model sees). ``method``: minmax, entropy or percentile.
+    ``float_nodes``: weight GEMMs kept in float as well (int8_control). ``cache_dir``: where the calibrated
+    ranges are kept between calls (the accuracy control reruns the quantiser; calibration runs once).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -115,11 +125,17 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise ValueError(f"unknown calibration method {method!r}; expected one of {', '.join(methods)}")
+    quantised = [n for n in weight_gemms(src) if n not in float_nodes]
+    if not quantised:  # every GEMM kept float: ORT reads an empty nodes_to_quantize as "all nodes"
+        shutil.copyfile(src, dst)
+        return Path(dst)
     advice = _DropMessages("pre-processing before quantization")
     logging.getLogger().addFilter(advice)
     tmp = tempfile.TemporaryDirectory(prefix="clap-edge-calib-")
     try:
-        cache = _entropy_ranges(src, images, Path(tmp.name), batch) if method == "entropy" else None
+        cache = Path(cache_dir or tmp.name) / f"ranges-{method}.json"
+        if method == "entropy" and not cache.is_file():
+            cache = _entropy_ranges(src, images, cache, batch)
         quantize_static(
             str(src),
             str(dst),
@@ -131,8 +147,8 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
             weight_type=QuantType.QInt8,
             # Only the GEMMs with a constant weight: the attention products (two activations) stay float,
             # as in the dynamic variant. (MatMulConstBOnly alone does not keep them out of QDQ mode.)
-            nodes_to_quantize=weight_gemms(src),
-            nodes_to_exclude=output_matmuls(src),
+            nodes_to_quantize=quantised,
+            nodes_to_exclude=output_matmuls(src) + list(float_nodes),
             calibrate_method=methods[method],
             reduce_range=saturating_path() if reduce_range is None else reduce_range,
             # Outputs stay float: the bias Add and residual that follow are float anyway, and a second
@@ -148,7 +164,7 @@ def quantize_qdq(src: str | os.PathLike, dst: str | os.PathLike, images: np.ndar
     return Path(dst)
 
 
-def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, tmp: Path, batch: int) -> Path | None:
+def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, cache: Path, batch: int) -> Path | None:
     """Entropy (KL) ranges from a 2048-bin histogram, as a calibration cache for quantize_static.
 
     quantize_static builds its entropy calibrator with 128 histogram bins and 128 quantised bins,
@@ -160,12 +176,13 @@ def _entropy_ranges(src: str | os.PathLike, images: np.ndarray, tmp: Path, batch
     except ImportError:
         log.warning("this onnxruntime has no calibration cache: entropy calibration falls back to its 128-bin form")
         return None
-    calibrator = create_calibrator(Path(src), list(INT8_OP_TYPES), augmented_model_path=str(tmp / "augmented.onnx"),
+    calibrator = create_calibrator(Path(src), list(INT8_OP_TYPES),
+                                   augmented_model_path=str(cache.with_suffix(".augmented.onnx")),
                                    calibrate_method=CalibrationMethod.Entropy,
                                    extra_options={"num_bins": 2048, "num_quantized_bins": 128})
     calibrator.collect_data(_CalibrationReader(images, _input_name(src), batch))
-    save_tensors_data(calibrator.compute_data(), tmp / "entropy.json")
-    return tmp / "entropy.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 def weight_gemms(src: str | os.PathLike) -> list[str]:
@@ -210,12 +227,15 @@ def _input_name(src: str | os.PathLike) -> str:
 
 
 def quantize_openvino_int8(src: str | os.PathLike, dst_xml: str | os.PathLike, images: np.ndarray,
-                           preset: str = "mixed") -> list[Path]:
+                           preset: str = "mixed", validation=None, classes=None) -> tuple[list[Path], dict]:
     """NNCF post-training int8 of the OpenVINO model read from ``src``; writes IR ``dst_xml`` + ``.bin``.
 
     The transformer model type keeps LayerNorm/Softmax/GELU maths in float (NNCF's transformer
     ignored patterns) and uses SmoothQuant; the logits product (embedding @ classes.T) is kept
-    in float as in the other int8 variants. Returns [xml, bin].
+    in float as in the other int8 variants. With ``validation`` (:class:`int8_control.Validation`) and
+    ``classes``: NNCF's ``quantize_with_accuracy_control`` keeps the layers that cost the most in float until
+    top-1 agreement with fp32 on the validation images reaches ``1 - validation.max_drop``.
+    Returns ([xml, bin], accuracy-control record for the manifest: {} without validation).
     """
     import nncf
     import openvino as ov
@@ -228,19 +248,22 @@ def quantize_openvino_int8(src: str | os.PathLike, dst_xml: str | os.PathLike, i
     # Without VNNI the u8 x s8 pairs saturate in 16 bits: NNCF's fix (7-bit weights) on every layer, not
     # only the first (its default)
     overflow = OverflowFix.ENABLE if saturating_path() else OverflowFix.FIRST_LAYER
-    quantised = nncf.quantize(
-        model,
-        nncf.Dataset(batches),
-        preset=nncf.QuantizationPreset(preset),
-        model_type=nncf.ModelType.TRANSFORMER,
-        subset_size=len(batches),
-        ignored_scope=nncf.IgnoredScope(names=_openvino_output_matmuls(model) + _openvino_activation_matmuls(model),
-                                        validate=False),
-        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=overflow),
-    )
+    common = dict(preset=nncf.QuantizationPreset(preset), model_type=nncf.ModelType.TRANSFORMER,
+                  subset_size=len(batches),
+                  ignored_scope=nncf.IgnoredScope(names=_openvino_output_matmuls(model)
+                                                  + _openvino_activation_matmuls(model), validate=False))
+    params = AdvancedQuantizationParameters(overflow_fix=overflow)
+    record: dict = {}
+    if validation is None:
+        quantised = nncf.quantize(model, nncf.Dataset(batches), advanced_parameters=params, **common)
+    else:
+        from clap_edge.export.builders.int8_control import nncf_accuracy_control
+
+        quantised, record = nncf_accuracy_control(model, nncf.Dataset(batches), validation, classes, params, common,
+                                                  common["ignored_scope"].names)
     dst_xml = Path(dst_xml)
     ov.save_model(quantised, str(dst_xml), compress_to_fp16=False)
-    return [dst_xml, dst_xml.with_suffix(".bin")]
+    return [dst_xml, dst_xml.with_suffix(".bin")], record
 
 
 def _openvino_output_matmuls(model) -> list[str]:

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
               help="images --int8-static / --openvino-int8 calibrate on (evenly spaced over the folder).")
 @click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="activation range calibration of --int8-static (ONNX Runtime).")
+@click.option("--int8-max-drop", type=click.FloatRange(min=0.0, max=1.0, max_open=True), default=0.0025,
+              show_default=True,
+              help="int8 accuracy control: keep the costliest layers in float until top-1 agreement with fp32 on "
+                   "--calibration images is >= 1 - this (counted and expected on unseen images).")
+@click.option("--no-int8-control", is_flag=True, help="plain post-training int8 (no layer kept in float).")
 @click.option("--opset", type=click.IntRange(min=13), default=17, show_default=True, help="ONNX opset.")
 @click.option("--int8", is_flag=True, help="add model.int8.onnx (dynamic int8, CPU).")
 @click.option("--int8-static", is_flag=True,
@@ -64,8 +69,8 @@ if TYPE_CHECKING:
 @click.option("--force", is_flag=True, help="replace BUNDLE if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="print the written manifest's summary as JSON.")
 def export(head_path, out, model_name, pretrained, classes, alpha, no_head, templates_file, calibration,
-           calibration_count, calibration_method, opset, int8, int8_static, openvino_int8, fp16, executorch_precisions,
-           litert_precisions, litert_python, target, eval_dir, eval_per_class, no_torch_program, text_encoder, tolerance,
+           calibration_count, calibration_method, int8_max_drop, no_int8_control, opset, int8, int8_static,
+           openvino_int8, fp16, executorch_precisions, litert_precisions, litert_python, target, eval_dir, eval_per_class, no_torch_program, text_encoder, tolerance,
            force, as_json):
     """Export a CLAP head (or plain CLIP with --no-head) as a bundle: ONNX, variants, manifest.
 
@@ -128,6 +133,7 @@ def export(head_path, out, model_name, pretrained, classes, alpha, no_head, temp
         calibration=calibration,
         calibration_count=calibration_count,
         calibration_method=calibration_method,
+        int8_max_drop=None if no_int8_control else int8_max_drop,
         eval=eval_dir,
         eval_per_class=eval_per_class,
         parity_tolerance=tolerance,
