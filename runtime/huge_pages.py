@@ -26,6 +26,7 @@ MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 HUGE_PAGE = 2 << 20
 MIN_REGION = 8 << 20  # smaller regions fit in the TLB's reach anyway
+COLLAPSE_CHUNK = 32 << 20
 MIN_MODEL_BYTES = 32 << 20  # below this a model's weights fit in the TLB's reach: not worth the collapse
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -74,10 +75,12 @@ def back_with_huge_pages(min_region: int | None = None, skip: set[tuple[int, int
             failures.add(os.strerror(ctypes.get_errno()))
             continue
         advised += hi - lo
-        if madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
-            collapsed += hi - lo
-        else:  # EINVAL before Linux 6.1; EAGAIN/ENOMEM when no free huge page: khugepaged may do it later
-            failures.add(os.strerror(ctypes.get_errno()))
+        for at in range(lo, hi, COLLAPSE_CHUNK):  # in chunks: one unsuitable page range spoils only its chunk
+            size = min(COLLAPSE_CHUNK, hi - at)
+            if madvise(at, size, MADV_COLLAPSE) == 0:
+                collapsed += size
+            else:  # EINVAL before Linux 6.1; EAGAIN/ENOMEM when no free huge page: khugepaged may do it later
+                failures.add(os.strerror(ctypes.get_errno()))
     reason = f"some regions left to khugepaged: {', '.join(sorted(failures))}" if failures else \
         None if advised else "no new anonymous mapping large enough"
     return HugePages(True, round(collapsed / 2**20, 1), round(advised / 2**20, 1),
