@@ -53,11 +53,13 @@ def test_runner_backs_a_large_model_and_gives_the_same_logits(runtime_bundle, mo
     batch = np.random.default_rng(1).standard_normal((3, *bundle.input_shape)).astype(np.float32)
     with create_runner(bundle, "onnxruntime", RunnerOptions(threads=1, huge_pages=False)) as plain:
         expected = plain.infer(batch).logits
-        assert plain.huge_pages is None
+        assert plain.wait_for_huge_pages() is None
     with create_runner(bundle, "onnxruntime", RunnerOptions(threads=1)) as small:
-        assert small.huge_pages is None  # the toy model's weights fit in the TLB's reach: left alone
+        assert small.wait_for_huge_pages() is None  # the toy model's weights fit in the TLB's reach: left alone
     monkeypatch.setattr(huge_pages, "MIN_MODEL_BYTES", 0)  # treat the toy model as large
     with create_runner(bundle, "onnxruntime", RunnerOptions(threads=1)) as backed:
-        assert backed.huge_pages is not None
-        assert backed.huge_pages.applied == (huge_pages.thp_mode() in ("always", "madvise"))
+        during = backed.infer(batch).logits  # answers while the pages move
+        report = backed.wait_for_huge_pages()
+        assert report is not None and report.applied == (huge_pages.thp_mode() in ("always", "madvise"))
         np.testing.assert_array_equal(backed.infer(batch).logits, expected)
+        np.testing.assert_array_equal(during, expected)

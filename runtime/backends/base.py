@@ -64,8 +64,9 @@ class Runner(ABC):
         self.precision: str = self.requested_precision
         #: what turns embeddings into logits (Classifier.set_classes replaces it)
         self.classes: ClassMatrix = ClassMatrix.from_bundle(bundle)
-        #: what activate() did about huge pages (None: not tried: off, not CPU, or a small model)
-        self.huge_pages: Any = None
+        #: activate()'s background move of a large model's weights to huge pages (None: not tried: off,
+        #: not CPU, or a small model); wait_for_huge_pages() gives its report
+        self._huge_pages: Any = None
 
     @classmethod
     def is_available(cls) -> bool:
@@ -115,10 +116,15 @@ class Runner(ABC):
                 raise
             self.is_active = True
             if before is not None:  # 2 MiB pages under what the library just loaded (runtime/huge_pages.py)
-                from clap_edge.runtime.huge_pages import back_with_huge_pages
+                from clap_edge.runtime.huge_pages import back_in_background
 
-                self.huge_pages = back_with_huge_pages(skip=set(before))
+                self._huge_pages = back_in_background(skip=set(before))
         return self
+
+    def wait_for_huge_pages(self) -> Any:
+        """The :class:`~clap_edge.runtime.huge_pages.HugePages` report once the background move is done
+        (None when none was started). Steady-state timings wait for it; answering never has to."""
+        return self._huge_pages.result() if self._huge_pages is not None else None
 
     def _regions_before_load(self) -> list[tuple[int, int]] | None:
         """The process's large anonymous mappings now, if this runner will back a large model's weights
