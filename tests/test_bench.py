@@ -323,9 +323,9 @@ def test_model_gemm_ceiling_is_sampled_per_batch_and_gives_each_row_a_fraction(r
 def test_paired_model_gemm_fraction_by_hand():
     """Each round's model call pairs with the products sample taken after it: a machine that slows down
     2x halfway through (both sides alike) leaves every per-round ratio, and so the median, unchanged."""
-    from clap_edge.apps.bench import _CeilingHandle
+    from clap_edge.apps.bench_ceiling import Ceilings
 
-    handle = _CeilingHandle()
+    handle = Ceilings()
     handle.key_of = {"onnxruntime": "onnxruntime:fp32"}
     # products: 2 calls per sample at 0.08 s CPU each, then everything 2x slower
     handle.model_batches = {4: {"samples": {"onnxruntime:fp32": [(2, 0.2, 0.16)] * 3 + [(2, 0.4, 0.32)] * 3}}}

@@ -34,6 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from clap_edge.apps.bench_ceiling import Ceilings
+from clap_edge.apps.bench_workers import WorkerHandle
 from clap_edge.apps.bench_rows import add_ceiling_fractions, add_ratios, lead_summary, model_row
 from clap_edge.core.errors import BundleError
 from clap_edge.core.machine import cpu_info, steal_ticks
@@ -69,166 +71,6 @@ class BenchConfig:
 # ---- workers --------------------------------------------------------------------------
 
 
-class _WorkerHandle:
-    """Parent side of one worker process."""
-
-    def __init__(self, ctx: Any, cfg: BenchConfig, backend: str):
-        from clap_edge.runtime.bench_worker import worker_main
-
-        self.backend = backend
-        self.conn, child = ctx.Pipe()
-        extra = cfg.backend_options.get(backend, {})
-        from clap_edge.apps.bench_peers import PEER_PREFIX, create_peer_runner
-
-        factory = create_peer_runner if backend.startswith(PEER_PREFIX) else None  # pickled by name (spawn)
-        self.process = ctx.Process(target=worker_main, args=(child, str(cfg.bundle), backend, cfg.threads, extra,
-                                                             cfg.device, factory),
-                                   name=f"clap-edge-bench-{backend}", daemon=True)
-        self.process.start()
-        child.close()
-        self.info = self._reply()
-
-    def call(self, command: str, *args: Any) -> Any:
-        self.conn.send((command, *args))
-        return self._reply()
-
-    def _reply(self) -> Any:
-        try:
-            status, payload = self.conn.recv()
-        except EOFError:
-            raise RuntimeError(f"bench worker for {self.backend!r} died (exit code {self.process.exitcode})") from None
-        if status != "ok":
-            raise RuntimeError(f"backend {self.backend!r}: {payload}")
-        return payload
-
-    def stop(self) -> None:
-        try:
-            if self.process.is_alive():
-                self.call("stop")
-        except Exception:
-            pass
-        self.process.join(timeout=10)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-
-
-class _CeilingProcess(_WorkerHandle):
-    """Parent side of one library's ceiling process: its GEMM per precision, and the model's own products.
-
-    One process per library: process CPU time then counts only that library's threads (a thread pool left
-    spinning by one library would otherwise be billed to the next library's sample)."""
-
-    def __init__(self, ctx: Any, library: str, keys: list[str], threads: int | None, sample_cpu_s: float):
-        from clap_edge.apps.ceiling import CeilingConfig, ceiling_worker_main
-
-        self.backend = f"ceiling:{library}"
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=ceiling_worker_main, daemon=True, name=f"clap-edge-bench-ceiling-{library}",
-                                   args=(child, CeilingConfig(threads=threads, libraries=(library,),
-                                                              min_sample_cpu_s=sample_cpu_s), keys))
-        self.process.start()
-        child.close()
-        self.info = self._reply()
-
-
-class _CeilingHandle:
-    """The ceilings of the benchmarked backends: one :class:`_CeilingProcess` per library, sampled in the
-    timed rounds (the square GEMM and, per batch size, the model's own products)."""
-
-    @classmethod
-    def start(cls, ctx: Any, threads: int | None, workers: dict[str, _WorkerHandle],
-              errors: dict[str, str], sample_cpu_s: float = 0.2) -> "_CeilingHandle | None":
-        from clap_edge.apps.ceiling import ceiling_key
-
-        handle = cls()
-        handle.key_of = {name: ceiling_key(name, w.info["precision"]) for name, w in workers.items()}
-        keys = sorted({k for k in handle.key_of.values() if k})
-        handle.procs: dict[str, _CeilingProcess] = {}
-        try:
-            for library in dict.fromkeys(k.split(":")[0] for k in keys):
-                handle.procs[library] = _CeilingProcess(ctx, library, [k for k in keys if k.startswith(library + ":")],
-                                                        threads, sample_cpu_s)
-        except RuntimeError as e:  # the ceiling is context for the figures; never lose the bench over it
-            errors["ceiling"] = str(e)
-            handle.stop()
-            return None
-        from clap_edge.apps.ceiling import DEFAULT_SHAPE, cpu_isa_flags
-
-        infos = [p.info for p in handle.procs.values()]
-        first = infos[0] if infos else {"shape": list(DEFAULT_SHAPE), "threads": threads, "cpu_flags": cpu_isa_flags()}
-        handle.info = {"shape": first["shape"], "threads": first["threads"], "cpu_flags": first["cpu_flags"],
-                       "keys": {k: lib for i in infos for k, lib in i["keys"].items()},
-                       "errors": {k: e for i in infos for k, e in i["errors"].items()},
-                       "peak": first.get("peak")}  # the core's peak (each process probes it; one is reported)
-        handle.samples = {k: [] for k in handle.info["keys"]}
-        handle.model_batches: dict[int, dict[str, Any]] = {}  # batch -> the model-GEMM ceiling's info + samples
-        return handle
-
-    def start_model_batch(self, bundle: Bundle, batch: int) -> None:
-        """Build the model's own products at ``batch`` in each ceiling process (see apps/model_gemms.py)."""
-        merged: dict[str, Any] = {"batch": batch, "keys": [], "errors": {}}
-        for library, proc in self.procs.items():
-            try:
-                info = proc.call("model_batch", str(bundle.variant_file("fp32")), list(bundle.input_shape), batch)
-            except RuntimeError as e:  # context only: the rows keep the square-GEMM ceiling
-                merged["errors"][library] = str(e)
-                continue
-            merged.update(flops=info["flops"], products=info["products"])
-            merged.setdefault("huge_pages", {})[library] = info.get("huge_pages")
-            merged["keys"] += info["keys"]
-            merged["errors"].update(info["errors"])
-        self.model_batches[batch] = {**merged, "samples": {k: [] for k in merged["keys"]}}
-
-    def sample(self, backend: str, done: set[str], batch: int | None = None) -> None:
-        """One >= 200 ms-CPU sample of ``backend``'s GEMM (and of the model's own products at ``batch``),
-        unless this round already sampled it (``done``)."""
-        key = self.key_of.get(backend)
-        if key in self.samples and key not in done:
-            done.add(key)
-            proc = self.procs[key.split(":")[0]]
-            model = self.model_batches.get(batch, {}).get("samples", {})
-            if key in model:  # first: right after the model call it is paired with
-                model[key].append(proc.call("time_model", key))
-            self.samples[key].append(proc.call("time", key))
-
-    def paired_fraction(self, backend: str, batch: int, times: list) -> float | None:
-        """Median over rounds of (the products' CPU time per image) / (the model's), each round's model
-        call paired with the products sample taken right after it: drift slower than a round cancels."""
-        key = self.key_of.get(backend)
-        samples = self.model_batches.get(batch, {}).get("samples", {}).get(key or "", [])
-        if not samples or len(samples) != len(times):  # a backend dropped mid-way: no pairing
-            return None
-        ratios = [(cpu / n) / model_cpu for (n, _, cpu), (_, model_cpu) in zip(samples, times) if model_cpu > 0]
-        return round(float(np.median(ratios)), 3) if ratios else None
-
-    def report(self) -> dict[str, Any]:
-        from clap_edge.apps.ceiling import ceiling_row, flops
-
-        work = flops(tuple(self.info["shape"]))
-        ceilings = {k: ceiling_row(self.info["keys"][k], work, t) for k, t in self.samples.items() if t}
-        model_gemms = {str(b): {"flops_per_call": m.get("flops"), "products": m.get("products"),
-                                "huge_pages": m.get("huge_pages"),
-                                "errors": m.get("errors", {}),
-                                "ceilings": {k: {**ceiling_row(self.info["keys"][k], m["flops"], t),
-                                                 "images_per_cpu_s": _images_per_cpu_s(b, t)}
-                                             for k, t in m["samples"].items() if t}}
-                       for b, m in self.model_batches.items()}
-        return {"shape": self.info["shape"], "threads": self.info["threads"], "cpu_flags": self.info["cpu_flags"],
-                "ceilings": ceilings, "model_gemms": model_gemms, "errors": self.info["errors"], "interleaved": True,
-                "processes": "one per library", "peak": self.info.get("peak"),
-                "clock": "process CPU time (all threads) and wall"}
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            proc.stop()
-
-
-def _images_per_cpu_s(batch: int, samples: list) -> float:
-    """Median over samples of (products x batch) / CPU s: the model-GEMM ceiling in the rows' own unit."""
-    return round(float(np.median([n * batch / cpu for n, _, cpu in samples])), 3)
-
-
 # ---- the run ------------------------------------------------------------------------
 
 
@@ -251,21 +93,21 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no inherited thread pools or allocations
     rounds = cfg.iters or cfg.min_iters  # the bar's length; budgeted rounds may go past it
     steps = len(backends) * (1 + len(cfg.batch_sizes) * (cfg.warmup + rounds + (1 if files else 0)))
-    workers: dict[str, _WorkerHandle] = {}
-    ceiling: _CeilingHandle | None = None
+    workers: dict[str, WorkerHandle] = {}
+    ceiling: Ceilings | None = None
     errors: dict[str, str] = {}
     results: list[dict[str, Any]] = []
     with _progress(progress, steps) as advance:
         for name in backends:
             advance(f"loading {name}")
             try:
-                workers[name] = _WorkerHandle(ctx, cfg, name)
+                workers[name] = WorkerHandle(ctx, cfg, name)
             except RuntimeError as e:
                 errors[name] = str(e)
         if cfg.ceiling and workers:
             advance("loading the GEMM ceiling")
             ceiling_errors: dict[str, str] = {}  # context for the figures, not a backend failure: no exit 1
-            ceiling = _CeilingHandle.start(ctx, cfg.threads, workers, ceiling_errors, cfg.ceiling_sample_cpu_s)
+            ceiling = Ceilings.start(ctx, cfg.threads, workers, ceiling_errors, cfg.ceiling_sample_cpu_s)
             if ceiling_errors:
                 env["ceiling"] = {"error": ceiling_errors["ceiling"], "ceilings": {}}
         try:
@@ -300,9 +142,9 @@ def run_bench(cfg: BenchConfig, progress: bool = False) -> dict[str, Any]:
     return report
 
 
-def _bench_batch(workers: dict[str, _WorkerHandle], cfg: BenchConfig, batch_size: int,
+def _bench_batch(workers: dict[str, WorkerHandle], cfg: BenchConfig, batch_size: int,
                  advance: Callable[[str], None], errors: dict[str, str],
-                 ceiling: "_CeilingHandle | None" = None, bundle: Bundle | None = None) -> list[dict[str, Any]]:
+                 ceiling: Ceilings | None = None, bundle: Bundle | None = None) -> list[dict[str, Any]]:
     live = dict(workers)
     times: dict[str, list] = {name: [] for name in live}
     loads: list[float] = []
@@ -350,7 +192,7 @@ def _enough(cfg: BenchConfig, rounds: int, elapsed: float) -> bool:
     return rounds >= cfg.max_iters or (rounds >= cfg.min_iters and elapsed >= cfg.budget_s)
 
 
-def _agreement(workers: dict[str, _WorkerHandle], bundle: Bundle, cfg: BenchConfig) -> dict[str, dict[str, Any]]:
+def _agreement(workers: dict[str, WorkerHandle], bundle: Bundle, cfg: BenchConfig) -> dict[str, dict[str, Any]]:
     """Top-1 agreement and max |dlogit| of every backend against the fp32 reference backend."""
     batch = cfg.agreement if cfg.agreement is not None else bundle.calibration()
     reference = next((name for name in REFERENCE_BACKENDS if name in workers), None)
@@ -370,7 +212,7 @@ def _agreement(workers: dict[str, _WorkerHandle], bundle: Bundle, cfg: BenchConf
     return out
 
 
-def _bench_end_to_end(workers: dict[str, _WorkerHandle], files: list[str], batch_size: int, threads: int | None,
+def _bench_end_to_end(workers: dict[str, WorkerHandle], files: list[str], batch_size: int, threads: int | None,
                       results: list[dict[str, Any]], advance: Callable[[str], None],
                       errors: dict[str, str]) -> list[dict[str, Any]]:
     rows = []
