@@ -232,7 +232,7 @@ def _build_variants(cfg, fp32_path: Path, calib, fp32_logits, tmp: Path, say, pa
             path, control[dst.name] = c.control_onnx(
                 lambda kept, out: quantise(src, out, kept), [n for n in v.weight_gemms(src)
                                                              if n not in v.output_matmuls(src)],
-                lambda model, images: c.batched(predictor_for(model, classes), images), val, dst, tmp)
+                lambda model, images: c.batched(predictor_for(model, classes), images), val, dst, tmp, say)
             return path
         return build
 

@@ -82,7 +82,7 @@ def batched(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> 
 
 
 def control_onnx(quantise: Quantise, candidates: list[str], logits: Logits, val: Validation, dst: Path,
-                 work: Path) -> tuple[Path, dict]:
+                 work: Path, say: Callable[[str], None] | None = None) -> tuple[Path, dict]:
     """Quantise; if the validation agreement is below target, rank ``candidates`` (node names) and rerun the
     quantiser with the most sensitive ones in float until it holds. Returns (dst, record for the manifest)."""
     path = quantise([], dst)
@@ -91,10 +91,13 @@ def control_onnx(quantise: Quantise, candidates: list[str], logits: Logits, val:
               **{f"{k}_all_int8": v for k, v in measured.items()}}
     if ok or not candidates:
         return path, {**record, **measured, "float_nodes": [], "quantisable_nodes": len(candidates)}
-    order = rank_layers(quantise, candidates, logits, val, work)
+    say = say or log.info
+    order = rank_layers(quantise, candidates, logits, val, work,
+                        lambda i: say(f"int8 accuracy control, {dst.name}: ranking GEMM {i}/{len(candidates)}"))
     kept: list[str] = []
     for k in _steps(len(order)):
         kept = order[:k]
+        say(f"int8 accuracy control, {dst.name}: {k} of {len(order)} GEMMs in float")
         path = quantise(kept, dst)
         ok, measured = val.holds(logits(path, val.images))
         log.info("int8 accuracy control: %d of %d GEMMs in float, validation %s", k, len(order), measured)
@@ -107,12 +110,15 @@ def control_onnx(quantise: Quantise, candidates: list[str], logits: Logits, val:
     return path, {**record, **measured, "float_nodes": kept, "quantisable_nodes": len(order)}
 
 
-def rank_layers(quantise: Quantise, candidates: list[str], logits: Logits, val: Validation, work: Path) -> list[str]:
+def rank_layers(quantise: Quantise, candidates: list[str], logits: Logits, val: Validation, work: Path,
+                step: Callable[[int], None] | None = None) -> list[str]:
     """``candidates`` from the most to the least sensitive: the mean squared logit error vs fp32 (on the first
     RANKING_IMAGES validation images) when that node alone is quantised."""
     images, reference = val.images[:RANKING_IMAGES], val.fp32_logits[:RANKING_IMAGES]
     error = {}
     for i, node in enumerate(candidates):
+        if step:  # one quantiser run per GEMM: minutes on a ViT-B, so say how far it is
+            step(i + 1)
         alone = quantise([n for n in candidates if n != node], work / f"rank{i}.onnx")
         error[node] = float(np.mean((logits(alone, images) - reference) ** 2))
         alone.unlink(missing_ok=True)
