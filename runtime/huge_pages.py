@@ -3,8 +3,9 @@
 A ViT-B model streams ~350 MB of weights per call. In 4 KiB pages that is ~90,000 pages, far beyond
 the TLB's reach, so every call walks page tables, and after each context switch on a busy machine
 walks them again. In 2 MiB pages the same weights are ~175 entries. Measured on the 2-core dev VM
-(ViT-B-32 fp32, ONNX Runtime, 1 thread, batch 1; ``bench/huge_pages_ab.py``): the call's CPU time falls
-and, above all, stops swelling when other processes share the cores.
+(ViT-B-32 fp32, ONNX Runtime, 1 thread, batch 1; ``bench/huge_pages_ab.py``): 1.05x less CPU per call
+quiet and at load 4; 1.3-2.3x at moments when the 4 KiB version's CPU time swelled under load (the
+swelling comes and goes with the host's state, which the VM's load average does not show).
 
 Most distributions set THP to ``madvise`` (only regions that ask get huge pages), and neither ONNX
 Runtime nor OpenVINO asks. So after a runner has loaded its model, :func:`back_with_huge_pages` marks
