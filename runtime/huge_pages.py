@@ -36,7 +36,7 @@ MIN_MODEL_BYTES = 32 << 20  # below this a model's weights fit in the TLB's reac
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 __all__ = ["HugePages", "back_with_huge_pages", "back_in_background", "anonymous_regions", "thp_mode", "worth_it",
-           "MIN_MODEL_BYTES"]
+           "wanted", "MIN_MODEL_BYTES"]
 
 
 @dataclass
@@ -46,6 +46,11 @@ class HugePages:
     advised_mb: float = 0.0  # bytes marked MADV_HUGEPAGE (collapsed now or later by khugepaged)
     seconds: float = 0.0
     reason: str | None = None  # why not applied, or what fell back
+
+
+def wanted() -> bool:
+    """Whether runners should move large models to huge pages: yes unless ``CLAP_EDGE_HUGE_PAGES=0``."""
+    return os.environ.get("CLAP_EDGE_HUGE_PAGES", "1") != "0"
 
 
 def thp_mode() -> str | None:

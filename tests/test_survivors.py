@@ -145,8 +145,8 @@ def test_int8_ceilings_run_the_int8_models_not_fp32(monkeypatch, tmp_path):
         models.update(real_models(tmp, a, w))
         return models
 
-    monkeypatch.setattr(ceiling, "_ort", fake_ort)
-    monkeypatch.setattr(ceiling, "_ov", fake_ov)
+    monkeypatch.setattr(ceiling, "ort_runner", fake_ort)
+    monkeypatch.setattr(ceiling, "openvino_runner", fake_ov)
     monkeypatch.setattr(ceiling, "_onnx_models", record_models)
     cfg = ceiling.CeilingConfig(threads=1, shape=(8, 16, 8), libraries=("onnxruntime", "openvino"))
     ops_by_key: dict[str, list[str]] = {}

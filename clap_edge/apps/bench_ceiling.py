@@ -24,14 +24,16 @@ class CeilingProcess(WorkerHandle):
     One process per library: process CPU time then counts only that library's threads (a thread pool left
     spinning by one library would otherwise be billed to the next library's sample)."""
 
-    def __init__(self, ctx: Any, library: str, keys: list[str], threads: int | None, sample_cpu_s: float):
+    def __init__(self, ctx: Any, library: str, keys: list[str], threads: int | None, sample_cpu_s: float,
+                 probe_peak: bool):
         from clap_edge.apps.ceiling import CeilingConfig, ceiling_worker_main
 
         self.backend = f"ceiling:{library}"
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=ceiling_worker_main, daemon=True, name=f"clap-edge-bench-ceiling-{library}",
                                    args=(child, CeilingConfig(threads=threads, libraries=(library,),
-                                                              min_sample_cpu_s=sample_cpu_s), keys))
+                                                              min_sample_cpu_s=sample_cpu_s, probe_peak=probe_peak),
+                                         keys))
         self.process.start()
         child.close()
         self.info = self._reply()
@@ -53,7 +55,7 @@ class Ceilings:
         try:
             for library in dict.fromkeys(k.split(":")[0] for k in keys):
                 handle.procs[library] = CeilingProcess(ctx, library, [k for k in keys if k.startswith(library + ":")],
-                                                        threads, sample_cpu_s)
+                                                       threads, sample_cpu_s, probe_peak=not handle.procs)
         except RuntimeError as e:  # the ceiling is context for the figures; never lose the bench over it
             errors["ceiling"] = str(e)
             handle.stop()
@@ -63,7 +65,7 @@ class Ceilings:
         handle.info = {"shape": first["shape"], "threads": first["threads"], "cpu_flags": first["cpu_flags"],
                        "keys": {k: lib for i in infos for k, lib in i["keys"].items()},
                        "errors": {k: e for i in infos for k, e in i["errors"].items()},
-                       "peak": first.get("peak")}  # the core's peak (each process probes it; one is reported)
+                       "peak": first.get("peak")}  # the core's peak: probed by the first process only
         handle.samples = {k: [] for k in handle.info["keys"]}
         handle.model_batches: dict[int, dict[str, Any]] = {}  # batch -> the model-GEMM ceiling's info + samples
         return handle

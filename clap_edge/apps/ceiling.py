@@ -42,7 +42,8 @@ ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "avx51
              "amx_bf16", "avx512_fp16", "neon", "asimd")
 
 __all__ = ["DEFAULT_SHAPE", "ISA_FLAGS", "CeilingConfig", "measure_ceilings", "run_ceilings", "ceiling_key",
-           "cpu_isa_flags", "build_runs", "ceiling_worker_main", "flops", "ceiling_row", "sample"]
+           "cpu_isa_flags", "build_runs", "ceiling_worker_main", "flops", "ceiling_row", "sample", "ort_runner",
+           "openvino_runner", "error_line"]
 
 
 @dataclass
@@ -52,6 +53,7 @@ class CeilingConfig:
     seconds: float = 0.6  # timed time per row (after one warm-up call), standalone measure_ceilings only
     min_sample_cpu_s: float = 0.2  # CPU time per sample: long enough that scheduler noise is a small part
     libraries: tuple[str, ...] = ("onnxruntime", "openvino", "torch")
+    probe_peak: bool = True  # the core's peak: the bench asks one of its ceiling processes only
 
 
 def cpu_isa_flags() -> list[str]:
@@ -102,7 +104,7 @@ def measure_ceilings(cfg: CeilingConfig) -> dict[str, Any]:
             try:
                 samples = _time(run, cfg.seconds, cfg.min_sample_cpu_s)
             except Exception as e:  # a library without this kernel: say so, keep the others
-                out["errors"][key] = _error(e)
+                out["errors"][key] = error_line(e)
                 continue
             out["ceilings"][key] = ceiling_row(library, flops(cfg.shape), samples)
     out["seconds"] = round(time.perf_counter() - start, 2)
@@ -134,7 +136,8 @@ def ceiling_row(library: str, work: float, samples: list) -> dict[str, Any]:
             "iters": len(samples), "cpu_s_per_sample": round(float(np.median(cpu)), 3)}
 
 
-def _error(e: Exception) -> str:
+def error_line(e: Exception) -> str:
+    """An exception as one line: its type and the first line of its message."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
@@ -159,12 +162,12 @@ def build_runs(cfg: CeilingConfig, tmp: Path, keys: set[str] | None = None
     plan: list[tuple[str, str, Callable[[], Callable[[], Any]]]] = []
     if "onnxruntime" in cfg.libraries and importlib.util.find_spec("onnxruntime"):
         for key, model in (("fp32", "fp32"), ("int8", "dynamic"), ("int8-static", "qdq")):
-            plan.append((f"onnxruntime:{key}", "onnxruntime", lambda p=models[model]: _ort(p, a, cfg.threads)))
+            plan.append((f"onnxruntime:{key}", "onnxruntime", lambda p=models[model]: ort_runner(p, {"x": a}, cfg.threads)))
     if "openvino" in cfg.libraries and importlib.util.find_spec("openvino"):
         precisions = ["fp32"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(flags) else [])
         for p in precisions:
-            plan.append((f"openvino:{p}", "openvino", lambda p=p: _ov(models["fp32"], a, cfg.threads, p)))
-        plan.append(("openvino:int8", "openvino", lambda: _ov(models["qdq"], a, cfg.threads, "f32")))
+            plan.append((f"openvino:{p}", "openvino", lambda p=p: openvino_runner(models["fp32"], {"x": a}, cfg.threads, p)))
+        plan.append(("openvino:int8", "openvino", lambda: openvino_runner(models["qdq"], {"x": a}, cfg.threads, "f32")))
     if "torch" in cfg.libraries and importlib.util.find_spec("torch"):
         plan.append(("torch:fp32", "torch", lambda: _torch(a, w, cfg.threads)))
     runs = {}
@@ -176,7 +179,7 @@ def build_runs(cfg: CeilingConfig, tmp: Path, keys: set[str] | None = None
             run()  # warm-up: allocation, weight packing, JIT
             runs[key] = (library, run)
         except Exception as e:
-            out["errors"][key] = _error(e)
+            out["errors"][key] = error_line(e)
     return runs, out
 
 
@@ -186,19 +189,19 @@ def ceiling_worker_main(conn: Any, cfg: CeilingConfig, keys: list[str] | None) -
 
     The bench calls it in every timed round, so each ceiling is measured in the same moments as the rows
     compared with it (on a shared machine the load moves within seconds). The core's FMA / int8 peak is
-    probed once at start (``info["peak"]``)."""
+    probed once at start (``info["peak"]``) where ``cfg.probe_peak``."""
     from clap_edge.apps.peak_probe import peak_probe
 
     with tempfile.TemporaryDirectory(prefix="clap-edge-ceiling-") as tmp:
         try:
             runs, out = build_runs(cfg, Path(tmp), set(keys) if keys is not None else None)
             try:
-                out["peak"] = peak_probe(cfg.min_sample_cpu_s)
+                out["peak"] = peak_probe(cfg.min_sample_cpu_s) if cfg.probe_peak else None
             except Exception as e:  # context only: never lose the ceilings over it
-                out["peak"] = {"error": _error(e)}
+                out["peak"] = {"error": error_line(e)}
             conn.send(("ok", {**out, "keys": {k: lib for k, (lib, _) in runs.items()}}))
         except BaseException as e:
-            conn.send(("error", _error(e)))
+            conn.send(("error", error_line(e)))
             return
         model_runs: dict[str, Callable[[], Any]] = {}
         while True:
@@ -217,7 +220,7 @@ def ceiling_worker_main(conn: Any, cfg: CeilingConfig, keys: list[str] | None) -
                     _, run = runs[args[0]]
                     conn.send(("ok", sample(run, cfg.min_sample_cpu_s)))
             except BaseException as e:
-                conn.send(("error", _error(e)))
+                conn.send(("error", error_line(e)))
 
 
 def _model_gemm_runs(cfg: CeilingConfig, tmp: Path, model_path: str, input_shape: list[int], batch: int,
@@ -226,14 +229,13 @@ def _model_gemm_runs(cfg: CeilingConfig, tmp: Path, model_path: str, input_shape
     import dataclasses
 
     from clap_edge.apps.model_gemms import build_model_gemms, model_gemm_runs
-    from clap_edge.runtime.backends import RunnerOptions
-    from clap_edge.runtime.huge_pages import anonymous_regions, back_with_huge_pages
+    from clap_edge.runtime.huge_pages import anonymous_regions, back_with_huge_pages, wanted
 
     gemms = build_model_gemms(model_path, tuple(input_shape), batch, tmp / f"model_gemms_b{batch}.onnx")
     before = anonymous_regions()
     runs, errors = model_gemm_runs(gemms, keys, cfg.threads, tmp)
     # the same page size under the products' weights as our runners give the model's (runtime/huge_pages.py)
-    pages = back_with_huge_pages(skip=set(before)) if RunnerOptions().huge_pages else None
+    pages = back_with_huge_pages(skip=set(before)) if wanted() else None
     return runs, {"batch": batch, "flops": gemms.flops, "products": gemms.products, "keys": sorted(runs),
                   "errors": errors, "huge_pages": dataclasses.asdict(pages) if pages else None}
 
@@ -275,7 +277,8 @@ def _onnx_models(tmp: Path, a: np.ndarray, w: np.ndarray) -> dict[str, Path]:
     return paths
 
 
-def _ort(path: Path, a: np.ndarray, threads: int | None) -> Callable[[], Any]:
+def ort_runner(path: Path, feeds: dict[str, np.ndarray], threads: int | None) -> Callable[[], Any]:
+    """One ONNX Runtime session on ``path`` at ``threads``: a callable running it on ``feeds``."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -284,10 +287,12 @@ def _ort(path: Path, a: np.ndarray, threads: int | None) -> Callable[[], Any]:
         so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
     so.log_severity_level = 3
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, {"x": a})
+    return lambda: session.run(None, feeds)
 
 
-def _ov(path: Path, a: np.ndarray, threads: int | None, precision: str) -> Callable[[], Any]:
+def openvino_runner(path: Path, feeds: dict[str, np.ndarray], threads: int | None, precision: str
+                    ) -> Callable[[], Any]:
+    """One OpenVINO CPU infer request on ``path`` at that inference precision: a callable running ``feeds``."""
     import openvino as ov
 
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}.get(
@@ -296,7 +301,7 @@ def _ov(path: Path, a: np.ndarray, threads: int | None, precision: str) -> Calla
         config["INFERENCE_NUM_THREADS"] = str(int(threads))
     compiled = ov.Core().compile_model(str(path), "CPU", config)
     request = compiled.create_infer_request()
-    return lambda: request.infer({0: a}, share_inputs=True)
+    return lambda: request.infer(feeds, share_inputs=True)
 
 
 def _torch(a: np.ndarray, w: np.ndarray, threads: int | None) -> Callable[[], Any]:

@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from clap_edge.apps.ceiling import error_line, openvino_runner, ort_runner
+
 WEIGHTED_OPS = ("MatMul", "Gemm", "Conv")
 MODEL_GEMM_KEYS = ("onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:bf16")
 
@@ -124,8 +126,7 @@ def model_gemm_runs(gemms: ModelGemms, keys: list[str], threads: int | None, tmp
             run()  # warm-up: weight packing, JIT
             runs[key] = run
         except Exception as e:  # context only: the row keeps its square-GEMM ceiling
-            text = str(e).strip()
-            errors[key] = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+            errors[key] = error_line(e)
     return runs, errors
 
 
@@ -137,26 +138,5 @@ def _build(key: str, gemms: ModelGemms, threads: int | None, tmp: Path) -> Calla
             from clap_edge.export.builders.variants import quantize_int8
 
             path = quantize_int8(gemms.path, tmp / f"model_gemms_b{gemms.batch}.int8.onnx")
-        return _ort(path, gemms.feeds, threads)
-    return _ov(gemms.path, gemms.feeds, threads, precision)
-
-
-def _ort(path: Path, feeds: dict[str, np.ndarray], threads: int | None) -> Callable[[], Any]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads, so.inter_op_num_threads = int(threads), 1
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return lambda: session.run(None, feeds)
-
-
-def _ov(path: Path, feeds: dict[str, np.ndarray], threads: int | None, precision: str) -> Callable[[], Any]:
-    import openvino as ov
-
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": {"fp32": "f32"}.get(precision, precision)}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = str(int(threads))
-    request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
-    return lambda: request.infer(feeds, share_inputs=True)
+        return ort_runner(path, gemms.feeds, threads)
+    return openvino_runner(gemms.path, gemms.feeds, threads, precision)

@@ -11,7 +11,6 @@ imported inside ``activate()``, never at module import.
 from __future__ import annotations
 
 import importlib.util
-import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 
 from clap_edge.core.errors import BackendUnavailableError, BundleError
 from clap_edge.export.bundle import Bundle, ClassMatrix
+from clap_edge.runtime.huge_pages import wanted as huge_pages_wanted
 
 
 @dataclass
@@ -36,7 +36,7 @@ class RunnerOptions:
     precision: str | None = None  # None: the backend's default (see Runner.precisions)
     extra: dict[str, Any] = field(default_factory=dict)
     # back a large model's weights with 2 MiB pages after loading (runtime/huge_pages.py); CLAP_EDGE_HUGE_PAGES=0: off
-    huge_pages: bool = field(default_factory=lambda: os.environ.get("CLAP_EDGE_HUGE_PAGES", "1") != "0")
+    huge_pages: bool = field(default_factory=huge_pages_wanted)
 
 
 class Runner(ABC):
