@@ -273,7 +273,6 @@ def _validation(cfg, fp32_path: Path, pre, classes):
     """The accuracy control's validation images (the calibration folder or array; never the eval split) and fp32's
     logits on them; None where the control is off or there are no calibration images (dynamic int8 alone)."""
     from clap_edge.export.builders import int8_control as c
-    from clap_edge.export.builders.calibration import calibration_images
     from clap_edge.export.builders.drift import onnx_predictor
 
     if cfg.int8_max_drop is None:
@@ -283,23 +282,25 @@ def _validation(cfg, fp32_path: Path, pre, classes):
         return None
     if not 0.0 <= cfg.int8_max_drop < 1.0:
         raise ClapEdgeError(f"int8 max drop must be in [0, 1), got {cfg.int8_max_drop}")
-    if isinstance(cfg.calibration, np.ndarray):
-        images = np.ascontiguousarray(cfg.calibration[:cfg.int8_val_count], dtype=np.float32)
-    else:
-        images = calibration_images(cfg.calibration, pre, cfg.int8_val_count)
+    images = _calibration_subset(cfg, pre, cfg.int8_val_count)
     return c.Validation(images, c.batched(onnx_predictor(fp32_path, classes), images), cfg.int8_max_drop)
 
 
 def _quantisation_images(cfg, calib: np.ndarray, pre: dict[str, Any] | None) -> np.ndarray:
     """Images the static quantisers calibrate on: the given array, or --calibration-count from the folder."""
-    from clap_edge.export.builders.calibration import calibration_images
-
-    if isinstance(cfg.calibration, np.ndarray):
-        return np.ascontiguousarray(cfg.calibration[:cfg.calibration_count], dtype=np.float32)
     if cfg.calibration is None:
         raise ClapEdgeError("static int8 (int8_static / openvino_int8) needs calibration images: pass a folder of "
                             "representative images as calibration (--calibration DIR)")
-    return calibration_images(cfg.calibration, pre, cfg.calibration_count)
+    return _calibration_subset(cfg, pre, cfg.calibration_count)
+
+
+def _calibration_subset(cfg, pre: dict[str, Any] | None, count: int) -> np.ndarray:
+    """The first ``count`` of a given calibration array, or ``count`` images evenly spaced over the folder."""
+    from clap_edge.export.builders.calibration import calibration_images
+
+    if isinstance(cfg.calibration, np.ndarray):
+        return np.ascontiguousarray(cfg.calibration[:count], dtype=np.float32)
+    return calibration_images(cfg.calibration, pre, count)
 
 
 def _score_drift(cfg, fp32_path: Path, variants: dict[str, Path], class_names, pre, say,
